@@ -1,0 +1,30 @@
+# Each long-running process of the stack, plus the two README commands.
+# The process targets expect the project installed (python3 scripts/dev.py test does it).
+PY ?= .venv/bin/python
+CELERY = $(PY) -m celery -A tasks.worker
+
+.PHONY: run test api worker beat flower bench lint
+
+run:
+	python3 scripts/dev.py serve
+
+test:
+	python3 scripts/dev.py test
+
+api:
+	$(PY) -m gunicorn --workers $${WEB_CONCURRENCY:-2} --bind 0.0.0.0:$${PORT:-8000} 'app:create_app()'
+
+worker:
+	$(CELERY) worker --loglevel=INFO --concurrency=$${WORKER_CONCURRENCY:-2}
+
+beat:
+	$(CELERY) beat --loglevel=INFO
+
+flower:
+	$(CELERY) flower --port=$${FLOWER_PORT:-5555}
+
+bench:
+	$(PY) -m bench.run
+
+lint:
+	$(PY) -m ruff check app tasks tests bench scripts

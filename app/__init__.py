@@ -1,0 +1,44 @@
+"""The application factory. Nothing runs at import time."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from app.config import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    from app.api import register_api
+    from app.celery_app import celery_init_app
+    from app.cli import billing_cli
+    from app.database import MIGRATIONS_DIR, upgrade_database
+    from app.extensions import db, migrate
+
+    settings = settings or Settings.from_env()
+    settings.instance_dir.mkdir(parents=True, exist_ok=True)
+
+    app = Flask(__name__, instance_path=str(settings.instance_dir))
+    app.config.update(
+        SETTINGS=settings,
+        SQLALCHEMY_DATABASE_URI=settings.sqlalchemy_url,
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS_DIR)
+    celery_init_app(app, settings)
+    register_api(app)
+    app.cli.add_command(billing_cli)
+
+    if settings.enable_pricing_middleware:
+        from app.metering import UsageMeter
+
+        UsageMeter(app)
+    if settings.demo_execute_endpoint:
+        from app.demo import demo_execute
+
+        app.register_blueprint(demo_execute)
+    if settings.auto_migrate:
+        upgrade_database(app)
+    return app

@@ -1,0 +1,62 @@
+"""HTTP: one blueprint per resource, one JSON error shape for every failure."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Request, jsonify
+from werkzeug.exceptions import HTTPException
+
+from app.errors import ServiceError, UnsupportedMediaType, ValidationError
+
+log = logging.getLogger("usage_billing.api")
+
+
+def json_body(request: Request) -> Any:
+    """The parsed JSON body, or a 4xx naming what is wrong with it."""
+    if not request.is_json:
+        raise UnsupportedMediaType("Content-Type must be application/json", field="Content-Type")
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nesting deeper than the parser's stack: not a body we take
+        body = None
+    if body is None:
+        raise ValidationError("the body is not valid JSON", field="body")
+    return body
+
+
+def _service_error(error: ServiceError) -> tuple[Any, int]:
+    return jsonify(error.to_dict()), error.status
+
+
+def _http_error(error: HTTPException) -> tuple[Any, int]:
+    status = error.code or 500
+    field = "body" if status == 413 else None
+    body = {
+        "error": {
+            "code": error.name.lower().replace(" ", "_"),
+            "message": error.description,
+            "field": field,
+        }
+    }
+    return jsonify(body), status
+
+
+def _unexpected(error: Exception) -> tuple[Any, int]:
+    log.exception("unhandled error")
+    return jsonify(ServiceError("internal error").to_dict()), 500
+
+
+def register_api(app: Flask) -> None:
+    from app.api.billing import billing
+    from app.api.health import health
+    from app.api.ingest import ingest
+    from app.api.openapi import openapi
+    from app.api.usage import usage
+
+    for blueprint in (ingest, usage, billing, health, openapi):
+        app.register_blueprint(blueprint)
+    app.register_error_handler(ServiceError, _service_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,170 @@
+"""The only code that talks to Stripe.
+
+Every call carries an idempotency key and is retried here, with exponential
+backoff and full jitter, on what Stripe says is transient: 429, 5xx, and lost
+connections. The SDK's own retries are off so that 429 (which the SDK does not
+retry) and 5xx follow one policy. A client-side rate limit keeps a report run
+under Stripe's request rate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import stripe
+from flask import current_app
+
+from app.config import Settings
+from app.errors import BillingRejected, BillingUnavailable, Conflict, ValidationError
+
+log = logging.getLogger("usage_billing.stripe")
+T = TypeVar("T")
+WEBHOOK_TOLERANCE_SECONDS = 300
+
+
+class _RateLimiter:
+    """Spaces requests evenly at ``per_second``, across threads."""
+
+    def __init__(self, per_second: float) -> None:
+        self._interval = 1 / per_second
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self._interval
+        if delay > 0:
+            time.sleep(delay)
+
+
+class StripeGateway:
+    def __init__(self, settings: Settings) -> None:
+        bases = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+        self._client = stripe.StripeClient(
+            settings.stripe_api_key or "sk_unset",
+            base_addresses=bases,  # type: ignore[arg-type]
+            max_network_retries=0,
+        )
+        self._settings = settings
+        self._limiter = _RateLimiter(settings.stripe_max_requests_per_second)
+
+    def _call(self, what: str, request: Callable[[], T], conflict_field: str | None = None) -> T:
+        attempts = self._settings.stripe_max_attempts
+        for attempt in range(1, attempts + 1):
+            self._limiter.wait()
+            try:
+                return request()
+            except (stripe.RateLimitError, stripe.APIConnectionError) as exc:
+                error: Exception = exc
+            except stripe.IdempotencyError as exc:
+                raise Conflict(
+                    f"{what}: an earlier request with other details is still remembered by "
+                    "Stripe (24 h); repeat it with the same details",
+                    field=conflict_field,
+                ) from exc
+            except stripe.StripeError as exc:
+                if (exc.http_status or 500) < 500:
+                    raise BillingRejected(f"{what}: {exc.user_message or exc}") from exc
+                error = exc
+            if attempt == attempts:
+                raise BillingUnavailable(
+                    f"{what}: Stripe unavailable after {attempts} attempts: {error}"
+                )
+            cap = self._settings.stripe_retry_base_ms / 1000 * 2 ** (attempt - 1)
+            delay = random.uniform(0, min(cap, 30.0))
+            log.warning(
+                "stripe %s failed (attempt %d), retrying in %.2fs: %s", what, attempt, delay, error
+            )
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def create_customer(
+        self, email: str, name: str, api_key_hash: str, idempotency_key: str
+    ) -> str:
+        customer = self._call(
+            "create customer",
+            lambda: self._client.v1.customers.create(
+                params={"email": email, "name": name, "metadata": {"api_key_hash": api_key_hash}},
+                options={"idempotency_key": idempotency_key},
+            ),
+            conflict_field="api_key",
+        )
+        return customer.id
+
+    def send_meter_event(
+        self,
+        event_name: str,
+        stripe_customer_id: str,
+        value: int,
+        identifier: str,
+        timestamp: int,
+    ) -> str:
+        """Report ``value`` for a customer; the identifier doubles as the idempotency key."""
+        event = self._call(
+            "meter event",
+            lambda: self._client.v1.billing.meter_events.create(
+                params={
+                    "event_name": event_name,
+                    "payload": {"stripe_customer_id": stripe_customer_id, "value": str(value)},
+                    "identifier": identifier,
+                    "timestamp": timestamp,
+                },
+                options={"idempotency_key": identifier},
+            ),
+        )
+        return event.identifier
+
+    def create_portal_session(
+        self, stripe_customer_id: str, return_url: str, idempotency_key: str
+    ) -> str:
+        session = self._call(
+            "portal session",
+            lambda: self._client.v1.billing_portal.sessions.create(
+                params={"customer": stripe_customer_id, "return_url": return_url},
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return session.url
+
+
+def gateway() -> StripeGateway:
+    """One gateway per app (its rate limiter is shared by every caller in the process)."""
+    extensions = current_app.extensions
+    if "stripe_gateway" not in extensions:
+        extensions["stripe_gateway"] = StripeGateway(current_app.config["SETTINGS"])
+    return extensions["stripe_gateway"]
+
+
+def verify_webhook(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
+    """The event Stripe signed, or a 400: no signature, a bad one, or one older than 5 minutes.
+
+    The timestamp tolerance refuses a replay of an old delivery; a replay inside
+    it is caught by the event id we record.
+    """
+    if not secret:
+        raise ValidationError("webhooks are not configured", field="Stripe-Signature")
+    if not signature:
+        raise ValidationError("missing Stripe-Signature header", field="Stripe-Signature")
+    try:
+        stripe.WebhookSignature.verify_header(
+            payload.decode("utf-8"), signature, secret, WEBHOOK_TOLERANCE_SECONDS
+        )
+        event = json.loads(payload)
+    except (
+        stripe.SignatureVerificationError,
+        UnicodeDecodeError,
+        ValueError,
+        RecursionError,
+    ) as exc:
+        raise ValidationError("invalid Stripe signature", field="Stripe-Signature") from exc
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+        raise ValidationError("not a Stripe event", field="body")
+    return event

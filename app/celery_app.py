@@ -1,0 +1,75 @@
+"""Celery bound to the Flask app, as in Flask's "Background Tasks with Celery".
+
+Every task runs inside the app context, so tasks use ``db.session`` like views.
+The broker is Redis when ``REDIS_URL`` is set and kombu's filesystem transport
+under ``instance/`` otherwise, so the embedded default needs no server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+from flask import Flask
+
+from app.config import Settings
+from app.schedule import beat_schedule
+
+TASK_MODULES = ["tasks.ingest", "tasks.billing", "tasks.jobs"]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "include": TASK_MODULES,
+        "task_ignore_result": True,
+        # Work that must not be lost is acknowledged only after it is done, and a
+        # worker killed mid-task hands its message back to the queue.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 4,
+        "broker_connection_retry_on_startup": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_schedule": beat_schedule(settings),
+        "worker_hijack_root_logger": False,
+    }
+    if settings.uses_redis:
+        config["broker_url"] = settings.redis_url
+        # A killed worker's unacknowledged batches go back to the queue after the
+        # visibility timeout; sweep for them every ≤10 s instead of kombu's ~100 s.
+        config["broker_transport_options"] = {
+            "visibility_timeout": settings.broker_visibility_timeout,
+            "unacked_restore_interval": min(10, settings.broker_visibility_timeout),
+            "unacked_restore_throttle": 1,
+            "socket_connect_timeout": 3,
+        }
+        config["beat_scheduler"] = "redbeat.RedBeatScheduler"
+        config["redbeat_redis_url"] = settings.redis_url
+        config["redbeat_lock_timeout"] = 300
+        config["redbeat_redis_options"] = {"socket_connect_timeout": 5}
+    else:
+        folder = settings.instance_dir / "broker"
+        (folder / "processed").mkdir(parents=True, exist_ok=True)
+        config["broker_url"] = "filesystem://"
+        config["broker_transport_options"] = {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+        }
+        config["beat_schedule_filename"] = str(settings.instance_dir / "celerybeat-schedule")
+    return config
+
+
+def celery_init_app(app: Flask, settings: Settings) -> Celery:
+    class FlaskTask(Task):
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object(celery_config(settings))
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app

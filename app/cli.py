@@ -1,0 +1,83 @@
+"""``flask billing …``: operator commands over the same services as the tasks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+
+import click
+from flask.cli import AppGroup
+
+from app.billing import create_stripe_customer
+from app.errors import JobAlreadyRunning
+from app.models.types import utcnow
+from app.security import hash_api_key
+from app.services.jobs import JobFailed
+from app.services.scheduled import (
+    CLEANUP_JOB,
+    REFRESH_JOB,
+    REPORT_JOB,
+    job_status,
+    run_cleanup,
+    run_price_refresh,
+    run_report,
+)
+
+billing_cli = AppGroup("billing", help="Billing operations.")
+customers_cli = AppGroup("customers", help="Billing customers.")
+billing_cli.add_command(customers_cli)
+
+
+@customers_cli.command("create")
+@click.option("--email", required=True)
+@click.option("--name", required=True)
+@click.option("--api-key", required=True, help="Hashed at once; never stored or printed.")
+@click.option("--company", default=None)
+def customers_create(email: str, name: str, api_key: str, company: str | None) -> None:
+    stripe_id = create_stripe_customer(email, name, hash_api_key(api_key), company=company)
+    click.echo(json.dumps({"stripe_customer_id": stripe_id}))
+
+
+def _run(label: str, action) -> None:  # type: ignore[no-untyped-def]
+    try:
+        result = action()
+    except JobAlreadyRunning as exc:
+        raise click.ClickException(str(exc)) from exc
+    except JobFailed as exc:
+        click.echo(
+            json.dumps({"job": label, "status": "failed", "counts": exc.counts, "error": str(exc)})
+        )
+        sys.exit(1)
+    runs = result if isinstance(result, list) else [result]
+    for run in runs:
+        click.echo(
+            json.dumps(
+                {"job": run.job, "period": run.period, "status": run.status, "counts": run.counts}
+            )
+        )
+
+
+@billing_cli.command("report")
+@click.option("--date", "day", default=None, help="YYYY-MM-DD; default: every day due")
+def report(day: str | None) -> None:
+    """Report usage to Stripe for a day (default: yesterday and any missed day)."""
+    _run(REPORT_JOB, lambda: run_report(date.fromisoformat(day) if day else None))
+
+
+@billing_cli.command("refresh-prices")
+def refresh_prices() -> None:
+    _run(REFRESH_JOB, run_price_refresh)
+
+
+@billing_cli.command("cleanup")
+def cleanup() -> None:
+    _run(CLEANUP_JOB, run_cleanup)
+
+
+@billing_cli.command("status")
+def status() -> None:
+    """Last run of each job as JSON; exit 1 when one failed or is overdue."""
+    report, healthy = job_status(utcnow())
+    click.echo(json.dumps({"healthy": healthy, "jobs": report}, indent=2))
+    sys.exit(0 if healthy else 1)

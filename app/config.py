@@ -1,0 +1,128 @@
+"""Settings read once from the environment.
+
+Every value has a safe default so a fresh clone runs on the embedded default
+(an SQLite file and a filesystem broker under ``instance/``); setting
+``DATABASE_URL`` and ``REDIS_URL`` moves the same code to PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from decimal import Decimal
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+
+
+def with_driver(url: str) -> str:
+    """Pin the psycopg2 driver we install; SQLAlchemy 2.1 would pick psycopg 3.
+
+    Also accepts Heroku-style ``postgres://`` URLs, which SQLAlchemy refuses.
+    """
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One immutable settings object; ``from_env`` is the only reader of os.environ."""
+
+    instance_dir: Path = PROJECT_ROOT / "instance"
+    database_url: str = ""
+    redis_url: str = ""
+    # Seconds before Redis hands an unacknowledged message (worker killed) to another worker.
+    broker_visibility_timeout: int = 600
+    auto_migrate: bool = True
+
+    # Ingest
+    enable_pricing_middleware: bool = False
+    service_token: str = ""
+    admin_token: str = ""
+    max_batch_events: int = 1000
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_metadata_bytes: int = 8 * 1024
+    meter_batch_size: int = 100
+    meter_flush_ms: int = 50
+    meter_spool_dir: str = ""
+    max_usage_range_days: int = 366
+    max_event_age_days: int = 35
+    max_event_future_seconds: int = 300
+    demo_execute_endpoint: bool = False
+
+    # Pricing
+    pricing_source_url: str = ""
+
+    # Stripe
+    stripe_api_key: str = ""
+    stripe_api_base: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_meter_event_name: str = "llm_usage"
+    stripe_max_attempts: int = 6
+    stripe_retry_base_ms: int = 500
+    stripe_max_requests_per_second: int = 25
+    billing_quantity: str = "tokens"  # or "cost"
+    billing_cost_unit: Decimal = Decimal("0.000001")  # one quantity = this many USD
+    billing_portal_allowed_origins: tuple[str, ...] = ()
+
+    # Jobs
+    usage_retention_days: int = 90
+    cleanup_batch_size: int = 5000
+    report_hour_utc: int = 2
+    report_minute_utc: int = 0
+    price_refresh_hour_utc: int = 1
+    cleanup_weekday: int = 0  # Sunday in crontab terms
+    cleanup_hour_utc: int = 3
+    job_stale_after_seconds: int = 3600
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return with_driver(self.database_url)
+        return f"sqlite:///{self.instance_dir / 'usage_billing.db'}"
+
+    @property
+    def uses_redis(self) -> bool:
+        return bool(self.redis_url)
+
+    @property
+    def spool_dir(self) -> Path:
+        return Path(self.meter_spool_dir) if self.meter_spool_dir else self.instance_dir / "spool"
+
+    @classmethod
+    def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None:
+                continue
+            default = f.default
+            if isinstance(default, bool):
+                values[f.name] = _bool(raw)
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, Decimal):
+                values[f.name] = Decimal(raw)
+            elif isinstance(default, tuple):
+                values[f.name] = _list(raw)
+            elif isinstance(default, Path):
+                values[f.name] = Path(raw)
+            else:
+                values[f.name] = raw
+        return cls(**values)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> Settings:
+        current = {f.name: getattr(self, f.name) for f in fields(self)}
+        current.update(changes)
+        return Settings(**current)  # type: ignore[arg-type]

@@ -1,0 +1,108 @@
+"""``UsageMeter``: the Flask extension that meters the ``/v1/execute`` routes.
+
+Installed on the API it meters (``UsageMeter(app)``), it reads the usage from
+each response, hashes the caller's key, and hands the event to the outbox. It
+adds no database work and no network round trip to the request, and it never
+fails the request: a metering error is logged and the response goes out.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask, Request, Response, current_app, request
+
+from app.metering.outbox import Outbox
+from app.security import hash_api_key
+
+log = logging.getLogger("usage_billing.metering")
+
+METERED_PREFIX = "/v1/execute"
+RECORD_TASK = "ingest.record_events"
+# Token counts as providers name them: ours, Anthropic's and OpenAI's.
+_INPUT_KEYS = ("tokens_input", "input_tokens", "prompt_tokens")
+_OUTPUT_KEYS = ("tokens_output", "output_tokens", "completion_tokens")
+_CACHE_KEYS = ("tokens_cache_read", "cache_read_input_tokens", "cached_tokens")
+
+
+def _first(source: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if key in source:
+            return source[key]
+    return None
+
+
+def _api_key(req: Request) -> str | None:
+    scheme, _, token = req.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def event_from_response(req: Request, resp: Response, now: datetime) -> dict[str, Any] | None:
+    """The usage event of one metered response, or None when it used no metered tokens."""
+    api_key = _api_key(req)
+    body = resp.get_json(silent=True) if resp.is_json else None
+    if api_key is None or not isinstance(body, dict):
+        return None
+    usage = body.get("usage") if isinstance(body.get("usage"), dict) else body
+    tokens_input, tokens_output = _first(usage, _INPUT_KEYS), _first(usage, _OUTPUT_KEYS)
+    if tokens_input is None and tokens_output is None:
+        return None
+    execution_id = body.get("execution_id")
+    event_id = f"exec-{execution_id}" if execution_id else f"evt-{uuid.uuid4().hex}"
+    return {
+        "event_id": event_id,
+        "api_key_hash": hash_api_key(api_key),
+        "provider": body.get("provider"),
+        "model": body.get("model"),
+        "tokens_input": tokens_input or 0,
+        "tokens_output": tokens_output or 0,
+        "tokens_cache_read": _first(usage, _CACHE_KEYS) or 0,
+        "timestamp": now.isoformat(),
+        "execution_id": execution_id,
+        "task_type": body.get("task_type"),
+        "status": body.get("status") or ("success" if resp.status_code < 400 else "error"),
+        "execution_time": body.get("execution_time"),
+        "metadata": {"http_status": resp.status_code, "path": req.path},
+    }
+
+
+def outbox_for(app: Flask) -> Outbox:
+    """The app's one outbox: the metering middleware and the batch endpoint share it."""
+    outbox = app.extensions.get("usage_outbox")
+    if outbox is None:
+        settings = app.config["SETTINGS"]
+        celery_app = app.extensions["celery"]
+
+        def publish(events: list[dict[str, Any]]) -> None:
+            celery_app.send_task(RECORD_TASK, args=[events], retry=False)
+
+        outbox = Outbox(
+            settings.spool_dir, publish, settings.meter_batch_size, settings.meter_flush_ms
+        )
+        app.extensions["usage_outbox"] = outbox
+    return outbox
+
+
+class UsageMeter:
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        outbox_for(app)
+        app.after_request(self._meter)
+
+    @staticmethod
+    def _meter(resp: Response) -> Response:
+        if not request.path.startswith(METERED_PREFIX):
+            return resp
+        try:
+            event = event_from_response(request, resp, datetime.now(UTC))
+            if event is not None:
+                outbox_for(current_app._get_current_object()).append([event])  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("metering failed; the request is served regardless")
+        return resp

@@ -1,0 +1,61 @@
+"""What was sent to Stripe (the report ledger) and what Stripe sent us (webhooks)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, Date, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.extensions import db
+from app.models.types import Money, UTCDateTime, utcnow
+
+PENDING = "pending"
+SENT = "sent"
+FAILED = "failed"
+NEEDS_MANUAL = "needs_manual"
+
+
+class UsageReport(db.Model):
+    """One meter event we owe or sent Stripe for one customer and day.
+
+    ``seq`` numbers the reports of the same day: 0 is the daily report, later ones
+    are corrections for usage that arrived after it. The row is written *before*
+    the Stripe call, so a crash between Stripe's answer and our commit re-sends the
+    same identifier and idempotency key, which Stripe answers without billing again.
+    """
+
+    __tablename__ = "usage_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("billing_customers.id"))
+    day: Mapped[date] = mapped_column(Date)
+    seq: Mapped[int] = mapped_column(Integer)
+    mode: Mapped[str] = mapped_column(String(32))
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    quantity_unit: Mapped[str] = mapped_column(String(32))
+    cumulative_exact: Mapped[Decimal] = mapped_column(Money)
+    cumulative_units: Mapped[int] = mapped_column(BigInteger)
+    identifier: Mapped[str] = mapped_column(String(100), unique=True)
+    idempotency_key: Mapped[str] = mapped_column(String(100))
+    stripe_event_name: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("customer_id", "day", "seq", name="uq_usage_reports_seq"),)
+
+
+class StripeWebhookEvent(db.Model):
+    """Each Stripe event id once: a replayed delivery is acknowledged and ignored."""
+
+    __tablename__ = "stripe_webhook_events"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    created: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,110 @@
+"""The usage ledger: one row per metered call, its daily rollup, and rejects.
+
+``usage_events`` is the record of truth; ``usage_daily`` is maintained in the
+same transaction as each insert (only for rows that were really new), so the
+usage endpoint and the daily report read a few thousand rollup rows instead of
+millions of events.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Date,
+    Index,
+    Integer,
+    Numeric,
+    String,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.extensions import db
+from app.models.types import Money, UTCDateTime, utcnow
+
+PRICED = "priced"
+UNPRICED = "unpriced"
+
+
+class UsageEvent(db.Model):
+    __tablename__ = "usage_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    api_key_hash: Mapped[str] = mapped_column(String(64))
+    execution_id: Mapped[str | None] = mapped_column(String(128))
+    task_type: Mapped[str | None] = mapped_column(String(64))
+    tokens_input: Mapped[int] = mapped_column(BigInteger)
+    tokens_output: Mapped[int] = mapped_column(BigInteger)
+    tokens_cache_read: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens_total: Mapped[int] = mapped_column(BigInteger)
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    model_cost_input: Mapped[Decimal | None] = mapped_column(Money)
+    model_cost_output: Mapped[Decimal | None] = mapped_column(Money)
+    model_cost_cache_read: Mapped[Decimal | None] = mapped_column(Money)
+    cost_input: Mapped[Decimal | None] = mapped_column(Money)
+    cost_output: Mapped[Decimal | None] = mapped_column(Money)
+    cost_total: Mapped[Decimal | None] = mapped_column(Money)
+    execution_time: Mapped[Decimal | None] = mapped_column(Numeric(12, 3))
+    status: Mapped[str] = mapped_column(String(32))
+    pricing_status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+
+    __table_args__ = (
+        CheckConstraint("tokens_input >= 0", name="ck_usage_events_tokens_input"),
+        CheckConstraint("tokens_output >= 0", name="ck_usage_events_tokens_output"),
+        CheckConstraint(
+            "tokens_cache_read >= 0 AND tokens_cache_read <= tokens_input",
+            name="ck_usage_events_tokens_cache_read",
+        ),
+        CheckConstraint(
+            "tokens_total = tokens_input + tokens_output", name="ck_usage_events_tokens_total"
+        ),
+        CheckConstraint(
+            "pricing_status IN ('priced', 'unpriced')", name="ck_usage_events_pricing_status"
+        ),
+        Index("ix_usage_events_key_created", "api_key_hash", "created_at"),
+        Index("ix_usage_events_created", "created_at"),
+    )
+
+
+class UsageDaily(db.Model):
+    """Per key, UTC day, provider and model: what the usage page and the report read."""
+
+    __tablename__ = "usage_daily"
+
+    api_key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+    unpriced_events: Mapped[int] = mapped_column(BigInteger)
+    tokens_input: Mapped[int] = mapped_column(BigInteger)
+    tokens_output: Mapped[int] = mapped_column(BigInteger)
+    tokens_cache_read: Mapped[int] = mapped_column(BigInteger)
+    tokens_total: Mapped[int] = mapped_column(BigInteger)
+    cost_total: Mapped[Decimal] = mapped_column(Money)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_usage_daily_day", "day"),)
+
+
+class RejectedEvent(db.Model):
+    """An event a worker could not store: kept, with the reason, for operators to replay."""
+
+    __tablename__ = "rejected_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_id: Mapped[str | None] = mapped_column(String(128))
+    field: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(500))
+    payload: Mapped[Any] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,30 @@
+"""Model prices: the history of record. A change adds a row; no row is rewritten."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.extensions import db
+from app.models.types import Money, UTCDateTime, utcnow
+
+
+class ModelPrice(db.Model):
+    __tablename__ = "model_prices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    input_price: Mapped[Decimal] = mapped_column(Money)
+    output_price: Mapped[Decimal] = mapped_column(Money)
+    cache_read_price: Mapped[Decimal | None] = mapped_column(Money)
+    effective_from: Mapped[datetime] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("provider", "model", "effective_from", name="uq_model_prices_version"),
+    )

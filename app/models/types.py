@@ -1,0 +1,76 @@
+"""Column types shared by the models.
+
+``Money`` keeps money exact on both databases: ``NUMERIC(24, 12)`` on
+PostgreSQL, and on the embedded SQLite default (which has no decimal type and
+would silently turn NUMERIC into float) an integer count of 10⁻¹² USD, so sums
+and upserts stay exact there too. SQLite's 64-bit integers cap one value at
+about 9.2 million USD: ample for the demo, and the reason production is PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import BigInteger, DateTime, Numeric
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+MONEY_SCALE = 12
+_QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def money_str(value: Decimal) -> str:
+    """A decimal string for JSON: fixed-point, never exponent notation."""
+    return format(value, "f")
+
+
+class Money(TypeDecorator[Decimal]):
+    impl = Numeric(24, MONEY_SCALE)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(24, MONEY_SCALE, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        exact = Decimal(value)
+        if exact != exact.quantize(_QUANTUM):
+            raise ValueError(f"{value} has more than {MONEY_SCALE} decimal places")
+        if dialect.name == "sqlite":
+            return int(exact.scaleb(MONEY_SCALE))
+        return exact
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return Decimal(int(value)).scaleb(-MONEY_SCALE).quantize(_QUANTUM)
+        return Decimal(value)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

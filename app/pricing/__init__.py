@@ -1,0 +1,1 @@
+"""Per-token prices: where they come from (``catalog``) and what a call costs (``cost``)."""

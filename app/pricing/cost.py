@@ -1,0 +1,49 @@
+"""What a call costs: pure Decimal arithmetic, no database, no float.
+
+Prices are USD per token. Cached-input tokens are a subset of the input tokens,
+charged at the cache-read price when the model has one and at the input price
+otherwise, so a source without cache prices never under-charges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+
+@dataclass(frozen=True)
+class TokenPrice:
+    input: Decimal
+    output: Decimal
+    cache_read: Decimal | None
+    effective_from: datetime
+    source: str
+
+    def differs_from(self, other: TokenPrice) -> bool:
+        return (self.input, self.output, self.cache_read) != (
+            other.input,
+            other.output,
+            other.cache_read,
+        )
+
+
+@dataclass(frozen=True)
+class Cost:
+    input: Decimal
+    output: Decimal
+
+    @property
+    def total(self) -> Decimal:
+        return self.input + self.output
+
+
+def cost_of(
+    tokens_input: int, tokens_output: int, tokens_cache_read: int, price: TokenPrice
+) -> Cost:
+    uncached = tokens_input - tokens_cache_read
+    cache_price = price.input if price.cache_read is None else price.cache_read
+    return Cost(
+        input=uncached * price.input + tokens_cache_read * cache_price,
+        output=tokens_output * price.output,
+    )

@@ -1,0 +1,36 @@
+"""The Beat schedule: three jobs, all in UTC, times from settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.schedules import crontab
+
+from app.config import Settings
+
+REPORT_TASK = "billing.report_usage"
+REFRESH_TASK = "jobs.refresh_prices"
+CLEANUP_TASK = "jobs.cleanup_usage"
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {
+        "daily-usage-report": {
+            "task": REPORT_TASK,
+            "schedule": crontab(
+                minute=str(settings.report_minute_utc), hour=str(settings.report_hour_utc)
+            ),
+        },
+        "nightly-price-refresh": {
+            "task": REFRESH_TASK,
+            "schedule": crontab(minute="0", hour=str(settings.price_refresh_hour_utc)),
+        },
+        "weekly-cleanup": {
+            "task": CLEANUP_TASK,
+            "schedule": crontab(
+                minute="0",
+                hour=str(settings.cleanup_hour_utc),
+                day_of_week=str(settings.cleanup_weekday),
+            ),
+        },
+    }

@@ -1,0 +1,36 @@
+"""API keys and service tokens.
+
+Keys are stored and logged only as their SHA-256 hex digest. The upstream API
+issues keys with ≥128 bits of randomness, so an unsalted digest cannot be
+brute-forced and needs no server secret that could be lost or rotated; it is
+also the hash the original design and the upstream key store use, so events
+from other services join on it without sharing a secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import Request
+
+from app.errors import AuthenticationError, PermissionDenied
+
+
+def hash_api_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+def bearer_token(request: Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError("a Bearer token is required", field="Authorization")
+    return token.strip()
+
+
+def require_token(request: Request, expected: str, what: str) -> None:
+    """Compare a shared token in constant time; an unset token locks the endpoint."""
+    supplied = bearer_token(request)
+    if not expected or not hmac.compare_digest(supplied.encode(), expected.encode()):
+        raise PermissionDenied(f"a valid {what} token is required", field="Authorization")

@@ -1,0 +1,191 @@
+"""The daily usage report: what each customer owes Stripe, sent exactly once.
+
+Stripe takes whole numbers, so we bill the *cumulative* usage: for a customer
+and day D, ``target = floor(all usage up to the end of D, in units)`` and we
+send ``target − units already owed`` (sent or pending). Fractions therefore
+carry to the next day without being dropped or rounded twice; usage that
+arrived late for an already reported day is in the next run's difference (the
+correction); and re-running any day finds nothing left to send.
+
+Each meter event is written to ``usage_reports`` as ``pending`` *before* the
+Stripe call, with a fixed identifier that is also the idempotency key. A crash
+after Stripe answered but before we recorded it leaves a pending row, and the
+next run re-sends it unchanged: Stripe answers from its idempotency cache and
+bills nothing twice. Stripe only keeps identifiers ~24 hours, so the ledger is
+what makes reports exactly-once across days.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_FLOOR, Decimal
+
+from flask import current_app
+from sqlalchemy import func, select
+
+from app.billing.stripe_gateway import gateway
+from app.errors import BillingRejected, BillingUnavailable
+from app.extensions import db
+from app.models import BillingCustomer, UsageDaily, UsageReport
+from app.models.billing import FAILED, NEEDS_MANUAL, PENDING, SENT
+from app.models.types import utcnow
+
+log = logging.getLogger("usage_billing.report")
+MODE = "meter_events"
+STRIPE_MAX_EVENT_AGE = timedelta(days=35)
+
+
+@dataclass
+class ReportSummary:
+    day: date
+    customers: int = 0
+    sent: int = 0
+    nothing_to_send: int = 0
+    needs_manual: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def as_counts(self) -> dict[str, int]:
+        return {
+            "customers": self.customers,
+            "sent": self.sent,
+            "nothing_to_send": self.nothing_to_send,
+            "needs_manual": self.needs_manual,
+            "failed": len(self.failed),
+        }
+
+
+def _units(quantity: str) -> tuple[str, Decimal]:
+    settings = current_app.config["SETTINGS"]
+    if quantity == "tokens":
+        return "tokens", Decimal(1)
+    return f"usd/{settings.billing_cost_unit}", settings.billing_cost_unit
+
+
+def cumulative_usage(day: date) -> dict[str, Decimal]:
+    """Every key's usage up to the end of ``day``, in report units (exact, not rounded)."""
+    settings = current_app.config["SETTINGS"]
+    column = (
+        UsageDaily.tokens_total if settings.billing_quantity == "tokens" else UsageDaily.cost_total
+    )
+    _, unit = _units(settings.billing_quantity)
+    rows = db.session.execute(
+        select(UsageDaily.api_key_hash, func.sum(column))
+        .where(UsageDaily.day <= day)
+        .group_by(UsageDaily.api_key_hash)
+    )
+    return {key_hash: Decimal(total or 0) / unit for key_hash, total in rows}
+
+
+def _event_timestamp(day: date, now: datetime) -> int:
+    """The last second of ``day``, so the usage lands in the invoice period of that day."""
+    end = datetime.combine(day, time(23, 59, 59), tzinfo=UTC)
+    return int(min(end, now).timestamp())
+
+
+def _send(report: UsageReport, customer: BillingCustomer, now: datetime) -> None:
+    if datetime.combine(report.day, time(23, 59, 59), tzinfo=UTC) < now - STRIPE_MAX_EVENT_AGE:
+        report.status = NEEDS_MANUAL
+        report.last_error = "older than Stripe accepts for meter events; bill by hand"
+        db.session.commit()
+        log.error("report needs manual billing", extra={"identifier": report.identifier})
+        return
+    report.attempts += 1
+    try:
+        gateway().send_meter_event(
+            event_name=report.stripe_event_name,
+            stripe_customer_id=customer.stripe_customer_id or "",
+            value=report.quantity,
+            identifier=report.identifier,
+            timestamp=_event_timestamp(report.day, now),
+        )
+    except (BillingUnavailable, BillingRejected) as exc:
+        report.status = FAILED
+        report.last_error = str(exc)[:2000]
+        db.session.commit()
+        raise
+    mark_sent(report)
+
+
+def mark_sent(report: UsageReport) -> None:
+    report.status = SENT
+    report.sent_at = utcnow()
+    report.last_error = None
+    db.session.commit()
+
+
+def report_customer(customer: BillingCustomer, day: date, exact: Decimal, now: datetime) -> str:
+    """Settle one customer for ``day``: re-send what is owed, then report anything new."""
+    settings = current_app.config["SETTINGS"]
+    owed = db.session.scalars(
+        select(UsageReport)
+        .where(UsageReport.customer_id == customer.id, UsageReport.status.in_([PENDING, FAILED]))
+        .order_by(UsageReport.id)
+    ).all()
+    for report in owed:
+        _send(report, customer, now)
+    already = db.session.scalar(
+        select(func.coalesce(func.sum(UsageReport.quantity), 0)).where(
+            UsageReport.customer_id == customer.id
+        )
+    )
+    target = int(exact.to_integral_value(rounding=ROUND_FLOOR))
+    delta = target - int(already)
+    if delta <= 0:
+        return "sent" if owed else "nothing_to_send"
+    seq = db.session.scalar(
+        select(func.coalesce(func.max(UsageReport.seq) + 1, 0)).where(
+            UsageReport.customer_id == customer.id, UsageReport.day == day
+        )
+    )
+    unit_name, _ = _units(settings.billing_quantity)
+    identifier = f"ub-{customer.id}-{day:%Y%m%d}-{seq}"
+    report = UsageReport(
+        customer_id=customer.id,
+        day=day,
+        seq=seq,
+        mode=MODE,
+        quantity=delta,
+        quantity_unit=unit_name,
+        cumulative_exact=exact,
+        cumulative_units=target,
+        identifier=identifier,
+        idempotency_key=identifier,
+        stripe_event_name=settings.stripe_meter_event_name,
+        status=PENDING,
+        attempts=0,
+    )
+    db.session.add(report)
+    db.session.commit()
+    _send(report, customer, now)
+    return report.status
+
+
+def report_day(day: date, now: datetime | None = None) -> ReportSummary:
+    """Report ``day`` for every active Stripe customer; one customer's failure stops no other."""
+    now = now or utcnow()
+    summary = ReportSummary(day=day)
+    usage = cumulative_usage(day)
+    customers = db.session.scalars(
+        select(BillingCustomer)
+        .where(BillingCustomer.is_active.is_(True), BillingCustomer.stripe_customer_id.is_not(None))
+        .order_by(BillingCustomer.id)
+    ).all()
+    for customer in customers:
+        exact = usage.get(customer.api_key_hash, Decimal(0))
+        summary.customers += 1
+        try:
+            outcome = report_customer(customer, day, exact, now)
+        except (BillingUnavailable, BillingRejected) as exc:
+            db.session.rollback()
+            summary.failed.append(f"customer {customer.id}: {exc}")
+            log.error("report failed for customer %s: %s", customer.id, exc)
+            continue
+        if outcome == SENT:
+            summary.sent += 1
+        elif outcome == NEEDS_MANUAL:
+            summary.needs_manual += 1
+        else:
+            summary.nothing_to_send += 1
+    return summary

@@ -1,0 +1,118 @@
+"""The three scheduled jobs, each run under its (job, period) lock.
+
+Beat's tasks and the ``flask billing`` commands both call these, so a job run
+by hand is recorded, locked and idempotent exactly like a scheduled one.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from flask import current_app
+
+from app.models import JobRun
+from app.models.jobs import FAILED
+from app.models.types import utcnow
+from app.services.cleanup import cleanup_cutoff, delete_events_before
+from app.services.jobs import JobFailed, last_runs, last_success, run_job
+from app.services.prices import price_book, refresh_prices
+from app.services.reporting import report_day
+
+REPORT_JOB = "usage_report"
+REFRESH_JOB = "price_refresh"
+CLEANUP_JOB = "usage_cleanup"
+JOBS = (REPORT_JOB, REFRESH_JOB, CLEANUP_JOB)
+MAX_CATCH_UP_DAYS = 35  # Stripe refuses meter events older than this
+
+
+def days_to_report(today: date) -> list[date]:
+    """Yesterday, plus any day missed since the last successful report (beat was down)."""
+    yesterday = today - timedelta(days=1)
+    last = last_success(REPORT_JOB)
+    first = date.fromisoformat(last.period) + timedelta(days=1) if last else yesterday
+    first = max(first, today - timedelta(days=MAX_CATCH_UP_DAYS))
+    return [first + timedelta(days=n) for n in range((yesterday - first).days + 1)]
+
+
+def run_report(day: date | None = None, now: datetime | None = None) -> list[JobRun]:
+    now = now or utcnow()
+    days = [day] if day else days_to_report(now.date())
+    runs = []
+    for each in days:
+
+        def work(each: date = each) -> dict[str, Any]:
+            summary = report_day(each, now)
+            if summary.failed:
+                raise JobFailed("; ".join(summary.failed)[:2000], summary.as_counts())
+            return summary.as_counts()
+
+        runs.append(run_job(REPORT_JOB, each.isoformat(), work))
+    return runs
+
+
+def run_price_refresh(now: datetime | None = None) -> JobRun:
+    now = now or utcnow()
+    settings = current_app.config["SETTINGS"]
+
+    def work() -> dict[str, Any]:
+        result = refresh_prices(settings.pricing_source_url, now)
+        price_book.invalidate()
+        return {"checked": result.checked, "added": result.added, "sources": len(result.sources)}
+
+    return run_job(REFRESH_JOB, now.date().isoformat(), work)
+
+
+def run_cleanup(now: datetime | None = None) -> JobRun:
+    now = now or utcnow()
+    settings = current_app.config["SETTINGS"]
+
+    def work() -> dict[str, Any]:
+        last = last_success(REPORT_JOB)
+        cutoff = cleanup_cutoff(
+            now, settings.usage_retention_days, date.fromisoformat(last.period) if last else None
+        )
+        deleted = delete_events_before(cutoff, settings.cleanup_batch_size) if cutoff else 0
+        return {"deleted": deleted, "cutoff": cutoff.isoformat() if cutoff else None}
+
+    return run_job(CLEANUP_JOB, now.date().isoformat(), work)
+
+
+def _describe(run: JobRun | None) -> dict[str, Any]:
+    if run is None:
+        return {"period": None, "status": None}
+    return {
+        "period": run.period,
+        "status": run.status,
+        "started_at": run.started_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "counts": run.counts,
+        "error": run.error,
+    }
+
+
+def job_status(now: datetime) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Each job's last run and whether it is overdue; healthy when none failed or is late.
+
+    The report is overdue once the schedule time (plus an hour of slack) has
+    passed without yesterday being reported successfully; the others when their
+    last success is older than their period plus slack.
+    """
+    settings = current_app.config["SETTINGS"]
+    slack = timedelta(hours=2)
+    newest = last_runs()
+    status: dict[str, dict[str, Any]] = {}
+    for job in JOBS:
+        entry = _describe(newest.get(job))
+        success = last_success(job)
+        if job == REPORT_JOB:
+            due = (now - timedelta(hours=settings.report_hour_utc + 1)).date() - timedelta(days=1)
+            entry["expected_period"] = due.isoformat()
+            entry["overdue"] = success is None or success.period < due.isoformat()
+        else:
+            period = timedelta(days=7 if job == CLEANUP_JOB else 1)
+            entry["overdue"] = success is None or success.started_at < now - period - slack
+        entry["last_success_period"] = success.period if success else None
+        status[job] = entry
+    healthy = all(not e["overdue"] and e["status"] != FAILED for e in status.values())
+    return status, healthy

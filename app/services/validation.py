@@ -1,0 +1,186 @@
+"""Validating one usage event: the same rules for the HTTP API and the worker.
+
+The API rejects bad events with a 4xx naming the field; the worker re-checks
+(events from the middleware never passed the API) and parks a bad one in
+``rejected_events`` instead of failing its batch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from app.errors import ValidationError
+
+MAX_TOKENS = 10**9  # far above any context window; rejects counter overflows
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+_EVENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_MAX_METADATA_DEPTH = 5
+
+
+@dataclass(frozen=True)
+class EventLimits:
+    max_age: timedelta
+    max_future: timedelta
+    max_metadata_bytes: int
+
+
+@dataclass(frozen=True)
+class EventIn:
+    event_id: str
+    api_key_hash: str
+    provider: str
+    model: str
+    tokens_input: int
+    tokens_output: int
+    tokens_cache_read: int
+    created_at: datetime
+    execution_id: str | None
+    task_type: str | None
+    status: str
+    execution_time: Decimal | None
+    metadata: dict[str, Any] | None
+
+    def to_message(self) -> dict[str, Any]:
+        """The JSON-safe form a Celery message carries."""
+        return {
+            "event_id": self.event_id,
+            "api_key_hash": self.api_key_hash,
+            "provider": self.provider,
+            "model": self.model,
+            "tokens_input": self.tokens_input,
+            "tokens_output": self.tokens_output,
+            "tokens_cache_read": self.tokens_cache_read,
+            "timestamp": self.created_at.isoformat(),
+            "execution_id": self.execution_id,
+            "task_type": self.task_type,
+            "status": self.status,
+            "execution_time": None if self.execution_time is None else str(self.execution_time),
+            "metadata": self.metadata,
+        }
+
+
+def _string(raw: dict[str, Any], name: str, max_len: int, required: bool = True) -> str | None:
+    value = raw.get(name)
+    if value is None:
+        if required:
+            raise ValidationError(f"{name} is required", field=name)
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(f"{name} must be a non-empty string", field=name)
+    if len(value) > max_len or not value.isprintable():
+        raise ValidationError(f"{name} must be at most {max_len} printable characters", field=name)
+    return value.strip()
+
+
+def _tokens(raw: dict[str, Any], name: str, required: bool = True) -> int:
+    value = raw.get(name)
+    if value is None and not required:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{name} must be an integer", field=name)
+    if not 0 <= value <= MAX_TOKENS:
+        raise ValidationError(f"{name} must be between 0 and {MAX_TOKENS}", field=name)
+    return value
+
+
+def _timestamp(raw: dict[str, Any], now: datetime, limits: EventLimits) -> datetime:
+    value = raw.get("timestamp")
+    if value is None:
+        return now
+    if not isinstance(value, str):
+        raise ValidationError("timestamp must be an ISO 8601 string", field="timestamp")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValidationError("timestamp must be ISO 8601", field="timestamp") from exc
+    if parsed.tzinfo is None:
+        raise ValidationError("timestamp must carry a UTC offset", field="timestamp")
+    parsed = parsed.astimezone(UTC)
+    if parsed > now + limits.max_future:
+        raise ValidationError("timestamp is in the future", field="timestamp")
+    if parsed < now - limits.max_age:
+        raise ValidationError(
+            f"timestamp is older than {limits.max_age.days} days", field="timestamp"
+        )
+    return parsed
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level)
+    return level
+
+
+def _metadata(raw: dict[str, Any], limits: EventLimits) -> dict[str, Any] | None:
+    value = raw.get("metadata")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValidationError("metadata must be an object", field="metadata")
+    if _depth(value) > _MAX_METADATA_DEPTH:
+        raise ValidationError(
+            f"metadata nests deeper than {_MAX_METADATA_DEPTH} levels", field="metadata"
+        )
+    size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    if size > limits.max_metadata_bytes:
+        raise ValidationError(
+            f"metadata is larger than {limits.max_metadata_bytes} bytes", field="metadata"
+        )
+    return value
+
+
+def _execution_time(raw: dict[str, Any]) -> Decimal | None:
+    value = raw.get("execution_time")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise ValidationError("execution_time must be a number of seconds", field="execution_time")
+    try:
+        seconds = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise ValidationError("execution_time must be a number", field="execution_time") from exc
+    if not seconds.is_finite() or not 0 <= seconds < 10**8:
+        raise ValidationError("execution_time must be between 0 and 10^8", field="execution_time")
+    return seconds.quantize(Decimal("0.001"))
+
+
+def validate_event(raw: Any, now: datetime, limits: EventLimits) -> EventIn:
+    if not isinstance(raw, dict):
+        raise ValidationError("each event must be a JSON object", field="event")
+    event_id = _string(raw, "event_id", 128)
+    assert event_id is not None
+    if not _EVENT_ID.match(event_id):
+        raise ValidationError("event_id may use letters, digits and . _ : -", field="event_id")
+    api_key_hash = raw.get("api_key_hash")
+    if not isinstance(api_key_hash, str) or not _HASH.match(api_key_hash):
+        raise ValidationError(
+            "api_key_hash must be the lower-case SHA-256 hex of the API key", field="api_key_hash"
+        )
+    tokens_input = _tokens(raw, "tokens_input")
+    tokens_cache_read = _tokens(raw, "tokens_cache_read", required=False)
+    if tokens_cache_read > tokens_input:
+        raise ValidationError(
+            "tokens_cache_read cannot exceed tokens_input", field="tokens_cache_read"
+        )
+    return EventIn(
+        event_id=event_id,
+        api_key_hash=api_key_hash,
+        provider=_string(raw, "provider", 64) or "",
+        model=_string(raw, "model", 128) or "",
+        tokens_input=tokens_input,
+        tokens_output=_tokens(raw, "tokens_output"),
+        tokens_cache_read=tokens_cache_read,
+        created_at=_timestamp(raw, now, limits),
+        execution_id=_string(raw, "execution_id", 128, required=False),
+        task_type=_string(raw, "task_type", 64, required=False),
+        status=_string(raw, "status", 32, required=False) or "success",
+        execution_time=_execution_time(raw),
+        metadata=_metadata(raw, limits),
+    )

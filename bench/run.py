@@ -1,0 +1,586 @@
+"""``make bench``: ingest throughput, metering overhead, reads at scale, memory.
+
+Runs the real processes on this machine against PostgreSQL and Redis
+(``BENCH_DATABASE_ADMIN_URL``, ``BENCH_REDIS_URL``), in a database it creates
+and drops. Sizes come from the environment so a quick run is possible:
+``BENCH_EVENTS`` (default 1,000,000), ``BENCH_SCALE_EVENTS`` (10,000,000),
+``BENCH_CUSTOMERS`` (10,000). Prints a table and writes the same figures as
+JSON to ``bench/results/<timestamp>.json`` with the machine's description.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import redis
+
+from app.security import hash_api_key
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_URL = os.environ.get(
+    "BENCH_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+EVENTS = int(os.environ.get("BENCH_EVENTS", "1000000"))
+SCALE_EVENTS = int(os.environ.get("BENCH_SCALE_EVENTS", "10000000"))
+CUSTOMERS = int(os.environ.get("BENCH_CUSTOMERS", "10000"))
+BATCH = 100
+SERVICE_TOKEN = "bench-" + uuid.uuid4().hex
+MODELS = [
+    ("openai", "gpt-4o"),
+    ("anthropic", "claude-3-5-sonnet-20241022"),
+    ("google", "gemini-2.5-pro"),
+]
+
+
+def log(message: str) -> None:
+    print(f"[bench {datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+def pg(url: str, autocommit: bool = True) -> Any:
+    conn = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"))
+    conn.autocommit = autocommit
+    return conn
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children, in MiB."""
+    total = 0
+    pids = [pid] + [
+        int(p)
+        for p in subprocess.run(
+            ["pgrep", "-P", str(pid)], capture_output=True, text=True
+        ).stdout.split()
+    ]
+    for each in pids:
+        try:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return round(total / 1024, 1)
+
+
+class Stack:
+    """gunicorn API + Celery worker against a fresh database, as in production."""
+
+    def __init__(
+        self, db_url: str, instance: Path, middleware: bool = False, port: int = 0
+    ) -> None:
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "REDIS_URL": REDIS_URL,
+            "SERVICE_TOKEN": SERVICE_TOKEN,
+            "INSTANCE_DIR": str(instance),
+            "METER_SPOOL_DIR": str(instance / f"spool-{port}"),
+            "ENABLE_PRICING_MIDDLEWARE": "true" if middleware else "false",
+            "DEMO_EXECUTE_ENDPOINT": "true",
+            "MAX_EVENT_AGE_DAYS": "35",
+        }
+        self.port = port
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start_api(self, workers: int = 2) -> None:
+        self.procs["api"] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--workers",
+                str(workers),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--log-level",
+                "warning",
+                "app:create_app()",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("API did not start")
+
+    def start_worker(self, concurrency: int = 2) -> None:
+        self.procs["worker"] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks.worker",
+                "worker",
+                "--pool=prefork",
+                f"--concurrency={concurrency}",
+                "--loglevel=WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env={**self.env, "AUTO_MIGRATE": "false"},
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def make_events(n: int, start: int, when: datetime) -> list[dict[str, Any]]:
+    out = []
+    for i in range(start, start + n):
+        provider, model = MODELS[i % len(MODELS)]
+        out.append(
+            {
+                "event_id": f"b-{i}",
+                "api_key_hash": hash_api_key(f"bench-key-{i % CUSTOMERS}"),
+                "provider": provider,
+                "model": model,
+                "tokens_input": 500 + i % 1000,
+                "tokens_output": 100 + i % 300,
+                "timestamp": when.isoformat(),
+                "task_type": "code_generation",
+            }
+        )
+    return out
+
+
+def post_batches(port: int, bodies: list[bytes], threads: int = 8) -> list[float]:
+    """Send every body once over keep-alive connections; returns request latencies."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    chunks = [bodies[i::threads] for i in range(threads)]
+
+    def send(chunk: list[bytes]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        local = []
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {SERVICE_TOKEN}"}
+        for body in chunk:
+            t0 = time.perf_counter()
+            conn.request("POST", "/v1/usage/events", body=body, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 202:
+                raise RuntimeError(f"ingest answered {resp.status}")
+            local.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(local)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(send, chunks))
+    return latencies
+
+
+def count_rows(conn: Any, table: str = "usage_events") -> int:
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")
+        return cur.fetchone()[0]
+
+
+def bench_ingest(db_url: str, instance: Path, results: dict[str, Any]) -> None:
+    log(f"ingest: {EVENTS:,} events in batches of {BATCH} through gunicorn + Celery")
+    stack = Stack(db_url, instance, port=8711)
+    stack.start_api()
+    stack.start_worker()
+    conn = pg(db_url)
+    now = datetime.now(UTC)
+    bodies = [
+        json.dumps({"events": make_events(BATCH, i, now)}).encode() for i in range(0, EVENTS, BATCH)
+    ]
+    time.sleep(3)  # let the worker connect
+    memory_start = {
+        "api": rss_mb(stack.procs["api"].pid),
+        "worker": rss_mb(stack.procs["worker"].pid),
+    }
+    t0 = time.perf_counter()
+    latencies = post_batches(stack.port, bodies)
+    sent_s = time.perf_counter() - t0
+    while count_rows(conn) < EVENTS:
+        time.sleep(0.2)
+        if time.perf_counter() - t0 > 3600:
+            raise RuntimeError("ingest did not finish within an hour")
+    total_s = time.perf_counter() - t0
+    memory_end = {
+        "api": rss_mb(stack.procs["api"].pid),
+        "worker": rss_mb(stack.procs["worker"].pid),
+    }
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FILTER (WHERE pricing_status = 'priced'), count(DISTINCT event_id) FROM usage_events"
+        )
+        priced, distinct = cur.fetchone()
+    stack.stop()
+    log("ingest: COPY ceiling for the same rows")
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE copy_ceiling (LIKE usage_events INCLUDING ALL)")
+    buf = io.StringIO()
+    with conn.cursor() as cur:
+        cur.copy_expert("COPY (SELECT * FROM usage_events) TO STDOUT", buf)
+    buf.seek(0)
+    copy_conn = pg(db_url, autocommit=False)
+    t1 = time.perf_counter()
+    with copy_conn.cursor() as cur:
+        cur.copy_expert("COPY copy_ceiling FROM STDIN", buf)
+    copy_conn.commit()
+    copy_s = time.perf_counter() - t1
+    copy_conn.close()
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE copy_ceiling")
+    rate, ceiling = EVENTS / total_s, EVENTS / copy_s
+    results["ingest"] = {
+        "events": EVENTS,
+        "priced": priced,
+        "distinct": distinct,
+        "events_per_s": round(rate),
+        "accepted_per_s": round(EVENTS / sent_s),
+        "copy_ceiling_per_s": round(ceiling),
+        "ratio_to_copy": round(rate / ceiling, 3),
+        "request_p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "request_p99_ms": round(statistics.quantiles(latencies, n=100)[98] * 1000, 2),
+    }
+    growth = {
+        k: round((memory_end[k] - memory_start[k]) / memory_start[k] * 100, 1) for k in memory_start
+    }
+    results["memory_mb"] = {"start": memory_start, "end": memory_end, "growth_pct": growth}
+    conn.close()
+
+
+def _latencies(port: int, n: int) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-key-1"}
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.request("POST", "/v1/execute", body=b'{"prompt": "fizzbuzz"}', headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def bench_overhead(db_url: str, instance: Path, results: dict[str, Any]) -> None:
+    log("metering overhead: /v1/execute with the middleware off and on")
+    figures = {}
+    for middleware, port in ((False, 8712), (True, 8713)):
+        stack = Stack(db_url, instance, middleware=middleware, port=port)
+        stack.start_api(workers=1)
+        if middleware:
+            stack.start_worker()
+        _latencies(port, 500)  # warm up
+        lat = _latencies(port, 5000)
+        figures["on" if middleware else "off"] = {
+            "p50_ms": round(statistics.median(lat) * 1000, 3),
+            "p99_ms": round(statistics.quantiles(lat, n=100)[98] * 1000, 3),
+        }
+        if middleware:
+            figures["single_requests"] = sustained_single_requests(port, db_url)
+        stack.stop()
+    figures["overhead_p50_ms"] = round(figures["on"]["p50_ms"] - figures["off"]["p50_ms"], 3)
+    figures["overhead_p99_ms"] = round(figures["on"]["p99_ms"] - figures["off"]["p99_ms"], 3)
+    results["metering"] = figures
+
+
+def sustained_single_requests(
+    port: int, db_url: str, seconds: float = 20, threads: int = 8
+) -> dict[str, Any]:
+    """Hammer /v1/execute from several connections; do the workers keep up (queue flat)?"""
+    r = redis.Redis.from_url(REDIS_URL)
+    conn = pg(db_url)
+    before = count_rows(conn)
+    stop = time.monotonic() + seconds
+    sent = [0] * threads
+    depth: list[int] = []
+
+    def run(k: int) -> None:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer bench-key-{k}"}
+        while time.monotonic() < stop:
+            c.request("POST", "/v1/execute", body=b"{}", headers=headers)
+            c.getresponse().read()
+            sent[k] += 1
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    while time.monotonic() < stop:
+        depth.append(r.llen("celery"))
+        time.sleep(1)
+    for w in workers:
+        w.join()
+    total = sum(sent)
+    deadline = time.monotonic() + 120
+    while count_rows(conn) - before < total and time.monotonic() < deadline:
+        time.sleep(0.5)
+    stored = count_rows(conn) - before
+    conn.close()
+    return {
+        "requests_per_s": round(total / seconds),
+        "sent": total,
+        "stored": stored,
+        "queue_depth_first_half_max": max(depth[: len(depth) // 2] or [0]),
+        "queue_depth_second_half_max": max(depth[len(depth) // 2 :] or [0]),
+    }
+
+
+def load_scale(db_url: str) -> None:
+    """SCALE_EVENTS events over 90 days for CUSTOMERS keys, by COPY, and their rollups."""
+    log(f"scale: loading {SCALE_EVENTS:,} events over 90 days for {CUSTOMERS:,} customers")
+    conn = pg(db_url)
+    with conn.cursor() as cur:
+        cur.execute("TRUNCATE usage_events, usage_daily")
+        cur.execute(f"""
+            INSERT INTO usage_events (event_id, api_key_hash, execution_id, task_type, tokens_input,
+                tokens_output, tokens_cache_read, tokens_total, provider, model, model_cost_input,
+                model_cost_output, cost_input, cost_output, cost_total, status, pricing_status,
+                created_at, received_at)
+            SELECT 's-' || g, encode(sha256(('bench-key-' || (g % {CUSTOMERS}))::bytea), 'hex'), NULL,
+                'code_generation', 500 + g % 1000, 100 + g % 300, 0, 600 + g % 1000 + g % 300,
+                (ARRAY['openai','anthropic','google'])[1 + g % 3],
+                (ARRAY['gpt-4o','claude-3-5-sonnet','gemini-2.5-pro'])[1 + g % 3],
+                0.0000025, 0.00001, (500 + g % 1000) * 0.0000025, (100 + g % 300) * 0.00001,
+                (500 + g % 1000) * 0.0000025 + (100 + g % 300) * 0.00001, 'success', 'priced',
+                now() - ((g % 90) || ' days')::interval - ((g % 86400) || ' seconds')::interval, now()
+            FROM generate_series(1, {SCALE_EVENTS}) AS g""")
+        cur.execute("""
+            INSERT INTO usage_daily (api_key_hash, day, provider, model, events, unpriced_events,
+                tokens_input, tokens_output, tokens_cache_read, tokens_total, cost_total, updated_at)
+            SELECT api_key_hash, (created_at AT TIME ZONE 'UTC')::date, provider, model, count(*), 0,
+                sum(tokens_input), sum(tokens_output), 0, sum(tokens_total), sum(cost_total), now()
+            FROM usage_events GROUP BY 1, 2, 3, 4""")
+        cur.execute(
+            "INSERT INTO billing_customers (api_key_hash, stripe_customer_id, email, name, "
+            "billing_interval, is_active, created_at, updated_at) "
+            f"SELECT encode(sha256(('bench-key-' || g)::bytea), 'hex'), 'cus_b' || g, "
+            "'b' || g || '@example.com', 'B', 'month', true, now(), now() "
+            f"FROM generate_series(0, {CUSTOMERS - 1}) g ON CONFLICT DO NOTHING"
+        )
+        cur.execute("VACUUM ANALYZE usage_events")
+        cur.execute("VACUUM ANALYZE usage_daily")
+    conn.close()
+
+
+def bench_reads(db_url: str, instance: Path, results: dict[str, Any]) -> None:
+    t0 = time.perf_counter()
+    load_scale(db_url)
+    results["scale_load_s"] = round(time.perf_counter() - t0, 1)
+    os.environ.update(
+        DATABASE_URL=db_url, REDIS_URL=REDIS_URL, INSTANCE_DIR=str(instance), AUTO_MIGRATE="false"
+    )
+    from app import create_app
+    from app.services.reporting import cumulative_usage
+
+    app = create_app()
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    with app.app_context():
+        timings = []
+        for _ in range(3):
+            t = time.perf_counter()
+            usage = cumulative_usage(yesterday)
+            timings.append(time.perf_counter() - t)
+    log(f"report aggregation: {len(usage):,} customers")
+    client = app.test_client()
+    start = (yesterday - timedelta(days=30)).isoformat()
+    lat = []
+    for _ in range(300):
+        key = f"bench-key-{random.randrange(CUSTOMERS)}"
+        t = time.perf_counter()
+        resp = client.get(
+            f"/v1/billing/usage?start_date={start}&end_date={yesterday.isoformat()}",
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        lat.append(time.perf_counter() - t)
+        assert resp.status_code == 200 and resp.get_json()["totals"]["events"] > 0
+    results["reads"] = {
+        "events": SCALE_EVENTS,
+        "customers": CUSTOMERS,
+        "report_aggregation_s": round(min(timings), 3),
+        "usage_31d_p50_ms": round(statistics.median(lat) * 1000, 2),
+        "usage_31d_p99_ms": round(statistics.quantiles(lat, n=100)[98] * 1000, 2),
+    }
+    bench_cleanup(db_url, instance, app, results)
+
+
+def bench_cleanup(db_url: str, instance: Path, app: Any, results: dict[str, Any]) -> None:
+    """Delete the oldest week while ingest runs; compare ingest's rate with and without it."""
+    from app.services.cleanup import delete_events_before
+
+    stack = Stack(db_url, instance, port=8714)
+    stack.start_api()
+    stack.start_worker()
+    conn = pg(db_url)
+    now = datetime.now(UTC)
+    n = min(EVENTS, 200_000)
+
+    def ingest_rate(offset: int) -> float:
+        bodies = [
+            json.dumps(
+                {
+                    "events": [
+                        dict(e, event_id=f"c{offset}-{e['event_id']}")
+                        for e in make_events(BATCH, i, now)
+                    ]
+                }
+            ).encode()
+            for i in range(0, n, BATCH)
+        ]
+        before = count_rows(conn)
+        t = time.perf_counter()
+        post_batches(stack.port, bodies)
+        while count_rows(conn) - before < n:
+            time.sleep(0.1)
+        return n / (time.perf_counter() - t)
+
+    time.sleep(3)
+    normal = ingest_rate(1)
+    cutoff = now - timedelta(days=83)
+    deleted: dict[str, Any] = {}
+
+    def cleanup() -> None:
+        with app.app_context():
+            t = time.perf_counter()
+            deleted["rows"] = delete_events_before(
+                cutoff, app.config["SETTINGS"].cleanup_batch_size
+            )
+            deleted["s"] = time.perf_counter() - t
+
+    thread = threading.Thread(target=cleanup)
+    thread.start()
+    during = ingest_rate(2)
+    thread.join()
+    stack.stop()
+    conn.close()
+    results["cleanup"] = {
+        "deleted": deleted["rows"],
+        "seconds": round(deleted["s"], 1),
+        "ingest_normal_per_s": round(normal),
+        "ingest_during_cleanup_per_s": round(during),
+        "ratio": round(during / normal, 3),
+    }
+
+
+def main() -> int:
+    from tests.conftest import create_database, drop_database  # the same fresh-database helpers
+
+    os.environ["TEST_DATABASE_ADMIN_URL"] = ADMIN_URL
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    db_url = create_database()
+    instance = Path(os.environ.get("BENCH_INSTANCE", "/tmp/usage-billing-bench"))
+    instance.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        },
+    }
+    try:
+        subprocess.run(
+            [sys.executable, "-c", "from app import create_app; create_app()"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": db_url, "INSTANCE_DIR": str(instance)},
+            check=True,
+        )
+        bench_ingest(db_url, instance, results)
+        bench_overhead(db_url, instance, results)
+        if SCALE_EVENTS:
+            bench_reads(db_url, instance, results)
+    finally:
+        drop_database(db_url)
+    path = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"\nresults written to {path.relative_to(ROOT)}")
+    return 0
+
+
+def print_table(results: dict[str, Any]) -> None:
+    rows = []
+    ing = results.get("ingest", {})
+    if ing:
+        rows += [
+            ("end-to-end ingest (events/s)", ing["events_per_s"], ">= 10,000"),
+            ("COPY ceiling (rows/s)", ing["copy_ceiling_per_s"], ""),
+            ("ingest / COPY", ing["ratio_to_copy"], ">= 0.25"),
+        ]
+    met = results.get("metering", {})
+    if met:
+        rows += [
+            ("execute p50 off/on (ms)", f"{met['off']['p50_ms']} / {met['on']['p50_ms']}", ""),
+            ("execute p99 off/on (ms)", f"{met['off']['p99_ms']} / {met['on']['p99_ms']}", ""),
+            ("middleware overhead p99 (ms)", met["overhead_p99_ms"], "<= 2"),
+            ("single metered req/s kept up", met["single_requests"]["requests_per_s"], ">= 2,000"),
+        ]
+    rd = results.get("reads", {})
+    if rd:
+        rows += [
+            ("report aggregation, 1 day (s)", rd["report_aggregation_s"], "<= 2"),
+            (
+                "usage 31 days p50 / p99 (ms)",
+                f"{rd['usage_31d_p50_ms']} / {rd['usage_31d_p99_ms']}",
+                "p99 <= 50",
+            ),
+        ]
+    cl = results.get("cleanup", {})
+    if cl:
+        rows += [
+            ("cleanup of a week (rows, s)", f"{cl['deleted']:,} in {cl['seconds']}", ""),
+            ("ingest during cleanup / normal", cl["ratio"], ">= 0.8"),
+        ]
+    mem = results.get("memory_mb", {})
+    if mem:
+        rows += [
+            (
+                "memory growth api / worker (%)",
+                f"{mem['growth_pct']['api']} / {mem['growth_pct']['worker']}",
+                "< 10",
+            )
+        ]
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'measure'.ljust(width)}  {'value':>22}  target")
+    for name, value, target in rows:
+        shown = f"{value:,}" if isinstance(value, int) else str(value)
+        print(f"{name.ljust(width)}  {shown:>22}  {target}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

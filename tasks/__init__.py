@@ -1,0 +1,1 @@
+"""Celery tasks: thin wrappers over ``app.services`` that own retries and scheduling."""

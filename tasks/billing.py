@@ -1,0 +1,34 @@
+"""The daily Stripe usage report."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from celery import shared_task
+
+from app.errors import JobAlreadyRunning
+from app.services.jobs import JobFailed
+from app.services.scheduled import run_report
+
+
+@shared_task(
+    name="billing.report_usage",
+    acks_late=True,
+    autoretry_for=(JobFailed,),
+    retry_backoff=60,
+    retry_backoff_max=1800,
+    retry_jitter=True,
+    max_retries=8,
+)
+def report_usage(day: str | None = None) -> list[dict]:
+    """Report ``day`` (default: every day due, i.e. yesterday plus missed ones).
+
+    A customer that failed makes the run fail and retry later; the ledger makes
+    the retry send only what is still owed. A run already in progress elsewhere
+    is left alone.
+    """
+    try:
+        runs = run_report(date.fromisoformat(day) if day else None)
+    except JobAlreadyRunning:
+        return []
+    return [{"period": run.period, "status": run.status, "counts": run.counts} for run in runs]

@@ -1,0 +1,207 @@
+"""A local HTTP server that answers the real ``stripe`` SDK as Stripe does.
+
+It checks what Stripe would check for the calls we make: the secret key,
+idempotency keys (a replay returns the first answer; a reused key with other
+parameters is an error), meter-event identifiers (unique), timestamps (no
+older than 35 days, no more than 5 minutes ahead), that the customer exists,
+and that values are whole numbers. Failures can be scripted per path.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+API_KEY = "sk_test_fake"
+METER_EVENT_NAME = "llm_usage"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    params: dict[str, str]
+    headers: dict[str, str]
+    status: int = 0
+
+
+@dataclass
+class FakeStripeState:
+    requests: list[Request] = field(default_factory=list)
+    customers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meter_events: list[dict[str, Any]] = field(default_factory=list)
+    portal_sessions: list[dict[str, Any]] = field(default_factory=list)
+    idempotency: dict[str, tuple[str, dict[str, str], int, dict[str, Any]]] = field(
+        default_factory=dict
+    )
+    failures: dict[str, list[Any]] = field(default_factory=dict)
+    failing_customers: set[str] = field(default_factory=set)
+
+
+class FakeStripe:
+    def __init__(self) -> None:
+        self.state = FakeStripeState()
+        self.lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> FakeStripe:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.state = FakeStripeState()
+
+    def fail_next(self, path: str, *outcomes: Any) -> None:
+        """Answer the next requests to ``path`` with these statuses (or "drop" the connection)."""
+        self.state.failures.setdefault(path, []).extend(outcomes)
+
+    def requests_to(self, path: str) -> list[Request]:
+        return [r for r in self.state.requests if r.path == path]
+
+    def add_customer(self, customer_id: str | None = None) -> str:
+        customer_id = customer_id or f"cus_{uuid.uuid4().hex[:14]}"
+        self.state.customers[customer_id] = {"id": customer_id, "object": "customer"}
+        return customer_id
+
+    # -- the API -----------------------------------------------------------------------
+    def handle(
+        self, method: str, path: str, params: dict[str, str], headers: dict[str, str]
+    ) -> tuple[int, dict[str, Any]] | str:
+        if headers.get("authorization") != f"Bearer {API_KEY}":
+            return 401, _error("invalid_request_error", "Invalid API Key provided")
+        pending = self.state.failures.get(path)
+        if pending:
+            outcome = pending.pop(0)
+            if outcome == "drop":
+                return "drop"
+            return outcome, _error(
+                "api_error" if outcome >= 500 else "rate_limit_error", "scripted"
+            )
+        key = headers.get("idempotency-key")
+        if method == "POST" and key:
+            seen = self.state.idempotency.get(key)
+            if seen is not None:
+                if (seen[0], seen[1]) != (path, params):
+                    return 400, _error(
+                        "idempotency_error",
+                        "Keys for idempotent requests can only be used with the same parameters they were first used with.",
+                    )
+                return seen[2], seen[3]
+        status, body = self._route(method, path, params)
+        if method == "POST" and key and status < 500:
+            self.state.idempotency[key] = (path, params, status, body)
+        return status, body
+
+    def _route(self, method: str, path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        if method == "POST" and path == "/v1/customers":
+            customer_id = self.add_customer()
+            customer = self.state.customers[customer_id]
+            customer.update(
+                email=params.get("email"),
+                name=params.get("name"),
+                metadata={k[9:-1]: v for k, v in params.items() if k.startswith("metadata[")},
+            )
+            return 200, customer
+        if method == "POST" and path == "/v1/billing/meter_events":
+            return self._meter_event(params)
+        if method == "POST" and path == "/v1/billing_portal/sessions":
+            if params.get("customer") not in self.state.customers:
+                return 400, _error("invalid_request_error", "No such customer", "customer")
+            if not params.get("return_url"):
+                return 400, _error("invalid_request_error", "Missing return_url", "return_url")
+            session = {
+                "id": f"bps_{uuid.uuid4().hex[:14]}",
+                "object": "billing_portal.session",
+                "customer": params["customer"],
+                "return_url": params["return_url"],
+                "url": f"https://billing.stripe.test/p/session/{uuid.uuid4().hex}",
+            }
+            self.state.portal_sessions.append(session)
+            return 200, session
+        return 404, _error("invalid_request_error", f"Unrecognized request URL ({method}: {path})")
+
+    def _meter_event(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        if params.get("event_name") != METER_EVENT_NAME:
+            return 400, _error(
+                "invalid_request_error", "No active meter for event_name", "event_name"
+            )
+        customer = params.get("payload[stripe_customer_id]")
+        if customer in self.state.failing_customers:
+            return 500, _error("api_error", "scripted failure for this customer")
+        if customer not in self.state.customers:
+            return 400, _error("invalid_request_error", "No such customer", "payload")
+        value = params.get("payload[value]", "")
+        if not value.lstrip("-").isdigit():
+            return 400, _error("invalid_request_error", "value must be a whole number", "payload")
+        identifier = params.get("identifier")
+        if identifier and any(e["identifier"] == identifier for e in self.state.meter_events):
+            return 400, _error(
+                "invalid_request_error",
+                "An event with this identifier already exists",
+                "identifier",
+            )
+        timestamp = int(params.get("timestamp") or time.time())
+        now = time.time()
+        if timestamp < now - 35 * 86400 or timestamp > now + 300:
+            return 400, _error("invalid_request_error", "timestamp out of range", "timestamp")
+        event = {
+            "object": "billing.meter_event",
+            "event_name": params["event_name"],
+            "identifier": identifier or uuid.uuid4().hex,
+            "timestamp": timestamp,
+            "payload": {"stripe_customer_id": customer, "value": value},
+            "livemode": False,
+            "created": int(now),
+        }
+        self.state.meter_events.append(event)
+        return 200, event
+
+
+def _error(kind: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message, "param": param}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeStripe
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length).decode()
+        params = dict(parse_qsl(raw, keep_blank_values=True))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        path = self.path.split("?")[0]
+        with self.fake.lock:
+            record = Request("POST", path, params, headers)
+            self.fake.state.requests.append(record)
+            answer = self.fake.handle("POST", path, params, headers)
+            record.status = 0 if answer == "drop" else answer[0]
+        if answer == "drop":
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        status, body = answer
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Request-Id", f"req_{uuid.uuid4().hex[:12]}")
+        self.end_headers()
+        self.wfile.write(data)

@@ -1,0 +1,51 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import func, select
+
+from app.extensions import db
+from app.models import UsageEvent
+from app.security import hash_api_key
+
+
+def event(api_key: str = "key-a", **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "event_id": f"evt-{uuid.uuid4().hex}",
+        "api_key_hash": hash_api_key(api_key),
+        "provider": "anthropic",
+        "model": "claude-3-5-sonnet-20241022",
+        "tokens_input": 1000,
+        "tokens_output": 100,
+        "timestamp": datetime.now(UTC).isoformat(),
+        "task_type": "code_generation",
+        "status": "success",
+    }
+    body.update(overrides)
+    return body
+
+
+def count_events(app: Flask, **where: Any) -> int:
+    with app.app_context():
+        stmt = select(func.count()).select_from(UsageEvent)
+        for name, value in where.items():
+            stmt = stmt.where(getattr(UsageEvent, name) == value)
+        result = db.session.scalar(stmt)
+        db.session.rollback()
+        return int(result or 0)
+
+
+def stored_events(app: Flask, **where: Any) -> list[UsageEvent]:
+    with app.app_context():
+        stmt = select(UsageEvent).order_by(UsageEvent.id)
+        for name, value in where.items():
+            stmt = stmt.where(getattr(UsageEvent, name) == value)
+        rows = list(db.session.scalars(stmt))
+        for row in rows:
+            db.session.expunge(row)
+        return rows

@@ -1,0 +1,219 @@
+"""Bad input: property-based tests, a schema-driven fuzz of every endpoint, and the hard cases."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import schemathesis
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.errors import ValidationError
+from app.services.validation import EventLimits, validate_event
+from tests.conftest import ADMIN_TOKEN, SERVICE_TOKEN, auth, wait_for
+from tests.helpers import count_events, event
+
+LIMITS = EventLimits(timedelta(days=35), timedelta(minutes=5), 8192)
+NOW = datetime(2026, 11, 20, tzinfo=UTC)
+EVENT_FIELDS = {
+    "event",
+    "event_id",
+    "api_key_hash",
+    "provider",
+    "model",
+    "tokens_input",
+    "tokens_output",
+    "tokens_cache_read",
+    "timestamp",
+    "execution_id",
+    "task_type",
+    "status",
+    "execution_time",
+    "metadata",
+}
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.sampled_from(sorted(EVENT_FIELDS)), json_values) | json_values)
+@settings(max_examples=400, deadline=None)
+def test_any_json_is_an_event_or_a_validation_error_naming_a_field(raw: Any) -> None:
+    try:
+        validate_event(raw, NOW, LIMITS)
+    except ValidationError as error:
+        assert error.field in EVENT_FIELDS
+        assert error.message
+
+
+@given(
+    tokens_input=st.integers(min_value=-(10**12), max_value=10**12),
+    tokens_output=st.integers(min_value=-(10**12), max_value=10**12),
+    cached=st.integers(min_value=-5, max_value=10**12),
+)
+@settings(max_examples=300, deadline=None)
+def test_token_counts_are_accepted_exactly_when_in_range(
+    tokens_input: int, tokens_output: int, cached: int
+) -> None:
+    raw = event(
+        tokens_input=tokens_input,
+        tokens_output=tokens_output,
+        tokens_cache_read=cached,
+        timestamp=NOW.isoformat(),
+    )
+    ok = 0 <= tokens_input <= 10**9 and 0 <= tokens_output <= 10**9 and 0 <= cached <= tokens_input
+    try:
+        parsed = validate_event(raw, NOW, LIMITS)
+    except ValidationError as error:
+        assert not ok and error.field in {"tokens_input", "tokens_output", "tokens_cache_read"}
+    else:
+        assert ok and parsed.tokens_input == tokens_input
+
+
+def _deep(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels):
+        value = {"x": value}
+    return value
+
+
+BAD_EVENTS: dict[str, tuple[dict, str]] = {
+    "negative tokens": (event(tokens_input=-1), "tokens_input"),
+    "huge tokens": (event(tokens_output=10**15), "tokens_output"),
+    "float tokens": (event(tokens_input=1.5), "tokens_input"),
+    "string tokens": (event(tokens_input="100"), "tokens_input"),
+    "boolean tokens": (event(tokens_output=True), "tokens_output"),
+    "far-future timestamp": (event(timestamp="2100-01-01T00:00:00+00:00"), "timestamp"),
+    "far-past timestamp": (event(timestamp="1999-01-01T00:00:00+00:00"), "timestamp"),
+    "impossible date": (event(timestamp="2026-02-30T00:00:00+00:00"), "timestamp"),
+    "timestamp without offset": (event(timestamp="2026-11-20T10:00:00"), "timestamp"),
+    "deep metadata": (event(metadata=_deep(50)), "metadata"),
+    "huge metadata": (event(metadata={"blob": "x" * 20000}), "metadata"),
+    "emoji event id": (event(event_id="evt-💥"), "event_id"),
+    "zero-width model": (event(model="gpt\u200b-4o"), "model"),
+    "bidi override provider": (event(provider="open\u202eai"), "provider"),
+    "nul byte task type": (event(task_type="code\x00gen"), "task_type"),
+    "NaN execution time": (event(execution_time=float("nan")), "execution_time"),
+    "missing model": ({k: v for k, v in event().items() if k != "model"}, "model"),
+    "raw key instead of hash": (event(api_key_hash="sk-live-abc"), "api_key_hash"),
+    "not an object": ([1, 2, 3], "event"),  # type: ignore[dict-item]
+}
+
+
+def test_mixed_batch_keeps_the_good_events_and_stores_none_of_the_bad(
+    app: Flask, client: FlaskClient, celery_worker
+) -> None:
+    good = [event(metadata={"note": "模型 ünïcødé ✓"}), event(model="unknown-model-x")]
+    bad = [body for body, _ in BAD_EVENTS.values()]
+    resp = client.post(
+        "/v1/usage/events", json={"events": [good[0], *bad, good[1]]}, headers=auth(SERVICE_TOKEN)
+    )
+    assert resp.status_code == 202
+    results = resp.get_json()["results"]
+    assert [r["status"] for r in results] == ["accepted", *["rejected"] * len(bad), "accepted"]
+    for result, (name, (_, field)) in zip(results[1:-1], BAD_EVENTS.items(), strict=True):
+        assert result["error"]["field"] == field, name
+    app.extensions["usage_outbox"].flush()
+    for evt in good:
+        wait_for(lambda evt=evt: count_events(app, event_id=evt["event_id"]) == 1)
+    for body in bad:
+        if isinstance(body, dict) and isinstance(body.get("event_id"), str):
+            assert count_events(app, event_id=body["event_id"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "field"),
+    [
+        (b"{not json", "application/json", 400, "body"),
+        (b"[" * 100_000, "application/json", 400, "body"),
+        (b'{"events": []}', "application/json", 400, "events"),
+        (b'{"events": {}}', "application/json", 400, "events"),
+        (b'"just a string"', "application/json", 400, "events"),
+        (b'{"events": [1]}', "text/plain", 415, "Content-Type"),
+        (b"x" * (5 * 1024 * 1024), "application/json", 413, "body"),
+    ],
+)
+def test_malformed_bodies_get_a_json_4xx_naming_the_field(
+    client: FlaskClient, body: bytes, content_type: str, status: int, field: str
+) -> None:
+    resp = client.post(
+        "/v1/usage/events", data=body, content_type=content_type, headers=auth(SERVICE_TOKEN)
+    )
+    assert resp.status_code == status
+    assert resp.get_json()["error"]["field"] == field
+
+
+def test_oversize_batch_is_413_and_stores_nothing(app: Flask, client: FlaskClient) -> None:
+    events = [event() for _ in range(1001)]
+    resp = client.post("/v1/usage/events", json={"events": events}, headers=auth(SERVICE_TOKEN))
+    assert resp.status_code == 413 and resp.get_json()["error"]["field"] == "events"
+    assert count_events(app, event_id=events[0]["event_id"]) == 0
+
+
+FUZZ_KEY = "sk-fuzz-customer"
+NO_INPUT_PATHS = {"/healthz", "/readyz", "/openapi.json"}
+
+
+def _auth_for(path: str) -> dict[str, str]:
+    if path == "/v1/usage/events":
+        return auth(SERVICE_TOKEN)
+    if path == "/v1/billing/customers":
+        return auth(ADMIN_TOKEN)
+    return auth(FUZZ_KEY)
+
+
+def _fuzz(operation, mode) -> int:
+    """Run schemathesis' cases for one operation; returns how many were sent."""
+    sent = 0
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    def check(case) -> None:
+        nonlocal sent
+        case.headers = {**(case.headers or {}), **_auth_for(case.path)}
+        response = case.call()
+        sent += 1
+        assert response.status_code < 500, (case.path, response.status_code, response.text[:500])
+        body = json.loads(response.text)
+        if 400 <= response.status_code < 500:
+            assert isinstance(body["error"]["field"], str), (case.path, body)
+        if case.path == "/v1/usage/events" and response.status_code == 202:
+            for result in body["results"]:
+                assert result["status"] != "rejected" or result["error"]["field"]
+
+    check()
+    return sent
+
+
+def test_fuzzed_requests_never_5xx_and_every_rejection_names_its_field(
+    app: Flask, make_customer, stripe_server
+) -> None:
+    """Every operation of /openapi.json, driven by schemathesis' generated cases."""
+    make_customer(FUZZ_KEY, stripe_customer_id=stripe_server.add_customer("cus_fuzz"))
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {
+        "/v1/usage/events",
+        "/v1/billing/usage",
+        "/v1/billing/portal",
+    }
+    calls: dict[str, int] = {}
+    modes = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
+    for operation, mode in itertools.product(operations, modes):
+        if mode is modes[1] and operation.path in NO_INPUT_PATHS:
+            continue  # nothing to make invalid
+        calls[f"{mode.value} {operation.path}"] = _fuzz(operation, mode)
+    print("fuzzed requests per path:", calls)

@@ -1,0 +1,310 @@
+"""Stripe billing through the real SDK against the local fake Stripe server."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import BillingCustomer, UsageReport
+from app.security import hash_api_key
+from app.services import reporting
+from app.services.jobs import JobFailed
+from app.services.recording import record_events
+from app.services.scheduled import run_report
+from tests.conftest import ADMIN_TOKEN, WEBHOOK_SECRET, auth
+from tests.fake_stripe import FakeStripe
+from tests.helpers import event
+
+METER_PATH = "/v1/billing/meter_events"
+YESTERDAY = datetime.now(UTC).date() - timedelta(days=1)
+
+
+def _at(day: date, hour: int = 12) -> str:
+    return datetime(day.year, day.month, day.day, hour, tzinfo=UTC).isoformat()
+
+
+def _use(app: Flask, key: str, day: date, tokens_in: int, tokens_out: int = 0) -> None:
+    with app.app_context():
+        result = record_events(
+            [event(key, timestamp=_at(day), tokens_input=tokens_in, tokens_output=tokens_out)]
+        )
+        assert result.inserted == 1
+
+
+def _report(app: Flask, day: date):
+    with app.app_context():
+        return run_report(day)
+
+
+def _ledger(app: Flask) -> list[UsageReport]:
+    with app.app_context():
+        rows = list(db.session.scalars(select(UsageReport).order_by(UsageReport.id)))
+        for row in rows:
+            db.session.expunge(row)
+        return rows
+
+
+@pytest.fixture()
+def customers(stripe_server: FakeStripe, make_customer):
+    return [
+        make_customer(f"key-{n}", stripe_customer_id=stripe_server.add_customer()) for n in range(3)
+    ]
+
+
+def test_create_customer_from_cli_sends_the_hash_never_the_key(
+    app: Flask, stripe_server: FakeStripe
+) -> None:
+    runner = app.test_cli_runner()
+    args = [
+        "billing",
+        "customers",
+        "create",
+        "--email",
+        "a@example.com",
+        "--name",
+        "Ada",
+        "--api-key",
+        "sk-raw-secret-1",
+    ]
+    first = runner.invoke(args=args)
+    second = runner.invoke(args=args)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output) == json.loads(second.output)
+    [request] = stripe_server.requests_to("/v1/customers")  # the second run never called Stripe
+    assert request.params["metadata[api_key_hash]"] == hash_api_key("sk-raw-secret-1")
+    assert request.headers["idempotency-key"] == f"customer-{hash_api_key('sk-raw-secret-1')}"
+    assert all("sk-raw-secret-1" not in json.dumps(r.params) for r in stripe_server.state.requests)
+    assert len(stripe_server.state.customers) == 1
+
+
+def test_retried_customer_creation_makes_one_stripe_customer(
+    app: Flask, stripe_server: FakeStripe
+) -> None:
+    stripe_server.fail_next("/v1/customers", 500)
+    with app.app_context():
+        from app.billing import create_stripe_customer
+
+        customer_id = create_stripe_customer("b@example.com", "Bo", hash_api_key("k-b"))
+    assert len(stripe_server.state.customers) == 1 and customer_id in stripe_server.state.customers
+    keys = {r.headers["idempotency-key"] for r in stripe_server.requests_to("/v1/customers")}
+    assert len(keys) == 1
+
+
+def test_admin_endpoint_onboards_and_needs_the_admin_token(
+    client: FlaskClient, stripe_server: FakeStripe
+) -> None:
+    body = {"email": "c@example.com", "name": "Cy", "api_key": "k-c"}
+    assert client.post("/v1/billing/customers", json=body).status_code == 401
+    assert client.post("/v1/billing/customers", json=body, headers=auth("nope")).status_code == 403
+    resp = client.post("/v1/billing/customers", json=body, headers=auth(ADMIN_TOKEN))
+    assert resp.status_code == 201
+    assert resp.get_json()["stripe_customer_id"] in stripe_server.state.customers
+    bad = client.post("/v1/billing/customers", json={**body, "email": 3}, headers=auth(ADMIN_TOKEN))
+    assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "email"
+
+
+def test_two_report_runs_for_one_day_send_one_meter_event_per_customer(
+    app: Flask, stripe_server: FakeStripe, customers
+) -> None:
+    for n, _ in enumerate(customers):
+        _use(app, f"key-{n}", YESTERDAY, 1000 * (n + 1), 10)
+    _report(app, YESTERDAY)
+    _report(app, YESTERDAY)
+    events = stripe_server.state.meter_events
+    assert len(events) == 3
+    by_customer = {e["payload"]["stripe_customer_id"]: e for e in events}
+    for n, customer in enumerate(customers):
+        sent = by_customer[customer.stripe_customer_id]
+        assert sent["payload"]["value"] == str(1000 * (n + 1) + 10)
+        assert sent["identifier"] == f"ub-{customer.id}-{YESTERDAY:%Y%m%d}-0"
+        assert sent["timestamp"] == int(
+            datetime(
+                YESTERDAY.year, YESTERDAY.month, YESTERDAY.day, 23, 59, 59, tzinfo=UTC
+            ).timestamp()
+        )
+    for request in stripe_server.requests_to(METER_PATH):
+        assert request.params["event_name"] == "llm_usage"
+        assert request.headers["idempotency-key"] == request.params["identifier"]
+    assert [r.status for r in _ledger(app)] == ["sent"] * 3
+
+
+def test_rate_limited_then_ok_ends_with_one_event(
+    app: Flask, stripe_server: FakeStripe, customers
+) -> None:
+    _use(app, "key-0", YESTERDAY, 500)
+    stripe_server.fail_next(METER_PATH, 429, 500, "drop")
+    _report(app, YESTERDAY)
+    assert len(stripe_server.state.meter_events) == 1
+    attempts = stripe_server.requests_to(METER_PATH)
+    assert [r.status for r in attempts] == [429, 500, 0, 200]
+    assert len({r.headers["idempotency-key"] for r in attempts}) == 1
+
+
+def test_a_failing_customer_does_not_block_the_others_and_is_retried(
+    app: Flask, stripe_server: FakeStripe, customers
+) -> None:
+    for n in range(3):
+        _use(app, f"key-{n}", YESTERDAY, 100)
+    stripe_server.state.failing_customers.add(customers[1].stripe_customer_id)
+    with pytest.raises(JobFailed):
+        _report(app, YESTERDAY)
+    assert {e["payload"]["stripe_customer_id"] for e in stripe_server.state.meter_events} == {
+        customers[0].stripe_customer_id,
+        customers[2].stripe_customer_id,
+    }
+    assert [r.status for r in _ledger(app)] == ["sent", "failed", "sent"]
+    stripe_server.state.failing_customers.clear()
+    _report(app, YESTERDAY)
+    assert len(stripe_server.state.meter_events) == 3
+    assert [r.status for r in _ledger(app)] == ["sent", "sent", "sent"]
+
+
+def test_a_late_event_is_reported_on_the_next_run(
+    app: Flask, stripe_server: FakeStripe, customers
+) -> None:
+    two_days_ago = YESTERDAY - timedelta(days=1)
+    _use(app, "key-0", two_days_ago, 100)
+    _report(app, two_days_ago)
+    _use(app, "key-0", two_days_ago, 40)  # arrives after its day was reported
+    _use(app, "key-0", YESTERDAY, 7)
+    _report(app, YESTERDAY)
+    values = [e["payload"]["value"] for e in stripe_server.state.meter_events]
+    assert values == ["100", "47"]
+    assert sum(int(v) for v in values) == 147
+
+
+def test_fractions_carry_to_the_next_day_in_cost_mode(
+    app: Flask, stripe_server: FakeStripe, customers, monkeypatch
+) -> None:
+    settings = app.config["SETTINGS"]
+    monkeypatch.setitem(
+        app.config,
+        "SETTINGS",
+        settings.replace(billing_quantity="cost", billing_cost_unit=Decimal("0.01")),
+    )
+    day1, day2 = YESTERDAY - timedelta(days=1), YESTERDAY
+    # claude-3-5-sonnet input is $3/MTok: 1,500 tokens = $0.0045 = 0.45 cents each day
+    for day in (day1, day2, day2):
+        _use(app, "key-0", day, 1500)
+    _report(app, day1)  # 0.45 cents: nothing whole to bill yet
+    _report(app, day2)  # 0.45 + 0.9 = 1.35 cents → 1
+    assert [e["payload"]["value"] for e in stripe_server.state.meter_events] == ["1"]
+    [row] = _ledger(app)
+    assert row.cumulative_exact == Decimal("1.35") and row.quantity_unit == "usd/0.01"
+
+
+def test_crash_after_stripe_answered_does_not_bill_twice(
+    app: Flask, stripe_server: FakeStripe, customers, monkeypatch
+) -> None:
+    _use(app, "key-0", YESTERDAY, 300)
+    real_mark_sent = reporting.mark_sent
+
+    def crash(report: UsageReport) -> None:
+        raise SystemExit("worker died before recording the answer")
+
+    monkeypatch.setattr(reporting, "mark_sent", crash)
+    with pytest.raises(SystemExit):
+        _report(app, YESTERDAY)
+    with app.app_context():
+        db.session.rollback()
+        from app.models import JobRun
+
+        db.session.query(
+            JobRun
+        ).delete()  # the dead run's lock would expire after JOB_STALE_AFTER_SECONDS
+        db.session.commit()
+    monkeypatch.setattr(reporting, "mark_sent", real_mark_sent)
+    _report(app, YESTERDAY)
+    assert len(stripe_server.state.meter_events) == 1
+    assert (
+        len(stripe_server.requests_to(METER_PATH)) == 2
+    )  # the re-send was answered from Stripe's idempotency cache
+    assert [r.status for r in _ledger(app)] == ["sent"]
+
+
+def test_portal_returns_the_session_url(
+    client: FlaskClient, stripe_server: FakeStripe, customers
+) -> None:
+    body = {"return_url": "https://app.example.com/settings/billing"}
+    resp = client.post("/v1/billing/portal", json=body, headers=auth("key-0"))
+    assert resp.status_code == 200
+    [session] = stripe_server.state.portal_sessions
+    assert resp.get_json() == {"url": session["url"]}
+    assert session["customer"] == customers[0].stripe_customer_id
+    assert session["return_url"] == body["return_url"]
+
+
+@pytest.mark.parametrize(
+    ("key", "body", "status", "field"),
+    [
+        ("key-none", {"return_url": "https://app.example.com/x"}, 404, "Authorization"),
+        ("key-0", {}, 400, "return_url"),
+        ("key-0", {"return_url": "javascript:alert(1)"}, 400, "return_url"),
+        ("key-0", {"return_url": "https://evil.example.net/x"}, 400, "return_url"),
+        ("key-0", {"return_url": "https://app.example.com.evil.net/x"}, 400, "return_url"),
+    ],
+)
+def test_portal_refuses(
+    client: FlaskClient, customers, key: str, body: dict, status: int, field: str
+) -> None:
+    resp = client.post("/v1/billing/portal", json=body, headers=auth(key))
+    assert resp.status_code == status and resp.get_json()["error"]["field"] == field
+
+
+def _signed(payload: bytes, secret: str = WEBHOOK_SECRET, at: int | None = None) -> str:
+    at = at or int(time.time())
+    signature = hmac.new(secret.encode(), f"{at}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={at},v1={signature}"
+
+
+def _webhook(client: FlaskClient, event_body: dict, signature: str | None):
+    payload = json.dumps(event_body).encode()
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["Stripe-Signature"] = signature if signature != "sign" else _signed(payload)
+    return client.post("/v1/billing/webhooks/stripe", data=payload, headers=headers)
+
+
+def test_webhooks_keep_status_current_and_refuse_forgeries(
+    app: Flask, client: FlaskClient, customers
+) -> None:
+    cus = customers[0].stripe_customer_id
+    failed = {
+        "id": "evt_1",
+        "type": "invoice.payment_failed",
+        "created": int(time.time()),
+        "data": {"object": {"customer": cus}},
+    }
+    sub = {
+        "id": "evt_2",
+        "type": "customer.subscription.updated",
+        "created": int(time.time()),
+        "data": {"object": {"customer": cus, "status": "past_due"}},
+    }
+    payload = json.dumps(failed).encode()
+    assert _webhook(client, failed, None).status_code == 400
+    assert _webhook(client, failed, _signed(payload, secret="whsec_wrong")).status_code == 400
+    assert (
+        _webhook(client, failed, _signed(payload, at=int(time.time()) - 3600)).status_code == 400
+    )  # replay of an old delivery
+    assert _webhook(client, failed, "sign").get_json() == {"status": "processed"}
+    assert _webhook(client, failed, "sign").get_json() == {"status": "duplicate"}
+    assert _webhook(client, sub, "sign").status_code == 200
+    with app.app_context():
+        customer = db.session.scalar(
+            select(BillingCustomer).where(BillingCustomer.stripe_customer_id == cus)
+        )
+        assert (
+            customer.payment_status == "payment_failed"
+            and customer.subscription_status == "past_due"
+        )

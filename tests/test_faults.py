@@ -1,0 +1,158 @@
+"""Faults with real processes: a killed worker, Redis going away, PostgreSQL restarting.
+
+Each test prints events sent, stored, duplicated and lost; lost and duplicated
+must be zero. They start real ``celery worker`` processes against the test
+database and a private redis-server, so they are marked ``slow`` and ``services``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from app import create_app
+from app.config import Settings
+from app.extensions import db
+from app.models import UsageEvent
+from tests.conftest import SERVICE_TOKEN, auth, wait_for
+from tests.helpers import event
+from tests.processes import RedisServer, free_port, kill_tree, start_worker_process
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+
+def stored_counts(app: Flask, event_ids: set[str]) -> tuple[int, int]:
+    """(rows whose event_id we sent, distinct such ids)."""
+    with app.app_context():
+        rows = db.session.execute(
+            select(UsageEvent.event_id, func.count())
+            .where(UsageEvent.event_id.like("fault-%"))
+            .group_by(UsageEvent.event_id)
+        ).all()
+        db.session.rollback()
+    ours = [(e, n) for e, n in rows if e in event_ids]
+    return sum(n for _, n in ours), len(ours)
+
+
+def report(name: str, sent: int, stored: int, distinct: int) -> None:
+    print(
+        f"\n{name}: sent={sent} stored={stored} duplicated={stored - distinct} lost={sent - distinct}"
+    )
+
+
+@pytest.fixture()
+def stack(settings: Settings, tmp_path: Path) -> Iterator[tuple[Flask, RedisServer, Settings]]:
+    redis_server = RedisServer(free_port(), tmp_path)
+    redis_server.start()
+    local = settings.replace(
+        redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
+        meter_spool_dir=str(tmp_path / "spool"),
+        instance_dir=tmp_path,
+        auto_migrate=False,
+    )
+    producer = create_app(local)
+    yield producer, redis_server, local
+    producer.extensions["usage_outbox"].close()
+    redis_server.stop()
+
+
+def _send(client, batches: int, size: int, prefix: str) -> set[str]:
+    ids: set[str] = set()
+    for b in range(batches):
+        events = [
+            event(f"fault-key-{n % 7}", event_id=f"fault-{prefix}-{b}-{n}") for n in range(size)
+        ]
+        resp = client.post("/v1/usage/events", json={"events": events}, headers=auth(SERVICE_TOKEN))
+        assert resp.status_code == 202
+        ids.update(e["event_id"] for e in events)
+    return ids
+
+
+def test_worker_killed_mid_batch_loses_and_duplicates_nothing(
+    app: Flask, stack, tmp_path: Path
+) -> None:
+    producer, _, local = stack
+    client = producer.test_client()
+    ids = _send(client, batches=60, size=100, prefix="kill")
+    producer.extensions["usage_outbox"].flush()
+    worker = start_worker_process(local, tmp_path / "worker.log")
+    # Kill it once it is part-way through the queue: some rows stored, not all.
+    wait_for(lambda: stored_counts(app, ids)[0] >= 500, timeout=60, interval=0.01)
+    kill_tree(worker)
+    killed_at = stored_counts(app, ids)[1]
+    assert killed_at < len(ids), "the worker finished before it could be killed"
+    worker = start_worker_process(local, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=90, interval=0.2)
+    finally:
+        kill_tree(worker)
+    stored, distinct = stored_counts(app, ids)
+    report("worker SIGKILL", len(ids), stored, distinct)
+    assert stored == distinct == len(ids)
+
+
+def test_redis_stopped_while_requests_keep_coming(app: Flask, stack, tmp_path: Path) -> None:
+    producer, redis_server, local = stack
+    client = producer.test_client()
+    outbox = producer.extensions["usage_outbox"]
+    worker = start_worker_process(local, tmp_path / "worker.log")
+    try:
+        ids = _send(client, batches=5, size=50, prefix="redis-a")
+        outbox.flush()
+        redis_server.stop()
+        ids |= _send(client, batches=5, size=50, prefix="redis-b")  # every request still succeeds
+        outbox.flush()
+        assert list((tmp_path / "spool").glob("seg-*.jsonl")), "events wait on disk"
+        redis_server.start()
+        ids |= _send(client, batches=5, size=50, prefix="redis-c")
+        outbox.flush()
+        wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=90, interval=0.2)
+    finally:
+        kill_tree(worker)
+    stored, distinct = stored_counts(app, ids)
+    report("redis stopped", len(ids), stored, distinct)
+    assert stored == distinct == len(ids)
+
+
+def restart_postgres() -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.skipif(
+    not os.path.isdir("/etc/postgresql"), reason="needs a local PostgreSQL cluster to restart"
+)
+def test_postgres_restarted_during_ingest(app: Flask, stack, tmp_path: Path) -> None:
+    producer, _, local = stack
+    client = producer.test_client()
+    outbox = producer.extensions["usage_outbox"]
+    worker = start_worker_process(local, tmp_path / "worker.log")
+    try:
+        ids = _send(client, batches=60, size=100, prefix="pg-a")
+        outbox.flush()
+        # Restart while the worker is part-way through the queue.
+        wait_for(lambda: stored_counts(app, ids)[0] >= 1000, timeout=60, interval=0.01)
+        restarter = threading.Thread(target=restart_postgres)
+        restarter.start()
+        ids |= _send(client, batches=20, size=100, prefix="pg-b")  # the API keeps accepting
+        outbox.flush()
+        restarter.join()
+        wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=120, interval=0.5)
+    finally:
+        kill_tree(worker)
+    stored, distinct = stored_counts(app, ids)
+    report("postgres restarted", len(ids), stored, distinct)
+    assert "Retry in" in (tmp_path / "worker.log").read_text(), "no task met the outage"
+    assert stored == distinct == len(ids)

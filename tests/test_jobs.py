@@ -1,0 +1,360 @@
+"""Scheduled jobs: the Beat schedule, job runs and their lock, cleanup, prices, status."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import time_machine
+import yaml
+from flask import Flask
+from sqlalchemy import func, select
+
+from app.errors import JobAlreadyRunning
+from app.extensions import db
+from app.models import JobRun, ModelPrice
+from app.pricing.catalog import PriceSourceError
+from app.services.jobs import run_job
+from app.services.prices import price_book
+from app.services.recording import record_events
+from app.services.scheduled import (
+    CLEANUP_JOB,
+    REFRESH_JOB,
+    REPORT_JOB,
+    days_to_report,
+    run_cleanup,
+    run_price_refresh,
+)
+from tests.conftest import project_root
+from tests.fake_stripe import FakeStripe
+from tests.helpers import count_events, event
+
+NOW = datetime(2026, 11, 20, 2, 0, 5, tzinfo=UTC)
+
+
+def _runs(app: Flask, job: str) -> list[JobRun]:
+    with app.app_context():
+        rows = list(db.session.scalars(select(JobRun).where(JobRun.job == job).order_by(JobRun.id)))
+        for row in rows:
+            db.session.expunge(row)
+        return rows
+
+
+def test_beat_schedule_holds_the_three_jobs_at_their_utc_times(app: Flask) -> None:
+    schedule = app.extensions["celery"].conf.beat_schedule
+    report, refresh, cleanup = (
+        schedule[n] for n in ("daily-usage-report", "nightly-price-refresh", "weekly-cleanup")
+    )
+    assert (report["task"], refresh["task"], cleanup["task"]) == (
+        "billing.report_usage",
+        "jobs.refresh_prices",
+        "jobs.cleanup_usage",
+    )
+    with time_machine.travel(datetime(2026, 11, 19, 1, 30, tzinfo=UTC), tick=False):
+        last = datetime(2026, 11, 18, 2, 0, tzinfo=UTC)
+        assert report["schedule"].remaining_estimate(last) == timedelta(minutes=30)
+        assert refresh["schedule"].remaining_estimate(
+            datetime(2026, 11, 18, 1, 0, tzinfo=UTC)
+        ) <= timedelta(0)
+        # Weekly: Sunday 2026-11-22 03:00 UTC
+        assert cleanup["schedule"].remaining_estimate(
+            datetime(2026, 11, 15, 3, 0, tzinfo=UTC)
+        ) == timedelta(days=3, hours=1, minutes=30)
+    assert app.extensions["celery"].conf.timezone == "UTC"
+
+
+@pytest.mark.services
+def test_beat_uses_redbeat_and_stores_the_schedule_in_redis(app: Flask) -> None:
+    from redbeat import RedBeatScheduler
+    from redbeat.schedulers import get_redis
+
+    celery_app = app.extensions["celery"]
+    assert celery_app.conf.beat_scheduler == "redbeat.RedBeatScheduler"
+    scheduler = RedBeatScheduler(app=celery_app, lazy=True)
+    scheduler.setup_schedule()
+    keys = get_redis(celery_app).zrange(celery_app.redbeat_conf.schedule_key, 0, -1)
+    names = {(k.decode() if isinstance(k, bytes) else k).rsplit(":", 1)[-1] for k in keys}
+    assert {"daily-usage-report", "nightly-price-refresh", "weekly-cleanup"} <= names
+
+
+def test_missed_report_days_are_caught_up(app: Flask) -> None:
+    with app.app_context():
+        assert days_to_report(date(2026, 11, 20)) == [date(2026, 11, 19)]
+        db.session.add(
+            JobRun(job=REPORT_JOB, period="2026-11-16", status="succeeded", started_at=NOW)
+        )
+        db.session.commit()
+        assert days_to_report(date(2026, 11, 20)) == [
+            date(2026, 11, 17),
+            date(2026, 11, 18),
+            date(2026, 11, 19),
+        ]
+
+
+def test_report_job_for_a_fixed_date_reports_and_records_a_run(
+    app: Flask, stripe_server: FakeStripe, make_customer
+) -> None:
+    make_customer("key-j", stripe_customer_id=stripe_server.add_customer())
+    day = datetime.now(UTC).date() - timedelta(days=2)
+    with app.app_context():
+        record_events(
+            [
+                event(
+                    "key-j",
+                    timestamp=datetime(day.year, day.month, day.day, 9, tzinfo=UTC).isoformat(),
+                    tokens_input=42,
+                    tokens_output=0,
+                )
+            ]
+        )
+    result = app.test_cli_runner().invoke(args=["billing", "report", "--date", day.isoformat()])
+    assert result.exit_code == 0, result.output
+    [run] = _runs(app, REPORT_JOB)
+    assert (run.period, run.status, run.counts["sent"]) == (day.isoformat(), "succeeded", 1)
+    assert stripe_server.state.meter_events[0]["payload"]["value"] == "42"
+
+
+def test_a_second_concurrent_run_is_refused(app: Flask) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> dict:
+        started.set()
+        release.wait(10)
+        return {"done": 1}
+
+    def first() -> None:
+        with app.app_context():
+            run_job("usage_cleanup", "2026-11-20", slow)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    started.wait(10)
+    try:
+        with app.app_context(), pytest.raises(JobAlreadyRunning):
+            run_job("usage_cleanup", "2026-11-20", lambda: {"done": 2})
+    finally:
+        release.set()
+        thread.join()
+    assert [(r.status, r.counts) for r in _runs(app, "usage_cleanup")] == [
+        ("succeeded", {"done": 1})
+    ]
+
+
+def test_cleanup_removes_old_reported_events_and_keeps_unreported_ones(app: Flask) -> None:
+    now = datetime.now(UTC)
+    old_reported = now - timedelta(days=100)
+    old_unreported = now - timedelta(days=92)
+    recent = now - timedelta(days=10)
+    events = {}
+    for name, at in (
+        ("old_reported", old_reported),
+        ("old_unreported", old_unreported),
+        ("recent", recent),
+    ):
+        events[name] = event(timestamp=at.isoformat())
+        with app.app_context():
+            record_events([events[name]], now=at)
+    with app.app_context():
+        # Reports succeeded up to the day after old_reported, and stopped there.
+        last_reported = (old_reported + timedelta(days=1)).date().isoformat()
+        db.session.add(
+            JobRun(job=REPORT_JOB, period=last_reported, status="succeeded", started_at=now)
+        )
+        db.session.commit()
+        run = run_cleanup(now)
+    assert run.status == "succeeded" and run.counts["deleted"] == 1
+    assert count_events(app, event_id=events["old_reported"]["event_id"]) == 0
+    assert count_events(app, event_id=events["old_unreported"]["event_id"]) == 1
+    assert count_events(app, event_id=events["recent"]["event_id"]) == 1
+
+
+def test_cleanup_deletes_in_bounded_batches(app: Flask, monkeypatch) -> None:
+    at = datetime.now(UTC) - timedelta(days=120)
+    with app.app_context():
+        record_events([event(timestamp=at.isoformat()) for _ in range(25)], now=at)
+        db.session.add(
+            JobRun(
+                job=REPORT_JOB,
+                period=datetime.now(UTC).date().isoformat(),
+                status="succeeded",
+                started_at=at,
+            )
+        )
+        db.session.commit()
+    monkeypatch.setitem(
+        app.config, "SETTINGS", app.config["SETTINGS"].replace(cleanup_batch_size=10)
+    )
+    with app.app_context():
+        assert run_cleanup().counts["deleted"] == 25
+
+
+class _PriceSource:
+    def __init__(self) -> None:
+        self.body = b""
+        source = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(source.body)))
+                self.end_headers()
+                self.wfile.write(source.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/prices.json"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture()
+def price_source(app: Flask, monkeypatch) -> Iterator[_PriceSource]:
+    source = _PriceSource()
+    monkeypatch.setitem(
+        app.config, "SETTINGS", app.config["SETTINGS"].replace(pricing_source_url=source.url)
+    )
+    yield source
+    source.server.shutdown()
+    with app.app_context():  # leave the price table as the session found it
+        db.session.query(ModelPrice).filter(ModelPrice.source == source.url).delete()
+        db.session.commit()
+        price_book.invalidate()
+
+
+def _price_rows(app: Flask) -> int:
+    with app.app_context():
+        return db.session.scalar(select(func.count()).select_from(ModelPrice))
+
+
+def test_price_refresh_adds_a_row_only_where_a_price_changed(
+    app: Flask, price_source: _PriceSource
+) -> None:
+    before = _price_rows(app)
+    price_source.body = json.dumps(
+        {
+            "prices": [
+                {
+                    "provider": "openai",
+                    "model": "gpt-4o-2024-08-06",
+                    "input_per_token": "0.000002",
+                    "output_per_token": "0.00001",
+                    "cache_read_per_token": "0.00000125",
+                },
+                {
+                    "provider": "acme",
+                    "model": "coder-1",
+                    "input_per_token": "0.000001",
+                    "output_per_token": "0.000002",
+                },
+            ]
+        }
+    ).encode()
+    with app.app_context():
+        run = run_price_refresh()
+    assert run.status == "succeeded" and run.counts["added"] == 2
+    assert _price_rows(app) == before + 2
+    with app.app_context():
+        assert run_price_refresh(datetime.now(UTC) + timedelta(days=1)).counts["added"] == 0
+        book = price_book.get()
+        assert book.price_at("openai", "gpt-4o", datetime.now(UTC)).input == Decimal("0.000002")
+        assert book.price_at(
+            "openai", "gpt-4o", datetime.now(UTC) - timedelta(days=1)
+        ).input == Decimal("0.0000025")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b'{"prices": [{"provider": "openai", "model": "gpt-4o", "input_per_token": "-3", "output_per_token": "1"}]}',
+    ],
+)
+def test_a_bad_price_source_changes_no_price(
+    app: Flask, price_source: _PriceSource, body: bytes
+) -> None:
+    before = _price_rows(app)
+    price_source.body = body
+    with app.app_context(), pytest.raises(PriceSourceError):
+        run_price_refresh()
+    assert _price_rows(app) == before
+    [run] = _runs(app, REFRESH_JOB)
+    assert run.status == "failed" and "PriceSourceError" in run.error
+
+
+def test_status_exits_non_zero_when_the_report_is_overdue(app: Flask) -> None:
+    runner = app.test_cli_runner()
+    with time_machine.travel(NOW, tick=False):
+        assert runner.invoke(args=["billing", "status"]).exit_code == 1  # nothing ever ran
+        with app.app_context():
+            for job, period in (
+                (REPORT_JOB, "2026-11-19"),
+                (REFRESH_JOB, "2026-11-20"),
+                (CLEANUP_JOB, "2026-11-16"),
+            ):
+                db.session.add(
+                    JobRun(
+                        job=job,
+                        period=period,
+                        status="succeeded",
+                        started_at=NOW - timedelta(minutes=5),
+                        finished_at=NOW,
+                    )
+                )
+            db.session.commit()
+        result = runner.invoke(args=["billing", "status"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["healthy"] is True
+    with time_machine.travel(NOW + timedelta(days=1, hours=2), tick=False):
+        result = runner.invoke(args=["billing", "status"])
+        assert result.exit_code == 1
+        assert json.loads(result.output)["jobs"][REPORT_JOB]["overdue"] is True
+
+
+def test_health_and_readiness(client) -> None:
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    resp = client.get("/readyz")
+    assert resp.status_code == 200 and resp.get_json()["checks"] == {
+        "database": "ok",
+        "broker": "ok",
+    }
+
+
+def test_workflow_and_compose_files_parse_and_run_commands_the_project_has(app: Flask) -> None:
+    root = project_root()
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    assert {"postgres", "redis", "api", "worker", "beat", "flower"} <= set(compose["services"])
+    makefile = (root / "Makefile").read_text()
+    for name in ("api", "worker", "beat", "flower"):
+        command = compose["services"][name]["command"]
+        assert command[0] == "make" and f"\n{command[1]}:" in makefile
+        assert "healthcheck" in compose["services"][name] or name == "beat"
+    make = shutil.which("make")
+    if make:
+        for target in ("api", "worker", "beat", "flower"):
+            dry = subprocess.run(
+                [make, "-n", target], cwd=root, capture_output=True, text=True, check=True
+            )
+            assert "tasks.worker" in dry.stdout or "create_app" in dry.stdout
+    runner = app.test_cli_runner()
+    for path in (root / ".github/workflows").glob("*.yml"):
+        workflow = yaml.safe_load(path.read_text())
+        assert workflow["jobs"]
+        for job in workflow["jobs"].values():
+            for step in job["steps"]:
+                for line in str(step.get("run", "")).splitlines():
+                    line = line.strip()
+                    if line.startswith("flask billing"):
+                        sub = line.split()[2]
+                        assert runner.invoke(args=["billing", sub, "--help"]).exit_code == 0, line
+    daily = yaml.safe_load((root / ".github/workflows/daily-billing-report.yml").read_text())
+    triggers = daily[True]  # YAML 1.1 reads the key `on` as True
+    assert triggers["schedule"][0]["cron"] == "30 3 * * *" and "workflow_dispatch" in triggers

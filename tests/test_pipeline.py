@@ -1,0 +1,170 @@
+"""The metering pipeline end to end: API → Celery worker → priced rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app.services.recording import record_events
+from tests.conftest import SERVICE_TOKEN, auth, wait_for
+from tests.helpers import count_events, event, stored_events
+
+API_KEY = "sk-live-" + "a" * 40
+
+
+def post_events(client: FlaskClient, events: list[dict]) -> tuple[int, dict]:
+    resp = client.post("/v1/usage/events", json={"events": events}, headers=auth(SERVICE_TOKEN))
+    return resp.status_code, resp.get_json()
+
+
+def test_metered_execute_call_becomes_one_priced_row(
+    app: Flask, client: FlaskClient, celery_worker
+) -> None:
+    resp = client.post("/v1/execute/code_generation", json={"prompt": "x"}, headers=auth(API_KEY))
+    assert resp.status_code == 200
+    execution_id = resp.get_json()["execution_id"]
+    app.extensions["usage_outbox"].flush()
+    wait_for(lambda: count_events(app, execution_id=execution_id) == 1)
+    [row] = stored_events(app, execution_id=execution_id)
+    # gpt-4o: $2.50 / $10 per MTok, cached input $1.25 per MTok.
+    assert row.provider == "openai" and row.model == "gpt-4o-2024-08-06"
+    assert row.pricing_status == "priced"
+    assert row.model_cost_input == Decimal("0.0000025")
+    assert row.model_cost_output == Decimal("0.00001")
+    assert row.cost_input == Decimal("800") * Decimal("0.0000025") + 200 * Decimal("0.00000125")
+    assert row.cost_output == Decimal("0.005")
+    assert row.cost_total == Decimal("0.00725")
+    assert row.tokens_total == 1500 and row.tokens_cache_read == 200
+    assert row.api_key_hash != API_KEY and len(row.api_key_hash) == 64
+    assert row.task_type == "code_generation" and row.execution_time == Decimal("1.250")
+
+
+def test_duplicate_event_is_stored_once(app: Flask, client: FlaskClient, celery_worker) -> None:
+    evt = event()
+    assert post_events(client, [evt])[0] == 202
+    wait_for(lambda: count_events(app, event_id=evt["event_id"]) == 1)
+    status, body = post_events(client, [evt, evt])
+    assert status == 202
+    assert [r["status"] for r in body["results"]] == ["duplicate", "duplicate"]
+    with app.app_context():  # and straight at the worker's service, as a redelivery would
+        result = record_events([evt])
+    assert result.inserted == 0 and result.duplicates == 1
+    assert count_events(app, event_id=evt["event_id"]) == 1
+
+
+def test_unknown_model_is_stored_unpriced(app: Flask, client: FlaskClient, celery_worker) -> None:
+    evt = event(provider="openai", model="gpt-does-not-exist-9")
+    assert post_events(client, [evt])[0] == 202
+    wait_for(lambda: count_events(app, event_id=evt["event_id"]) == 1)
+    [row] = stored_events(app, event_id=evt["event_id"])
+    assert row.pricing_status == "unpriced"
+    assert row.cost_total is None and row.model_cost_input is None
+    assert row.tokens_total == 1100
+
+
+def test_batch_with_bad_events_keeps_the_good_ones(
+    app: Flask, client: FlaskClient, celery_worker
+) -> None:
+    good = [event(), event()]
+    bad = [
+        event(tokens_input=-5),
+        event(tokens_output="12"),
+        {**event(), "api_key_hash": "not-a-hash"},
+        event(timestamp="2020-13-45"),
+    ]
+    status, body = post_events(client, [good[0], *bad, good[1]])
+    assert status == 202
+    assert body["accepted"] == 2 and body["rejected"] == 4
+    fields = [r["error"]["field"] for r in body["results"] if r["status"] == "rejected"]
+    assert fields == ["tokens_input", "tokens_output", "api_key_hash", "timestamp"]
+    for evt in good:
+        wait_for(lambda evt=evt: count_events(app, event_id=evt["event_id"]) == 1)
+    for evt in bad:
+        assert count_events(app, event_id=evt["event_id"]) == 0
+
+
+def test_a_batch_of_only_bad_events_is_a_400_naming_the_field(client: FlaskClient) -> None:
+    status, body = post_events(client, [event(model="")])
+    assert status == 400 and body["error"]["field"] == "model"
+
+
+def test_batch_endpoint_needs_the_service_token(client: FlaskClient) -> None:
+    resp = client.post("/v1/usage/events", json={"events": [event()]})
+    assert resp.status_code == 401
+    resp = client.post("/v1/usage/events", json={"events": [event()]}, headers=auth("wrong"))
+    assert resp.status_code == 403 and resp.get_json()["error"]["field"] == "Authorization"
+
+
+def test_oversize_batch_is_413(app: Flask, client: FlaskClient) -> None:
+    limit = app.config["SETTINGS"].max_batch_events
+    status, body = post_events(client, [event() for _ in range(limit + 1)])
+    assert status == 413 and body["error"]["field"] == "events"
+
+
+def test_worker_parks_invalid_events_and_keeps_the_rest(app: Flask) -> None:
+    good, bad = event(), event(tokens_input=10, tokens_cache_read=11)
+    with app.app_context():
+        result = record_events([bad, good])
+    assert result.inserted == 1
+    assert result.rejected == [
+        {
+            "event_id": bad["event_id"],
+            "field": "tokens_cache_read",
+            "reason": "tokens_cache_read cannot exceed tokens_input",
+        }
+    ]
+    assert count_events(app, event_id=good["event_id"]) == 1
+
+
+def _usage(client: FlaskClient, key: str, start: str, end: str):
+    return client.get(f"/v1/billing/usage?start_date={start}&end_date={end}", headers=auth(key))
+
+
+def test_usage_is_isolated_per_key(app: Flask, client: FlaskClient, make_customer) -> None:
+    make_customer("key-a")
+    make_customer("key-b")
+    day = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
+    with app.app_context():
+        record_events(
+            [
+                event("key-a", timestamp=day.isoformat(), tokens_input=100, tokens_output=10),
+                event("key-a", timestamp=day.isoformat(), tokens_input=200, tokens_output=20),
+                event("key-b", timestamp=day.isoformat(), tokens_input=5000, tokens_output=500),
+            ]
+        )
+    start = end = day.date().isoformat()
+    body_a = _usage(client, "key-a", start, end).get_json()
+    body_b = _usage(client, "key-b", start, end).get_json()
+    assert body_a["totals"]["tokens_input"] == 300 and body_a["totals"]["events"] == 2
+    assert body_b["totals"]["tokens_input"] == 5000 and body_b["totals"]["events"] == 1
+    # claude-3-5-sonnet: $3 / $15 per MTok
+    assert Decimal(body_a["totals"]["cost"]) == 300 * Decimal("0.000003") + 30 * Decimal("0.000015")
+    [day_a] = body_a["days"]
+    assert day_a["date"] == start and day_a["models"][0]["model"] == "claude-3-5-sonnet-20241022"
+
+
+def test_usage_bad_parameters_are_400_naming_the_parameter(
+    client: FlaskClient, make_customer
+) -> None:
+    make_customer("key-a")
+    cases = {
+        "end_date=2026-01-02": "start_date",
+        "start_date=2026-01-01": "end_date",
+        "start_date=2026-1-1&end_date=2026-01-02": "start_date",
+        "start_date=2026-01-01&end_date=yesterday": "end_date",
+        "start_date=2026-01-05&end_date=2026-01-01": "end_date",
+        "start_date=2020-01-01&end_date=2026-01-01": "end_date",
+    }
+    for query, field in cases.items():
+        resp = client.get(f"/v1/billing/usage?{query}", headers=auth("key-a"))
+        assert resp.status_code == 400, query
+        assert resp.get_json()["error"]["field"] == field, query
+
+
+def test_usage_needs_a_known_key(client: FlaskClient) -> None:
+    assert _usage(client, "", "2026-01-01", "2026-01-02").status_code == 401
+    resp = _usage(client, "never-issued", "2026-01-01", "2026-01-02")
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "unauthenticated"
