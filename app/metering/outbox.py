@@ -75,9 +75,18 @@ class Outbox:
         atexit.register(self.close)
 
     def _open_segment(self) -> None:
-        self._segment = self._dir / f"seg-{os.getpid()}-{uuid.uuid4().hex}.jsonl"
-        self._file = open(self._segment, "a", encoding="utf-8")  # noqa: SIM115
+        """Create a segment that is locked before any replayer can see it.
+
+        It is created under a name replayers do not glob, locked, and only then
+        renamed into view (the rename keeps the inode and so the lock): a
+        replayer in another process can never take a segment still being filled.
+        """
+        name = f"seg-{os.getpid()}-{uuid.uuid4().hex}.jsonl"
+        hidden, segment = self._dir / f".new-{name}", self._dir / name
+        self._file = open(hidden, "a", encoding="utf-8")  # noqa: SIM115
         fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(hidden, segment)
+        self._segment = segment
 
     def close(self) -> None:
         """Publish what is buffered; whatever the broker refuses stays on disk for replay."""
