@@ -55,6 +55,9 @@ class Settings:
     meter_batch_size: int = 100
     meter_flush_ms: int = 50
     meter_spool_dir: str = ""
+    # A published batch with no receipt after this long is sent again. Longer than
+    # the broker's visibility timeout, which redelivers a dead worker's messages itself.
+    meter_redeliver_after_seconds: int = 900
     max_usage_range_days: int = 366
     max_event_age_days: int = 35
     max_event_future_seconds: int = 300

@@ -527,6 +527,7 @@ def main() -> int:
     finally:
         drop_database(db_url)
     path = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     print(f"\nresults written to {path.relative_to(ROOT)}")

@@ -20,21 +20,22 @@ from app.services.recording import park_batch, record_events
     retry_jitter=True,
     max_retries=None,
 )
-def record_events_task(events: list[dict[str, Any]]) -> dict[str, int]:
+def record_events_task(events: list[dict[str, Any]], batch_id: str | None = None) -> dict[str, int]:
     """Store a batch; a lost database connection rolls back and retries the whole batch.
 
-    Retrying the whole batch is safe: rows already stored are skipped by event id.
-    Validation failures are not errors here; they are parked per event. Any other
-    failure parks the whole batch in ``rejected_events`` rather than dropping it.
+    Retrying the whole batch is safe: a recorded batch has a receipt (``batch_id``)
+    and rows already stored are skipped by event id. Validation failures are not
+    errors here; they are parked per event. Any other failure parks the whole
+    batch in ``rejected_events`` rather than dropping it.
     """
     try:
-        result = record_events(events)
+        result = record_events(events, batch_id=batch_id)
     except (OperationalError, InterfaceError):
         db.session.rollback()
         raise
     except Exception as exc:
         db.session.rollback()
-        park_batch(events, exc)
+        park_batch(events, exc, batch_id)
         raise
     finally:
         db.session.remove()

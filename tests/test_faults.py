@@ -56,6 +56,9 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[tuple[Flask, RedisServ
         meter_spool_dir=str(tmp_path / "spool"),
         instance_dir=tmp_path,
         auto_migrate=False,
+        # Re-send a published batch with no receipt after 5 s instead of 15 min, so a
+        # batch Redis handed to a killed worker is recovered within the test.
+        meter_redeliver_after_seconds=5,
     )
     producer = create_app(local)
     yield producer, redis_server, local
@@ -98,6 +101,33 @@ def test_worker_killed_mid_batch_loses_and_duplicates_nothing(
     assert stored == distinct == len(ids)
 
 
+def test_batches_redis_handed_to_a_worker_that_died_are_sent_again(
+    app: Flask, stack, tmp_path: Path
+) -> None:
+    """Redis gives a message to a worker by popping it; a worker killed before it
+    bookkeeps the message as unacknowledged loses it. The outbox keeps each batch
+    until the worker's receipt is committed, and sends it again when none comes."""
+    import redis
+
+    producer, redis_server, local = stack
+    ids = _send(producer.test_client(), batches=3, size=100, prefix="popped")
+    producer.extensions["usage_outbox"].flush()
+    broker = redis.Redis(port=redis_server.port)
+    popped = 0
+    while broker.rpop("celery") is not None:  # taken by a worker that died at once
+        popped += 1
+    assert popped >= 1 and list((tmp_path / "spool").glob("sent-*.jsonl"))
+    worker = start_worker_process(local, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=60, interval=0.2)
+        wait_for(lambda: not list((tmp_path / "spool").glob("sent-*.jsonl")), timeout=10)
+    finally:
+        kill_tree(worker)
+    stored, distinct = stored_counts(app, ids)
+    report(f"{popped} messages lost by the broker", len(ids), stored, distinct)
+    assert stored == distinct == len(ids)
+
+
 def test_redis_stopped_while_requests_keep_coming(app: Flask, stack, tmp_path: Path) -> None:
     producer, redis_server, local = stack
     client = producer.test_client()
@@ -122,12 +152,18 @@ def test_redis_stopped_while_requests_keep_coming(app: Flask, stack, tmp_path: P
 
 
 def restart_postgres() -> None:
+    """Restart the cluster and return once it accepts connections again."""
     version = sorted(os.listdir("/etc/postgresql"))[-1]
     subprocess.run(
         ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
         check=True,
         capture_output=True,
         timeout=120,
+    )
+    wait_for(
+        lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode == 0,
+        timeout=60,
+        interval=0.2,
     )
 
 
@@ -144,11 +180,22 @@ def test_postgres_restarted_during_ingest(app: Flask, stack, tmp_path: Path) -> 
         outbox.flush()
         # Restart while the worker is part-way through the queue.
         wait_for(lambda: stored_counts(app, ids)[0] >= 1000, timeout=60, interval=0.01)
-        restarter = threading.Thread(target=restart_postgres)
+        restarted: list[BaseException | None] = []
+
+        def restart() -> None:
+            try:
+                restart_postgres()
+                restarted.append(None)
+            except BaseException as exc:  # re-raised below, in the test's thread
+                restarted.append(exc)
+
+        restarter = threading.Thread(target=restart)
         restarter.start()
         ids |= _send(client, batches=20, size=100, prefix="pg-b")  # the API keeps accepting
         outbox.flush()
         restarter.join()
+        if restarted != [None]:
+            raise AssertionError(f"PostgreSQL did not restart: {restarted}")
         wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=120, interval=0.5)
     finally:
         kill_tree(worker)

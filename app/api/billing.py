@@ -15,16 +15,16 @@ from app.errors import NotFound, ValidationError
 from app.models.types import utcnow
 from app.security import bearer_token, hash_api_key, require_token
 from app.services.customers import customer_for_key_hash
+from app.services.validation import string_field
 from app.services.webhooks import handle_event
 
 billing = Blueprint("billing", __name__)
 
 
 def _required_string(body: Any, name: str, max_len: int = 320) -> str:
-    value = body.get(name) if isinstance(body, dict) else None
-    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
-        raise ValidationError(f"{name} is required (a string of at most {max_len})", field=name)
-    return value.strip()
+    value = string_field(body, name, max_len)
+    assert value is not None  # required: a missing value raised
+    return value
 
 
 @billing.post("/v1/billing/customers")
@@ -36,7 +36,7 @@ def create_customer() -> tuple[dict[str, Any], int]:
         raise ValidationError("email is not an address", field="email")
     name = _required_string(body, "name", 200)
     api_key_hash = hash_api_key(_required_string(body, "api_key", 512))
-    company = _required_string(body, "company", 200) if body.get("company") is not None else None
+    company = string_field(body, "company", 200, required=False)
     stripe_id = create_stripe_customer(email, name, api_key_hash, company=company)
     customer = customer_for_key_hash(api_key_hash)
     assert customer is not None

@@ -15,7 +15,9 @@ from typing import Any
 
 from flask import Flask, Request, Response, current_app, request
 
+from app.extensions import db
 from app.metering.outbox import Outbox
+from app.models.ledger import recorded_batches
 from app.security import hash_api_key
 
 log = logging.getLogger("usage_billing.metering")
@@ -76,11 +78,34 @@ def outbox_for(app: Flask) -> Outbox:
         settings = app.config["SETTINGS"]
         celery_app = app.extensions["celery"]
 
-        def publish(events: list[dict[str, Any]]) -> None:
-            celery_app.send_task(RECORD_TASK, args=[events], retry=False)
+        def publish(batch_id: str, events: list[dict[str, Any]]) -> None:
+            celery_app.send_task(
+                RECORD_TASK, args=[events], kwargs={"batch_id": batch_id}, retry=False
+            )
+
+        def recorded(batch_ids: list[str]) -> set[str]:
+            with app.app_context():
+                try:
+                    return recorded_batches(batch_ids)
+                finally:
+                    db.session.remove()
+
+        def queue_depth() -> int:
+            # Declared as Celery declares it (the same arguments), since a passive
+            # declare of an empty Redis queue answers "not found".
+            queue = celery_app.amqp.queues[celery_app.conf.task_default_queue]
+            with celery_app.connection_for_read() as conn:
+                declared = queue(conn.default_channel).queue_declare()
+            return int(declared.message_count)
 
         outbox = Outbox(
-            settings.spool_dir, publish, settings.meter_batch_size, settings.meter_flush_ms
+            settings.spool_dir,
+            publish,
+            recorded,
+            queue_depth,
+            batch_size=settings.meter_batch_size,
+            flush_ms=settings.meter_flush_ms,
+            redeliver_after=settings.meter_redeliver_after_seconds,
         )
         app.extensions["usage_outbox"] = outbox
     return outbox

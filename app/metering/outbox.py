@@ -1,14 +1,27 @@
-"""A durable, batching hand-off from request threads to Celery.
+"""A durable, batching hand-off from request threads to Celery, confirmed end to end.
 
 Publishing one Celery message per request costs most of the API's capacity
 (see shared/FACTS.md), so a request only appends its event to an append-only
 segment file (one ``write`` to the OS, no fsync, no network) and to an
-in-memory batch. A background thread publishes one Celery task per batch
-(every ``batch_size`` events or ``flush_ms``) and deletes the segment once the
-broker has it. When the broker is down the segment stays on disk and is
-replayed when it is back; segments left by a dead process (no one holds their
-``flock``) are replayed by any live one. Delivery is at least once; the worker's
-insert is idempotent by ``event_id``, so storage is exactly once.
+in-memory batch. A background thread publishes one Celery task per chunk of
+``batch_size`` events (every ``batch_size`` events or ``flush_ms``).
+
+A segment lives on disk until a worker has *recorded* it, not merely until the
+broker took it: Redis hands a message to a worker by popping it, so a worker
+killed between that pop and its bookkeeping loses the message. Each chunk
+carries a batch id (segment id + chunk number); the worker writes a receipt for
+it in the same transaction as its events. So a segment goes through:
+
+``seg-<pid>-<id>.jsonl``
+    being written, or not yet published (the broker was down). Replayed by
+    whichever process finds it unlocked: ours after a failure, or a dead one's.
+``sent-<id>-<chunks>.jsonl``
+    published; deleted once every chunk has a receipt. A chunk with no receipt
+    ``redeliver_after`` seconds after its last publication is published again
+    (when the queue is empty, so it is not merely waiting its turn).
+
+Delivery is at least once; the worker skips a batch that has a receipt and
+inserts events by ``event_id``, so storage is exactly once.
 """
 
 from __future__ import annotations
@@ -21,35 +34,85 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 log = logging.getLogger("usage_billing.metering")
 
-Publish = Callable[[list[dict[str, Any]]], None]
+Events = list[dict[str, Any]]
+Publish = Callable[[str, Events], None]  # (batch id, events)
+Recorded = Callable[[list[str]], set[str]]  # which of these batch ids have a receipt
+QueueDepth = Callable[[], int]
 _MAX_REPLAY_BACKOFF = 30.0
+_CONFIRM_INTERVAL = 1.0
+_CONFIRM_PAGE = 500  # sent segments per receipt query
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[TextIO | None]:
+    """The open, exclusively locked file; None when another process holds it or it moved on."""
+    try:
+        handle = open(path, encoding="utf-8")  # noqa: SIM115
+    except FileNotFoundError:
+        yield None
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None  # a live writer or another replayer has it
+            return
+        try:  # still under this name? (not published and renamed, or deleted, meanwhile)
+            current = os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        yield handle if current else None
+
+
+def _read_events(handle: TextIO, name: str) -> Events:
+    events = []
+    for number, line in enumerate(handle, 1):
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            log.error("torn line %d in %s skipped", number, name)
+    return events
 
 
 class Outbox:
-    def __init__(self, directory: Path, publish: Publish, batch_size: int, flush_ms: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        publish: Publish,
+        recorded: Recorded,
+        queue_depth: QueueDepth,
+        batch_size: int,
+        flush_ms: int,
+        redeliver_after: float,
+    ) -> None:
         self._dir = directory
         self._publish = publish
+        self._recorded = recorded
+        self._queue_depth = queue_depth
         self._batch_size = batch_size
         self._interval = flush_ms / 1000
+        self._redeliver_after = redeliver_after
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pid = -1
         self._segment: Path | None = None
         self._file: TextIO | None = None
-        self._pending: list[dict[str, Any]] = []
+        self._pending: Events = []
         self._thread: threading.Thread | None = None
         self._replay_delay = 0.0
         self._replay_due = 0.0
+        self._confirm_due = 0.0
 
     # -- request side -------------------------------------------------------------------
-    def append(self, events: list[dict[str, Any]]) -> None:
+    def append(self, events: Events) -> None:
         """Make ``events`` durable on local disk and queue them; never touches the network."""
         lines = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
         with self._lock:
@@ -89,7 +152,7 @@ class Outbox:
         self._segment = segment
 
     def close(self) -> None:
-        """Publish what is buffered; whatever the broker refuses stays on disk for replay."""
+        """Publish what is buffered; whatever is not yet recorded stays on disk."""
         if self._thread is None or self._pid != os.getpid():
             return
         self._stopping.set()
@@ -106,10 +169,11 @@ class Outbox:
             self._pid = -1
 
     def flush(self) -> None:
-        """Publish now (tests and shutdown); normally the thread does this."""
+        """Publish and confirm now (tests and shutdown); normally the thread does this."""
         self._flush()
-        self._replay_due = 0.0
+        self._replay_due = self._confirm_due = 0.0
         self._replay()
+        self._confirm()
 
     # -- background side ----------------------------------------------------------------
     def _run(self) -> None:
@@ -119,8 +183,25 @@ class Outbox:
             try:
                 self._flush()
                 self._replay()
+                self._confirm()
             except Exception:  # the thread must outlive any single failure
-                log.exception("outbox flush failed; events stay spooled")
+                log.exception("outbox cycle failed; events stay spooled")
+
+    def _publish_segment(self, segment_id: str, events: Events, skip: set[str]) -> int:
+        """Publish ``events`` in chunks (ids ``<segment_id>-<n>``); returns the chunk count."""
+        chunks = range(0, len(events), self._batch_size)
+        for number, start in enumerate(chunks):
+            batch_id = f"{segment_id}-{number}"
+            if batch_id not in skip:
+                self._publish(batch_id, events[start : start + self._batch_size])
+        return len(chunks)
+
+    @staticmethod
+    def _mark_sent(segment: Path, chunks: int) -> None:
+        """Rename a published segment to wait for its receipts; its mtime is the publish time."""
+        sent = segment.with_name(f"sent-{segment.stem.rsplit('-', 1)[-1]}-{chunks}.jsonl")
+        os.rename(segment, sent)
+        os.utime(sent)
 
     def _flush(self) -> None:
         with self._lock:
@@ -131,19 +212,17 @@ class Outbox:
             self._open_segment()
         # The full segment is closed (releasing its lock) only after publishing, so no
         # other process replays it while we are still sending it.
-        try:
-            for start in range(0, len(batch), self._batch_size):
-                self._publish(batch[start : start + self._batch_size])
-        except Exception as exc:
-            log.warning("broker unavailable; %d events kept for replay: %s", len(batch), exc)
-            done_file.close()  # leaves the file for _replay
-            self._replay_delay = max(self._replay_delay, self._interval)
-            return
-        done_segment.unlink()
-        done_file.close()
+        with done_file:
+            try:
+                chunks = self._publish_segment(done_segment.stem.rsplit("-", 1)[-1], batch, set())
+            except Exception as exc:
+                log.warning("broker unavailable; %d events kept for replay: %s", len(batch), exc)
+                self._replay_delay = max(self._replay_delay, self._interval)
+                return
+            self._mark_sent(done_segment, chunks)
 
     def _replay(self) -> None:
-        """Send segments no live writer holds: ours that failed, or a dead process's."""
+        """Publish segments no live writer holds: ours that failed, or a dead process's."""
         now = time.monotonic()
         if now < self._replay_due:
             return
@@ -160,25 +239,67 @@ class Outbox:
         self._replay_delay = 0.0
 
     def _replay_segment(self, path: Path) -> None:
-        try:
-            handle = open(path, encoding="utf-8")  # noqa: SIM115
-        except FileNotFoundError:
-            return
-        with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return  # a live writer or another replayer has it
-            if os.fstat(handle.fileno()).st_nlink == 0:
-                return  # replayed and removed while we waited
-            events = []
-            for number, line in enumerate(handle, 1):
-                try:
-                    events.append(json.loads(line))
-                except ValueError:
-                    log.error("torn line %d in %s skipped", number, path.name)
-            for start in range(0, len(events), self._batch_size):
-                self._publish(events[start : start + self._batch_size])
-            path.unlink()
+        with _locked(path) as handle:
+            if handle is None:
+                return
+            events = _read_events(handle, path.name)
+            chunks = self._publish_segment(path.stem.rsplit("-", 1)[-1], events, set())
+            self._mark_sent(path, chunks)
         if events:
             log.info("replayed %d spooled events from %s", len(events), path.name)
+
+    def _confirm(self) -> None:
+        """Delete sent segments whose chunks all have receipts; re-send overdue ones."""
+        now = time.monotonic()
+        if now < self._confirm_due:
+            return
+        self._confirm_due = now + _CONFIRM_INTERVAL
+        sent = sorted(self._dir.glob("sent-*.jsonl"))
+        for start in range(0, len(sent), _CONFIRM_PAGE):
+            if not self._confirm_page(sent[start : start + _CONFIRM_PAGE]):
+                return
+
+    def _confirm_page(self, paths: list[Path]) -> bool:
+        batches: dict[Path, list[str]] = {}
+        for path in paths:
+            _, segment_id, chunks = path.stem.split("-")
+            batches[path] = [f"{segment_id}-{n}" for n in range(int(chunks))]
+        try:
+            recorded = self._recorded([b for ids in batches.values() for b in ids])
+        except Exception as exc:
+            log.warning("could not check receipts; sent segments kept: %s", exc)
+            return False
+        overdue = []
+        for path, batch_ids in batches.items():
+            if recorded.issuperset(batch_ids):
+                path.unlink(missing_ok=True)
+            elif _age(path) >= self._redeliver_after:
+                overdue.append(path)
+        if overdue and self._queue_is_empty():
+            for path in overdue:
+                self._redeliver(path, recorded)
+        return True
+
+    def _queue_is_empty(self) -> bool:
+        try:
+            return self._queue_depth() == 0
+        except Exception as exc:  # the broker is down: re-sending can wait for it
+            log.warning("could not read the queue depth; re-sending deferred: %s", exc)
+            return False
+
+    def _redeliver(self, path: Path, recorded: set[str]) -> None:
+        with _locked(path) as handle:
+            if handle is None:
+                return
+            events = _read_events(handle, path.name)
+            _, segment_id, _ = path.stem.split("-")
+            self._publish_segment(segment_id, events, recorded)
+            os.utime(path)  # restarts its wait for receipts
+        log.warning("re-sent unrecorded batches of %s (%d events)", path.name, len(events))
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0

@@ -97,6 +97,23 @@ class UsageDaily(db.Model):
     __table_args__ = (Index("ix_usage_daily_day", "day"),)
 
 
+class IngestBatch(db.Model):
+    """One row per batch a worker has recorded, written in the batch's own transaction.
+
+    It is the receipt the outbox waits for before it deletes a published spool
+    segment (a broker can lose a message it has handed to a worker that dies), and
+    it lets a redelivered batch be skipped whole.
+    """
+
+    __tablename__ = "ingest_batches"
+
+    batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    events: Mapped[int] = mapped_column(Integer)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_ingest_batches_recorded", "recorded_at"),)
+
+
 class RejectedEvent(db.Model):
     """An event a worker could not store: kept, with the reason, for operators to replay."""
 

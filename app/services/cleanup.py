@@ -1,18 +1,23 @@
 """Retention: delete raw events past their retention, never an unreported day's.
 
-Deletes go in bounded batches (one short transaction each, by the
-``created_at`` index) so a week of events never holds locks long enough to
-stall ingest. The daily rollups stay: they are the billing history.
+Deletes go in bounded batches (one short transaction each, by an index on the
+time column) so a week of events never holds locks long enough to stall
+ingest. The daily rollups stay: they are the billing history.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import Column, delete, select
 
 from app.extensions import db
-from app.models import UsageEvent
+from app.models import IngestBatch, UsageEvent
+
+# Batch receipts only matter while an outbox may still wait for one (minutes, or
+# the length of an outage); a week is ample, and a late re-send is still stored
+# once by event id.
+RECEIPT_RETENTION = timedelta(days=7)
 
 
 def cleanup_cutoff(
@@ -25,14 +30,20 @@ def cleanup_cutoff(
     return min(now - timedelta(days=retention_days), reported_until)
 
 
-def delete_events_before(cutoff: datetime, batch_size: int) -> int:
+def _delete_before(key: Column, when: Column, cutoff: datetime, batch_size: int) -> int:
     deleted = 0
     while True:
-        ids = select(UsageEvent.id).where(UsageEvent.created_at < cutoff).limit(batch_size)
-        result = db.session.execute(
-            delete(UsageEvent).where(UsageEvent.id.in_(ids.scalar_subquery()))
-        )
+        keys = select(key).where(when < cutoff).limit(batch_size).scalar_subquery()
+        result = db.session.execute(delete(key.table).where(key.in_(keys)))
         db.session.commit()
         deleted += result.rowcount or 0
         if (result.rowcount or 0) < batch_size:
             return deleted
+
+
+def delete_events_before(cutoff: datetime, batch_size: int) -> int:
+    return _delete_before(UsageEvent.id, UsageEvent.created_at, cutoff, batch_size)
+
+
+def delete_receipts_before(cutoff: datetime, batch_size: int) -> int:
+    return _delete_before(IngestBatch.batch_id, IngestBatch.recorded_at, cutoff, batch_size)

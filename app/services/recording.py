@@ -1,28 +1,26 @@
 """Recording a batch of events: validate, price, insert once, roll up.
 
-One statement inserts the whole batch with ON CONFLICT (event_id) DO NOTHING
-and returns only the rows that were new; the daily rollup is bumped from those
-rows in the same transaction. A redelivered batch therefore changes nothing,
-and the rollup can never count an event twice.
+The batch is written in one transaction: its receipt in ``ingest_batches``
+(when the outbox gave it an id), the new events, their daily rollup, and any
+event that failed validation, parked in ``rejected_events``. A redelivered
+batch finds its receipt and changes nothing; an event sent twice in different
+batches is still stored once, by ``event_id`` (``app/models/ledger.py``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
 
 from app.errors import ValidationError
 from app.extensions import db
-from app.models import RejectedEvent, UsageDaily, UsageEvent
-from app.models.dialect import insert_for
+from app.models import RejectedEvent
 from app.models.events import PRICED, UNPRICED
+from app.models.ledger import claim_batch, insert_events
 from app.models.types import utcnow
 from app.pricing.cost import cost_of
 from app.services.prices import PriceBook, price_book
@@ -37,6 +35,7 @@ class RecordResult:
     duplicates: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
     unpriced: int = 0
+    already_recorded: bool = False
 
 
 def event_limits() -> EventLimits:
@@ -88,58 +87,6 @@ def _row(event: EventIn, book: PriceBook, received_at: datetime) -> dict[str, An
     return row
 
 
-def _rollup(rows: Iterable[Any]) -> list[dict[str, Any]]:
-    totals: dict[tuple[str, date, str, str], dict[str, Any]] = defaultdict(
-        lambda: {
-            "events": 0,
-            "unpriced_events": 0,
-            "tokens_input": 0,
-            "tokens_output": 0,
-            "tokens_cache_read": 0,
-            "tokens_total": 0,
-            "cost_total": Decimal(0),
-        }
-    )
-    for row in rows:
-        key = (row.api_key_hash, row.created_at.astimezone(UTC).date(), row.provider, row.model)
-        bucket = totals[key]
-        bucket["events"] += 1
-        bucket["unpriced_events"] += row.pricing_status == UNPRICED
-        bucket["tokens_input"] += row.tokens_input
-        bucket["tokens_output"] += row.tokens_output
-        bucket["tokens_cache_read"] += row.tokens_cache_read
-        bucket["tokens_total"] += row.tokens_total
-        bucket["cost_total"] += row.cost_total or 0
-    now = utcnow()
-    # Sorted so concurrent workers lock rollup rows in one order and never deadlock.
-    return [
-        {"api_key_hash": k[0], "day": k[1], "provider": k[2], "model": k[3], "updated_at": now, **v}
-        for k, v in sorted(totals.items())
-    ]
-
-
-def _upsert_rollups(rollups: list[dict[str, Any]]) -> None:
-    if not rollups:
-        return
-    table = UsageDaily.__table__
-    stmt = insert_for(table)
-    summed = (
-        "events",
-        "unpriced_events",
-        "tokens_input",
-        "tokens_output",
-        "tokens_cache_read",
-        "tokens_total",
-        "cost_total",
-    )
-    update = {name: table.c[name] + stmt.excluded[name] for name in summed}
-    update["updated_at"] = stmt.excluded.updated_at
-    db.session.execute(
-        stmt.on_conflict_do_update(index_elements=list(table.primary_key.columns), set_=update),
-        rollups,
-    )
-
-
 def reject(raw: Any, error: ValidationError) -> dict[str, Any]:
     event_id = raw.get("event_id") if isinstance(raw, dict) else None
     return {
@@ -149,8 +96,13 @@ def reject(raw: Any, error: ValidationError) -> dict[str, Any]:
     }
 
 
-def record_events(raw_events: list[Any], now: datetime | None = None) -> RecordResult:
+def record_events(
+    raw_events: list[Any], now: datetime | None = None, batch_id: str | None = None
+) -> RecordResult:
     """Store each valid event exactly once; park invalid ones in ``rejected_events``."""
+    if batch_id is not None and not claim_batch(batch_id, len(raw_events)):
+        db.session.rollback()
+        return RecordResult(duplicates=len(raw_events), already_recorded=True)
     now = now or utcnow()
     limits = event_limits()
     result = RecordResult()
@@ -165,31 +117,10 @@ def record_events(raw_events: list[Any], now: datetime | None = None) -> RecordR
         if event.event_id in valid:
             result.duplicates += 1
         valid[event.event_id] = event
-    if valid:
-        book = price_book.get()
-        rows = [_row(event, book, now) for event in valid.values()]
-        table = UsageEvent.__table__
-        stmt = (
-            insert_for(table)
-            .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(
-                table.c.api_key_hash,
-                table.c.created_at,
-                table.c.provider,
-                table.c.model,
-                table.c.pricing_status,
-                table.c.tokens_input,
-                table.c.tokens_output,
-                table.c.tokens_cache_read,
-                table.c.tokens_total,
-                table.c.cost_total,
-            )
-        )
-        inserted = db.session.execute(stmt, rows).all()
-        _upsert_rollups(_rollup(inserted))
-        result.inserted = len(inserted)
-        result.duplicates += len(rows) - len(inserted)
-        result.unpriced = sum(1 for r in inserted if r.pricing_status == UNPRICED)
+    book = price_book.get()
+    written = insert_events([_row(event, book, now) for event in valid.values()])
+    result.inserted, result.unpriced = written.inserted, written.unpriced
+    result.duplicates += len(valid) - written.inserted
     db.session.commit()
     if result.rejected or result.unpriced:
         log.warning(
@@ -199,9 +130,15 @@ def record_events(raw_events: list[Any], now: datetime | None = None) -> RecordR
     return result
 
 
-def park_batch(raw_events: list[Any], error: Exception) -> None:
-    """Keep a batch that failed for an unexpected reason, for an operator to replay."""
+def park_batch(raw_events: list[Any], error: Exception, batch_id: str | None = None) -> None:
+    """Keep a batch that failed for an unexpected reason, for an operator to replay.
+
+    The batch's receipt is written with it: it is kept, so the outbox must not
+    send it again.
+    """
     reason = f"{type(error).__name__}: {error}"[:500]
+    if batch_id is not None:
+        claim_batch(batch_id, len(raw_events))
     db.session.add_all(
         RejectedEvent(
             event_id=raw.get("event_id") if isinstance(raw, dict) else None,

@@ -14,7 +14,12 @@ from flask import current_app
 from app.models import JobRun
 from app.models.jobs import FAILED
 from app.models.types import utcnow
-from app.services.cleanup import cleanup_cutoff, delete_events_before
+from app.services.cleanup import (
+    RECEIPT_RETENTION,
+    cleanup_cutoff,
+    delete_events_before,
+    delete_receipts_before,
+)
 from app.services.jobs import JobFailed, last_runs, last_success, run_job
 from app.services.prices import price_book, refresh_prices
 from app.services.reporting import report_day
@@ -73,7 +78,12 @@ def run_cleanup(now: datetime | None = None) -> JobRun:
             now, settings.usage_retention_days, date.fromisoformat(last.period) if last else None
         )
         deleted = delete_events_before(cutoff, settings.cleanup_batch_size) if cutoff else 0
-        return {"deleted": deleted, "cutoff": cutoff.isoformat() if cutoff else None}
+        receipts = delete_receipts_before(now - RECEIPT_RETENTION, settings.cleanup_batch_size)
+        return {
+            "deleted": deleted,
+            "cutoff": cutoff.isoformat() if cutoff else None,
+            "receipts_deleted": receipts,
+        }
 
     return run_job(CLEANUP_JOB, now.date().isoformat(), work)
 

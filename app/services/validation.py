@@ -64,8 +64,13 @@ class EventIn:
         }
 
 
-def _string(raw: dict[str, Any], name: str, max_len: int, required: bool = True) -> str | None:
-    value = raw.get(name)
+def string_field(raw: Any, name: str, max_len: int, required: bool = True) -> str | None:
+    """A trimmed string of printable characters, or a 400 naming the field.
+
+    Shared by every JSON body we take: PostgreSQL refuses NUL in text, and
+    control or bidi characters in a name only ever mislead.
+    """
+    value = raw.get(name) if isinstance(raw, dict) else None
     if value is None:
         if required:
             raise ValidationError(f"{name} is required", field=name)
@@ -154,7 +159,7 @@ def _execution_time(raw: dict[str, Any]) -> Decimal | None:
 def validate_event(raw: Any, now: datetime, limits: EventLimits) -> EventIn:
     if not isinstance(raw, dict):
         raise ValidationError("each event must be a JSON object", field="event")
-    event_id = _string(raw, "event_id", 128)
+    event_id = string_field(raw, "event_id", 128)
     assert event_id is not None
     if not _EVENT_ID.match(event_id):
         raise ValidationError("event_id may use letters, digits and . _ : -", field="event_id")
@@ -172,15 +177,15 @@ def validate_event(raw: Any, now: datetime, limits: EventLimits) -> EventIn:
     return EventIn(
         event_id=event_id,
         api_key_hash=api_key_hash,
-        provider=_string(raw, "provider", 64) or "",
-        model=_string(raw, "model", 128) or "",
+        provider=string_field(raw, "provider", 64) or "",
+        model=string_field(raw, "model", 128) or "",
         tokens_input=tokens_input,
         tokens_output=_tokens(raw, "tokens_output"),
         tokens_cache_read=tokens_cache_read,
         created_at=_timestamp(raw, now, limits),
-        execution_id=_string(raw, "execution_id", 128, required=False),
-        task_type=_string(raw, "task_type", 64, required=False),
-        status=_string(raw, "status", 32, required=False) or "success",
+        execution_id=string_field(raw, "execution_id", 128, required=False),
+        task_type=string_field(raw, "task_type", 64, required=False),
+        status=string_field(raw, "status", 32, required=False) or "success",
         execution_time=_execution_time(raw),
         metadata=_metadata(raw, limits),
     )

@@ -1,0 +1,192 @@
+"""Bulk writes to the usage ledger: a priced batch into ``usage_events`` and ``usage_daily``.
+
+Rows go in with ``ON CONFLICT (event_id) DO NOTHING`` and the daily rollup is
+bumped only from the rows that were really new, in the caller's transaction, so
+a redelivered batch changes nothing and the rollup never counts an event twice.
+
+On PostgreSQL the whole batch is one statement: the rows travel as one JSON
+parameter, ``json_to_recordset`` unpacks them, and a data-modifying CTE feeds
+the inserted rows straight into the rollup upsert. That is one round trip and
+no per-row work in SQLAlchemy, which is what lets a worker keep up with the API
+(see bench/). Other databases (the embedded SQLite default) take the portable
+path: a multi-row INSERT … RETURNING and the rollup summed in Python.
+
+Money crosses as decimal strings, never floats. Prices have at most
+``MONEY_SCALE`` places and token counts are integers, so every cost fits the
+column exactly and PostgreSQL never rounds it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import TextClause, select, text
+from sqlalchemy.dialects import postgresql
+
+from app.extensions import db
+from app.models.dialect import insert_for
+from app.models.events import UNPRICED, IngestBatch, UsageDaily, UsageEvent
+from app.models.types import money_str, utcnow
+
+# Summed into usage_daily from each new event; ``events`` and ``unpriced_events`` are counts.
+ROLLUP_SUMS = ("tokens_input", "tokens_output", "tokens_cache_read", "tokens_total", "cost_total")
+_ROLLUP_KEY = ("api_key_hash", "day", "provider", "model")
+
+
+@dataclass(frozen=True)
+class Written:
+    inserted: int
+    unpriced: int
+
+
+def claim_batch(batch_id: str, events: int) -> bool:
+    """Write the batch's receipt; False when the batch was recorded before.
+
+    Taken first in the batch's transaction: a concurrent redelivery of the same
+    batch waits on the receipt's key until this one commits, then skips.
+    """
+    stmt = (
+        insert_for(IngestBatch.__table__)
+        .values(batch_id=batch_id, events=events, recorded_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["batch_id"])
+        .returning(IngestBatch.batch_id)
+    )
+    return db.session.execute(stmt).first() is not None
+
+
+def recorded_batches(batch_ids: Sequence[str]) -> set[str]:
+    """Which of these batches have a receipt (were recorded)."""
+    if not batch_ids:
+        return set()
+    return set(
+        db.session.scalars(
+            select(IngestBatch.batch_id).where(IngestBatch.batch_id.in_(list(batch_ids)))
+        )
+    )
+
+
+def insert_events(rows: list[dict[str, Any]]) -> Written:
+    """Insert the new rows of a priced batch and roll them up; duplicates are skipped."""
+    if not rows:
+        return Written(0, 0)
+    if db.engine.dialect.name == "postgresql":
+        return _insert_postgresql(rows)
+    return _insert_portable(rows)
+
+
+# -- PostgreSQL: one statement ------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return money_str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+@lru_cache(maxsize=1)
+def _postgresql_statement() -> TextClause:
+    """The batch statement, its column list read off the ``usage_events`` model."""
+    dialect = postgresql.dialect()
+    columns = [c for c in UsageEvent.__table__.columns if c.name != "id"]
+    record = ", ".join(f"{c.name} {c.type.compile(dialect=dialect)}" for c in columns)
+    names = ", ".join(c.name for c in columns)
+    sums = ", ".join(f"coalesce(sum({name}), 0)" for name in ROLLUP_SUMS)
+    updates = ", ".join(
+        f"{name} = usage_daily.{name} + excluded.{name}"
+        for name in ("events", "unpriced_events", *ROLLUP_SUMS)
+    )
+    key = ", ".join(_ROLLUP_KEY)
+    return text(
+        f"""
+        WITH new AS (
+            INSERT INTO usage_events ({names})
+            SELECT {names} FROM json_to_recordset(CAST(:rows AS json)) AS r({record})
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING api_key_hash, created_at, provider, model, pricing_status,
+                      {", ".join(ROLLUP_SUMS)}
+        ), rolled AS (
+            INSERT INTO usage_daily ({key}, events, unpriced_events,
+                                     {", ".join(ROLLUP_SUMS)}, updated_at)
+            SELECT api_key_hash, (created_at AT TIME ZONE 'UTC')::date, provider, model,
+                   count(*), count(*) FILTER (WHERE pricing_status = '{UNPRICED}'),
+                   {sums}, now()
+            FROM new
+            GROUP BY 1, 2, 3, 4
+            ORDER BY 1, 2, 3, 4  -- one lock order for every worker: no deadlocks
+            ON CONFLICT ({key}) DO UPDATE SET {updates}, updated_at = excluded.updated_at
+        )
+        SELECT count(*) AS inserted,
+               count(*) FILTER (WHERE pricing_status = '{UNPRICED}') AS unpriced
+        FROM new
+        """
+    )
+
+
+def _insert_postgresql(rows: list[dict[str, Any]]) -> Written:
+    payload = json.dumps(rows, default=_jsonable, separators=(",", ":"))
+    result = db.session.execute(_postgresql_statement(), {"rows": payload}).one()
+    return Written(inserted=result.inserted, unpriced=result.unpriced)
+
+
+# -- Any database: INSERT … RETURNING, rollup summed here -----------------------------------
+def _insert_portable(rows: list[dict[str, Any]]) -> Written:
+    table = UsageEvent.__table__
+    stmt = (
+        insert_for(table)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(
+            table.c.api_key_hash,
+            table.c.created_at,
+            table.c.provider,
+            table.c.model,
+            table.c.pricing_status,
+            *(table.c[name] for name in ROLLUP_SUMS),
+        )
+    )
+    inserted = db.session.execute(stmt, rows).all()
+    _upsert_rollups(_rollup(inserted))
+    return Written(
+        inserted=len(inserted), unpriced=sum(1 for r in inserted if r.pricing_status == UNPRICED)
+    )
+
+
+def _rollup(rows: Iterable[Any]) -> list[dict[str, Any]]:
+    totals: dict[tuple[str, date, str, str], dict[str, Any]] = defaultdict(
+        lambda: {"events": 0, "unpriced_events": 0, **dict.fromkeys(ROLLUP_SUMS, 0)}
+    )
+    for row in rows:
+        key = (row.api_key_hash, row.created_at.astimezone(UTC).date(), row.provider, row.model)
+        bucket = totals[key]
+        bucket["events"] += 1
+        bucket["unpriced_events"] += row.pricing_status == UNPRICED
+        for name in ROLLUP_SUMS:
+            bucket[name] += getattr(row, name) or 0
+    now = utcnow()
+    # Sorted so concurrent workers lock rollup rows in one order and never deadlock.
+    return [
+        {**dict(zip(_ROLLUP_KEY, key, strict=True)), "updated_at": now, **values}
+        for key, values in sorted(totals.items())
+    ]
+
+
+def _upsert_rollups(rollups: list[dict[str, Any]]) -> None:
+    if not rollups:
+        return
+    table = UsageDaily.__table__
+    stmt = insert_for(table)
+    update = {
+        name: table.c[name] + stmt.excluded[name]
+        for name in ("events", "unpriced_events", *ROLLUP_SUMS)
+    }
+    update["updated_at"] = stmt.excluded.updated_at
+    db.session.execute(
+        stmt.on_conflict_do_update(index_elements=list(table.primary_key.columns), set_=update),
+        rollups,
+    )

@@ -1,0 +1,123 @@
+"""The embedded default (SQLite file, filesystem broker): what a fresh clone runs.
+
+With the services up, every other test runs on PostgreSQL; these keep the
+portable write path and the README's demo command honest there too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from app import create_app
+from app.config import Settings
+from app.extensions import db
+from app.models import UsageDaily
+from app.services.recording import record_events
+from tests.conftest import project_root, wait_for
+from tests.helpers import count_events, event
+from tests.processes import free_port
+
+
+@pytest.fixture(scope="module")
+def sqlite_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    app = create_app(Settings(instance_dir=tmp_path_factory.mktemp("embedded")))
+    assert app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_embedded_default_records_each_event_once_and_rolls_it_up(sqlite_app: Flask) -> None:
+    now = datetime.now(UTC)
+    priced = [event("key-e", tokens_input=1000, tokens_output=100, timestamp=now.isoformat())]
+    unpriced = event("key-e", model="no-such-model", timestamp=now.isoformat())
+    with sqlite_app.app_context():
+        first = record_events([*priced, unpriced], batch_id="b-1")
+        again = record_events([*priced, unpriced], batch_id="b-1")  # a redelivered batch
+        other = record_events(priced, batch_id="b-2")  # the same event in another batch
+        rows = db.session.scalars(select(UsageDaily).order_by(UsageDaily.model)).all()
+    assert (first.inserted, first.unpriced) == (2, 1)
+    assert again.already_recorded and again.inserted == 0
+    assert (other.inserted, other.duplicates) == (0, 1)
+    assert count_events(sqlite_app, api_key_hash=priced[0]["api_key_hash"]) == 2
+    sonnet, unknown = rows
+    # claude-3-5-sonnet: $3 / $15 per MTok
+    assert (sonnet.events, sonnet.tokens_total) == (1, 1100)
+    assert sonnet.cost_total == Decimal("0.0045")
+    assert (unknown.events, unknown.unpriced_events, unknown.cost_total) == (1, 1, Decimal(0))
+
+
+def _get(url: str, key: str, body: bytes | None = None) -> dict:
+    request = urllib.request.Request(
+        url,
+        data=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_demo_command_turns_a_metered_call_into_a_priced_row(tmp_path: Path) -> None:
+    """``python -m app.serve`` (what ``scripts/dev.py serve`` runs) with no server at all."""
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "ENABLE_PRICING_MIDDLEWARE"}
+    }
+    env.update(INSTANCE_DIR=str(tmp_path), PORT=str(port))
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.serve"],
+        cwd=project_root(),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: f"listening on {base}" in (tmp_path / "serve.log").read_text(), 60)
+        key = (tmp_path / "demo-api-key").read_text().strip()
+        wait_for(lambda: _up(base), 30)
+        call = _get(f"{base}/v1/execute", key, b'{"prompt": "write fizzbuzz"}')
+        today = datetime.now(UTC).date().isoformat()
+        usage_url = f"{base}/v1/billing/usage?start_date={today}&end_date={today}"
+        usage = wait_for(lambda: _recorded(_get(usage_url, key)), 60)
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=60)
+    tokens = call["usage"]["input_tokens"] + call["usage"]["output_tokens"]
+    assert usage["totals"]["tokens_total"] == tokens
+    # gpt-4o: $2.50 / $10 per MTok
+    expected = call["usage"]["input_tokens"] * Decimal("0.0000025") + call["usage"][
+        "output_tokens"
+    ] * Decimal("0.00001")
+    assert Decimal(usage["totals"]["cost"]) == expected
+    assert (tmp_path / "usage_billing.db").exists()
+
+
+def _recorded(usage: dict) -> dict | None:
+    return usage if usage["totals"]["events"] == 1 else None
+
+
+def _up(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=2):
+            return True
+    except OSError:
+        time.sleep(0.2)
+        return False
