@@ -10,10 +10,11 @@ import click
 from flask.cli import AppGroup
 
 from app.billing import create_stripe_customer
-from app.errors import JobAlreadyRunning
+from app.errors import JobAlreadyRunning, NotFound
 from app.models.types import utcnow
 from app.security import hash_api_key
 from app.services.jobs import JobFailed
+from app.services.reporting import resolve_manual
 from app.services.scheduled import (
     CLEANUP_JOB,
     REFRESH_JOB,
@@ -75,9 +76,22 @@ def cleanup() -> None:
     _run(CLEANUP_JOB, run_cleanup)
 
 
+@billing_cli.command("resolve-report")
+@click.argument("identifier")
+@click.option("--note", required=True, help="How it was settled (e.g. an invoice item id).")
+def resolve_report(identifier: str, note: str) -> None:
+    """Mark a report that needed manual billing as settled by hand."""
+    try:
+        report = resolve_manual(identifier, note)
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(json.dumps({"identifier": report.identifier, "status": report.status}))
+
+
 @billing_cli.command("status")
 def status() -> None:
-    """Last run of each job as JSON; exit 1 when one failed or is overdue."""
-    report, healthy = job_status(utcnow())
-    click.echo(json.dumps({"healthy": healthy, "jobs": report}, indent=2))
-    sys.exit(0 if healthy else 1)
+    """Last run of each job as JSON; exit 1 when one failed or is overdue, or a
+    report waits for manual billing."""
+    status = job_status(utcnow())
+    click.echo(json.dumps(status, indent=2))
+    sys.exit(0 if status["healthy"] else 1)

@@ -74,6 +74,8 @@ class Settings:
     stripe_max_attempts: int = 6
     stripe_retry_base_ms: int = 500
     stripe_max_requests_per_second: int = 25
+    # Per attempt; a timed-out call is retried with the same idempotency key.
+    stripe_timeout_seconds: float = 30.0
     billing_quantity: str = "tokens"  # or "cost"
     billing_cost_unit: Decimal = Decimal("0.000001")  # one quantity = this many USD
     billing_portal_allowed_origins: tuple[str, ...] = ()
@@ -115,6 +117,8 @@ class Settings:
                 values[f.name] = _bool(raw)
             elif isinstance(default, int):
                 values[f.name] = int(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
             elif isinstance(default, Decimal):
                 values[f.name] = Decimal(raw)
             elif isinstance(default, tuple):

@@ -60,16 +60,26 @@ def pg(url: str, autocommit: bool = True) -> Any:
     return conn
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        children = subprocess.run(["pgrep", "-P", str(current)], capture_output=True, text=True)
+        todo.extend(int(p) for p in children.stdout.split())
+    return found
+
+
+def named(name: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children, in MiB."""
+    """Resident memory of a process and its descendants, in MiB."""
     total = 0
-    pids = [pid] + [
-        int(p)
-        for p in subprocess.run(
-            ["pgrep", "-P", str(pid)], capture_output=True, text=True
-        ).stdout.split()
-    ]
-    for each in pids:
+    for each in process_tree(pid):
         try:
             for line in Path(f"/proc/{each}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -77,6 +87,42 @@ def rss_mb(pid: int) -> float:
         except FileNotFoundError:
             pass
     return round(total / 1024, 1)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU the live processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds per role (API, worker, PostgreSQL, Redis, load generator) over a phase."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.roles = {
+            "api": lambda: process_tree(stack.procs["api"].pid),
+            "worker": lambda: process_tree(stack.procs["worker"].pid),
+            "postgres": lambda: named("postgres"),
+            "redis": lambda: named("redis-server"),
+        }
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        now = {role: cpu_seconds(pids()) for role, pids in self.roles.items()}
+        now["load_generator"] = time.process_time()
+        return now
+
+    def per_1000_events(self, events: int) -> dict[str, float]:
+        end = self._now()
+        return {
+            role: round((end[role] - self.start[role]) / events * 1000 * 1000, 1) for role in end
+        }
 
 
 class Stack:
@@ -226,10 +272,8 @@ def bench_ingest(db_url: str, instance: Path, results: dict[str, Any]) -> None:
         json.dumps({"events": make_events(BATCH, i, now)}).encode() for i in range(0, EVENTS, BATCH)
     ]
     time.sleep(3)  # let the worker connect
-    memory_start = {
-        "api": rss_mb(stack.procs["api"].pid),
-        "worker": rss_mb(stack.procs["worker"].pid),
-    }
+    memory = MemorySampler(stack, conn, EVENTS)
+    cpu = CpuMeter(stack)
     t0 = time.perf_counter()
     latencies = post_batches(stack.port, bodies)
     sent_s = time.perf_counter() - t0
@@ -238,10 +282,8 @@ def bench_ingest(db_url: str, instance: Path, results: dict[str, Any]) -> None:
         if time.perf_counter() - t0 > 3600:
             raise RuntimeError("ingest did not finish within an hour")
     total_s = time.perf_counter() - t0
-    memory_end = {
-        "api": rss_mb(stack.procs["api"].pid),
-        "worker": rss_mb(stack.procs["worker"].pid),
-    }
+    results["cpu_ms_per_1000_events"] = cpu.per_1000_events(EVENTS)
+    results["memory_mb"] = memory.stop()
     with conn.cursor() as cur:
         cur.execute(
             "SELECT count(*) FILTER (WHERE pricing_status = 'priced'), count(DISTINCT event_id) FROM usage_events"
@@ -276,11 +318,44 @@ def bench_ingest(db_url: str, instance: Path, results: dict[str, Any]) -> None:
         "request_p50_ms": round(statistics.median(latencies) * 1000, 2),
         "request_p99_ms": round(statistics.quantiles(latencies, n=100)[98] * 1000, 2),
     }
-    growth = {
-        k: round((memory_end[k] - memory_start[k]) / memory_start[k] * 100, 1) for k in memory_start
-    }
-    results["memory_mb"] = {"start": memory_start, "end": memory_end, "growth_pct": growth}
     conn.close()
+
+
+class MemorySampler:
+    """API and worker RSS once a second through the sustained run.
+
+    "start" is the first sample after a tenth of the events is stored (imports,
+    price book and connection pools are warm by then), "end" the last one; the
+    idle figure before any traffic is kept for reference.
+    """
+
+    def __init__(self, stack: Stack, conn: Any, events: int) -> None:
+        self.pids = {role: stack.procs[role].pid for role in ("api", "worker")}
+        self.idle = self._sample()
+        self.samples: list[tuple[int, dict[str, float]]] = []
+        self._conn, self._warm_after = conn, events // 10
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> dict[str, float]:
+        return {role: rss_mb(pid) for role, pid in self.pids.items()}
+
+    def _run(self) -> None:
+        conn = pg(self._conn.dsn)
+        while not self._stop.wait(1.0):
+            self.samples.append((count_rows(conn), self._sample()))
+        conn.close()
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append((-1, self._sample()))
+        start = next(m for n, m in self.samples if n < 0 or n >= self._warm_after)
+        end = self.samples[-1][1]
+        growth = {k: round((end[k] - start[k]) / start[k] * 100, 1) for k in start}
+        peak = {k: max(m[k] for _, m in self.samples) for k in start}
+        return {"idle": self.idle, "start": start, "end": end, "peak": peak, "growth_pct": growth}
 
 
 def _latencies(port: int, n: int) -> list[float]:
@@ -543,6 +618,17 @@ def print_table(results: dict[str, Any]) -> None:
             ("COPY ceiling (rows/s)", ing["copy_ceiling_per_s"], ""),
             ("ingest / COPY", ing["ratio_to_copy"], ">= 0.25"),
         ]
+    cpu = results.get("cpu_ms_per_1000_events", {})
+    if cpu:
+        rows.append(
+            (
+                "CPU ms/1000 events api/worker/pg/redis/load",
+                " / ".join(
+                    str(cpu[k]) for k in ("api", "worker", "postgres", "redis", "load_generator")
+                ),
+                "",
+            )
+        )
     met = results.get("metering", {})
     if met:
         rows += [

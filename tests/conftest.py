@@ -125,6 +125,7 @@ def settings(
         stripe_api_base=fake_stripe.url,
         stripe_webhook_secret=WEBHOOK_SECRET,
         stripe_retry_base_ms=5,
+        stripe_timeout_seconds=0.5,  # fake_stripe's "slow" answers after 1.5 s
         stripe_max_requests_per_second=1000,
     )
     if not SERVICES_UP:

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 
 API_KEY = "sk_test_fake"
 METER_EVENT_NAME = "llm_usage"
+SLOW_SECONDS = 1.5
 
 
 @dataclass
@@ -29,7 +30,8 @@ class Request:
     path: str
     params: dict[str, str]
     headers: dict[str, str]
-    status: int = 0
+    status: int = 0  # 0: no answer reached the client (dropped, or too slow)
+    slow: bool = False
 
 
 @dataclass
@@ -66,7 +68,12 @@ class FakeStripe:
             self.state = FakeStripeState()
 
     def fail_next(self, path: str, *outcomes: Any) -> None:
-        """Answer the next requests to ``path`` with these statuses (or "drop" the connection)."""
+        """Answer the next requests to ``path`` with these outcomes.
+
+        A status code answers with that error; "drop" closes the connection
+        unanswered; "slow" does the work (Stripe records it) but answers only
+        after ``SLOW_SECONDS``, past the client's timeout.
+        """
         self.state.failures.setdefault(path, []).extend(outcomes)
 
     def requests_to(self, path: str) -> list[Request]:
@@ -78,9 +85,8 @@ class FakeStripe:
         return customer_id
 
     # -- the API -----------------------------------------------------------------------
-    def handle(
-        self, method: str, path: str, params: dict[str, str], headers: dict[str, str]
-    ) -> tuple[int, dict[str, Any]] | str:
+    def handle(self, record: Request) -> tuple[int, dict[str, Any]] | str:
+        method, path, params, headers = record.method, record.path, record.params, record.headers
         if headers.get("authorization") != f"Bearer {API_KEY}":
             return 401, _error("invalid_request_error", "Invalid API Key provided")
         pending = self.state.failures.get(path)
@@ -88,9 +94,12 @@ class FakeStripe:
             outcome = pending.pop(0)
             if outcome == "drop":
                 return "drop"
-            return outcome, _error(
-                "api_error" if outcome >= 500 else "rate_limit_error", "scripted"
-            )
+            if outcome == "slow":
+                record.slow = True  # done below, answered late
+            else:
+                return outcome, _error(
+                    "api_error" if outcome >= 500 else "rate_limit_error", "scripted"
+                )
         key = headers.get("idempotency-key")
         if method == "POST" and key:
             seen = self.state.idempotency.get(key)
@@ -191,17 +200,22 @@ class _Handler(BaseHTTPRequestHandler):
         with self.fake.lock:
             record = Request("POST", path, params, headers)
             self.fake.state.requests.append(record)
-            answer = self.fake.handle("POST", path, params, headers)
-            record.status = 0 if answer == "drop" else answer[0]
+            answer = self.fake.handle(record)
+            record.status = 0 if answer == "drop" or record.slow else answer[0]
+        if record.slow:
+            time.sleep(SLOW_SECONDS)
         if answer == "drop":
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
             return
         status, body = answer
         data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Request-Id", f"req_{uuid.uuid4().hex[:12]}")
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Request-Id", f"req_{uuid.uuid4().hex[:12]}")
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up waiting (a "slow" answer)

@@ -308,3 +308,80 @@ def test_webhooks_keep_status_current_and_refuse_forgeries(
             customer.payment_status == "payment_failed"
             and customer.subscription_status == "past_due"
         )
+
+
+def test_500_429_and_timeouts_during_the_report_bill_each_customer_day_once(
+    app: Flask, stripe_server: FakeStripe, customers
+) -> None:
+    """A timed-out call that Stripe did record is answered from its idempotency cache."""
+    days = [YESTERDAY - timedelta(days=1), YESTERDAY]
+    for day in days:
+        for n in range(3):
+            _use(app, f"key-{n}", day, 100 * (n + 1))
+    # Enough failures in a row that one run gives up on a customer and the task's retry
+    # (autoretry_for=JobFailed) has to finish the day.
+    faults = [500, "slow", 429, "drop", "slow", 500, 429, "slow", 500]
+    stripe_server.fail_next(METER_PATH, *faults)
+    runs = 0
+    for day in days:
+        for _ in range(5):
+            runs += 1
+            try:
+                _report(app, day)
+                break
+            except JobFailed:
+                continue
+    _report(app, days[1])  # a re-run of the last day sends nothing more
+    billed: dict[tuple[str, int], int] = {}
+    for sent in stripe_server.state.meter_events:
+        key = (sent["payload"]["stripe_customer_id"], sent["timestamp"])
+        billed[key] = billed.get(key, 0) + 1
+    expected = len(customers) * len(days)
+    duplicated = sum(n - 1 for n in billed.values())
+    statuses = [r.status for r in stripe_server.requests_to(METER_PATH)]
+    print(
+        f"\nstripe faults {statuses} over {runs} runs: customer-days={expected} "
+        f"billed={len(billed)} duplicated={duplicated} missing={expected - len(billed)}"
+    )
+    assert runs > len(days) and statuses.count(0) == 4  # 3 timeouts, 1 dropped connection
+    assert (len(billed), duplicated) == (expected, 0)
+    values = sorted(int(e["payload"]["value"]) for e in stripe_server.state.meter_events)
+    assert values == [100, 100, 200, 200, 300, 300]
+    assert {r.status for r in _ledger(app)} == {"sent"}
+
+
+def test_an_unsettled_report_past_stripes_dedupe_window_goes_to_an_operator(
+    app: Flask, stripe_server: FakeStripe, customers
+) -> None:
+    _use(app, "key-0", YESTERDAY, 250)
+    stripe_server.fail_next(METER_PATH, *[500] * 6)  # every attempt of the run fails
+    with pytest.raises(JobFailed):
+        _report(app, YESTERDAY)
+    [failed] = _ledger(app)
+    assert failed.status == "failed" and failed.attempts == 1
+    with app.app_context():  # the retries ran out; a day later Stripe has forgotten the id
+        row = db.session.get(UsageReport, failed.id)
+        row.created_at = datetime.now(UTC) - timedelta(hours=25)
+        db.session.commit()
+    sent_before = len(stripe_server.requests_to(METER_PATH))
+    _report(app, YESTERDAY)
+    assert len(stripe_server.requests_to(METER_PATH)) == sent_before  # not sent blind again
+    [parked] = _ledger(app)
+    assert parked.status == "needs_manual" and "check Stripe" in parked.last_error
+
+    runner = app.test_cli_runner()
+    status = runner.invoke(args=["billing", "status"])
+    assert status.exit_code == 1
+    assert json.loads(status.output)["manual_reports"]["reports"][0]["identifier"] == (
+        parked.identifier
+    )
+    resolved = runner.invoke(
+        args=["billing", "resolve-report", parked.identifier, "--note", "invoice item ii_123"]
+    )
+    assert resolved.exit_code == 0, resolved.output
+    assert _ledger(app)[0].status == "resolved"
+    _report(app, YESTERDAY)  # settled by hand: never billed again
+    assert len(stripe_server.requests_to(METER_PATH)) == sent_before
+    assert (
+        json.loads(runner.invoke(args=["billing", "status"]).output)["manual_reports"]["count"] == 0
+    )

@@ -1,9 +1,11 @@
 """The only code that talks to Stripe.
 
 Every call carries an idempotency key and is retried here, with exponential
-backoff and full jitter, on what Stripe says is transient: 429, 5xx, and lost
-connections. The SDK's own retries are off so that 429 (which the SDK does not
-retry) and 5xx follow one policy. A client-side rate limit keeps a report run
+backoff and full jitter, on what Stripe says is transient: 429, 5xx, lost
+connections and timeouts (a call that timed out may have been done: the retry's
+idempotency key makes Stripe answer with that result instead of doing it again).
+The SDK's own retries are off so that 429 (which the SDK does not retry) and
+5xx follow one policy. A client-side rate limit keeps a report run
 under Stripe's request rate.
 """
 
@@ -52,6 +54,7 @@ class StripeGateway:
             settings.stripe_api_key or "sk_unset",
             base_addresses=bases,  # type: ignore[arg-type]
             max_network_retries=0,
+            http_client=stripe.RequestsClient(timeout=settings.stripe_timeout_seconds),
         )
         self._settings = settings
         self._limiter = _RateLimiter(settings.stripe_max_requests_per_second)

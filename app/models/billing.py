@@ -15,6 +15,7 @@ PENDING = "pending"
 SENT = "sent"
 FAILED = "failed"
 NEEDS_MANUAL = "needs_manual"
+RESOLVED = "resolved"  # a needs_manual report an operator has settled by hand
 
 
 class UsageReport(db.Model):

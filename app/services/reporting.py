@@ -26,15 +26,17 @@ from flask import current_app
 from sqlalchemy import func, select
 
 from app.billing.stripe_gateway import gateway
-from app.errors import BillingRejected, BillingUnavailable
+from app.errors import BillingRejected, BillingUnavailable, NotFound
 from app.extensions import db
 from app.models import BillingCustomer, UsageDaily, UsageReport
-from app.models.billing import FAILED, NEEDS_MANUAL, PENDING, SENT
+from app.models.billing import FAILED, NEEDS_MANUAL, PENDING, RESOLVED, SENT
 from app.models.types import utcnow
 
 log = logging.getLogger("usage_billing.report")
 MODE = "meter_events"
 STRIPE_MAX_EVENT_AGE = timedelta(days=35)
+# Stripe dedupes a meter event's identifier (and an idempotency key) for ~24 hours.
+STRIPE_DEDUPE_WINDOW = timedelta(hours=23)
 
 
 @dataclass
@@ -84,13 +86,27 @@ def _event_timestamp(day: date, now: datetime) -> int:
     return int(min(end, now).timestamp())
 
 
-def _send(report: UsageReport, customer: BillingCustomer, now: datetime) -> None:
+def _needs_manual(report: UsageReport, reason: str) -> str:
+    """Park a report for an operator (``flask billing status`` lists it); never send it."""
+    report.status = NEEDS_MANUAL
+    report.last_error = reason
+    db.session.commit()
+    log.error("report needs manual billing: %s", reason, extra={"identifier": report.identifier})
+    return NEEDS_MANUAL
+
+
+def _send(report: UsageReport, customer: BillingCustomer, now: datetime) -> str:
+    """Send one ledger row; its status afterwards (a Stripe failure raises)."""
     if datetime.combine(report.day, time(23, 59, 59), tzinfo=UTC) < now - STRIPE_MAX_EVENT_AGE:
-        report.status = NEEDS_MANUAL
-        report.last_error = "older than Stripe accepts for meter events; bill by hand"
-        db.session.commit()
-        log.error("report needs manual billing", extra={"identifier": report.identifier})
-        return
+        return _needs_manual(report, "older than Stripe accepts for meter events; bill by hand")
+    if report.attempts and report.created_at < now - STRIPE_DEDUPE_WINDOW:
+        # An earlier attempt may have reached Stripe, which no longer remembers its
+        # identifier: sending it again could bill twice.
+        return _needs_manual(
+            report,
+            "an earlier attempt's outcome is unknown and Stripe no longer dedupes it; "
+            "check Stripe for this identifier before billing by hand",
+        )
     report.attempts += 1
     try:
         gateway().send_meter_event(
@@ -106,6 +122,7 @@ def _send(report: UsageReport, customer: BillingCustomer, now: datetime) -> None
         db.session.commit()
         raise
     mark_sent(report)
+    return SENT
 
 
 def mark_sent(report: UsageReport) -> None:
@@ -123,8 +140,7 @@ def report_customer(customer: BillingCustomer, day: date, exact: Decimal, now: d
         .where(UsageReport.customer_id == customer.id, UsageReport.status.in_([PENDING, FAILED]))
         .order_by(UsageReport.id)
     ).all()
-    for report in owed:
-        _send(report, customer, now)
+    outcomes = [_send(report, customer, now) for report in owed]
     already = db.session.scalar(
         select(func.coalesce(func.sum(UsageReport.quantity), 0)).where(
             UsageReport.customer_id == customer.id
@@ -133,7 +149,7 @@ def report_customer(customer: BillingCustomer, day: date, exact: Decimal, now: d
     target = int(exact.to_integral_value(rounding=ROUND_FLOOR))
     delta = target - int(already)
     if delta <= 0:
-        return "sent" if owed else "nothing_to_send"
+        return _outcome(outcomes)
     seq = db.session.scalar(
         select(func.coalesce(func.max(UsageReport.seq) + 1, 0)).where(
             UsageReport.customer_id == customer.id, UsageReport.day == day
@@ -158,8 +174,14 @@ def report_customer(customer: BillingCustomer, day: date, exact: Decimal, now: d
     )
     db.session.add(report)
     db.session.commit()
-    _send(report, customer, now)
-    return report.status
+    outcomes.append(_send(report, customer, now))
+    return _outcome(outcomes)
+
+
+def _outcome(statuses: list[str]) -> str:
+    if NEEDS_MANUAL in statuses:
+        return NEEDS_MANUAL
+    return SENT if SENT in statuses else "nothing_to_send"
 
 
 def report_day(day: date, now: datetime | None = None) -> ReportSummary:
@@ -189,3 +211,26 @@ def report_day(day: date, now: datetime | None = None) -> ReportSummary:
         else:
             summary.nothing_to_send += 1
     return summary
+
+
+def reports_needing_manual() -> list[UsageReport]:
+    return list(
+        db.session.scalars(
+            select(UsageReport).where(UsageReport.status == NEEDS_MANUAL).order_by(UsageReport.id)
+        )
+    )
+
+
+def resolve_manual(identifier: str, note: str) -> UsageReport:
+    """Record that an operator settled a needs_manual report; it is never sent."""
+    report = db.session.scalar(
+        select(UsageReport).where(
+            UsageReport.identifier == identifier, UsageReport.status == NEEDS_MANUAL
+        )
+    )
+    if report is None:
+        raise NotFound(f"no report {identifier} needs manual billing", field="identifier")
+    report.status = RESOLVED
+    report.last_error = f"resolved by hand: {note}"[:2000]
+    db.session.commit()
+    return report

@@ -22,7 +22,7 @@ from app.services.cleanup import (
 )
 from app.services.jobs import JobFailed, last_runs, last_success, run_job
 from app.services.prices import price_book, refresh_prices
-from app.services.reporting import report_day
+from app.services.reporting import report_day, reports_needing_manual
 
 REPORT_JOB = "usage_report"
 REFRESH_JOB = "price_refresh"
@@ -101,8 +101,10 @@ def _describe(run: JobRun | None) -> dict[str, Any]:
     }
 
 
-def job_status(now: datetime) -> tuple[dict[str, dict[str, Any]], bool]:
-    """Each job's last run and whether it is overdue; healthy when none failed or is late.
+def job_status(now: datetime) -> dict[str, Any]:
+    """Each job's last run and whether it is overdue, and the reports parked for an operator.
+
+    Healthy when no job failed or is late and no report waits for manual billing.
 
     The report is overdue once the schedule time (plus an hour of slack) has
     passed without yesterday being reported successfully; the others when their
@@ -111,7 +113,7 @@ def job_status(now: datetime) -> tuple[dict[str, dict[str, Any]], bool]:
     settings = current_app.config["SETTINGS"]
     slack = timedelta(hours=2)
     newest = last_runs()
-    status: dict[str, dict[str, Any]] = {}
+    jobs: dict[str, dict[str, Any]] = {}
     for job in JOBS:
         entry = _describe(newest.get(job))
         success = last_success(job)
@@ -123,6 +125,17 @@ def job_status(now: datetime) -> tuple[dict[str, dict[str, Any]], bool]:
             period = timedelta(days=7 if job == CLEANUP_JOB else 1)
             entry["overdue"] = success is None or success.started_at < now - period - slack
         entry["last_success_period"] = success.period if success else None
-        status[job] = entry
-    healthy = all(not e["overdue"] and e["status"] != FAILED for e in status.values())
-    return status, healthy
+        jobs[job] = entry
+    manual = reports_needing_manual()
+    healthy = not manual and all(not e["overdue"] and e["status"] != FAILED for e in jobs.values())
+    return {
+        "healthy": healthy,
+        "jobs": jobs,
+        "manual_reports": {
+            "count": len(manual),
+            "reports": [
+                {"identifier": r.identifier, "day": r.day.isoformat(), "reason": r.last_error}
+                for r in manual[:20]
+            ],
+        },
+    }
