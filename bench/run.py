@@ -587,6 +587,13 @@ def main() -> int:
             "python": platform.python_version(),
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         },
+        "config": {
+            "events": EVENTS,
+            "scale_events": SCALE_EVENTS,
+            "customers": CUSTOMERS,
+            "request_batch": BATCH,
+            **{k: v for k, v in os.environ.items() if k.startswith(("METER_", "WEB_", "WORKER_"))},
+        },
     }
     try:
         subprocess.run(
