@@ -7,11 +7,13 @@ import sys
 from datetime import date
 
 import click
+from flask import current_app
 from flask.cli import AppGroup
 
 from app.billing import create_stripe_customer
 from app.errors import JobAlreadyRunning, NotFound
 from app.models.types import utcnow
+from app.schedule import REPORT_TASK
 from app.security import hash_api_key
 from app.services.jobs import JobFailed
 from app.services.reporting import resolve_manual
@@ -64,6 +66,16 @@ def _run(label: str, action) -> None:  # type: ignore[no-untyped-def]
 def report(day: str | None) -> None:
     """Report usage to Stripe for a day (default: yesterday and any missed day)."""
     _run(REPORT_JOB, lambda: run_report(date.fromisoformat(day) if day else None))
+
+
+@billing_cli.command("trigger-report")
+@click.option("--date", "day", default=None, help="YYYY-MM-DD; default: every day due")
+def trigger_report(day: str | None) -> None:
+    """Queue the report for the workers, as Beat does at 02:00; does not wait for it."""
+    if day is not None:
+        date.fromisoformat(day)  # refuse a malformed date here, not in a worker
+    sent = current_app.extensions["celery"].send_task(REPORT_TASK, args=[day] if day else [])
+    click.echo(json.dumps({"queued": REPORT_TASK, "task_id": sent.id, "date": day}))
 
 
 @billing_cli.command("refresh-prices")

@@ -32,7 +32,7 @@ from app.services.scheduled import (
     run_cleanup,
     run_price_refresh,
 )
-from tests.conftest import project_root
+from tests.conftest import project_root, wait_for
 from tests.fake_stripe import FakeStripe
 from tests.helpers import count_events, event
 
@@ -358,3 +358,57 @@ def test_workflow_and_compose_files_parse_and_run_commands_the_project_has(app: 
     daily = yaml.safe_load((root / ".github/workflows/daily-billing-report.yml").read_text())
     triggers = daily[True]  # YAML 1.1 reads the key `on` as True
     assert triggers["schedule"][0]["cron"] == "30 3 * * *" and "workflow_dispatch" in triggers
+    # It triggers and monitors: the report itself runs on the workers, never in Actions.
+    commands = " ".join(str(s.get("run", "")) for s in daily["jobs"]["monitor"]["steps"])
+    assert "flask billing trigger-report" in commands and "flask billing report" not in commands
+
+
+@pytest.mark.services
+def test_trigger_report_queues_the_job_for_the_workers(
+    app: Flask, stripe_server: FakeStripe, make_customer, celery_worker
+) -> None:
+    make_customer("key-t", stripe_customer_id=stripe_server.add_customer())
+    day = datetime.now(UTC).date() - timedelta(days=3)
+    with app.app_context():
+        at = datetime(day.year, day.month, day.day, 8, tzinfo=UTC)
+        record_events([event("key-t", timestamp=at.isoformat(), tokens_input=9, tokens_output=1)])
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["billing", "trigger-report", "--date", "2026-02-30"]).exit_code != 0
+    result = runner.invoke(args=["billing", "trigger-report", "--date", day.isoformat()])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["queued"] == "billing.report_usage"
+    wait_for(lambda: [r.status for r in _runs(app, REPORT_JOB)] == ["succeeded"])
+    assert [e["payload"]["value"] for e in stripe_server.state.meter_events] == ["10"]
+
+
+@pytest.mark.services
+def test_a_report_missed_while_beat_was_down_is_due_when_beat_starts_again(app: Flask) -> None:
+    from redbeat import RedBeatScheduler, RedBeatSchedulerEntry
+
+    celery_app = app.extensions["celery"]
+    names = ("daily-usage-report", "nightly-price-refresh", "weekly-cleanup")
+
+    def entries() -> dict[str, RedBeatSchedulerEntry]:
+        return {
+            name: RedBeatSchedulerEntry.from_key(
+                RedBeatSchedulerEntry.generate_key(celery_app, name), app=celery_app
+            )
+            for name in names
+        }
+
+    ran = datetime(2026, 11, 18, 3, 0, 1, tzinfo=UTC)  # Wednesday, after every job ran
+    with time_machine.travel(ran, tick=False):
+        RedBeatScheduler(app=celery_app, lazy=True).setup_schedule()
+        for entry in entries().values():
+            entry.reschedule(ran)  # what beat stores in Redis when it sends a job
+    with time_machine.travel(datetime(2026, 11, 18, 23, 0, tzinfo=UTC), tick=False):
+        assert not any(e.is_due().is_due for e in entries().values())
+    # Beat was down from then until 05:00 the next day, so it missed 01:00 and 02:00.
+    with time_machine.travel(datetime(2026, 11, 19, 5, 0, tzinfo=UTC), tick=False):
+        RedBeatScheduler(app=celery_app, lazy=True).setup_schedule()  # the restart
+        due = {name: entry.is_due().is_due for name, entry in entries().items()}
+    assert due == {
+        "daily-usage-report": True,
+        "nightly-price-refresh": True,
+        "weekly-cleanup": False,  # next due Sunday 03:00
+    }
