@@ -4,7 +4,8 @@ Runs the real processes on this machine against PostgreSQL and Redis
 (``BENCH_DATABASE_ADMIN_URL``, ``BENCH_REDIS_URL``), in a database it creates
 and drops. Sizes come from the environment so a quick run is possible:
 ``BENCH_EVENTS`` (default 1,000,000), ``BENCH_SCALE_EVENTS`` (10,000,000),
-``BENCH_CUSTOMERS`` (10,000). Prints a table and writes the same figures as
+``BENCH_CUSTOMERS`` (10,000). Each run gets a fresh database and instance
+directory, both removed at the end. Prints a table and writes the same figures as
 JSON to ``bench/results/<timestamp>.json`` with the machine's description.
 """
 
@@ -17,9 +18,11 @@ import os
 import platform
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -175,21 +178,10 @@ class Stack:
         raise RuntimeError("API did not start")
 
     def start_worker(self, concurrency: int = 2) -> None:
+        from tests.processes import worker_command
+
         self.procs["worker"] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tasks.worker",
-                "worker",
-                "--pool=prefork",
-                f"--concurrency={concurrency}",
-                "--loglevel=WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
+            [*worker_command(concurrency, "WARNING"), "--without-heartbeat"],
             cwd=ROOT,
             env={**self.env, "AUTO_MIGRATE": "false"},
             start_new_session=True,
@@ -255,9 +247,17 @@ def post_batches(port: int, bodies: list[bytes], threads: int = 8) -> list[float
     return latencies
 
 
-def count_rows(conn: Any, table: str = "usage_events") -> int:
+def recorded(conn: Any, since: datetime | None = None) -> int:
+    """Events the workers have recorded, summed from their batch receipts.
+
+    Cheap enough to poll: ``count(*)`` of ``usage_events`` scans the table (seconds
+    at 10M rows) and would take the CPU it is meant to measure.
+    """
     with conn.cursor() as cur:
-        cur.execute(f"SELECT count(*) FROM {table}")
+        cur.execute(
+            "SELECT coalesce(sum(events), 0) FROM ingest_batches WHERE recorded_at >= %s",
+            (since or datetime(2000, 1, 1, tzinfo=UTC),),
+        )
         return cur.fetchone()[0]
 
 
@@ -277,7 +277,7 @@ def bench_ingest(db_url: str, instance: Path, results: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     latencies = post_batches(stack.port, bodies)
     sent_s = time.perf_counter() - t0
-    while count_rows(conn) < EVENTS:
+    while recorded(conn) < EVENTS:
         time.sleep(0.2)
         if time.perf_counter() - t0 > 3600:
             raise RuntimeError("ingest did not finish within an hour")
@@ -286,9 +286,12 @@ def bench_ingest(db_url: str, instance: Path, results: dict[str, Any]) -> None:
     results["memory_mb"] = memory.stop()
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT count(*) FILTER (WHERE pricing_status = 'priced'), count(DISTINCT event_id) FROM usage_events"
+            "SELECT count(*), count(*) FILTER (WHERE pricing_status = 'priced'),"
+            " count(DISTINCT event_id) FROM usage_events"
         )
-        priced, distinct = cur.fetchone()
+        rows, priced, distinct = cur.fetchone()
+    if not rows == priced == distinct == EVENTS:
+        raise RuntimeError(f"ingest stored {rows} rows, {priced} priced, {distinct} distinct")
     stack.stop()
     log("ingest: COPY ceiling for the same rows")
     with conn.cursor() as cur:
@@ -309,6 +312,7 @@ def bench_ingest(db_url: str, instance: Path, results: dict[str, Any]) -> None:
     rate, ceiling = EVENTS / total_s, EVENTS / copy_s
     results["ingest"] = {
         "events": EVENTS,
+        "rows": rows,
         "priced": priced,
         "distinct": distinct,
         "events_per_s": round(rate),
@@ -344,7 +348,7 @@ class MemorySampler:
     def _run(self) -> None:
         conn = pg(self._conn.dsn)
         while not self._stop.wait(1.0):
-            self.samples.append((count_rows(conn), self._sample()))
+            self.samples.append((recorded(conn), self._sample()))
         conn.close()
 
     def stop(self) -> dict[str, Any]:
@@ -373,7 +377,7 @@ def _latencies(port: int, n: int) -> list[float]:
 
 def bench_overhead(db_url: str, instance: Path, results: dict[str, Any]) -> None:
     log("metering overhead: /v1/execute with the middleware off and on")
-    figures = {}
+    figures: dict[str, Any] = {}
     for middleware, port in ((False, 8712), (True, 8713)):
         stack = Stack(db_url, instance, middleware=middleware, port=port)
         stack.start_api(workers=1)
@@ -385,31 +389,62 @@ def bench_overhead(db_url: str, instance: Path, results: dict[str, Any]) -> None
             "p50_ms": round(statistics.median(lat) * 1000, 3),
             "p99_ms": round(statistics.quantiles(lat, n=100)[98] * 1000, 3),
         }
-        if middleware:
-            figures["single_requests"] = sustained_single_requests(port, db_url)
         stack.stop()
     figures["overhead_p50_ms"] = round(figures["on"]["p50_ms"] - figures["off"]["p50_ms"], 3)
     figures["overhead_p99_ms"] = round(figures["on"]["p99_ms"] - figures["off"]["p99_ms"], 3)
+    log("metering: single metered requests as fast as the API serves them, workers keeping up")
+    stack = Stack(db_url, instance, middleware=True, port=8715)
+    stack.start_api(workers=2)
+    stack.start_worker()
+    figures["single_requests"] = sustained_single_requests(stack.port, db_url)
+    stack.stop()
     results["metering"] = figures
 
 
+def _one_request(port: int, request: bytes) -> None:
+    """One request on a fresh connection (gunicorn's sync workers close after each)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    if not b"".join(chunks).startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"/v1/execute answered {b''.join(chunks)[:60]!r}")
+
+
 def sustained_single_requests(
-    port: int, db_url: str, seconds: float = 20, threads: int = 8
+    port: int, db_url: str, seconds: float = 20, threads: int = 16
 ) -> dict[str, Any]:
-    """Hammer /v1/execute from several connections; do the workers keep up (queue flat)?"""
+    """Hammer /v1/execute with single requests; do the workers keep up (queue flat)?
+
+    The load comes from raw sockets in threads (http.client costs the load
+    generator more CPU than the API it measures). Keeping up means the queue
+    stays flat and every metered call is a stored row soon after the load stops.
+    """
     r = redis.Redis.from_url(REDIS_URL)
     conn = pg(db_url)
-    before = count_rows(conn)
+    keys = [f"bench-single-{k}" for k in range(threads)]
+
+    def stored() -> int:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM usage_events WHERE api_key_hash = ANY(%s)",
+                ([hash_api_key(key) for key in keys],),
+            )
+            return cur.fetchone()[0]
+
     stop = time.monotonic() + seconds
     sent = [0] * threads
     depth: list[int] = []
 
     def run(k: int) -> None:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer bench-key-{k}"}
+        request = (
+            "POST /v1/execute HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {keys[k]}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+        ).encode()
         while time.monotonic() < stop:
-            c.request("POST", "/v1/execute", body=b"{}", headers=headers)
-            c.getresponse().read()
+            _one_request(port, request)
             sent[k] += 1
 
     workers = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
@@ -420,23 +455,28 @@ def sustained_single_requests(
         time.sleep(1)
     for w in workers:
         w.join()
+    stopped = time.monotonic()
     total = sum(sent)
-    deadline = time.monotonic() + 120
-    while count_rows(conn) - before < total and time.monotonic() < deadline:
-        time.sleep(0.5)
-    stored = count_rows(conn) - before
+    while stored() < total and time.monotonic() - stopped < 120:
+        time.sleep(0.1)
+    rows = stored()
     conn.close()
     return {
         "requests_per_s": round(total / seconds),
         "sent": total,
-        "stored": stored,
+        "stored": rows,
+        "all_stored_s_after_load": round(time.monotonic() - stopped, 2),
         "queue_depth_first_half_max": max(depth[: len(depth) // 2] or [0]),
         "queue_depth_second_half_max": max(depth[len(depth) // 2 :] or [0]),
     }
 
 
 def load_scale(db_url: str) -> None:
-    """SCALE_EVENTS events over 90 days for CUSTOMERS keys, by COPY, and their rollups."""
+    """SCALE_EVENTS events over 90 days for CUSTOMERS keys, straight in SQL, and their rollups.
+
+    Every customer has events on every day with every model, so the rollup holds
+    customers × 90 × 3 rows: the worst case for the report and the usage query.
+    """
     log(f"scale: loading {SCALE_EVENTS:,} events over 90 days for {CUSTOMERS:,} customers")
     conn = pg(db_url)
     with conn.cursor() as cur:
@@ -446,14 +486,19 @@ def load_scale(db_url: str) -> None:
                 tokens_output, tokens_cache_read, tokens_total, provider, model, model_cost_input,
                 model_cost_output, cost_input, cost_output, cost_total, status, pricing_status,
                 created_at, received_at)
-            SELECT 's-' || g, encode(sha256(('bench-key-' || (g % {CUSTOMERS}))::bytea), 'hex'), NULL,
+            SELECT 's-' || g, encode(sha256(('bench-key-' || customer)::bytea), 'hex'), NULL,
                 'code_generation', 500 + g % 1000, 100 + g % 300, 0, 600 + g % 1000 + g % 300,
-                (ARRAY['openai','anthropic','google'])[1 + g % 3],
-                (ARRAY['gpt-4o','claude-3-5-sonnet','gemini-2.5-pro'])[1 + g % 3],
+                (ARRAY['openai','anthropic','google'])[1 + model],
+                (ARRAY['gpt-4o','claude-3-5-sonnet','gemini-2.5-pro'])[1 + model],
                 0.0000025, 0.00001, (500 + g % 1000) * 0.0000025, (100 + g % 300) * 0.00001,
                 (500 + g % 1000) * 0.0000025 + (100 + g % 300) * 0.00001, 'success', 'priced',
-                now() - ((g % 90) || ' days')::interval - ((g % 86400) || ' seconds')::interval, now()
-            FROM generate_series(1, {SCALE_EVENTS}) AS g""")
+                now() - (day || ' days')::interval - ((g * 7919 % 86400) || ' seconds')::interval,
+                now()
+            FROM (
+                SELECT g, g % {CUSTOMERS} AS customer, g / {CUSTOMERS} % 90 AS day,
+                       g / ({CUSTOMERS} * 90) % 3 AS model
+                FROM generate_series(0, {SCALE_EVENTS} - 1) AS g
+            ) AS spread""")
         cur.execute("""
             INSERT INTO usage_daily (api_key_hash, day, provider, model, events, unpriced_events,
                 tokens_input, tokens_output, tokens_cache_read, tokens_total, cost_total, updated_at)
@@ -510,13 +555,11 @@ def bench_reads(db_url: str, instance: Path, results: dict[str, Any]) -> None:
         "usage_31d_p50_ms": round(statistics.median(lat) * 1000, 2),
         "usage_31d_p99_ms": round(statistics.quantiles(lat, n=100)[98] * 1000, 2),
     }
-    bench_cleanup(db_url, instance, app, results)
+    bench_cleanup(db_url, instance, results)
 
 
-def bench_cleanup(db_url: str, instance: Path, app: Any, results: dict[str, Any]) -> None:
+def bench_cleanup(db_url: str, instance: Path, results: dict[str, Any]) -> None:
     """Delete the oldest week while ingest runs; compare ingest's rate with and without it."""
-    from app.services.cleanup import delete_events_before
-
     stack = Stack(db_url, instance, port=8714)
     stack.start_api()
     stack.start_worker()
@@ -524,8 +567,8 @@ def bench_cleanup(db_url: str, instance: Path, app: Any, results: dict[str, Any]
     now = datetime.now(UTC)
     n = min(EVENTS, 200_000)
 
-    def ingest_rate(offset: int) -> float:
-        bodies = [
+    def bodies(offset: int) -> list[bytes]:
+        return [
             json.dumps(
                 {
                     "events": [
@@ -536,30 +579,41 @@ def bench_cleanup(db_url: str, instance: Path, app: Any, results: dict[str, Any]
             ).encode()
             for i in range(0, n, BATCH)
         ]
-        before = count_rows(conn)
+
+    def ingest_rate(batches: list[bytes]) -> float:
+        since = datetime.now(UTC)
         t = time.perf_counter()
-        post_batches(stack.port, bodies)
-        while count_rows(conn) - before < n:
+        post_batches(stack.port, batches)
+        while recorded(conn, since) < n:
             time.sleep(0.1)
         return n / (time.perf_counter() - t)
 
+    first, second = bodies(1), bodies(2)
     time.sleep(3)
-    normal = ingest_rate(1)
+    normal = ingest_rate(first)
+    # The cleanup runs in its own process, as on a worker, with the job's own pace.
     cutoff = now - timedelta(days=83)
-    deleted: dict[str, Any] = {}
-
-    def cleanup() -> None:
-        with app.app_context():
-            t = time.perf_counter()
-            deleted["rows"] = delete_events_before(
-                cutoff, app.config["SETTINGS"].cleanup_batch_size
-            )
-            deleted["s"] = time.perf_counter() - t
-
-    thread = threading.Thread(target=cleanup)
-    thread.start()
-    during = ingest_rate(2)
-    thread.join()
+    script = (
+        "import json, sys, time; from datetime import datetime; from app import create_app;"
+        "from app.services.cleanup import cleanup_pace, delete_events_before;"
+        "app = create_app(); app.app_context().push(); print('deleting', flush=True);"
+        "t = time.perf_counter();"
+        "rows = delete_events_before(datetime.fromisoformat(sys.argv[1]),"
+        " cleanup_pace(app.config['SETTINGS']));"
+        "print(json.dumps({'rows': rows, 's': time.perf_counter() - t}))"
+    )
+    cleanup = subprocess.Popen(
+        [sys.executable, "-c", script, cutoff.isoformat()],
+        cwd=ROOT,
+        env={**stack.env, "AUTO_MIGRATE": "false"},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert cleanup.stdout is not None and cleanup.stdout.readline().strip() == "deleting"
+    during = ingest_rate(second)
+    deleted = json.loads(cleanup.communicate()[0])
+    if deleted["s"] < n / during:
+        raise RuntimeError("the cleanup ended before the ingest it was to slow down")
     stack.stop()
     conn.close()
     results["cleanup"] = {
@@ -577,8 +631,10 @@ def main() -> int:
     os.environ["TEST_DATABASE_ADMIN_URL"] = ADMIN_URL
     redis.Redis.from_url(REDIS_URL).flushdb()
     db_url = create_database()
-    instance = Path(os.environ.get("BENCH_INSTANCE", "/tmp/usage-billing-bench"))
-    instance.mkdir(parents=True, exist_ok=True)
+    # A fresh instance (spools, broker folder) per run: a spool left by an earlier
+    # run would be replayed into this run's database.
+    scratch = tempfile.TemporaryDirectory(prefix="usage-billing-bench-")
+    instance = Path(scratch.name)
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -608,6 +664,7 @@ def main() -> int:
             bench_reads(db_url, instance, results)
     finally:
         drop_database(db_url)
+        scratch.cleanup()
     path = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")

@@ -65,6 +65,23 @@ class RedisServer:
             self.proc = None
 
 
+def worker_command(concurrency: int, loglevel: str) -> list[str]:
+    """A production-shaped Celery worker (prefork), as the tests and bench/ start it."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.worker",
+        "worker",
+        "--pool=prefork",
+        f"--concurrency={concurrency}",
+        f"--loglevel={loglevel}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
 def start_worker_process(settings: Settings, log: Path, concurrency: int = 2) -> subprocess.Popen:
     env = {
         **os.environ,
@@ -75,19 +92,7 @@ def start_worker_process(settings: Settings, log: Path, concurrency: int = 2) ->
         "INSTANCE_DIR": str(settings.instance_dir),
     }
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tasks.worker",
-            "worker",
-            "--pool=prefork",
-            f"--concurrency={concurrency}",
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-        ],
+        worker_command(concurrency, "INFO"),
         cwd=project_root(),
         env=env,
         stdout=log.open("ab"),

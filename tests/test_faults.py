@@ -41,10 +41,14 @@ def stored_counts(app: Flask, event_ids: set[str]) -> tuple[int, int]:
     return sum(n for _, n in ours), len(ours)
 
 
-def report(name: str, sent: int, stored: int, distinct: int) -> None:
+def assert_stored_exactly_once(name: str, app: Flask, event_ids: set[str]) -> None:
+    """Print sent, stored, duplicated and lost; the last two must be zero."""
+    stored, distinct = stored_counts(app, event_ids)
+    sent = len(event_ids)
     print(
         f"\n{name}: sent={sent} stored={stored} duplicated={stored - distinct} lost={sent - distinct}"
     )
+    assert stored == distinct == sent
 
 
 @pytest.fixture()
@@ -96,9 +100,7 @@ def test_worker_killed_mid_batch_loses_and_duplicates_nothing(
         wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=90, interval=0.2)
     finally:
         kill_tree(worker)
-    stored, distinct = stored_counts(app, ids)
-    report("worker SIGKILL", len(ids), stored, distinct)
-    assert stored == distinct == len(ids)
+    assert_stored_exactly_once("worker SIGKILL", app, ids)
 
 
 def test_batches_redis_handed_to_a_worker_that_died_are_sent_again(
@@ -123,9 +125,7 @@ def test_batches_redis_handed_to_a_worker_that_died_are_sent_again(
         wait_for(lambda: not list((tmp_path / "spool").glob("sent-*.jsonl")), timeout=10)
     finally:
         kill_tree(worker)
-    stored, distinct = stored_counts(app, ids)
-    report(f"{popped} messages lost by the broker", len(ids), stored, distinct)
-    assert stored == distinct == len(ids)
+    assert_stored_exactly_once(f"{popped} messages lost by the broker", app, ids)
 
 
 def test_redis_stopped_while_requests_keep_coming(app: Flask, stack, tmp_path: Path) -> None:
@@ -146,9 +146,7 @@ def test_redis_stopped_while_requests_keep_coming(app: Flask, stack, tmp_path: P
         wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=90, interval=0.2)
     finally:
         kill_tree(worker)
-    stored, distinct = stored_counts(app, ids)
-    report("redis stopped", len(ids), stored, distinct)
-    assert stored == distinct == len(ids)
+    assert_stored_exactly_once("redis stopped", app, ids)
 
 
 def restart_postgres() -> None:
@@ -199,7 +197,5 @@ def test_postgres_restarted_during_ingest(app: Flask, stack, tmp_path: Path) -> 
         wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=120, interval=0.5)
     finally:
         kill_tree(worker)
-    stored, distinct = stored_counts(app, ids)
-    report("postgres restarted", len(ids), stored, distinct)
+    assert_stored_exactly_once("postgres restarted", app, ids)
     assert "Retry in" in (tmp_path / "worker.log").read_text(), "no task met the outage"
-    assert stored == distinct == len(ids)

@@ -46,6 +46,7 @@ Publish = Callable[[str, Events], None]  # (batch id, events)
 Recorded = Callable[[list[str]], set[str]]  # which of these batch ids have a receipt
 QueueDepth = Callable[[], int]
 _MAX_REPLAY_BACKOFF = 30.0
+_REPLAY_SCAN_INTERVAL = 5.0  # how often to look for a dead process's segments
 _CONFIRM_INTERVAL = 1.0
 _CONFIRM_PAGE = 500  # sent segments per receipt query
 
@@ -69,6 +70,17 @@ def _locked(path: Path) -> Iterator[TextIO | None]:
         except FileNotFoundError:
             current = False
         yield handle if current else None
+
+
+def _segment_id(path: Path) -> str:
+    """The id in ``seg-<pid>-<id>.jsonl`` (its batches are ``<id>-<n>``)."""
+    return path.stem.rsplit("-", 1)[-1]
+
+
+def _sent_parts(path: Path) -> tuple[str, list[str]]:
+    """The segment id and batch ids of ``sent-<id>-<chunks>.jsonl``."""
+    _, segment_id, chunks = path.stem.split("-")
+    return segment_id, [f"{segment_id}-{n}" for n in range(int(chunks))]
 
 
 def _read_events(handle: TextIO, name: str) -> Events:
@@ -187,7 +199,9 @@ class Outbox:
             except Exception:  # the thread must outlive any single failure
                 log.exception("outbox cycle failed; events stay spooled")
 
-    def _publish_segment(self, segment_id: str, events: Events, skip: set[str]) -> int:
+    def _publish_chunks(
+        self, segment_id: str, events: Events, skip: frozenset[str] = frozenset()
+    ) -> int:
         """Publish ``events`` in chunks (ids ``<segment_id>-<n>``); returns the chunk count."""
         chunks = range(0, len(events), self._batch_size)
         for number, start in enumerate(chunks):
@@ -196,10 +210,10 @@ class Outbox:
                 self._publish(batch_id, events[start : start + self._batch_size])
         return len(chunks)
 
-    @staticmethod
-    def _mark_sent(segment: Path, chunks: int) -> None:
-        """Rename a published segment to wait for its receipts; its mtime is the publish time."""
-        sent = segment.with_name(f"sent-{segment.stem.rsplit('-', 1)[-1]}-{chunks}.jsonl")
+    def _publish_segment(self, segment: Path, events: Events) -> None:
+        """Publish a segment, then rename it to wait for its receipts (mtime: publish time)."""
+        chunks = self._publish_chunks(_segment_id(segment), events)
+        sent = segment.with_name(f"sent-{_segment_id(segment)}-{chunks}.jsonl")
         os.rename(segment, sent)
         os.utime(sent)
 
@@ -214,12 +228,12 @@ class Outbox:
         # other process replays it while we are still sending it.
         with done_file:
             try:
-                chunks = self._publish_segment(done_segment.stem.rsplit("-", 1)[-1], batch, set())
+                self._publish_segment(done_segment, batch)
             except Exception as exc:
                 log.warning("broker unavailable; %d events kept for replay: %s", len(batch), exc)
-                self._replay_delay = max(self._replay_delay, self._interval)
-                return
-            self._mark_sent(done_segment, chunks)
+                # Retry it soon, but no sooner than the replay back-off allows.
+                retry_in = max(self._interval, self._replay_delay)
+                self._replay_due = min(self._replay_due, time.monotonic() + retry_in)
 
     def _replay(self) -> None:
         """Publish segments no live writer holds: ours that failed, or a dead process's."""
@@ -237,14 +251,14 @@ class Outbox:
                 log.warning("replay of %s deferred %.1fs: %s", path.name, self._replay_delay, exc)
                 return
         self._replay_delay = 0.0
+        self._replay_due = now + _REPLAY_SCAN_INTERVAL
 
     def _replay_segment(self, path: Path) -> None:
         with _locked(path) as handle:
             if handle is None:
                 return
             events = _read_events(handle, path.name)
-            chunks = self._publish_segment(path.stem.rsplit("-", 1)[-1], events, set())
-            self._mark_sent(path, chunks)
+            self._publish_segment(path, events)
         if events:
             log.info("replayed %d spooled events from %s", len(events), path.name)
 
@@ -260,10 +274,7 @@ class Outbox:
                 return
 
     def _confirm_page(self, paths: list[Path]) -> bool:
-        batches: dict[Path, list[str]] = {}
-        for path in paths:
-            _, segment_id, chunks = path.stem.split("-")
-            batches[path] = [f"{segment_id}-{n}" for n in range(int(chunks))]
+        batches = {path: _sent_parts(path)[1] for path in paths}
         try:
             recorded = self._recorded([b for ids in batches.values() for b in ids])
         except Exception as exc:
@@ -292,8 +303,7 @@ class Outbox:
             if handle is None:
                 return
             events = _read_events(handle, path.name)
-            _, segment_id, _ = path.stem.split("-")
-            self._publish_segment(segment_id, events, recorded)
+            self._publish_chunks(_sent_parts(path)[0], events, frozenset(recorded))
             os.utime(path)  # restarts its wait for receipts
         log.warning("re-sent unrecorded batches of %s (%d events)", path.name, len(events))
 

@@ -22,8 +22,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import UTC, date
 from functools import lru_cache
 from typing import Any
 
@@ -33,7 +32,7 @@ from sqlalchemy.dialects import postgresql
 from app.extensions import db
 from app.models.dialect import insert_for
 from app.models.events import UNPRICED, IngestBatch, UsageDaily, UsageEvent
-from app.models.types import money_str, utcnow
+from app.models.types import utcnow
 
 # Summed into usage_daily from each new event; ``events`` and ``unpriced_events`` are counts.
 ROLLUP_SUMS = ("tokens_input", "tokens_output", "tokens_cache_read", "tokens_total", "cost_total")
@@ -82,14 +81,6 @@ def insert_events(rows: list[dict[str, Any]]) -> Written:
 
 
 # -- PostgreSQL: one statement ------------------------------------------------------------
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return money_str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 @lru_cache(maxsize=1)
 def _postgresql_statement() -> TextClause:
     """The batch statement, its column list read off the ``usage_events`` model."""
@@ -130,7 +121,10 @@ def _postgresql_statement() -> TextClause:
 
 
 def _insert_postgresql(rows: list[dict[str, Any]]) -> Written:
-    payload = json.dumps(rows, default=_jsonable, separators=(",", ":"))
+    # The only values JSON lacks are Decimal and datetime; ``str`` gives forms that
+    # PostgreSQL's numeric and timestamptz inputs read exactly (a Python hook per
+    # value cost a fifth of a worker's time).
+    payload = json.dumps(rows, default=str, separators=(",", ":"))
     result = db.session.execute(_postgresql_statement(), {"rows": payload}).one()
     return Written(inserted=result.inserted, unpriced=result.unpriced)
 

@@ -1,16 +1,21 @@
 """Retention: delete raw events past their retention, never an unreported day's.
 
 Deletes go in bounded batches (one short transaction each, by an index on the
-time column) so a week of events never holds locks long enough to stall
-ingest. The daily rollups stay: they are the billing history.
+time column), with rests between them (``CLEANUP_DUTY_CYCLE``), so deleting a
+week of events never holds locks long or takes the CPU ingest needs. The daily
+rollups stay: they are the billing history.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock
 
 from sqlalchemy import Column, delete, select
 
+from app.config import Settings
 from app.extensions import db
 from app.models import IngestBatch, UsageEvent
 
@@ -26,24 +31,40 @@ def cleanup_cutoff(
     """Events strictly before this instant may go; None when nothing may."""
     if last_reported_day is None:
         return None
-    reported_until = datetime.combine(last_reported_day + timedelta(days=1), time(), tzinfo=UTC)
+    reported_until = datetime.combine(last_reported_day + timedelta(days=1), clock(), tzinfo=UTC)
     return min(now - timedelta(days=retention_days), reported_until)
 
 
-def _delete_before(key: Column, when: Column, cutoff: datetime, batch_size: int) -> int:
+@dataclass(frozen=True)
+class Pace:
+    """How hard a cleanup may press: rows per transaction, and the share of its
+    time it spends deleting (it rests for the rest, so ingest keeps the database)."""
+
+    batch_size: int
+    duty_cycle: float = 1.0
+
+
+def cleanup_pace(settings: Settings) -> Pace:
+    return Pace(settings.cleanup_batch_size, settings.cleanup_duty_cycle)
+
+
+def _delete_before(key: Column, when: Column, cutoff: datetime, pace: Pace) -> int:
     deleted = 0
     while True:
-        keys = select(key).where(when < cutoff).limit(batch_size).scalar_subquery()
+        started = time.monotonic()
+        keys = select(key).where(when < cutoff).limit(pace.batch_size).scalar_subquery()
         result = db.session.execute(delete(key.table).where(key.in_(keys)))
         db.session.commit()
         deleted += result.rowcount or 0
-        if (result.rowcount or 0) < batch_size:
+        if (result.rowcount or 0) < pace.batch_size:
             return deleted
+        busy = time.monotonic() - started
+        time.sleep(busy * (1 - pace.duty_cycle) / pace.duty_cycle)
 
 
-def delete_events_before(cutoff: datetime, batch_size: int) -> int:
-    return _delete_before(UsageEvent.id, UsageEvent.created_at, cutoff, batch_size)
+def delete_events_before(cutoff: datetime, pace: Pace) -> int:
+    return _delete_before(UsageEvent.id, UsageEvent.created_at, cutoff, pace)
 
 
-def delete_receipts_before(cutoff: datetime, batch_size: int) -> int:
-    return _delete_before(IngestBatch.batch_id, IngestBatch.recorded_at, cutoff, batch_size)
+def delete_receipts_before(cutoff: datetime, pace: Pace) -> int:
+    return _delete_before(IngestBatch.batch_id, IngestBatch.recorded_at, cutoff, pace)

@@ -17,6 +17,7 @@ from app.models.types import utcnow
 from app.services.cleanup import (
     RECEIPT_RETENTION,
     cleanup_cutoff,
+    cleanup_pace,
     delete_events_before,
     delete_receipts_before,
 )
@@ -77,8 +78,9 @@ def run_cleanup(now: datetime | None = None) -> JobRun:
         cutoff = cleanup_cutoff(
             now, settings.usage_retention_days, date.fromisoformat(last.period) if last else None
         )
-        deleted = delete_events_before(cutoff, settings.cleanup_batch_size) if cutoff else 0
-        receipts = delete_receipts_before(now - RECEIPT_RETENTION, settings.cleanup_batch_size)
+        pace = cleanup_pace(settings)
+        deleted = delete_events_before(cutoff, pace) if cutoff else 0
+        receipts = delete_receipts_before(now - RECEIPT_RETENTION, pace)
         return {
             "deleted": deleted,
             "cutoff": cutoff.isoformat() if cutoff else None,
