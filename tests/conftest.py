@@ -160,6 +160,18 @@ def app(settings: Settings) -> Iterator[Flask]:
     flask_app.extensions["usage_outbox"].close()
 
 
+def create_extra_app(settings: Settings, session_app: Flask) -> Flask:
+    """Another app in this process (a producer, the embedded default).
+
+    ``create_app`` makes its Celery app the process default, as Flask's Celery
+    pattern does; the session's in-thread worker runs tasks in the default app,
+    so the session app's is made the default again.
+    """
+    extra = create_app(settings)
+    session_app.extensions["celery"].set_default()
+    return extra
+
+
 @pytest.fixture(scope="session")
 def celery_worker(app: Flask) -> Iterator[Any]:
     from celery.contrib.testing.worker import start_worker

@@ -21,22 +21,21 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from app import create_app
 from app.config import Settings
 from app.extensions import db
 from app.models import UsageDaily
 from app.services.recording import record_events
-from tests.conftest import project_root, wait_for
+from tests.conftest import create_extra_app, project_root, wait_for
 from tests.helpers import count_events, event
 from tests.processes import free_port
 
 
 @pytest.fixture(scope="module")
-def sqlite_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
-    app = create_app(Settings(instance_dir=tmp_path_factory.mktemp("embedded")))
-    assert app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
-    yield app
-    with app.app_context():
+def sqlite_app(app: Flask, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    embedded = create_extra_app(Settings(instance_dir=tmp_path_factory.mktemp("embedded")), app)
+    assert embedded.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
+    yield embedded
+    with embedded.app_context():
         db.engine.dispose()
 
 

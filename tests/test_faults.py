@@ -17,11 +17,10 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from app import create_app
 from app.config import Settings
 from app.extensions import db
 from app.models import UsageEvent
-from tests.conftest import SERVICE_TOKEN, auth, wait_for
+from tests.conftest import SERVICE_TOKEN, auth, create_extra_app, wait_for
 from tests.helpers import event
 from tests.processes import RedisServer, free_port, kill_tree, start_worker_process
 
@@ -52,7 +51,9 @@ def assert_stored_exactly_once(name: str, app: Flask, event_ids: set[str]) -> No
 
 
 @pytest.fixture()
-def stack(settings: Settings, tmp_path: Path) -> Iterator[tuple[Flask, RedisServer, Settings]]:
+def stack(
+    app: Flask, settings: Settings, tmp_path: Path
+) -> Iterator[tuple[Flask, RedisServer, Settings]]:
     redis_server = RedisServer(free_port(), tmp_path)
     redis_server.start()
     local = settings.replace(
@@ -64,7 +65,7 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[tuple[Flask, RedisServ
         # batch Redis handed to a killed worker is recovered within the test.
         meter_redeliver_after_seconds=5,
     )
-    producer = create_app(local)
+    producer = create_extra_app(local, app)
     yield producer, redis_server, local
     producer.extensions["usage_outbox"].close()
     redis_server.stop()

@@ -11,9 +11,15 @@ import pytest
 from flask import Flask
 from sqlalchemy import create_engine, text
 
-from app import create_app
 from app.config import Settings, with_driver
-from tests.conftest import auth, create_database, drop_database, project_root, wait_for
+from tests.conftest import (
+    auth,
+    create_database,
+    create_extra_app,
+    drop_database,
+    project_root,
+    wait_for,
+)
 from tests.helpers import count_events
 from tests.processes import RedisServer, free_port, kill_tree, start_worker_process
 
@@ -32,15 +38,15 @@ def test_broker_down_does_not_fail_requests_and_events_arrive_when_it_is_back(
 ) -> None:
     from tests.conftest import _execute_blueprint
 
-    metered = create_app(
+    metered = create_extra_app(
         settings.replace(
             redis_url=f"redis://127.0.0.1:{private_redis.port}/0",
             meter_spool_dir=str(tmp_path / "spool"),
             auto_migrate=False,
-        )
+        ),
+        app,
     )
     metered.register_blueprint(_execute_blueprint())
-    app.extensions["celery"].set_default()
     client = metered.test_client()
     execution_ids = []
     for _ in range(25):  # broker down: every request still succeeds

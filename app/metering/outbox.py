@@ -174,9 +174,9 @@ class Outbox:
         self._flush()
         with self._lock:
             if self._file is not None:
+                if self._file.tell() == 0 and self._segment is not None:
+                    self._segment.unlink(missing_ok=True)  # nothing was written to it
                 self._file.close()
-                if self._segment is not None and self._segment.stat().st_size == 0:
-                    self._segment.unlink()
                 self._file = None
             self._pid = -1
 
