@@ -16,6 +16,7 @@ from app.models.types import utcnow
 from app.schedule import REPORT_TASK
 from app.security import hash_api_key
 from app.services.jobs import JobFailed
+from app.services.recording import replay_rejected
 from app.services.reporting import resolve_manual
 from app.services.scheduled import (
     CLEANUP_JOB,
@@ -98,6 +99,22 @@ def resolve_report(identifier: str, note: str) -> None:
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(json.dumps({"identifier": report.identifier, "status": report.status}))
+
+
+@billing_cli.command("replay-rejected")
+@click.option("--limit", default=1000, show_default=True, help="Parked events to take.")
+def replay_rejected_events(limit: int) -> None:
+    """Record parked events again (after fixing what parked them)."""
+    result = replay_rejected(limit)
+    click.echo(
+        json.dumps(
+            {
+                "stored": result.inserted,
+                "already_stored": result.duplicates,
+                "parked_again": len(result.rejected),
+            }
+        )
+    )
 
 
 @billing_cli.command("status")

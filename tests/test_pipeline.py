@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -168,3 +170,43 @@ def test_usage_needs_a_known_key(client: FlaskClient) -> None:
     assert _usage(client, "", "2026-01-01", "2026-01-02").status_code == 401
     resp = _usage(client, "never-issued", "2026-01-01", "2026-01-02")
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "unauthenticated"
+
+
+def test_a_batch_parked_by_a_bug_is_recorded_when_replayed_after_the_fix(
+    app: Flask, monkeypatch
+) -> None:
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.models import RejectedEvent
+    from app.services import prices
+    from tasks.ingest import record_events_task
+
+    good, bad = event(), event(tokens_input=-1)
+
+    def bug() -> None:
+        raise RuntimeError("price book unavailable")
+
+    monkeypatch.setattr(prices.price_book, "get", bug)
+    with pytest.raises(RuntimeError):
+        record_events_task([good, bad], batch_id="parked-batch-0")  # parked, not lost
+    monkeypatch.undo()
+    assert count_events(app, event_id=good["event_id"]) == 0
+
+    def parked() -> list[tuple[str, str | None]]:
+        with app.app_context():
+            rows = db.session.execute(
+                select(RejectedEvent.event_id, RejectedEvent.field).order_by(RejectedEvent.id)
+            ).all()
+            return [tuple(r) for r in rows]
+
+    assert parked() == [(good["event_id"], None), (bad["event_id"], None)]
+    runner = app.test_cli_runner()
+    first = runner.invoke(args=["billing", "replay-rejected"])
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.output) == {"stored": 1, "already_stored": 0, "parked_again": 1}
+    assert count_events(app, event_id=good["event_id"]) == 1
+    assert parked() == [(bad["event_id"], "tokens_input")]  # now with the reason it is bad
+    again = json.loads(runner.invoke(args=["billing", "replay-rejected"]).output)
+    assert again == {"stored": 0, "already_stored": 0, "parked_again": 1}
+    assert parked() == [(bad["event_id"], "tokens_input")]

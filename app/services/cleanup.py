@@ -41,7 +41,7 @@ class Pace:
     time it spends deleting (it rests for the rest, so ingest keeps the database)."""
 
     batch_size: int
-    duty_cycle: float = 1.0
+    duty_cycle: float
 
 
 def cleanup_pace(settings: Settings) -> Pace:

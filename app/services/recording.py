@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
+from sqlalchemy import delete, select
 
 from app.errors import ValidationError
 from app.extensions import db
@@ -150,3 +151,19 @@ def park_batch(raw_events: list[Any], error: Exception, batch_id: str | None = N
     )
     db.session.commit()
     log.error("batch parked", extra={"events": len(raw_events), "reason": reason})
+
+
+def replay_rejected(limit: int) -> RecordResult:
+    """Record parked events again, after the cause is fixed; they leave the park.
+
+    In one transaction the parked rows are deleted and their payloads recorded:
+    events that are valid now are stored (or found stored already), the others
+    are parked again with today's reason.
+    """
+    parked = db.session.execute(
+        select(RejectedEvent.id, RejectedEvent.payload).order_by(RejectedEvent.id).limit(limit)
+    ).all()
+    if not parked:
+        return RecordResult()
+    db.session.execute(delete(RejectedEvent).where(RejectedEvent.id.in_([p.id for p in parked])))
+    return record_events([p.payload for p in parked])
