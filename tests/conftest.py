@@ -69,6 +69,22 @@ if REQUIRE_SERVICES and not SERVICES_UP:
     )
 
 
+MEASURED: list[str] = []
+
+
+def measured(line: str) -> None:
+    """A figure a test measured (events sent/stored/lost, requests fuzzed): shown at the end."""
+    MEASURED.append(line)
+    print(line)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if MEASURED:
+        terminalreporter.section("measured by the fault, fuzz and race tests")
+        for line in MEASURED:
+            terminalreporter.write_line(line)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if SERVICES_UP:
         return

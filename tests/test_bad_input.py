@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from app.errors import ValidationError
 from app.services.validation import EventLimits, validate_event
-from tests.conftest import ADMIN_TOKEN, SERVICE_TOKEN, auth, wait_for
+from tests.conftest import ADMIN_TOKEN, SERVICE_TOKEN, auth, measured, wait_for
 from tests.helpers import count_events, event
 
 LIMITS = EventLimits(timedelta(days=35), timedelta(minutes=5), 8192)
@@ -216,4 +216,4 @@ def test_fuzzed_requests_never_5xx_and_every_rejection_names_its_field(
         if mode is modes[1] and operation.path in NO_INPUT_PATHS:
             continue  # nothing to make invalid
         calls[f"{mode.value} {operation.path}"] = _fuzz(operation, mode)
-    print("fuzzed requests per path:", calls)
+    measured(f"schemathesis requests per operation and mode: {calls}")

@@ -21,7 +21,7 @@ from app.services import reporting
 from app.services.jobs import JobFailed
 from app.services.recording import record_events
 from app.services.scheduled import run_report
-from tests.conftest import ADMIN_TOKEN, WEBHOOK_SECRET, auth
+from tests.conftest import ADMIN_TOKEN, WEBHOOK_SECRET, auth, measured
 from tests.fake_stripe import FakeStripe
 from tests.helpers import event
 
@@ -339,8 +339,8 @@ def test_500_429_and_timeouts_during_the_report_bill_each_customer_day_once(
     expected = len(customers) * len(days)
     duplicated = sum(n - 1 for n in billed.values())
     statuses = [r.status for r in stripe_server.requests_to(METER_PATH)]
-    print(
-        f"\nstripe faults {statuses} over {runs} runs: customer-days={expected} "
+    measured(
+        f"stripe faults {statuses} over {runs} runs: customer-days={expected} "
         f"billed={len(billed)} duplicated={duplicated} missing={expected - len(billed)}"
     )
     assert runs > len(days) and statuses.count(0) == 4  # 3 timeouts, 1 dropped connection

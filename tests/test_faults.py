@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from app.config import Settings
 from app.extensions import db
 from app.models import UsageEvent
-from tests.conftest import SERVICE_TOKEN, auth, create_extra_app, wait_for
+from tests.conftest import SERVICE_TOKEN, auth, create_extra_app, measured, wait_for
 from tests.helpers import event
 from tests.processes import RedisServer, free_port, kill_tree, start_worker_process
 
@@ -41,11 +41,11 @@ def stored_counts(app: Flask, event_ids: set[str]) -> tuple[int, int]:
 
 
 def assert_stored_exactly_once(name: str, app: Flask, event_ids: set[str]) -> None:
-    """Print sent, stored, duplicated and lost; the last two must be zero."""
+    """Report sent, stored, duplicated and lost; the last two must be zero."""
     stored, distinct = stored_counts(app, event_ids)
     sent = len(event_ids)
-    print(
-        f"\n{name}: sent={sent} stored={stored} duplicated={stored - distinct} lost={sent - distinct}"
+    measured(
+        f"{name}: sent={sent} stored={stored} duplicated={stored - distinct} lost={sent - distinct}"
     )
     assert stored == distinct == sent
 
@@ -126,7 +126,7 @@ def test_batches_redis_handed_to_a_worker_that_died_are_sent_again(
         wait_for(lambda: not list((tmp_path / "spool").glob("sent-*.jsonl")), timeout=10)
     finally:
         kill_tree(worker)
-    assert_stored_exactly_once(f"{popped} messages lost by the broker", app, ids)
+    assert_stored_exactly_once(f"broker lost every queued message ({popped})", app, ids)
 
 
 def test_redis_stopped_while_requests_keep_coming(app: Flask, stack, tmp_path: Path) -> None:

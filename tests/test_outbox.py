@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from app.metering.outbox import Outbox
+from tests.conftest import measured
 
 
 class FakeBroker:
@@ -88,8 +89,8 @@ def test_writers_and_replayers_on_one_spool_publish_each_event_once(
     published = broker.event_counts()
     duplicated = sum(c - 1 for c in published.values() if c > 1)
     lost = 3000 - len(published)
-    print(
-        f"outbox race: sent 3000, published {len(published)}, duplicated {duplicated}, lost {lost}"
+    measured(
+        f"outbox race: sent=3000 published={len(published)} duplicated={duplicated} lost={lost}"
     )
     assert (lost, duplicated) == (0, 0)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -17,6 +17,7 @@ from tests.conftest import (
     create_database,
     create_extra_app,
     drop_database,
+    measured,
     project_root,
     wait_for,
 )
@@ -68,8 +69,8 @@ def test_broker_down_does_not_fail_requests_and_events_arrive_when_it_is_back(
         kill_tree(worker)
     outbox.close()
     stored = sum(count_events(app, execution_id=e) for e in execution_ids)
-    print(
-        f"broker-down: sent={len(execution_ids)} stored={stored} "
+    measured(
+        f"broker down from the start: sent={len(execution_ids)} stored={stored} "
         f"duplicated={stored - len(set(execution_ids))} lost={len(execution_ids) - stored}"
     )
     assert stored == len(execution_ids)
