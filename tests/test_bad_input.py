@@ -205,11 +205,13 @@ def test_fuzzed_requests_never_5xx_and_every_rejection_names_its_field(
     make_customer(FUZZ_KEY, stripe_customer_id=stripe_server.add_customer("cus_fuzz"))
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {
-        "/v1/usage/events",
-        "/v1/billing/usage",
-        "/v1/billing/portal",
+    served = {
+        rule.rule
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint not in {"static", "openapi.spec"}  # the document itself is not fuzzed
+        and not rule.endpoint.startswith("test_")  # the stand-in /v1/execute of the tests
     }
+    assert {op.path for op in operations} == served
     calls: dict[str, int] = {}
     modes = (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE)
     for operation, mode in itertools.product(operations, modes):
