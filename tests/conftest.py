@@ -179,12 +179,15 @@ def app(settings: Settings) -> Iterator[Flask]:
 def create_extra_app(settings: Settings, session_app: Flask) -> Flask:
     """Another app in this process (a producer, the embedded default).
 
-    ``create_app`` makes its Celery app the process default, as Flask's Celery
-    pattern does; the session's in-thread worker runs tasks in the default app,
-    so the session app's is made the default again.
+    A new Celery app makes itself the current one (and ``create_app`` the
+    default, as Flask's Celery pattern does); tasks run by the session's
+    in-thread worker or called directly go to the current app, so the
+    session app's is made current and default again.
     """
     extra = create_app(settings)
-    session_app.extensions["celery"].set_default()
+    session_celery = session_app.extensions["celery"]
+    session_celery.set_default()
+    session_celery.set_current()
     return extra
 
 

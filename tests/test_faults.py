@@ -173,22 +173,22 @@ def test_postgres_restarted_during_ingest(app: Flask, stack, tmp_path: Path) -> 
     producer, _, local = stack
     client = producer.test_client()
     outbox = producer.extensions["usage_outbox"]
+    restarted: list[BaseException | None] = []
+
+    def restart() -> None:
+        try:
+            restart_postgres()
+            restarted.append(None)
+        except BaseException as exc:  # re-raised below, in the test's thread
+            restarted.append(exc)
+
+    restarter = threading.Thread(target=restart)
     worker = start_worker_process(local, tmp_path / "worker.log")
     try:
         ids = _send(client, batches=60, size=100, prefix="pg-a")
         outbox.flush()
         # Restart while the worker is part-way through the queue.
         wait_for(lambda: stored_counts(app, ids)[0] >= 1000, timeout=60, interval=0.01)
-        restarted: list[BaseException | None] = []
-
-        def restart() -> None:
-            try:
-                restart_postgres()
-                restarted.append(None)
-            except BaseException as exc:  # re-raised below, in the test's thread
-                restarted.append(exc)
-
-        restarter = threading.Thread(target=restart)
         restarter.start()
         ids |= _send(client, batches=20, size=100, prefix="pg-b")  # the API keeps accepting
         outbox.flush()
@@ -197,6 +197,8 @@ def test_postgres_restarted_during_ingest(app: Flask, stack, tmp_path: Path) -> 
             raise AssertionError(f"PostgreSQL did not restart: {restarted}")
         wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=120, interval=0.5)
     finally:
+        if restarter.ident is not None:
+            restarter.join()  # never leave the cluster restarting behind a failed test
         kill_tree(worker)
     assert_stored_exactly_once("postgres restarted", app, ids)
     assert "Retry in" in (tmp_path / "worker.log").read_text(), "no task met the outage"

@@ -15,7 +15,7 @@ from typing import Any
 
 from flask import Flask, Request, Response, current_app, request
 
-from app.extensions import db
+from app.database import short_read
 from app.metering.outbox import Outbox
 from app.models.ledger import recorded_batches
 from app.security import hash_api_key
@@ -91,11 +91,8 @@ def outbox_for(app: Flask) -> Outbox:
             )
 
         def recorded(batch_ids: list[str]) -> set[str]:
-            with app.app_context():
-                try:
-                    return recorded_batches(batch_ids)
-                finally:
-                    db.session.remove()
+            with app.app_context(), short_read():
+                return recorded_batches(batch_ids)
 
         def queue_depth() -> int:
             # Declared as Celery declares it (the same arguments), since a passive

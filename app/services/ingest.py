@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from app.database import short_read
 from app.errors import ValidationError
 from app.extensions import db
 from app.metering.outbox import Outbox
@@ -26,18 +27,15 @@ log = logging.getLogger("usage_billing.ingest")
 def _already_stored(event_ids: list[str]) -> set[str]:
     """Best effort: with the database down, ingest goes on and the worker dedupes."""
     try:
-        return set(
-            db.session.scalars(
-                select(UsageEvent.event_id).where(UsageEvent.event_id.in_(event_ids))
+        with short_read():
+            return set(
+                db.session.scalars(
+                    select(UsageEvent.event_id).where(UsageEvent.event_id.in_(event_ids))
+                )
             )
-        )
     except (OperationalError, InterfaceError) as exc:
         log.warning("duplicate check skipped, database unavailable: %s", type(exc).__name__)
         return set()
-    finally:
-        # Release the read transaction; close() also copes with a connection the
-        # server has dropped (the pool invalidates it) where rollback() would raise.
-        db.session.close()
 
 
 def accept_batch(raw_events: list[Any], outbox: Outbox) -> dict[str, Any]:
