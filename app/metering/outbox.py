@@ -212,8 +212,9 @@ class Outbox:
 
     def _publish_segment(self, segment: Path, events: Events) -> None:
         """Publish a segment, then rename it to wait for its receipts (mtime: publish time)."""
-        chunks = self._publish_chunks(_segment_id(segment), events)
-        sent = segment.with_name(f"sent-{_segment_id(segment)}-{chunks}.jsonl")
+        segment_id = _segment_id(segment)
+        chunks = self._publish_chunks(segment_id, events)
+        sent = segment.with_name(f"sent-{segment_id}-{chunks}.jsonl")
         os.rename(segment, sent)
         os.utime(sent)
 

@@ -37,6 +37,7 @@ from app.models.types import utcnow
 # Summed into usage_daily from each new event; ``events`` and ``unpriced_events`` are counts.
 ROLLUP_SUMS = ("tokens_input", "tokens_output", "tokens_cache_read", "tokens_total", "cost_total")
 _ROLLUP_KEY = ("api_key_hash", "day", "provider", "model")
+_ROLLUP_ADDED = ("events", "unpriced_events", *ROLLUP_SUMS)  # what a new row adds to its day
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,7 @@ def _postgresql_statement() -> TextClause:
     record = ", ".join(f"{c.name} {c.type.compile(dialect=dialect)}" for c in columns)
     names = ", ".join(c.name for c in columns)
     sums = ", ".join(f"coalesce(sum({name}), 0)" for name in ROLLUP_SUMS)
-    updates = ", ".join(
-        f"{name} = usage_daily.{name} + excluded.{name}"
-        for name in ("events", "unpriced_events", *ROLLUP_SUMS)
-    )
+    updates = ", ".join(f"{name} = usage_daily.{name} + excluded.{name}" for name in _ROLLUP_ADDED)
     key = ", ".join(_ROLLUP_KEY)
     return text(
         f"""
@@ -153,7 +151,7 @@ def _insert_portable(rows: list[dict[str, Any]]) -> Written:
 
 def _rollup(rows: Iterable[Any]) -> list[dict[str, Any]]:
     totals: dict[tuple[str, date, str, str], dict[str, Any]] = defaultdict(
-        lambda: {"events": 0, "unpriced_events": 0, **dict.fromkeys(ROLLUP_SUMS, 0)}
+        lambda: dict.fromkeys(_ROLLUP_ADDED, 0)
     )
     for row in rows:
         key = (row.api_key_hash, row.created_at.astimezone(UTC).date(), row.provider, row.model)
@@ -175,10 +173,7 @@ def _upsert_rollups(rollups: list[dict[str, Any]]) -> None:
         return
     table = UsageDaily.__table__
     stmt = insert_for(table)
-    update = {
-        name: table.c[name] + stmt.excluded[name]
-        for name in ("events", "unpriced_events", *ROLLUP_SUMS)
-    }
+    update = {name: table.c[name] + stmt.excluded[name] for name in _ROLLUP_ADDED}
     update["updated_at"] = stmt.excluded.updated_at
     db.session.execute(
         stmt.on_conflict_do_update(index_elements=list(table.primary_key.columns), set_=update),
