@@ -11,7 +11,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.api import register_api
     from app.celery_app import celery_init_app
     from app.cli import billing_cli
-    from app.database import MIGRATIONS_DIR, upgrade_database
+    from app.database import MIGRATIONS_DIR, QUICK_READS, upgrade_database
     from app.extensions import db, migrate
 
     settings = settings or Settings.from_env()
@@ -22,6 +22,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         SETTINGS=settings,
         SQLALCHEMY_DATABASE_URI=settings.sqlalchemy_url,
         SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        # app.database.quick_read(): one round trip per best-effort read.
+        SQLALCHEMY_BINDS={
+            QUICK_READS: {"url": settings.sqlalchemy_url, "isolation_level": "AUTOCOMMIT"}
+        },
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         JSON_SORT_KEYS=False,
     )

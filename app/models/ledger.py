@@ -30,7 +30,7 @@ from sqlalchemy import TextClause, select, text
 from sqlalchemy.dialects import postgresql
 
 from app.extensions import db
-from app.models.dialect import insert_for
+from app.models.dialect import insert_for, one_of
 from app.models.events import UNPRICED, IngestBatch, UsageDaily, UsageEvent
 from app.models.types import utcnow
 
@@ -65,11 +65,8 @@ def recorded_batches(batch_ids: Sequence[str]) -> set[str]:
     """Which of these batches have a receipt (were recorded)."""
     if not batch_ids:
         return set()
-    return set(
-        db.session.scalars(
-            select(IngestBatch.batch_id).where(IngestBatch.batch_id.in_(list(batch_ids)))
-        )
-    )
+    query = select(IngestBatch.batch_id).where(one_of(IngestBatch.batch_id, "ids"))
+    return set(db.session.scalars(query, {"ids": list(batch_ids)}))
 
 
 def insert_events(rows: list[dict[str, Any]]) -> Written:

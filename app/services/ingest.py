@@ -7,16 +7,18 @@ already stored, so a client can tell a duplicate from a new event.
 from __future__ import annotations
 
 import logging
+from functools import cache
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app.database import short_read
+from app.database import quick_read
 from app.errors import ValidationError
 from app.extensions import db
 from app.metering.outbox import Outbox
 from app.models import UsageEvent
+from app.models.dialect import one_of
 from app.models.types import utcnow
 from app.services.recording import event_limits, reject
 from app.services.validation import EventIn, validate_event
@@ -24,15 +26,17 @@ from app.services.validation import EventIn, validate_event
 log = logging.getLogger("usage_billing.ingest")
 
 
+@cache
+def _stored_ids(dialect: str) -> Select[tuple[str]]:
+    """Built once per database kind: building the statement cost a third of the read."""
+    return select(UsageEvent.event_id).where(one_of(UsageEvent.event_id, "ids"))
+
+
 def _already_stored(event_ids: list[str]) -> set[str]:
     """Best effort: with the database down, ingest goes on and the worker dedupes."""
     try:
-        with short_read():
-            return set(
-                db.session.scalars(
-                    select(UsageEvent.event_id).where(UsageEvent.event_id.in_(event_ids))
-                )
-            )
+        with quick_read() as conn:
+            return set(conn.scalars(_stored_ids(db.engine.dialect.name), {"ids": event_ids}))
     except (OperationalError, InterfaceError) as exc:
         log.warning("duplicate check skipped, database unavailable: %s", type(exc).__name__)
         return set()
