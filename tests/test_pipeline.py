@@ -121,6 +121,32 @@ def test_worker_parks_invalid_events_and_keeps_the_rest(app: Flask) -> None:
     assert count_events(app, event_id=good["event_id"]) == 1
 
 
+def test_worker_stores_text_and_numbers_exactly_as_sent(app: Flask) -> None:
+    """The batch reaches PostgreSQL as COPY CSV: quotes, commas, backslashes and
+    escaped newlines must come back byte for byte, and money to the last digit."""
+    tricky = 'a "quoted", comma\\back\\slash; 模型 ✓'
+    sent = event(
+        execution_id=tricky,
+        task_type='say "hi", then',
+        execution_time="12.5",
+        tokens_input=1_000_003,
+        tokens_cache_read=7,
+        tokens_output=999_999_937,
+        metadata={"note": tricky, "lines": "one\ntwo\tthree", "empty": "", "n": None},
+    )
+    plain = event(metadata=None, task_type=None)
+    with app.app_context():
+        assert record_events([sent, plain]).inserted == 2
+    [row] = stored_events(app, event_id=sent["event_id"])
+    assert (row.execution_id, row.task_type) == (tricky, 'say "hi", then')
+    assert row.metadata_ == sent["metadata"]
+    assert row.execution_time == Decimal("12.500")
+    assert row.cost_total == row.cost_input + row.cost_output
+    assert row.cost_output == 999_999_937 * row.model_cost_output  # exact, no rounding
+    [row] = stored_events(app, event_id=plain["event_id"])
+    assert (row.metadata_, row.task_type, row.execution_time) == (None, None, None)
+
+
 def _usage(client: FlaskClient, key: str, start: str, end: str):
     return client.get(f"/v1/billing/usage?start_date={start}&end_date={end}", headers=auth(key))
 
