@@ -84,7 +84,7 @@ def outbox_for(app: Flask) -> Outbox:
                 args=[events],
                 kwargs={"batch_id": batch_id},
                 retry=False,
-                # What Flower shows; Celery's own repr of 500 events costs more
+                # What Flower shows; Celery's own repr of 1000 events costs more
                 # than the rest of the publish together.
                 argsrepr=f"[<{len(events)} events>]",
                 kwargsrepr=f"{{'batch_id': '{batch_id}'}}",
