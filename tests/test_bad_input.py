@@ -105,6 +105,8 @@ BAD_EVENTS: dict[str, tuple[dict, str]] = {
     "bidi override provider": (event(provider="open\u202eai"), "provider"),
     "nul byte task type": (event(task_type="code\x00gen"), "task_type"),
     "NaN execution time": (event(execution_time=float("nan")), "execution_time"),
+    "NaN in metadata": (event(metadata={"ratio": float("nan")}), "metadata"),
+    "Infinity in metadata": (event(metadata={"deep": [{"x": float("inf")}]}), "metadata"),
     "missing model": ({k: v for k, v in event().items() if k != "model"}, "model"),
     "raw key instead of hash": (event(api_key_hash="sk-live-abc"), "api_key_hash"),
     "not an object": ([1, 2, 3], "event"),  # type: ignore[dict-item]

@@ -135,7 +135,12 @@ def _metadata(raw: dict[str, Any], limits: EventLimits) -> dict[str, Any] | None
         raise ValidationError(
             f"metadata nests deeper than {_MAX_METADATA_DEPTH} levels", field="metadata"
         )
-    size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    try:  # NaN and Infinity parse in Python but PostgreSQL's json refuses them
+        size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+    except ValueError as exc:
+        raise ValidationError(
+            "metadata must be plain JSON (no NaN or Infinity)", field="metadata"
+        ) from exc
     if size > limits.max_metadata_bytes:
         raise ValidationError(
             f"metadata is larger than {limits.max_metadata_bytes} bytes", field="metadata"
