@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery, Task
 from flask import Flask
 
+from app import wire
 from app.config import Settings
 from app.schedule import beat_schedule
 
@@ -32,6 +33,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_schedule": beat_schedule(settings),
         "worker_hijack_root_logger": False,
+        # Ingest batches travel as orjson (app/wire.py); everything else as JSON.
+        "accept_content": ["json", wire.SERIALIZER],
     }
     if settings.uses_redis:
         config["broker_url"] = settings.redis_url
@@ -72,6 +75,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
             with app.app_context():
                 return self.run(*args, **kwargs)
 
+    wire.register_serializer()
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object(celery_config(settings))
     celery_app.set_default()

@@ -107,6 +107,7 @@ BAD_EVENTS: dict[str, tuple[dict, str]] = {
     "NaN execution time": (event(execution_time=float("nan")), "execution_time"),
     "NaN in metadata": (event(metadata={"ratio": float("nan")}), "metadata"),
     "Infinity in metadata": (event(metadata={"deep": [{"x": float("inf")}]}), "metadata"),
+    "integer past 64 bits in metadata": (event(metadata={"n": 2**64}), "metadata"),
     "missing model": ({k: v for k, v in event().items() if k != "model"}, "model"),
     "raw key instead of hash": (event(api_key_hash="sk-live-abc"), "api_key_hash"),
     "not an object": ([1, 2, 3], "event"),  # type: ignore[dict-item]

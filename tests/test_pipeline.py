@@ -236,3 +236,35 @@ def test_a_batch_parked_by_a_bug_is_recorded_when_replayed_after_the_fix(
     again = json.loads(runner.invoke(args=["billing", "replay-rejected"]).output)
     assert again == {"stored": 0, "already_stored": 0, "parked_again": 1}
     assert parked() == [(bad["event_id"], "tokens_input")]
+
+
+def test_values_orjson_refuses_still_reach_the_worker_and_are_parked(
+    app: Flask, celery_worker
+) -> None:
+    """The middleware spools events the API never validated: a NaN or an integer past
+    64 bits (which orjson will not write) takes the standard library's path through
+    spool and broker (app/wire.py), and the worker parks that event, not its batch."""
+    from sqlalchemy import select
+
+    from app.extensions import db
+    from app.models import RejectedEvent
+
+    good = event()
+    odd = [event(execution_time=float("nan")), event(tokens_output=2**70)]
+    outbox = app.extensions["usage_outbox"]
+    outbox.append([good, *odd])
+    outbox.flush()
+    wait_for(lambda: count_events(app, event_id=good["event_id"]) == 1)
+
+    def parked() -> dict[str, str | None]:
+        with app.app_context():
+            ids = [e["event_id"] for e in odd]
+            rows = db.session.execute(
+                select(RejectedEvent.event_id, RejectedEvent.field).where(
+                    RejectedEvent.event_id.in_(ids)
+                )
+            ).all()
+            return dict(tuple(r) for r in rows)
+
+    wait_for(lambda: len(parked()) == 2)
+    assert parked() == {odd[0]["event_id"]: "execution_time", odd[1]["event_id"]: "tokens_output"}

@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Flask, Request, Response, current_app, request
 
+from app import wire
 from app.database import short_read
 from app.metering.outbox import Outbox
 from app.models.ledger import recorded_batches
@@ -84,6 +85,7 @@ def outbox_for(app: Flask) -> Outbox:
                 args=[events],
                 kwargs={"batch_id": batch_id},
                 retry=False,
+                serializer=wire.SERIALIZER,
                 # What Flower shows; Celery's own repr of 1000 events costs more
                 # than the rest of the publish together.
                 argsrepr=f"[<{len(events)} events>]",

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import atexit
 import fcntl
-import json
 import logging
 import os
 import threading
@@ -37,7 +36,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
+
+from app import wire
 
 log = logging.getLogger("usage_billing.metering")
 
@@ -52,10 +53,10 @@ _CONFIRM_PAGE = 500  # sent segments per receipt query
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[TextIO | None]:
+def _locked(path: Path) -> Iterator[BinaryIO | None]:
     """The open, exclusively locked file; None when another process holds it or it moved on."""
     try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115
+        handle = open(path, "rb")  # noqa: SIM115
     except FileNotFoundError:
         yield None
         return
@@ -83,11 +84,11 @@ def _sent_parts(path: Path) -> tuple[str, list[str]]:
     return segment_id, [f"{segment_id}-{n}" for n in range(int(chunks))]
 
 
-def _read_events(handle: TextIO, name: str) -> Events:
+def _read_events(handle: BinaryIO, name: str) -> Events:
     events = []
     for number, line in enumerate(handle, 1):
         try:
-            events.append(json.loads(line))
+            events.append(wire.loads(line))
         except ValueError:
             log.error("torn line %d in %s skipped", number, name)
     return events
@@ -116,7 +117,7 @@ class Outbox:
         self._stopping = threading.Event()
         self._pid = -1
         self._segment: Path | None = None
-        self._file: TextIO | None = None
+        self._file: BinaryIO | None = None
         self._pending: Events = []
         self._thread: threading.Thread | None = None
         self._replay_delay = 0.0
@@ -126,7 +127,7 @@ class Outbox:
     # -- request side -------------------------------------------------------------------
     def append(self, events: Events) -> None:
         """Make ``events`` durable on local disk and queue them; never touches the network."""
-        lines = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in events)
+        lines = b"".join(wire.dumps(e) + b"\n" for e in events)
         with self._lock:
             if self._pid != os.getpid():
                 self._start()
@@ -158,7 +159,7 @@ class Outbox:
         """
         name = f"seg-{os.getpid()}-{uuid.uuid4().hex}.jsonl"
         hidden, segment = self._dir / f".new-{name}", self._dir / name
-        self._file = open(hidden, "a", encoding="utf-8")  # noqa: SIM115
+        self._file = open(hidden, "ab")  # noqa: SIM115
         fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(hidden, segment)
         self._segment = segment

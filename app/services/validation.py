@@ -118,10 +118,17 @@ def _timestamp(raw: dict[str, Any], now: datetime, limits: EventLimits) -> datet
 
 
 def _depth(value: Any, level: int = 1) -> int:
+    """How deep ``value`` nests; an integer past 64 bits is refused on the way.
+
+    Events travel to the worker as orjson (app/wire.py), which reads such an
+    integer back as a float: it would not be stored as sent.
+    """
     if isinstance(value, dict):
         return max((_depth(v, level + 1) for v in value.values()), default=level)
     if isinstance(value, list):
         return max((_depth(v, level + 1) for v in value), default=level)
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        raise ValidationError("metadata numbers must fit in 64 bits", field="metadata")
     return level
 
 
