@@ -630,9 +630,11 @@ def bench_cleanup(db_url: str, instance: Path, results: dict[str, Any]) -> None:
 
 
 def main() -> int:
+    from app.config import Settings
     from tests.conftest import create_database, drop_database  # the same fresh-database helpers
 
     os.environ["TEST_DATABASE_ADMIN_URL"] = ADMIN_URL
+    settings = Settings.from_env()
     redis.Redis.from_url(REDIS_URL).flushdb()
     db_url = create_database()
     # A fresh instance (spools, broker folder) per run: a spool left by an earlier
@@ -652,6 +654,9 @@ def main() -> int:
             "scale_events": SCALE_EVENTS,
             "customers": CUSTOMERS,
             "request_batch": BATCH,
+            # The settings ingest runs with (defaults or the environment's).
+            "meter_batch_size": settings.meter_batch_size,
+            "meter_flush_ms": settings.meter_flush_ms,
             **{k: v for k, v in os.environ.items() if k.startswith(("METER_", "WEB_", "WORKER_"))},
         },
     }

@@ -4,12 +4,12 @@ Rows go in with ``ON CONFLICT (event_id) DO NOTHING`` and the daily rollup is
 bumped only from the rows that were really new, in the caller's transaction, so
 a redelivered batch changes nothing and the rollup never counts an event twice.
 
-On PostgreSQL the batch is COPied into a temporary staging table, then one
+On PostgreSQL the batch goes by COPY into a temporary staging table, then one
 statement inserts it and a data-modifying CTE feeds the inserted rows straight
 into the rollup upsert. No per-row work in SQLAlchemy, and COPY is the cheapest
 way in for both PostgreSQL and the worker, which is what lets a worker keep up
-with the API (see bench/). Other databases (the embedded SQLite default) take the portable
-path: a multi-row INSERT … RETURNING and the rollup summed in Python.
+with the API (see bench/). Other databases (the embedded SQLite default) take
+the portable path: a multi-row INSERT … RETURNING and the rollup summed in Python.
 
 Money crosses as decimal strings, never floats. Prices have at most
 ``MONEY_SCALE`` places and token counts are integers, so every cost fits the
