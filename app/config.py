@@ -54,7 +54,7 @@ class Settings:
     max_metadata_bytes: int = 8 * 1024
     # Events per Celery task, and the longest an event waits for its batch (it is on
     # disk meanwhile). Bigger batches cost the API less per event (see bench/).
-    meter_batch_size: int = 1000
+    meter_batch_size: int = 2000
     meter_flush_ms: int = 200
     meter_spool_dir: str = ""
     # A published batch with no receipt after this long is sent again. Longer than

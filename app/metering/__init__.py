@@ -86,7 +86,7 @@ def outbox_for(app: Flask) -> Outbox:
                 kwargs={"batch_id": batch_id},
                 retry=False,
                 serializer=wire.SERIALIZER,
-                # What Flower shows; Celery's own repr of 1000 events costs more
+                # What Flower shows; Celery's own repr of a batch costs more
                 # than the rest of the publish together.
                 argsrepr=f"[<{len(events)} events>]",
                 kwargsrepr=f"{{'batch_id': '{batch_id}'}}",
