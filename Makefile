@@ -12,7 +12,8 @@ test:
 	python3 scripts/dev.py test
 
 api:
-	$(PY) -m gunicorn --workers $${WEB_CONCURRENCY:-2} --bind 0.0.0.0:$${PORT:-8000} 'app:create_app()'
+	$(PY) -m gunicorn --workers $${WEB_CONCURRENCY:-2} --worker-class gthread --threads $${WEB_THREADS:-2} \
+		--bind 0.0.0.0:$${PORT:-8000} 'app:create_app()'
 
 worker:
 	$(CELERY) worker --loglevel=INFO --concurrency=$${WORKER_CONCURRENCY:-2}

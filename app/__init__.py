@@ -35,9 +35,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_api(app)
     app.cli.add_command(billing_cli)
 
-    if settings.enable_pricing_middleware:
-        from app.metering import UsageMeter
+    from app.metering import UsageMeter, outbox_for
 
+    outbox_for(app)  # made here, so no two request threads race to make it
+    if settings.enable_pricing_middleware:
         UsageMeter(app)
     if settings.demo_execute_endpoint:
         from app.demo import demo_execute

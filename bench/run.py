@@ -129,7 +129,7 @@ class CpuMeter:
 
 
 class Stack:
-    """gunicorn API + Celery worker against a fresh database, as in production."""
+    """gunicorn API (as ``make api`` starts it) + Celery worker against a fresh database."""
 
     def __init__(
         self, db_url: str, instance: Path, middleware: bool = False, port: int = 0
@@ -159,6 +159,10 @@ class Stack:
                 "gunicorn",
                 "--workers",
                 str(workers),
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "2",
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "--log-level",
@@ -417,7 +421,7 @@ def bench_overhead(db_url: str, instance: Path, results: dict[str, Any]) -> None
 
 
 def _one_request(port: int, request: bytes) -> None:
-    """One request on a fresh connection (gunicorn's sync workers close after each)."""
+    """One request on a fresh connection, as from a client that does not keep it alive."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
         chunks = []
