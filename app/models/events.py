@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
-from app.models.types import Money, UTCDateTime, utcnow
+from app.models.types import AnyJSON, Money, UTCDateTime, utcnow
 
 PRICED = "priced"
 UNPRICED = "unpriced"
@@ -124,5 +124,5 @@ class RejectedEvent(db.Model):
     event_id: Mapped[str | None] = mapped_column(String(128))
     field: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(String(500))
-    payload: Mapped[Any] = mapped_column(JSON)
+    payload: Mapped[Any] = mapped_column(AnyJSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -9,11 +9,12 @@ about 9.2 million USD: ample for the demo, and the reason production is PostgreS
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Numeric
+from sqlalchemy import JSON, BigInteger, DateTime, Numeric
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -74,3 +75,29 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+class AnyJSON(TypeDecorator[Any]):
+    """JSON that takes any parsed JSON, NaN and ±Infinity too, as "nan", "inf", "-inf".
+
+    For payloads kept as they came (a rejected event, to be replayed): Python's
+    parser takes non-finite numbers, PostgreSQL's json refuses them, and failing
+    to keep one would fail its whole batch. As a string the value is still
+    invalid on replay.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return _finite(value)

@@ -10,7 +10,6 @@ batches is still stored once, by ``event_id`` (``app/models/ledger.py``).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -98,22 +97,6 @@ def reject(raw: Any, error: ValidationError) -> dict[str, Any]:
     }
 
 
-def storable(raw: Any) -> Any:
-    """``raw`` as PostgreSQL's json type takes it: NaN and ±Infinity as "nan", "inf", "-inf".
-
-    A rejected event is kept to be replayed; one carrying a non-finite number (the
-    middleware does not validate what it spools) would otherwise fail the park,
-    and with it the whole batch. As a string the value is still invalid on replay.
-    """
-    if isinstance(raw, float) and not math.isfinite(raw):
-        return str(raw)
-    if isinstance(raw, dict):
-        return {key: storable(value) for key, value in raw.items()}
-    if isinstance(raw, list):
-        return [storable(value) for value in raw]
-    return raw
-
-
 def record_events(
     raw_events: list[Any], now: datetime | None = None, batch_id: str | None = None
 ) -> RecordResult:
@@ -130,7 +113,7 @@ def record_events(
             event = validate_event(raw, now, limits)
         except ValidationError as error:
             result.rejected.append(reject(raw, error))
-            db.session.add(RejectedEvent(payload=storable(raw), **result.rejected[-1]))
+            db.session.add(RejectedEvent(payload=raw, **result.rejected[-1]))
             continue
         if event.event_id in valid:
             result.duplicates += 1
@@ -162,7 +145,7 @@ def park_batch(raw_events: list[Any], error: Exception, batch_id: str | None = N
             event_id=raw.get("event_id") if isinstance(raw, dict) else None,
             field=None,
             reason=reason,
-            payload=storable(raw),
+            payload=raw,
         )
         for raw in raw_events
     )
