@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from flask import Flask
 from flask_migrate import upgrade
 from sqlalchemy import Connection, select, text
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.config import PROJECT_ROOT
 from app.extensions import db
@@ -46,22 +45,6 @@ def _migration_lock(app: Flask) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextmanager
-def short_read() -> Iterator[None]:
-    """A read that releases its connection at once, even one the server dropped.
-
-    ``close()`` rolls back the read transaction, which raises again when the
-    server went away mid-read (a restart); the connection is then invalidated
-    instead, so the pool replaces it and the caller sees one database error.
-    """
-    try:
-        yield
-        db.session.close()
-    except (OperationalError, InterfaceError):
-        db.session().invalidate()
-        raise
 
 
 @contextmanager

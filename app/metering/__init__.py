@@ -16,7 +16,6 @@ from typing import Any
 from flask import Flask, Request, Response, current_app, request
 
 from app import wire
-from app.database import short_read
 from app.metering.outbox import Outbox
 from app.models.ledger import recorded_batches
 from app.security import hash_api_key
@@ -93,7 +92,7 @@ def outbox_for(app: Flask) -> Outbox:
             )
 
         def recorded(batch_ids: list[str]) -> set[str]:
-            with app.app_context(), short_read():
+            with app.app_context():
                 return recorded_batches(batch_ids)
 
         def queue_depth() -> int:

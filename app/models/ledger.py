@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import TextClause, select, text
 from sqlalchemy.dialects import postgresql
 
+from app.database import quick_read
 from app.extensions import db
 from app.models.dialect import insert_for, one_of
 from app.models.events import UNPRICED, IngestBatch, UsageDaily, UsageEvent
@@ -65,11 +66,12 @@ def claim_batch(batch_id: str, events: int) -> bool:
 
 
 def recorded_batches(batch_ids: Sequence[str]) -> set[str]:
-    """Which of these batches have a receipt (were recorded)."""
+    """Which of these batches have a receipt (were recorded); a best-effort read."""
     if not batch_ids:
         return set()
     query = select(IngestBatch.batch_id).where(one_of(IngestBatch.batch_id, "ids"))
-    return set(db.session.scalars(query, {"ids": list(batch_ids)}))
+    with quick_read() as conn:
+        return set(conn.scalars(query, {"ids": list(batch_ids)}))
 
 
 def insert_events(rows: list[dict[str, Any]]) -> Written:
