@@ -10,7 +10,7 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.models import UsageEvent
+from app.models import RejectedEvent, UsageEvent
 from app.security import hash_api_key
 
 
@@ -48,4 +48,15 @@ def stored_events(app: Flask, **where: Any) -> list[UsageEvent]:
         rows = list(db.session.scalars(stmt))
         for row in rows:
             db.session.expunge(row)
+        return rows
+
+
+def parked_events(app: Flask, event_ids: list[str] | None = None) -> list[tuple[str, str | None]]:
+    """(event id, field) of the parked events, oldest first; only these ids when given."""
+    with app.app_context():
+        stmt = select(RejectedEvent.event_id, RejectedEvent.field).order_by(RejectedEvent.id)
+        if event_ids is not None:
+            stmt = stmt.where(RejectedEvent.event_id.in_(event_ids))
+        rows = [(row.event_id, row.field) for row in db.session.execute(stmt)]
+        db.session.rollback()
         return rows

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from app.services.recording import record_events
 from tests.conftest import SERVICE_TOKEN, auth, wait_for
-from tests.helpers import count_events, event, stored_events
+from tests.helpers import count_events, event, parked_events, stored_events
 
 API_KEY = "sk-live-" + "a" * 40
 
@@ -201,10 +201,6 @@ def test_usage_needs_a_known_key(client: FlaskClient) -> None:
 def test_a_batch_parked_by_a_bug_is_recorded_when_replayed_after_the_fix(
     app: Flask, monkeypatch
 ) -> None:
-    from sqlalchemy import select
-
-    from app.extensions import db
-    from app.models import RejectedEvent
     from app.services import prices
     from tasks.ingest import record_events_task
 
@@ -219,23 +215,16 @@ def test_a_batch_parked_by_a_bug_is_recorded_when_replayed_after_the_fix(
     monkeypatch.undo()
     assert count_events(app, event_id=good["event_id"]) == 0
 
-    def parked() -> list[tuple[str, str | None]]:
-        with app.app_context():
-            rows = db.session.execute(
-                select(RejectedEvent.event_id, RejectedEvent.field).order_by(RejectedEvent.id)
-            ).all()
-            return [tuple(r) for r in rows]
-
-    assert parked() == [(good["event_id"], None), (bad["event_id"], None)]
+    assert parked_events(app) == [(good["event_id"], None), (bad["event_id"], None)]
     runner = app.test_cli_runner()
     first = runner.invoke(args=["billing", "replay-rejected"])
     assert first.exit_code == 0, first.output
     assert json.loads(first.output) == {"stored": 1, "already_stored": 0, "parked_again": 1}
     assert count_events(app, event_id=good["event_id"]) == 1
-    assert parked() == [(bad["event_id"], "tokens_input")]  # now with the reason it is bad
+    assert parked_events(app) == [(bad["event_id"], "tokens_input")]  # now with the reason it is bad
     again = json.loads(runner.invoke(args=["billing", "replay-rejected"]).output)
     assert again == {"stored": 0, "already_stored": 0, "parked_again": 1}
-    assert parked() == [(bad["event_id"], "tokens_input")]
+    assert parked_events(app) == [(bad["event_id"], "tokens_input")]
 
 
 def test_values_orjson_refuses_still_reach_the_worker_and_are_parked(
@@ -244,11 +233,6 @@ def test_values_orjson_refuses_still_reach_the_worker_and_are_parked(
     """The middleware spools events the API never validated: a NaN or an integer past
     64 bits (which orjson will not write) takes the standard library's path through
     spool and broker (app/wire.py), and the worker parks that event, not its batch."""
-    from sqlalchemy import select
-
-    from app.extensions import db
-    from app.models import RejectedEvent
-
     good = event()
     odd = [event(execution_time=float("nan")), event(tokens_output=2**70)]
     outbox = app.extensions["usage_outbox"]
@@ -257,14 +241,7 @@ def test_values_orjson_refuses_still_reach_the_worker_and_are_parked(
     wait_for(lambda: count_events(app, event_id=good["event_id"]) == 1)
 
     def parked() -> dict[str, str | None]:
-        with app.app_context():
-            ids = [e["event_id"] for e in odd]
-            rows = db.session.execute(
-                select(RejectedEvent.event_id, RejectedEvent.field).where(
-                    RejectedEvent.event_id.in_(ids)
-                )
-            ).all()
-            return dict(tuple(r) for r in rows)
+        return dict(parked_events(app, [e["event_id"] for e in odd]))
 
     wait_for(lambda: len(parked()) == 2)
     assert parked() == {odd[0]["event_id"]: "execution_time", odd[1]["event_id"]: "tokens_output"}
