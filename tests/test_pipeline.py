@@ -221,7 +221,9 @@ def test_a_batch_parked_by_a_bug_is_recorded_when_replayed_after_the_fix(
     assert first.exit_code == 0, first.output
     assert json.loads(first.output) == {"stored": 1, "already_stored": 0, "parked_again": 1}
     assert count_events(app, event_id=good["event_id"]) == 1
-    assert parked_events(app) == [(bad["event_id"], "tokens_input")]  # now with the reason it is bad
+    assert parked_events(app) == [
+        (bad["event_id"], "tokens_input")
+    ]  # now with the reason it is bad
     again = json.loads(runner.invoke(args=["billing", "replay-rejected"]).output)
     assert again == {"stored": 0, "already_stored": 0, "parked_again": 1}
     assert parked_events(app) == [(bad["event_id"], "tokens_input")]
