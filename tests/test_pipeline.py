@@ -122,23 +122,25 @@ def test_worker_parks_invalid_events_and_keeps_the_rest(app: Flask) -> None:
 
 
 def test_worker_stores_text_and_numbers_exactly_as_sent(app: Flask) -> None:
-    """The batch reaches PostgreSQL as COPY CSV: quotes, commas, backslashes and
-    escaped newlines must come back byte for byte, and money to the last digit."""
+    """The batch reaches PostgreSQL in COPY's text format: quotes, commas, backslashes,
+    a literal ``\\N`` (COPY's NULL) and escaped newlines must come back byte for byte,
+    and money to the last digit."""
     tricky = 'a "quoted", comma\\back\\slash; 模型 ✓'
     sent = event(
         execution_id=tricky,
         task_type='say "hi", then',
+        status="\\N",
         execution_time="12.5",
         tokens_input=1_000_003,
         tokens_cache_read=7,
         tokens_output=999_999_937,
-        metadata={"note": tricky, "lines": "one\ntwo\tthree", "empty": "", "n": None},
+        metadata={"note": tricky, "lines": "one\ntwo\tthree", "empty": "", "n": None, "\\N": 1},
     )
     plain = event(metadata=None, task_type=None)
     with app.app_context():
         assert record_events([sent, plain]).inserted == 2
     [row] = stored_events(app, event_id=sent["event_id"])
-    assert (row.execution_id, row.task_type) == (tricky, 'say "hi", then')
+    assert (row.execution_id, row.task_type, row.status) == (tricky, 'say "hi", then', "\\N")
     assert row.metadata_ == sent["metadata"]
     assert row.execution_time == Decimal("12.500")
     assert row.cost_total == row.cost_input + row.cost_output

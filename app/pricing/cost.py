@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,10 @@ class TokenPrice:
         )
 
 
-@dataclass(frozen=True)
-class Cost:
+class Cost(NamedTuple):
+    """A tuple, not a frozen dataclass: made once per event, and a frozen
+    dataclass's ``__init__`` cost more than the arithmetic."""
+
     input: Decimal
     output: Decimal
 

@@ -50,7 +50,13 @@ def event_limits() -> EventLimits:
 
 def _row(event: EventIn, book: PriceBook, received_at: datetime) -> dict[str, Any]:
     price = book.price_at(event.provider, event.model, event.created_at)
-    row: dict[str, Any] = {
+    if price is None:
+        model_prices = costs = (None, None, None)
+    else:
+        cost = cost_of(event.tokens_input, event.tokens_output, event.tokens_cache_read, price)
+        model_prices = (price.input, price.output, price.cache_read)
+        costs = (cost.input, cost.output, cost.total)
+    return {
         "event_id": event.event_id,
         "api_key_hash": event.api_key_hash,
         "execution_id": event.execution_id,
@@ -66,26 +72,14 @@ def _row(event: EventIn, book: PriceBook, received_at: datetime) -> dict[str, An
         "created_at": event.created_at,
         "received_at": received_at,
         "metadata": event.metadata,
-        "model_cost_input": None,
-        "model_cost_output": None,
-        "model_cost_cache_read": None,
-        "cost_input": None,
-        "cost_output": None,
-        "cost_total": None,
-        "pricing_status": UNPRICED,
+        "model_cost_input": model_prices[0],
+        "model_cost_output": model_prices[1],
+        "model_cost_cache_read": model_prices[2],
+        "cost_input": costs[0],
+        "cost_output": costs[1],
+        "cost_total": costs[2],
+        "pricing_status": UNPRICED if price is None else PRICED,
     }
-    if price is not None:
-        cost = cost_of(event.tokens_input, event.tokens_output, event.tokens_cache_read, price)
-        row.update(
-            model_cost_input=price.input,
-            model_cost_output=price.output,
-            model_cost_cache_read=price.cache_read,
-            cost_input=cost.input,
-            cost_output=cost.output,
-            cost_total=cost.total,
-            pricing_status=PRICED,
-        )
-    return row
 
 
 def reject(raw: Any, error: ValidationError) -> dict[str, Any]:
