@@ -13,6 +13,7 @@ from celery import Celery, Task
 from flask import Flask
 
 from app import wire
+from app.batch_store import init_batch_store
 from app.config import Settings
 from app.schedule import beat_schedule
 
@@ -80,4 +81,5 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     celery_app.config_from_object(celery_config(settings))
     celery_app.set_default()
     app.extensions["celery"] = celery_app
+    init_batch_store(app)
     return celery_app

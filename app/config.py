@@ -60,6 +60,9 @@ class Settings:
     # A published batch with no receipt after this long is sent again. Longer than
     # the broker's visibility timeout, which redelivers a dead worker's messages itself.
     meter_redeliver_after_seconds: int = 900
+    # With Redis, a batch's events wait beside its message (app/batch_store.py) and are
+    # deleted once recorded; this expiry only clears what a failed delete left.
+    meter_batch_ttl_seconds: int = 7 * 24 * 3600
     max_usage_range_days: int = 366
     max_event_age_days: int = 35
     max_event_future_seconds: int = 300

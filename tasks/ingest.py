@@ -2,32 +2,48 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import shared_task
+from flask import current_app
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from app.batch_store import UNAVAILABLE, batch_store
 from app.extensions import db
 from app.services.recording import park_batch, record_events
+
+log = logging.getLogger("usage_billing.ingest")
 
 
 @shared_task(
     name="ingest.record_events",
     acks_late=True,
-    autoretry_for=(OperationalError, InterfaceError),
+    autoretry_for=(OperationalError, InterfaceError, *UNAVAILABLE),
     retry_backoff=True,
     retry_backoff_max=60,
     retry_jitter=True,
     max_retries=None,
 )
-def record_events_task(events: list[dict[str, Any]], batch_id: str | None = None) -> dict[str, int]:
-    """Store a batch; a lost database connection rolls back and retries the whole batch.
+def record_events_task(
+    events: list[dict[str, Any]] | None, batch_id: str | None = None
+) -> dict[str, int]:
+    """Store a batch; a lost database or Redis connection retries the whole batch.
 
-    Retrying the whole batch is safe: a recorded batch has a receipt (``batch_id``)
-    and rows already stored are skipped by event id. Validation failures are not
-    errors here; they are parked per event. Any other failure parks the whole
-    batch in ``rejected_events`` rather than dropping it.
+    ``events`` is None when they wait in the batch store under ``batch_id``
+    (app/batch_store.py). Retrying the whole batch is safe: a recorded batch has
+    a receipt (``batch_id``) and rows already stored are skipped by event id.
+    Validation failures are not errors here; they are parked per event. Any
+    other failure parks the whole batch in ``rejected_events`` rather than
+    dropping it.
     """
+    store = batch_store(current_app)
+    if events is None:
+        events = store.take(batch_id) if store is not None and batch_id else None
+        if events is None:
+            # No receipt is written, so the outbox sends the batch again.
+            log.warning("batch %s: its events are gone from the batch store", batch_id)
+            return {"inserted": 0, "duplicates": 0, "rejected": 0, "missing": 1}
     try:
         result = record_events(events, batch_id=batch_id)
     except (OperationalError, InterfaceError):
@@ -36,11 +52,20 @@ def record_events_task(events: list[dict[str, Any]], batch_id: str | None = None
     except Exception as exc:
         db.session.rollback()
         park_batch(events, exc, batch_id)
+        _recorded(batch_id)
         raise
     finally:
         db.session.remove()
+    _recorded(batch_id)
     return {
         "inserted": result.inserted,
         "duplicates": result.duplicates,
         "rejected": len(result.rejected),
     }
+
+
+def _recorded(batch_id: str | None) -> None:
+    """The batch has its receipt: its events can leave the batch store."""
+    store = batch_store(current_app)
+    if store is not None and batch_id is not None:
+        store.drop(batch_id)

@@ -129,6 +129,38 @@ def test_batches_redis_handed_to_a_worker_that_died_are_sent_again(
     assert_stored_exactly_once(f"broker lost every queued message ({popped})", app, ids)
 
 
+def test_batches_whose_stored_events_are_gone_are_sent_again(
+    app: Flask, stack, tmp_path: Path
+) -> None:
+    """A batch's events wait in Redis beside a message that carries only its id
+    (app/batch_store.py). If they are gone when a worker takes the message (expired,
+    or Redis lost them), nothing is recorded and no receipt written, so the outbox
+    sends the batch again; once recorded, its events leave Redis."""
+    import redis
+    from kombu.utils.json import loads as envelope
+
+    from app import wire
+
+    producer, redis_server, local = stack
+    ids = _send(producer.test_client(), batches=3, size=100, prefix="gone")
+    producer.extensions["usage_outbox"].flush()
+    broker = redis.Redis(port=redis_server.port)
+    messages = [wire.loads(envelope(m)["body"]) for m in broker.lrange("celery", 0, -1)]
+    assert messages and all(args == [None] for args, _, _ in messages)  # ids only
+    stored = broker.keys("usage-billing:batch:*")
+    assert len(stored) == len(messages)
+    broker.delete(*stored)
+    worker = start_worker_process(local, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=60, interval=0.2)
+        wait_for(lambda: not list((tmp_path / "spool").glob("sent-*.jsonl")), timeout=10)
+    finally:
+        kill_tree(worker)
+    assert "its events are gone from the batch store" in (tmp_path / "worker.log").read_text()
+    assert broker.keys("usage-billing:batch:*") == []
+    assert_stored_exactly_once(f"batch store lost every batch ({len(stored)})", app, ids)
+
+
 def test_redis_stopped_while_requests_keep_coming(app: Flask, stack, tmp_path: Path) -> None:
     producer, redis_server, local = stack
     client = producer.test_client()

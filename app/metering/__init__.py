@@ -16,6 +16,7 @@ from typing import Any
 from flask import Flask, Request, Response, current_app, request
 
 from app import wire
+from app.batch_store import batch_store
 from app.metering.outbox import Outbox
 from app.models.ledger import recorded_batches
 from app.security import hash_api_key
@@ -77,11 +78,14 @@ def outbox_for(app: Flask) -> Outbox:
     if outbox is None:
         settings = app.config["SETTINGS"]
         celery_app = app.extensions["celery"]
+        store = batch_store(app)
 
         def publish(batch_id: str, events: list[dict[str, Any]]) -> None:
+            if store is not None:
+                store.put(batch_id, events)  # the message then carries only the id
             celery_app.send_task(
                 RECORD_TASK,
-                args=[events],
+                args=[events if store is None else None],
                 kwargs={"batch_id": batch_id},
                 retry=False,
                 serializer=wire.SERIALIZER,
