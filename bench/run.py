@@ -129,7 +129,7 @@ class CpuMeter:
 
 
 class Stack:
-    """gunicorn API (as ``make api`` starts it) + Celery worker against a fresh database."""
+    """``make api`` + ``make worker`` against a fresh database."""
 
     def __init__(
         self, db_url: str, instance: Path, middleware: bool = False, port: int = 0
@@ -146,32 +146,27 @@ class Stack:
             "MAX_EVENT_AGE_DAYS": "35",
         }
         self.port = port
+        self.instance = instance
         self.procs: dict[str, subprocess.Popen] = {}
         Stack.started.append(self)  # main() stops every one, whatever fails
 
     started: list[Stack] = []
 
-    def start_api(self, workers: int = 2) -> None:
-        self.procs["api"] = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--workers",
-                str(workers),
-                "--worker-class",
-                "gthread",
-                "--threads",
-                "2",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--log-level",
-                "warning",
-                "app:create_app()",
-            ],
+    def _make(self, target: str, env: dict[str, str]) -> subprocess.Popen:
+        """``make <target>``: the command the README and docker-compose.yml run."""
+        log_file = open(self.instance / f"{target}-{self.port}.log", "ab")  # noqa: SIM115
+        return subprocess.Popen(
+            ["make", "--no-print-directory", "-s", target, f"PY={sys.executable}"],
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **env},
             start_new_session=True,
+            stdout=log_file,
+            stderr=log_file,
+        )
+
+    def start_api(self, workers: int = 2) -> None:
+        self.procs["api"] = self._make(
+            "api", {"PORT": str(self.port), "WEB_CONCURRENCY": str(workers)}
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -185,15 +180,8 @@ class Stack:
         raise RuntimeError("API did not start")
 
     def start_worker(self, concurrency: int = 2) -> None:
-        from tests.processes import worker_command
-
-        self.procs["worker"] = subprocess.Popen(
-            [*worker_command(concurrency, "WARNING"), "--without-heartbeat"],
-            cwd=ROOT,
-            env={**self.env, "AUTO_MIGRATE": "false"},
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        self.procs["worker"] = self._make(
+            "worker", {"WORKER_CONCURRENCY": str(concurrency), "AUTO_MIGRATE": "false"}
         )
 
     def stop(self) -> None:

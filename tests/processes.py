@@ -65,24 +65,8 @@ class RedisServer:
             self.proc = None
 
 
-def worker_command(concurrency: int, loglevel: str) -> list[str]:
-    """A production-shaped Celery worker (prefork), as the tests and bench/ start it."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "tasks.worker",
-        "worker",
-        "--pool=prefork",
-        f"--concurrency={concurrency}",
-        f"--loglevel={loglevel}",
-        "--without-gossip",
-        "--without-mingle",
-    ]
-
-
 def start_worker_process(settings: Settings, log: Path, concurrency: int = 2) -> subprocess.Popen:
+    """A production-shaped Celery worker (prefork) in its own process group, to kill."""
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url,
@@ -92,7 +76,19 @@ def start_worker_process(settings: Settings, log: Path, concurrency: int = 2) ->
         "INSTANCE_DIR": str(settings.instance_dir),
     }
     return subprocess.Popen(
-        worker_command(concurrency, "INFO"),
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks.worker",
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={concurrency}",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ],
         cwd=project_root(),
         env=env,
         stdout=log.open("ab"),
