@@ -11,6 +11,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.batch_store import UNAVAILABLE, batch_store
 from app.extensions import db
+from app.models.ledger import recorded_batches
 from app.services.recording import park_batch, record_events
 
 log = logging.getLogger("usage_billing.ingest")
@@ -41,9 +42,7 @@ def record_events_task(
     if events is None:
         events = store.take(batch_id) if store is not None and batch_id else None
         if events is None:
-            # No receipt is written, so the outbox sends the batch again.
-            log.warning("batch %s: its events are gone from the batch store", batch_id)
-            return {"inserted": 0, "duplicates": 0, "rejected": 0, "missing": 1}
+            return _events_gone(batch_id)
     try:
         result = record_events(events, batch_id=batch_id)
     except (OperationalError, InterfaceError):
@@ -62,6 +61,17 @@ def record_events_task(
         "duplicates": result.duplicates,
         "rejected": len(result.rejected),
     }
+
+
+def _events_gone(batch_id: str | None) -> dict[str, int]:
+    """A message whose events are no longer in the batch store."""
+    if batch_id is not None and recorded_batches([batch_id]):
+        # Recorded, and its events deleted, by a worker that died before it
+        # acknowledged the message: this is the message coming back.
+        return {"inserted": 0, "duplicates": 0, "rejected": 0, "already_recorded": 1}
+    # No receipt is written, so the outbox sends the batch again.
+    log.warning("batch %s: its events are gone from the batch store", batch_id)
+    return {"inserted": 0, "duplicates": 0, "rejected": 0, "missing": 1}
 
 
 def _recorded(batch_id: str | None) -> None:

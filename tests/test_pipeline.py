@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -198,6 +199,34 @@ def test_usage_needs_a_known_key(client: FlaskClient) -> None:
     assert _usage(client, "", "2026-01-01", "2026-01-02").status_code == 401
     resp = _usage(client, "never-issued", "2026-01-01", "2026-01-02")
     assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "unauthenticated"
+
+
+@pytest.mark.services
+def test_a_batch_waits_in_redis_until_recorded_and_a_redelivery_changes_nothing(
+    app: Flask, caplog
+) -> None:
+    """The message carries only the batch id (app/batch_store.py). Once recorded,
+    the events leave Redis; the same message delivered again (its worker died
+    before acknowledging it) finds the receipt and is not reported as lost."""
+    from app.batch_store import batch_store
+    from tasks.ingest import record_events_task
+
+    store = batch_store(app)
+    assert store is not None
+    sent = [event(), event()]
+    store.put("stored-batch-0", sent)
+    with app.app_context():
+        assert record_events_task(None, batch_id="stored-batch-0")["inserted"] == 2
+        assert store.take("stored-batch-0") is None
+        with caplog.at_level(logging.WARNING, logger="usage_billing.ingest"):
+            again = record_events_task(None, batch_id="stored-batch-0")
+            lost = record_events_task(None, batch_id="never-stored-0")
+    assert again == {"inserted": 0, "duplicates": 0, "rejected": 0, "already_recorded": 1}
+    assert lost["missing"] == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "batch never-stored-0: its events are gone from the batch store"
+    ]
+    assert all(count_events(app, event_id=e["event_id"]) == 1 for e in sent)
 
 
 def test_a_batch_parked_by_a_bug_is_recorded_when_replayed_after_the_fix(
