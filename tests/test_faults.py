@@ -104,6 +104,19 @@ def test_worker_killed_mid_batch_loses_and_duplicates_nothing(
     assert_stored_exactly_once("worker SIGKILL", app, ids)
 
 
+def _run_until_recorded_and_confirmed(
+    app: Flask, local: Settings, tmp_path: Path, ids: set[str]
+) -> None:
+    """A worker until every event is stored and the outbox has every receipt
+    (only a re-send recovers what these tests take away)."""
+    worker = start_worker_process(local, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=60, interval=0.2)
+        wait_for(lambda: not list((tmp_path / "spool").glob("sent-*.jsonl")), timeout=10)
+    finally:
+        kill_tree(worker)
+
+
 def test_batches_redis_handed_to_a_worker_that_died_are_sent_again(
     app: Flask, stack, tmp_path: Path
 ) -> None:
@@ -120,12 +133,7 @@ def test_batches_redis_handed_to_a_worker_that_died_are_sent_again(
     while broker.rpop("celery") is not None:  # taken by a worker that died at once
         popped += 1
     assert popped >= 1 and list((tmp_path / "spool").glob("sent-*.jsonl"))
-    worker = start_worker_process(local, tmp_path / "worker.log")
-    try:
-        wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=60, interval=0.2)
-        wait_for(lambda: not list((tmp_path / "spool").glob("sent-*.jsonl")), timeout=10)
-    finally:
-        kill_tree(worker)
+    _run_until_recorded_and_confirmed(app, local, tmp_path, ids)
     assert_stored_exactly_once(f"broker lost every queued message ({popped})", app, ids)
 
 
@@ -150,12 +158,7 @@ def test_batches_whose_stored_events_are_gone_are_sent_again(
     stored = broker.keys("usage-billing:batch:*")
     assert len(stored) == len(messages)
     broker.delete(*stored)
-    worker = start_worker_process(local, tmp_path / "worker.log")
-    try:
-        wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=60, interval=0.2)
-        wait_for(lambda: not list((tmp_path / "spool").glob("sent-*.jsonl")), timeout=10)
-    finally:
-        kill_tree(worker)
+    _run_until_recorded_and_confirmed(app, local, tmp_path, ids)
     assert "its events are gone from the batch store" in (tmp_path / "worker.log").read_text()
     assert broker.keys("usage-billing:batch:*") == []
     assert_stored_exactly_once(f"batch store lost every batch ({len(stored)})", app, ids)
