@@ -263,11 +263,12 @@ def test_a_batch_parked_by_a_bug_is_recorded_when_replayed_after_the_fix(
 def test_values_orjson_refuses_still_reach_the_worker_and_are_parked(
     app: Flask, celery_worker
 ) -> None:
-    """The middleware spools events the API never validated: a NaN or an integer past
-    64 bits (which orjson will not write) takes the standard library's path through
-    spool and broker (app/wire.py), and the worker parks that event, not its batch."""
+    """The middleware spools events the API never validated: a lone surrogate or an
+    integer past 64 bits (which orjson will not write) takes the standard library's
+    path through spool and broker (app/wire.py), and the worker parks that event,
+    not its batch."""
     good = event()
-    odd = [event(execution_time=float("nan")), event(tokens_output=2**70)]
+    odd = [event(provider="open\ud800ai"), event(tokens_output=2**70)]
     outbox = app.extensions["usage_outbox"]
     outbox.append([good, *odd])
     outbox.flush()
@@ -277,4 +278,50 @@ def test_values_orjson_refuses_still_reach_the_worker_and_are_parked(
         return dict(parked_events(app, [e["event_id"] for e in odd]))
 
     wait_for(lambda: len(parked()) == 2)
-    assert parked() == {odd[0]["event_id"]: "execution_time", odd[1]["event_id"]: "tokens_output"}
+    assert parked() == {odd[0]["event_id"]: "provider", odd[1]["event_id"]: "tokens_output"}
+
+
+def test_a_metered_response_with_nan_or_infinity_is_parked_not_changed(
+    app: Flask, celery_worker
+) -> None:
+    """orjson writes NaN and Infinity as null, which would store a NaN cache-token
+    count as 0 and an infinite execution time as none: the middleware sends them
+    as text and the worker parks each event naming its field."""
+    from flask import request
+
+    from app.metering import event_from_response
+
+    bodies = [
+        {
+            "provider": "openai",
+            "model": "gpt-4o",
+            "input_tokens": 9,
+            "output_tokens": 1,
+            "cached_tokens": float("nan"),
+        },
+        {
+            "provider": "openai",
+            "model": "gpt-4o",
+            "input_tokens": 9,
+            "output_tokens": 1,
+            "execution_time": float("inf"),
+        },
+    ]
+    sent = []
+    for body in bodies:
+        auth_header = {"Authorization": "Bearer key-nan"}
+        with app.test_request_context("/v1/execute", method="POST", headers=auth_header):
+            response = app.response_class(json.dumps(body), mimetype="application/json")
+            sent.append(event_from_response(request, response, datetime.now(UTC)))
+    outbox = app.extensions["usage_outbox"]
+    outbox.append(sent)
+    outbox.flush()
+
+    def parked() -> dict[str, str | None]:
+        return dict(parked_events(app, [e["event_id"] for e in sent]))
+
+    wait_for(lambda: len(parked()) == 2)
+    assert parked() == {
+        sent[0]["event_id"]: "tokens_cache_read",
+        sent[1]["event_id"]: "execution_time",
+    }

@@ -9,6 +9,7 @@ fails the request: a metering error is logged and the response goes out.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +44,14 @@ def _api_key(req: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def _number(value: Any) -> Any:
+    """A number from the response as it must reach the worker. orjson writes NaN and
+    Infinity as null (app/wire.py), which would turn a bad cache-token count into 0
+    and a bad execution time into none: as text, the worker parks the event naming
+    the field."""
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def event_from_response(req: Request, resp: Response, now: datetime) -> dict[str, Any] | None:
     """The usage event of one metered response, or None when it used no metered tokens."""
     api_key = _api_key(req)
@@ -60,14 +69,14 @@ def event_from_response(req: Request, resp: Response, now: datetime) -> dict[str
         "api_key_hash": hash_api_key(api_key),
         "provider": body.get("provider"),
         "model": body.get("model"),
-        "tokens_input": tokens_input or 0,
-        "tokens_output": tokens_output or 0,
-        "tokens_cache_read": _first(usage, _CACHE_KEYS) or 0,
+        "tokens_input": _number(tokens_input or 0),
+        "tokens_output": _number(tokens_output or 0),
+        "tokens_cache_read": _number(_first(usage, _CACHE_KEYS) or 0),
         "timestamp": now.isoformat(),
         "execution_id": execution_id,
         "task_type": body.get("task_type"),
         "status": body.get("status") or ("success" if resp.status_code < 400 else "error"),
-        "execution_time": body.get("execution_time"),
+        "execution_time": _number(body.get("execution_time")),
         "metadata": {"http_status": resp.status_code, "path": req.path},
     }
 
