@@ -66,6 +66,14 @@ class BillingRejected(ServiceError):
     code = "billing_rejected"
 
 
+class ServiceUnavailable(ServiceError):
+    """A dependency (the database) is down; the same request may succeed shortly."""
+
+    status = 503
+    code = "unavailable"
+    retry_after_seconds = 5
+
+
 class Conflict(ServiceError):
     status = 409
     code = "conflict"

@@ -1,4 +1,4 @@
-"""The broker going away, and several processes migrating at once."""
+"""The broker going away, several processes migrating at once, the database down."""
 
 from __future__ import annotations
 
@@ -24,8 +24,6 @@ from tests.conftest import (
 from tests.helpers import count_events
 from tests.processes import RedisServer, free_port, kill_tree, start_worker_process
 
-pytestmark = pytest.mark.services
-
 
 @pytest.fixture()
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
@@ -34,6 +32,7 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.mark.services
 def test_broker_down_does_not_fail_requests_and_events_arrive_when_it_is_back(
     app: Flask, settings: Settings, private_redis: RedisServer, tmp_path: Path
 ) -> None:
@@ -85,6 +84,7 @@ def _migration_head() -> str:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
+@pytest.mark.services
 def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
     url = create_database()
     try:
@@ -118,3 +118,30 @@ def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
         assert head == _migration_head() and prices > 1000 and dupes == 0
     finally:
         drop_database(url)
+
+
+def test_database_down_is_a_503_to_retry_not_a_500(
+    app: Flask, settings: Settings, tmp_path: Path
+) -> None:
+    """Nothing listens on port 1: every database read fails to connect."""
+    down = settings.replace(
+        database_url="postgresql://postgres@127.0.0.1:1/usage_billing",
+        redis_url="",
+        instance_dir=tmp_path,
+        auto_migrate=False,
+    )
+    client = create_extra_app(down, app).test_client()
+    responses = [
+        client.get(
+            "/v1/billing/usage?start_date=2026-01-01&end_date=2026-01-31", headers=auth("key-a")
+        ),
+        client.post(
+            "/v1/billing/customers",
+            json={"api_key": "key-a", "email": "a@example.com", "name": "A"},
+            headers=auth(settings.admin_token),
+        ),
+    ]
+    for response in responses:
+        assert response.status_code == 503, response.get_json()
+        assert response.headers["Retry-After"] == "5"
+        assert response.get_json()["error"]["code"] == "unavailable"

@@ -6,9 +6,10 @@ import logging
 from typing import Any
 
 from flask import Flask, Request, jsonify
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from app.errors import ServiceError, UnsupportedMediaType, ValidationError
+from app.errors import ServiceError, ServiceUnavailable, UnsupportedMediaType, ValidationError
 
 log = logging.getLogger("usage_billing.api")
 
@@ -43,6 +44,14 @@ def _http_error(error: HTTPException) -> tuple[Any, int]:
     return jsonify(body), status
 
 
+def _database_unavailable(error: Exception) -> tuple[Any, int, dict[str, str]]:
+    """The database is down or restarting: a 503 the client can retry, not a 500."""
+    log.warning("database unavailable: %s", type(error).__name__)
+    unavailable = ServiceUnavailable("the database is unavailable; retry shortly")
+    headers = {"Retry-After": str(unavailable.retry_after_seconds)}
+    return jsonify(unavailable.to_dict()), unavailable.status, headers
+
+
 def _unexpected(error: Exception) -> tuple[Any, int]:
     log.exception("unhandled error")
     return jsonify(ServiceError("internal error").to_dict()), 500
@@ -59,4 +68,6 @@ def register_api(app: Flask) -> None:
         app.register_blueprint(blueprint)
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(HTTPException, _http_error)
+    for error in (OperationalError, InterfaceError):
+        app.register_error_handler(error, _database_unavailable)
     app.register_error_handler(Exception, _unexpected)

@@ -111,7 +111,7 @@ SPEC: dict[str, Any] = {
                     }
                     for n in ("start_date", "end_date")
                 ],
-                "responses": {"200": _ok("usage"), **_errors(400, 401)},
+                "responses": {"200": _ok("usage"), **_errors(400, 401, 503)},
             }
         },
         "/v1/billing/portal": {
@@ -129,7 +129,7 @@ SPEC: dict[str, Any] = {
                     "200": _ok(
                         "session", {"type": "object", "properties": {"url": {"type": "string"}}}
                     ),
-                    **_errors(400, 401, 404, 415, 502),
+                    **_errors(400, 401, 404, 415, 502, 503),
                 },
             }
         },
@@ -149,7 +149,7 @@ SPEC: dict[str, Any] = {
                         },
                     }
                 ),
-                "responses": {"201": _ok("created"), **_errors(400, 401, 403, 415, 502)},
+                "responses": {"201": _ok("created"), **_errors(400, 401, 403, 415, 502, 503)},
             }
         },
         "/v1/billing/webhooks/stripe": {
@@ -164,7 +164,7 @@ SPEC: dict[str, Any] = {
                     }
                 ],
                 "requestBody": _json_body({"type": "object"}),
-                "responses": {"200": _ok("processed or duplicate"), **_errors(400)},
+                "responses": {"200": _ok("processed or duplicate"), **_errors(400, 503)},
             }
         },
         "/healthz": {"get": {"summary": "Process alive", "responses": {"200": _ok("ok")}}},
