@@ -325,3 +325,17 @@ def test_a_metered_response_with_nan_or_infinity_is_parked_not_changed(
         sent[0]["event_id"]: "tokens_cache_read",
         sent[1]["event_id"]: "execution_time",
     }
+
+
+@pytest.mark.services
+def test_id_lookups_refuse_an_id_with_a_comma_rather_than_split_it(app: Flask) -> None:
+    """On PostgreSQL the ids of a lookup travel as one comma-joined string
+    (app/models/dialect.py): an id with a comma would be read as two."""
+    from sqlalchemy.exc import StatementError
+
+    from app.models.ledger import recorded_batches
+
+    with app.app_context():
+        assert recorded_batches(["no-such-batch", "nor-this"]) == set()
+        with pytest.raises(StatementError, match="cannot contain a comma"):
+            recorded_batches(["a,b"])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, any_, bindparam
+from sqlalchemy import ColumnElement, Dialect, String, Table, any_, bindparam, func
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.types import TypeDecorator
 
 from app.extensions import db
 
@@ -16,13 +17,31 @@ def insert_for(table: Table) -> postgresql.Insert | sqlite.Insert:
     return sqlite.insert(table)
 
 
+class _Joined(TypeDecorator[list[str]]):
+    """A list of strings bound as one comma-separated string."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: list[str] | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        joined = ",".join(value)
+        if joined.count(",") != len(value) - 1:
+            raise ValueError("one_of() values cannot contain a comma")
+        return joined
+
+
 def one_of(column: Any, name: str) -> ColumnElement[bool]:
-    """``column IN :name``, the parameter a list; on PostgreSQL ``= ANY(:name)``, one array.
+    """``column IN :name``, the parameter a list of strings without commas (event and
+    batch ids); on PostgreSQL ``= ANY(string_to_array(:name, ','))``, one string.
 
     An expanding ``IN`` renders and binds one parameter per value: for the
     hundred event ids of each ingest request that cost the API more CPU than the
-    query itself took (bench/).
+    query itself took. An array parameter is still adapted value by value, by
+    SQLAlchemy and psycopg2: one string took a third less of the API's CPU for
+    the read, and PostgreSQL parses it faster too (bench/).
     """
     if db.engine.dialect.name == "postgresql":
-        return column == any_(bindparam(name, type_=postgresql.ARRAY(column.type)))
+        return column == any_(func.string_to_array(bindparam(name, type_=_Joined()), ","))
     return column.in_(bindparam(name, expanding=True))
