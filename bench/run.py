@@ -45,6 +45,7 @@ EVENTS = int(os.environ.get("BENCH_EVENTS", "1000000"))
 SCALE_EVENTS = int(os.environ.get("BENCH_SCALE_EVENTS", "10000000"))
 CUSTOMERS = int(os.environ.get("BENCH_CUSTOMERS", "10000"))
 BATCH = 100
+COPY_RUNS = 3
 SERVICE_TOKEN = "bench-" + uuid.uuid4().hex
 MODELS = [
     ("openai", "gpt-4o"),
@@ -266,6 +267,30 @@ def checkpoint(conn: Any) -> None:
         cur.execute("CHECKPOINT")
 
 
+def copy_rate(db_url: str, conn: Any, rows: io.StringIO) -> float:
+    """Rows per second of one COPY of ``rows`` into an empty copy of ``usage_events``.
+
+    Measured ``COPY_RUNS`` times and the median taken: single COPYs of the same
+    million rows ranged 92,000-181,000 rows/s over two hours on this shared
+    machine (bench/results/), more than ingest moved, while three in a row agree
+    within ~15 %. Every run is recorded, and the ratio to the best of them too.
+    """
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE copy_ceiling (LIKE usage_events INCLUDING ALL)")
+    checkpoint(conn)
+    rows.seek(0)
+    copy_conn = pg(db_url, autocommit=False)
+    started = time.perf_counter()
+    with copy_conn.cursor() as cur:
+        cur.copy_expert("COPY copy_ceiling FROM STDIN", rows)
+    copy_conn.commit()
+    seconds = time.perf_counter() - started
+    copy_conn.close()
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE copy_ceiling")
+    return EVENTS / seconds
+
+
 def bench_ingest(db_url: str, instance: Path, results: dict[str, Any]) -> None:
     log(f"ingest: {EVENTS:,} events in batches of {BATCH} through gunicorn + Celery")
     stack = Stack(db_url, instance, port=8711)
@@ -299,24 +324,12 @@ def bench_ingest(db_url: str, instance: Path, results: dict[str, Any]) -> None:
     if not rows == priced == distinct == EVENTS:
         raise RuntimeError(f"ingest stored {rows} rows, {priced} priced, {distinct} distinct")
     stack.stop()
-    log("ingest: COPY ceiling for the same rows")
-    with conn.cursor() as cur:
-        cur.execute("CREATE TABLE copy_ceiling (LIKE usage_events INCLUDING ALL)")
-    checkpoint(conn)
+    log(f"ingest: COPY ceiling for the same rows, {COPY_RUNS} times")
     buf = io.StringIO()
     with conn.cursor() as cur:
         cur.copy_expert("COPY (SELECT * FROM usage_events) TO STDOUT", buf)
-    buf.seek(0)
-    copy_conn = pg(db_url, autocommit=False)
-    t1 = time.perf_counter()
-    with copy_conn.cursor() as cur:
-        cur.copy_expert("COPY copy_ceiling FROM STDIN", buf)
-    copy_conn.commit()
-    copy_s = time.perf_counter() - t1
-    copy_conn.close()
-    with conn.cursor() as cur:
-        cur.execute("DROP TABLE copy_ceiling")
-    rate, ceiling = EVENTS / total_s, EVENTS / copy_s
+    ceilings = [copy_rate(db_url, conn, buf) for _ in range(COPY_RUNS)]
+    rate, ceiling = EVENTS / total_s, statistics.median(ceilings)
     results["ingest"] = {
         "events": EVENTS,
         "rows": rows,
@@ -325,7 +338,9 @@ def bench_ingest(db_url: str, instance: Path, results: dict[str, Any]) -> None:
         "events_per_s": round(rate),
         "accepted_per_s": round(EVENTS / sent_s),
         "copy_ceiling_per_s": round(ceiling),
+        "copy_ceiling_runs_per_s": [round(c) for c in ceilings],
         "ratio_to_copy": round(rate / ceiling, 3),
+        "ratio_to_best_copy": round(rate / max(ceilings), 3),
         "request_p50_ms": round(statistics.median(latencies) * 1000, 2),
         "request_p99_ms": round(statistics.quantiles(latencies, n=100)[98] * 1000, 2),
     }
@@ -693,8 +708,14 @@ def print_table(results: dict[str, Any]) -> None:
     if ing:
         rows += [
             ("end-to-end ingest (events/s)", ing["events_per_s"], ">= 10,000"),
-            ("COPY ceiling (rows/s)", ing["copy_ceiling_per_s"], ""),
+            ("COPY ceiling (rows/s), median of " + str(COPY_RUNS), ing["copy_ceiling_per_s"], ""),
+            (
+                "COPY runs (rows/s)",
+                " / ".join(f"{c:,}" for c in ing["copy_ceiling_runs_per_s"]),
+                "",
+            ),
             ("ingest / COPY", ing["ratio_to_copy"], ">= 0.25"),
+            ("ingest / best COPY run", ing["ratio_to_best_copy"], ""),
         ]
     cpu = results.get("cpu_ms_per_1000_events", {})
     if cpu:
