@@ -155,15 +155,15 @@ class Stack:
 
     def _make(self, target: str, env: dict[str, str]) -> subprocess.Popen:
         """``make <target>``: the command the README and docker-compose.yml run."""
-        log_file = open(self.instance / f"{target}-{self.port}.log", "ab")  # noqa: SIM115
-        return subprocess.Popen(
-            ["make", "--no-print-directory", "-s", target, f"PY={sys.executable}"],
-            cwd=ROOT,
-            env={**self.env, **env},
-            start_new_session=True,
-            stdout=log_file,
-            stderr=log_file,
-        )
+        with open(self.instance / f"{target}-{self.port}.log", "ab") as log_file:
+            return subprocess.Popen(
+                ["make", "--no-print-directory", "-s", target, f"PY={sys.executable}"],
+                cwd=ROOT,
+                env={**self.env, **env},
+                start_new_session=True,
+                stdout=log_file,
+                stderr=log_file,
+            )
 
     def start_api(self, workers: int = 2) -> None:
         self.procs["api"] = self._make(
