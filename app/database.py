@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from flask import Flask
 from flask_migrate import upgrade
 from sqlalchemy import Connection, select, text
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.config import PROJECT_ROOT
 from app.extensions import db
@@ -24,6 +25,8 @@ log = logging.getLogger("usage_billing.db")
 MIGRATIONS_DIR = str(PROJECT_ROOT / "migrations")
 _ADVISORY_LOCK_ID = 0x75626D67  # "ubmg"
 QUICK_READS = "quick_reads"  # the bind key of quick_read()'s engine
+# The database unreachable or restarting: retried by workers, a 503 at the API.
+UNAVAILABLE = (OperationalError, InterfaceError)
 
 
 @contextmanager

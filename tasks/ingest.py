@@ -7,9 +7,10 @@ from typing import Any
 
 from celery import shared_task
 from flask import current_app
-from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app.batch_store import UNAVAILABLE, batch_store
+from app.batch_store import UNAVAILABLE as REDIS_UNAVAILABLE
+from app.batch_store import BatchStore, batch_store
+from app.database import UNAVAILABLE as DATABASE_UNAVAILABLE
 from app.extensions import db
 from app.models.ledger import recorded_batches
 from app.services.recording import park_batch, record_events
@@ -20,7 +21,7 @@ log = logging.getLogger("usage_billing.ingest")
 @shared_task(
     name="ingest.record_events",
     acks_late=True,
-    autoretry_for=(OperationalError, InterfaceError, *UNAVAILABLE),
+    autoretry_for=(*DATABASE_UNAVAILABLE, *REDIS_UNAVAILABLE),
     retry_backoff=True,
     retry_backoff_max=60,
     retry_jitter=True,
@@ -45,17 +46,17 @@ def record_events_task(
             return _events_gone(batch_id)
     try:
         result = record_events(events, batch_id=batch_id)
-    except (OperationalError, InterfaceError):
+    except DATABASE_UNAVAILABLE:
         db.session.rollback()
         raise
     except Exception as exc:
         db.session.rollback()
         park_batch(events, exc, batch_id)
-        _recorded(batch_id)
+        _recorded(store, batch_id)
         raise
     finally:
         db.session.remove()
-    _recorded(batch_id)
+    _recorded(store, batch_id)
     return {
         "inserted": result.inserted,
         "duplicates": result.duplicates,
@@ -74,8 +75,7 @@ def _events_gone(batch_id: str | None) -> dict[str, int]:
     return {"inserted": 0, "duplicates": 0, "rejected": 0, "missing": 1}
 
 
-def _recorded(batch_id: str | None) -> None:
+def _recorded(store: BatchStore | None, batch_id: str | None) -> None:
     """The batch has its receipt: its events can leave the batch store."""
-    store = batch_store(current_app)
     if store is not None and batch_id is not None:
         store.drop(batch_id)

@@ -6,9 +6,9 @@ import logging
 from typing import Any
 
 from flask import Flask, Request, jsonify
-from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from app.database import UNAVAILABLE as DATABASE_UNAVAILABLE
 from app.errors import ServiceError, ServiceUnavailable, UnsupportedMediaType, ValidationError
 
 log = logging.getLogger("usage_billing.api")
@@ -68,6 +68,6 @@ def register_api(app: Flask) -> None:
         app.register_blueprint(blueprint)
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(HTTPException, _http_error)
-    for error in (OperationalError, InterfaceError):
+    for error in DATABASE_UNAVAILABLE:
         app.register_error_handler(error, _database_unavailable)
     app.register_error_handler(Exception, _unexpected)

@@ -11,9 +11,8 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Select, select
-from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app.database import quick_read
+from app.database import UNAVAILABLE, quick_read
 from app.errors import ValidationError
 from app.extensions import db
 from app.metering.outbox import Outbox
@@ -38,7 +37,7 @@ def _already_stored(event_ids: list[str]) -> set[str]:
     try:
         with quick_read() as conn:
             return set(conn.scalars(_stored_ids(db.engine.dialect.name), {"ids": event_ids}))
-    except (OperationalError, InterfaceError) as exc:
+    except UNAVAILABLE as exc:
         log.warning("duplicate check skipped, database unavailable: %s", type(exc).__name__)
         return set()
 
