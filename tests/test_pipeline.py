@@ -260,6 +260,20 @@ def test_a_batch_parked_by_a_bug_is_recorded_when_replayed_after_the_fix(
     assert parked_events(app) == [(bad["event_id"], "tokens_input")]
 
 
+def _spooled_and_parked(app: Flask, events: list[dict], bad: list[dict]) -> dict[str, str | None]:
+    """Send ``events`` through the outbox as the middleware does; once every one of
+    ``bad`` is parked, their event id -> the field named."""
+    outbox = app.extensions["usage_outbox"]
+    outbox.append(events)
+    outbox.flush()
+
+    def parked() -> dict[str, str | None]:
+        return dict(parked_events(app, [e["event_id"] for e in bad]))
+
+    wait_for(lambda: len(parked()) == len(bad))
+    return parked()
+
+
 def test_values_orjson_refuses_still_reach_the_worker_and_are_parked(
     app: Flask, celery_worker
 ) -> None:
@@ -269,16 +283,9 @@ def test_values_orjson_refuses_still_reach_the_worker_and_are_parked(
     not its batch."""
     good = event()
     odd = [event(provider="open\ud800ai"), event(tokens_output=2**70)]
-    outbox = app.extensions["usage_outbox"]
-    outbox.append([good, *odd])
-    outbox.flush()
-    wait_for(lambda: count_events(app, event_id=good["event_id"]) == 1)
-
-    def parked() -> dict[str, str | None]:
-        return dict(parked_events(app, [e["event_id"] for e in odd]))
-
-    wait_for(lambda: len(parked()) == 2)
-    assert parked() == {odd[0]["event_id"]: "provider", odd[1]["event_id"]: "tokens_output"}
+    parked = _spooled_and_parked(app, [good, *odd], odd)
+    assert count_events(app, event_id=good["event_id"]) == 1
+    assert parked == {odd[0]["event_id"]: "provider", odd[1]["event_id"]: "tokens_output"}
 
 
 def test_a_metered_response_with_nan_or_infinity_is_parked_not_changed(
@@ -313,15 +320,7 @@ def test_a_metered_response_with_nan_or_infinity_is_parked_not_changed(
         with app.test_request_context("/v1/execute", method="POST", headers=auth_header):
             response = app.response_class(json.dumps(body), mimetype="application/json")
             sent.append(event_from_response(request, response, datetime.now(UTC)))
-    outbox = app.extensions["usage_outbox"]
-    outbox.append(sent)
-    outbox.flush()
-
-    def parked() -> dict[str, str | None]:
-        return dict(parked_events(app, [e["event_id"] for e in sent]))
-
-    wait_for(lambda: len(parked()) == 2)
-    assert parked() == {
+    assert _spooled_and_parked(app, sent, sent) == {
         sent[0]["event_id"]: "tokens_cache_read",
         sent[1]["event_id"]: "execution_time",
     }
