@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from unittest.mock import ANY
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
+from app.extensions import db
+from app.models import UsageDaily
 from app.services.recording import record_events
 from tests.conftest import SERVICE_TOKEN, auth, wait_for
 from tests.helpers import count_events, event, parked_events, stored_events
@@ -56,6 +60,25 @@ def test_duplicate_event_is_stored_once(app: Flask, client: FlaskClient, celery_
         result = record_events([evt])
     assert result.inserted == 0 and result.duplicates == 1
     assert count_events(app, event_id=evt["event_id"]) == 1
+
+
+def test_a_timestamp_with_any_utc_offset_is_stored_at_its_utc_instant_and_day(
+    app: Flask, client: FlaskClient, celery_worker
+) -> None:
+    """The API passes an event's timestamp on as the text it came in; the worker
+    must read the same instant from it, and roll it up into its UTC day."""
+    instant = (datetime.now(UTC) - timedelta(days=1)).replace(hour=23, minute=30, microsecond=0)
+    east = event(timestamp=instant.astimezone(timezone(timedelta(hours=2))).isoformat())
+    zulu = event(timestamp=instant.isoformat().replace("+00:00", "Z"))
+    assert "+02:00" in east["timestamp"] and zulu["timestamp"].endswith("Z")
+    assert post_events(client, [east, zulu]) == (202, ANY)
+    for evt in (east, zulu):
+        wait_for(lambda evt=evt: count_events(app, event_id=evt["event_id"]) == 1)
+        [row] = stored_events(app, event_id=evt["event_id"])
+        assert row.created_at == instant
+    with app.app_context():
+        days = db.session.execute(select(UsageDaily.day, UsageDaily.events)).all()
+    assert days == [(instant.date(), 2)]  # the UTC day, not the next day of +02:00
 
 
 def test_unknown_model_is_stored_unpriced(app: Flask, client: FlaskClient, celery_worker) -> None:
