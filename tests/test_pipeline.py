@@ -361,3 +361,21 @@ def test_id_lookups_refuse_an_id_with_a_comma_rather_than_split_it(app: Flask) -
         assert recorded_batches(["no-such-batch", "nor-this"]) == set()
         with pytest.raises(StatementError, match="cannot contain a comma"):
             recorded_batches(["a,b"])
+
+
+def test_responses_encode_as_flask_would_for_what_orjson_writes_differently(app: Flask) -> None:
+    """The API's JSON provider uses orjson, and Flask's own encoder for values
+    orjson would write differently (dates, Decimal, integers past 64 bits)."""
+    from flask.json.provider import DefaultJSONProvider
+
+    flask_json = DefaultJSONProvider(app)
+    flask_json.sort_keys = False
+    values = [
+        {"b": 1, "a": ["x", None, True]},
+        {"day": datetime(2026, 11, 25, 14, 0, tzinfo=UTC)},
+        {"cost": Decimal("0.000012500000")},
+        {"big": 2**70},
+    ]
+    for value in values:
+        assert json.loads(app.json.dumps(value)) == json.loads(flask_json.dumps(value))
+    assert app.json.dumps(values[0]) == '{"b":1,"a":["x",null,true]}'  # built order, compact
