@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import TextClause, select, text
@@ -73,7 +73,7 @@ def recorded_batches(batch_ids: Sequence[str]) -> set[str]:
         return set(conn.scalars(query, {"ids": list(batch_ids)}))
 
 
-def insert_events(rows: list[dict[str, Any]]) -> Written:
+def insert_events(rows: list[EventRow]) -> Written:
     """Insert the new rows of a priced batch and roll them up; duplicates are skipped."""
     if not rows:
         return Written(0, 0)
@@ -82,33 +82,39 @@ def insert_events(rows: list[dict[str, Any]]) -> Written:
     return _insert_portable(rows)
 
 
+class EventRow(NamedTuple):
+    """One priced event as ``usage_events`` stores it; fields are its column names.
+
+    A tuple, so the COPY below unpacks it instead of looking up 22 keys a row.
+    """
+
+    event_id: str
+    api_key_hash: str
+    execution_id: str | None
+    task_type: str | None
+    tokens_input: int
+    tokens_output: int
+    tokens_cache_read: int
+    tokens_total: int
+    provider: str
+    model: str
+    model_cost_input: Decimal | None
+    model_cost_output: Decimal | None
+    model_cost_cache_read: Decimal | None
+    cost_input: Decimal | None
+    cost_output: Decimal | None
+    cost_total: Decimal | None
+    execution_time: Decimal | None
+    status: str
+    pricing_status: str
+    created_at: datetime
+    received_at: datetime
+    metadata: dict[str, Any] | None
+
+
 # -- PostgreSQL: COPY into a staging table, then one statement ------------------------------
 _STAGED = "usage_events_staged"
-# The columns the worker COPYs, in the order ``_copy_text`` writes them.
-_COPIED = (
-    "event_id",
-    "api_key_hash",
-    "execution_id",
-    "task_type",
-    "tokens_input",
-    "tokens_output",
-    "tokens_cache_read",
-    "tokens_total",
-    "provider",
-    "model",
-    "model_cost_input",
-    "model_cost_output",
-    "model_cost_cache_read",
-    "cost_input",
-    "cost_output",
-    "cost_total",
-    "execution_time",
-    "status",
-    "pricing_status",
-    "created_at",
-    "received_at",
-    "metadata",
-)
+_COPIED = EventRow._fields  # the columns the worker COPYs, in the order it writes them
 
 
 @lru_cache(maxsize=1)
@@ -154,50 +160,71 @@ def _postgresql_sql() -> tuple[str, str, TextClause]:
     return stage, copy, insert
 
 
-_NULL = "\\N"
+_NULL = "\\N"  # COPY's NULL
+# Stands for NULL until the batch is escaped: validation lets NUL into no string
+# (it is not printable) and JSON writes it escaped, so no value can hold one.
+_ABSENT = "\x00"
 
 
-def _text(value: str | None) -> str:
-    """A string in COPY's text format. Validation lets no tab, newline or carriage
-    return into an event's strings (and JSON escapes them), so only the backslash,
-    COPY's escape character, needs escaping."""
-    return _NULL if value is None else value.replace("\\", "\\\\")
-
-
-def _number(value: Decimal | None) -> str:
-    return _NULL if value is None else str(value)
-
-
-def _copy_text(rows: list[dict[str, Any]]) -> io.StringIO:
+def _copy_text(rows: list[EventRow]) -> io.StringIO:
     """The rows as COPY's text format, one line each, columns in ``_COPIED`` order.
 
-    Written out field by field: the ``csv`` module's per-field work was the
-    worker's largest single cost (bench/). ``Decimal`` and ``datetime`` go with
-    ``str``, forms PostgreSQL's numeric and timestamptz read exactly; the
-    batch's one receipt time is formatted once.
+    Each row is one f-string over its unpacked fields, NULL written as NUL; the
+    batch is then escaped in two passes, not field by field (the ``csv`` module's
+    per-field work was once the worker's largest cost, bench/): backslashes,
+    COPY's escape character, are doubled (validation lets no tab, newline or
+    carriage return into a string, and JSON escapes them), then NUL becomes
+    ``\\N``. ``Decimal`` and ``datetime`` go with ``str`` (``!s``: their
+    ``format`` is slower), forms PostgreSQL's numeric and timestamptz read
+    exactly; the batch's one receipt time is formatted once.
     """
     received: dict[datetime, str] = {}
     lines = []
-    for r in rows:
-        stamp = received.get(r["received_at"])
+    for (
+        event_id,
+        api_key_hash,
+        execution_id,
+        task_type,
+        tokens_input,
+        tokens_output,
+        tokens_cache_read,
+        tokens_total,
+        provider,
+        model,
+        model_cost_input,
+        model_cost_output,
+        model_cost_cache_read,
+        cost_input,
+        cost_output,
+        cost_total,
+        execution_time,
+        status,
+        pricing_status,
+        created_at,
+        received_at,
+        metadata,
+    ) in rows:
+        stamp = received.get(received_at)
         if stamp is None:
-            stamp = received[r["received_at"]] = str(r["received_at"])
-        metadata = r["metadata"]
+            stamp = received[received_at] = str(received_at)
         lines.append(
-            f"{r['event_id']}\t{r['api_key_hash']}\t{_text(r['execution_id'])}\t"
-            f"{_text(r['task_type'])}\t{r['tokens_input']}\t{r['tokens_output']}\t"
-            f"{r['tokens_cache_read']}\t{r['tokens_total']}\t{_text(r['provider'])}\t"
-            f"{_text(r['model'])}\t{_number(r['model_cost_input'])}\t"
-            f"{_number(r['model_cost_output'])}\t{_number(r['model_cost_cache_read'])}\t"
-            f"{_number(r['cost_input'])}\t{_number(r['cost_output'])}\t"
-            f"{_number(r['cost_total'])}\t{_number(r['execution_time'])}\t"
-            f"{_text(r['status'])}\t{r['pricing_status']}\t{r['created_at']}\t{stamp}\t"
-            f"{_NULL if metadata is None else _text(orjson.dumps(metadata).decode())}\n"
+            f"{event_id}\t{api_key_hash}\t{_ABSENT if execution_id is None else execution_id}\t"
+            f"{_ABSENT if task_type is None else task_type}\t{tokens_input}\t{tokens_output}\t"
+            f"{tokens_cache_read}\t{tokens_total}\t{provider}\t{model}\t"
+            f"{_ABSENT if model_cost_input is None else model_cost_input!s}\t"
+            f"{_ABSENT if model_cost_output is None else model_cost_output!s}\t"
+            f"{_ABSENT if model_cost_cache_read is None else model_cost_cache_read!s}\t"
+            f"{_ABSENT if cost_input is None else cost_input!s}\t"
+            f"{_ABSENT if cost_output is None else cost_output!s}\t"
+            f"{_ABSENT if cost_total is None else cost_total!s}\t"
+            f"{_ABSENT if execution_time is None else execution_time!s}\t"
+            f"{status}\t{pricing_status}\t{created_at!s}\t{stamp}\t"
+            f"{_ABSENT if metadata is None else orjson.dumps(metadata).decode()}\n"
         )
-    return io.StringIO("".join(lines))
+    return io.StringIO("".join(lines).replace("\\", "\\\\").replace(_ABSENT, _NULL))
 
 
-def _insert_postgresql(rows: list[dict[str, Any]]) -> Written:
+def _insert_postgresql(rows: list[EventRow]) -> Written:
     # COPY parses a batch for a fraction of what a JSON or VALUES parameter costs
     # PostgreSQL and psycopg2 (bench/); the staging table lets ON CONFLICT and the
     # rollup run on it in one statement.
@@ -210,7 +237,7 @@ def _insert_postgresql(rows: list[dict[str, Any]]) -> Written:
 
 
 # -- Any database: INSERT … RETURNING, rollup summed here -----------------------------------
-def _insert_portable(rows: list[dict[str, Any]]) -> Written:
+def _insert_portable(rows: list[EventRow]) -> Written:
     table = UsageEvent.__table__
     stmt = (
         insert_for(table)
@@ -224,7 +251,7 @@ def _insert_portable(rows: list[dict[str, Any]]) -> Written:
             *(table.c[name] for name in ROLLUP_SUMS),
         )
     )
-    inserted = db.session.execute(stmt, rows).all()
+    inserted = db.session.execute(stmt, [row._asdict() for row in rows]).all()
     _upsert_rollups(_rollup(inserted))
     return Written(
         inserted=len(inserted), unpriced=sum(1 for r in inserted if r.pricing_status == UNPRICED)

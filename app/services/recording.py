@@ -21,7 +21,7 @@ from app.errors import ValidationError
 from app.extensions import db
 from app.models import RejectedEvent
 from app.models.events import PRICED, UNPRICED
-from app.models.ledger import claim_batch, insert_events
+from app.models.ledger import EventRow, claim_batch, insert_events
 from app.models.types import utcnow
 from app.pricing.cost import cost_of
 from app.services.prices import PriceBook, price_book
@@ -48,38 +48,34 @@ def event_limits() -> EventLimits:
     )
 
 
-def _row(event: EventIn, book: PriceBook, received_at: datetime) -> dict[str, Any]:
+def _row(event: EventIn, book: PriceBook, received_at: datetime) -> EventRow:
     price = book.price_at(event.provider, event.model, event.created_at)
     if price is None:
-        model_prices = costs = (None, None, None)
+        prices = costs = (None, None, None)
     else:
         cost = cost_of(event.tokens_input, event.tokens_output, event.tokens_cache_read, price)
-        model_prices = (price.input, price.output, price.cache_read)
+        prices = (price.input, price.output, price.cache_read)
         costs = (cost.input, cost.output, cost.total)
-    return {
-        "event_id": event.event_id,
-        "api_key_hash": event.api_key_hash,
-        "execution_id": event.execution_id,
-        "task_type": event.task_type,
-        "tokens_input": event.tokens_input,
-        "tokens_output": event.tokens_output,
-        "tokens_cache_read": event.tokens_cache_read,
-        "tokens_total": event.tokens_input + event.tokens_output,
-        "provider": event.provider,
-        "model": event.model,
-        "execution_time": event.execution_time,
-        "status": event.status,
-        "created_at": event.created_at,
-        "received_at": received_at,
-        "metadata": event.metadata,
-        "model_cost_input": model_prices[0],
-        "model_cost_output": model_prices[1],
-        "model_cost_cache_read": model_prices[2],
-        "cost_input": costs[0],
-        "cost_output": costs[1],
-        "cost_total": costs[2],
-        "pricing_status": UNPRICED if price is None else PRICED,
-    }
+    return EventRow(
+        event.event_id,
+        event.api_key_hash,
+        event.execution_id,
+        event.task_type,
+        event.tokens_input,
+        event.tokens_output,
+        event.tokens_cache_read,
+        event.tokens_input + event.tokens_output,
+        event.provider,
+        event.model,
+        *prices,
+        *costs,
+        event.execution_time,
+        event.status,
+        UNPRICED if price is None else PRICED,
+        event.created_at,
+        received_at,
+        event.metadata,
+    )
 
 
 def reject(raw: Any, error: ValidationError) -> dict[str, Any]:
