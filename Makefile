@@ -13,7 +13,7 @@ test:
 
 api:
 	$(PY) -m gunicorn --workers $${WEB_CONCURRENCY:-2} --worker-class gthread --threads $${WEB_THREADS:-2} \
-		--bind 0.0.0.0:$${PORT:-8000} 'app:create_app()'
+		--bind 0.0.0.0:$${PORT:-8000} 'app:create_app_for_serving()'
 
 worker:
 	$(CELERY) worker --loglevel=INFO --concurrency=$${WORKER_CONCURRENCY:-2}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from flask import Flask
 
 from app.config import Settings
@@ -45,4 +47,21 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(demo_execute)
     if settings.auto_migrate:
         upgrade_database(app)
+    return app
+
+
+def create_app_for_serving() -> Flask:
+    """``create_app()`` for a long-running process: gunicorn's workers, Celery's.
+
+    What start-up builds (the app, SQLAlchemy's and Celery's machinery, the
+    bundled price catalogue: ~130,000 objects) lives as long as the process,
+    yet each full collection of the garbage collector walked all of it again
+    (~60 ms) while requests and batches made garbage. Frozen out of its sight
+    (``gc.freeze``), a full collection takes ~4 ms, and the API and the worker
+    spent about a tenth less CPU per event (bench/). Celery's pool processes
+    are forked after this and inherit the frozen generation. Tests, which build
+    many apps in one process, use ``create_app``.
+    """
+    app = create_app()
+    gc.freeze()
     return app

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import time_machine
@@ -326,6 +330,30 @@ def test_health_and_readiness(client) -> None:
         "database": "ok",
         "broker": "ok",
     }
+
+
+def test_the_api_and_celery_entry_points_freeze_what_start_up_built(tmp_path: Path) -> None:
+    """gunicorn's factory (the Makefile's) and ``tasks.worker`` hide the start-up
+    heap from the garbage collector (app/__init__.py), in a real process each."""
+    makefile = (project_root() / "Makefile").read_text()
+    factory = re.search(r"'app:(\w+)\(\)'", makefile)
+    assert factory, "make api names no app factory"
+    builds = {
+        "api": f"import app; app.{factory.group(1)}()",
+        "worker": "import tasks.worker",
+    }
+    # The embedded default (SQLite, no Redis): what is frozen does not depend on it.
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    for name, build in builds.items():
+        frozen = subprocess.run(
+            [sys.executable, "-c", f"import gc; {build}; print(gc.get_freeze_count())"],
+            cwd=project_root(),
+            env={**env, "INSTANCE_DIR": str(tmp_path / name)},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert int(frozen.stdout.split()[-1]) > 10_000, name
 
 
 def test_workflow_and_compose_files_parse_and_run_commands_the_project_has(app: Flask) -> None:
