@@ -80,10 +80,10 @@ def named(name: str) -> list[int]:
     return [int(p) for p in found.stdout.split()]
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its descendants, in MiB."""
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory of these processes together, in MiB."""
     total = 0
-    for each in process_tree(pid):
+    for each in pids:
         try:
             for line in Path(f"/proc/{each}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -391,7 +391,9 @@ class MemorySampler:
     """
 
     def __init__(self, stack: Stack, conn: Any, events: int) -> None:
-        self.pids = {role: stack.procs[role].pid for role in ("api", "worker")}
+        # Each process tree found once: a pgrep per process every second took
+        # CPU from the stack being measured.
+        self.pids = {role: process_tree(stack.procs[role].pid) for role in ("api", "worker")}
         self.idle = self._sample()
         self.samples: list[tuple[int, dict[str, float]]] = []
         self._conn, self._warm_after = conn, events // 10
@@ -400,7 +402,7 @@ class MemorySampler:
         self._thread.start()
 
     def _sample(self) -> dict[str, float]:
-        return {role: rss_mb(pid) for role, pid in self.pids.items()}
+        return {role: rss_mb(pids) for role, pids in self.pids.items()}
 
     def _run(self) -> None:
         conn = pg(self._conn.dsn)
