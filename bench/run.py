@@ -294,12 +294,14 @@ def recorded(conn: Any, since: datetime | None = None) -> int:
 
 
 def checkpoint(conn: Any) -> None:
-    """Start a measurement with no checkpoint due from the writes before it.
+    """Start a measurement with no checkpoint due from the writes before it, and
+    no dirty page of the operating system's left to write back.
 
-    (The COPY ceiling still ranged 91,000-105,000 rows/s over runs with it, and
-    65,000-117,000 without: the machine is shared.)"""
+    (The COPY ceiling still ranged 91,000-105,000 rows/s over runs with the
+    CHECKPOINT, and 65,000-117,000 without: the machine is shared.)"""
     with conn.cursor() as cur:
         cur.execute("CHECKPOINT")
+    os.sync()
 
 
 def copy_rate(db_url: str, conn: Any, rows: io.StringIO) -> float:
