@@ -379,3 +379,13 @@ def test_responses_encode_as_flask_would_for_what_orjson_writes_differently(app:
     for value in values:
         assert json.loads(app.json.dumps(value)) == json.loads(flask_json.dumps(value))
     assert app.json.dumps(values[0]) == '{"b":1,"a":["x",null,true]}'  # built order, compact
+
+
+def test_event_rows_carry_every_column_of_usage_events() -> None:
+    """``EventRow`` is written out by hand (the COPY unpacks it); a column added to
+    the model and not to it would never be filled."""
+    from app.models import UsageEvent
+    from app.models.ledger import EventRow
+
+    columns = [c.name for c in UsageEvent.__table__.columns if c.name != "id"]
+    assert sorted(EventRow._fields) == sorted(columns)

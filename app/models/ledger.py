@@ -86,6 +86,8 @@ class EventRow(NamedTuple):
     """One priced event as ``usage_events`` stores it; fields are its column names.
 
     A tuple, so the COPY below unpacks it instead of looking up 22 keys a row.
+    Written out, not read off the model as the column list once was: a test
+    keeps the two in step.
     """
 
     event_id: str
