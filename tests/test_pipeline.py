@@ -62,6 +62,33 @@ def test_duplicate_event_is_stored_once(app: Flask, client: FlaskClient, celery_
     assert count_events(app, event_id=evt["event_id"]) == 1
 
 
+def test_a_batch_holding_a_stored_event_stores_and_rolls_up_only_its_new_ones(app: Flask) -> None:
+    """Both PostgreSQL write paths (app/models/ledger.py): an all-new batch is
+    appended and rolled up from staging; one holding a stored event fails the
+    append and is merged instead."""
+    key = "key-merge"
+    stored = event(key, tokens_input=1000, tokens_output=100)
+    with app.app_context():
+        first = record_events([stored, event(key, model="no-such-model")])
+        second = record_events(
+            [stored, event(key, tokens_input=2000, tokens_output=200), event(key, model="nope")]
+        )
+        rows = db.session.scalars(
+            select(UsageDaily)
+            .where(UsageDaily.api_key_hash == stored["api_key_hash"])
+            .order_by(UsageDaily.model)
+        ).all()
+    assert (first.inserted, first.unpriced, first.duplicates) == (2, 1, 0)
+    assert (second.inserted, second.unpriced, second.duplicates) == (2, 1, 1)
+    assert count_events(app, api_key_hash=stored["api_key_hash"]) == 4
+    sonnet, unknown, nope = rows
+    # claude-3-5-sonnet: $3 / $15 per MTok; the stored event counted once.
+    assert (sonnet.events, sonnet.tokens_total) == (2, 3300)
+    assert sonnet.cost_total == Decimal("0.0135")
+    assert (unknown.model, unknown.events, unknown.unpriced_events) == ("no-such-model", 1, 1)
+    assert (nope.model, nope.events, nope.unpriced_events) == ("nope", 1, 1)
+
+
 def test_a_timestamp_with_any_utc_offset_is_stored_at_its_utc_instant_and_day(
     app: Flask, client: FlaskClient, celery_worker
 ) -> None:

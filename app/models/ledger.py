@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import orjson
 from sqlalchemy import TextClause, select, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
 
 from app.database import quick_read
 from app.extensions import db
@@ -119,9 +120,17 @@ _STAGED = "usage_events_staged"
 _COPIED = EventRow._fields  # the columns the worker COPYs, in the order it writes them
 
 
+class _Statements(NamedTuple):
+    stage: str  # creates the connection's staging table
+    copy: str  # fills it
+    append: TextClause  # inserts every staged row, no conflict allowed
+    roll_up: TextClause  # adds every staged row to usage_daily
+    merge: TextClause  # inserts the staged rows not stored yet and rolls those up
+
+
 @lru_cache(maxsize=1)
-def _postgresql_sql() -> tuple[str, str, TextClause]:
-    """The staging table's DDL, its COPY, and the insert-and-roll-up statement.
+def _postgresql_sql() -> _Statements:
+    """The staging table's DDL, its COPY, and the statements that write from it.
 
     Column types come from the ``usage_events`` model.
     """
@@ -129,37 +138,43 @@ def _postgresql_sql() -> tuple[str, str, TextClause]:
     columns = UsageEvent.__table__.columns
     names = ", ".join(_COPIED)
     record = ", ".join(f"{name} {columns[name].type.compile(dialect=dialect)}" for name in _COPIED)
-    # Temporary: one per connection, emptied by each commit, never WAL-logged.
-    stage = f"CREATE TEMP TABLE IF NOT EXISTS {_STAGED} ({record}) ON COMMIT DELETE ROWS"
-    copy = f"COPY {_STAGED} ({names}) FROM STDIN"
     sums = ", ".join(f"coalesce(sum({name}), 0)" for name in ROLLUP_SUMS)
     updates = ", ".join(f"{name} = usage_daily.{name} + excluded.{name}" for name in _ROLLUP_ADDED)
     key = ", ".join(_ROLLUP_KEY)
-    insert = text(
-        f"""
-        WITH new AS (
-            INSERT INTO usage_events ({names})
-            SELECT {names} FROM {_STAGED}
-            ON CONFLICT (event_id) DO NOTHING
-            RETURNING api_key_hash, created_at, provider, model, pricing_status,
-                      {", ".join(ROLLUP_SUMS)}
-        ), rolled AS (
+
+    def roll_up(source: str) -> str:
+        return f"""
             INSERT INTO usage_daily ({key}, events, unpriced_events,
                                      {", ".join(ROLLUP_SUMS)}, updated_at)
             SELECT api_key_hash, (created_at AT TIME ZONE 'UTC')::date, provider, model,
                    count(*), count(*) FILTER (WHERE pricing_status = '{UNPRICED}'),
                    {sums}, now()
-            FROM new
+            FROM {source}
             GROUP BY 1, 2, 3, 4
             ORDER BY 1, 2, 3, 4  -- one lock order for every worker: no deadlocks
             ON CONFLICT ({key}) DO UPDATE SET {updates}, updated_at = excluded.updated_at
-        )
+        """
+
+    append = f"INSERT INTO usage_events ({names}) SELECT {names} FROM {_STAGED}"
+    merge = f"""
+        WITH new AS (
+            {append}
+            ON CONFLICT (event_id) DO NOTHING
+            RETURNING api_key_hash, created_at, provider, model, pricing_status,
+                      {", ".join(ROLLUP_SUMS)}
+        ), rolled AS ({roll_up("new")})
         SELECT count(*) AS inserted,
                count(*) FILTER (WHERE pricing_status = '{UNPRICED}') AS unpriced
         FROM new
-        """
+    """
+    return _Statements(
+        # Temporary: one per connection, emptied by each commit, never WAL-logged.
+        stage=f"CREATE TEMP TABLE IF NOT EXISTS {_STAGED} ({record}) ON COMMIT DELETE ROWS",
+        copy=f"COPY {_STAGED} ({names}) FROM STDIN",
+        append=text(append),
+        roll_up=text(roll_up(_STAGED)),
+        merge=text(merge),
     )
-    return stage, copy, insert
 
 
 _NULL = "\\N"  # COPY's NULL
@@ -227,15 +242,31 @@ def _copy_text(rows: list[EventRow]) -> io.StringIO:
 
 
 def _insert_postgresql(rows: list[EventRow]) -> Written:
-    # COPY parses a batch for a fraction of what a JSON or VALUES parameter costs
-    # PostgreSQL and psycopg2 (bench/); the staging table lets ON CONFLICT and the
-    # rollup run on it in one statement.
-    stage, copy, insert = _postgresql_sql()
+    """COPY the batch into the staging table, then append it, or merge it when it must.
+
+    COPY parses a batch for a fraction of what a JSON or VALUES parameter costs
+    PostgreSQL and psycopg2 (bench/); the staging table lets the insert and the
+    rollup run on it as statements. The API turns away events it finds stored,
+    so nearly every batch is all new: it is appended with a plain INSERT, in a
+    savepoint, and rolled up from the staging table. That costs PostgreSQL ~2 ms
+    less per 1000 events than ``ON CONFLICT``'s speculative insert and feeding
+    the rollup from ``RETURNING`` (bench/). A batch holding an event stored
+    before (or being stored by another worker) fails the unique index on
+    ``event_id``; it goes back to the savepoint and is merged instead, which
+    skips what is stored and rolls up only what it inserted.
+    """
+    sql = _postgresql_sql()
     cursor = db.session.connection().connection.cursor()
-    cursor.execute(stage)
-    cursor.copy_expert(copy, _copy_text(rows))
-    result = db.session.execute(insert).one()
-    return Written(inserted=result.inserted, unpriced=result.unpriced)
+    cursor.execute(sql.stage)
+    cursor.copy_expert(sql.copy, _copy_text(rows))
+    try:
+        with db.session.begin_nested():
+            db.session.execute(sql.append)
+    except IntegrityError:
+        result = db.session.execute(sql.merge).one()
+        return Written(inserted=result.inserted, unpriced=result.unpriced)
+    db.session.execute(sql.roll_up)
+    return Written(inserted=len(rows), unpriced=sum(row.pricing_status == UNPRICED for row in rows))
 
 
 # -- Any database: INSERT … RETURNING, rollup summed here -----------------------------------
