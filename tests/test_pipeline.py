@@ -175,9 +175,13 @@ def test_worker_parks_invalid_events_and_keeps_the_rest(app: Flask) -> None:
 def test_worker_stores_text_and_numbers_exactly_as_sent(app: Flask) -> None:
     """The batch reaches PostgreSQL in COPY's text format: quotes, commas, backslashes,
     a literal ``\\N`` (COPY's NULL) and escaped newlines must come back byte for byte,
-    and money to the last digit."""
+    money to the last digit, and timestamps (staged as microseconds since the
+    epoch) to the microsecond."""
     tricky = 'a "quoted", comma\\back\\slash; 模型 ✓'
+    now = datetime.now(UTC).replace(microsecond=999_999)
+    created = (now - timedelta(days=3)).replace(microsecond=123_457)
     sent = event(
+        timestamp=created.astimezone(timezone(timedelta(hours=-9, minutes=-30))).isoformat(),
         execution_id=tricky,
         task_type='say "hi", then',
         status="\\N",
@@ -189,8 +193,9 @@ def test_worker_stores_text_and_numbers_exactly_as_sent(app: Flask) -> None:
     )
     plain = event(metadata=None, task_type=None)
     with app.app_context():
-        assert record_events([sent, plain]).inserted == 2
+        assert record_events([sent, plain], now=now).inserted == 2
     [row] = stored_events(app, event_id=sent["event_id"])
+    assert (row.created_at, row.received_at) == (created, now)
     assert (row.execution_id, row.task_type, row.status) == (tricky, 'say "hi", then', "\\N")
     assert row.metadata_ == sent["metadata"]
     assert row.execution_time == Decimal("12.500")

@@ -22,7 +22,7 @@ import io
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -118,6 +118,22 @@ class EventRow(NamedTuple):
 # -- PostgreSQL: COPY into a staging table, then one statement ------------------------------
 _STAGED = "usage_events_staged"
 _COPIED = EventRow._fields  # the columns the worker COPYs, in the order it writes them
+# Staged as whole microseconds since the epoch, not as text: Python formats an
+# aware datetime in ~1 µs, the integer in a fifth of that (the worker's COPY
+# text 2.8 -> 2.1 µs per event). PostgreSQL parses the integer faster and
+# spends about that again turning it back with ``_instant``, exactly.
+_TIMESTAMPS = ("created_at", "received_at")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _instant(column: str) -> str:
+    """A staged timestamp as the timestamptz it stands for.
+
+    ``interval * bigint`` computes in float8, exact for whole microseconds
+    below 2**53 (the year 2255).
+    """
+    return f"(timestamptz 'epoch' + {column} * interval '1 microsecond')"
 
 
 class _Statements(NamedTuple):
@@ -132,21 +148,25 @@ class _Statements(NamedTuple):
 def _postgresql_sql() -> _Statements:
     """The staging table's DDL, its COPY, and the statements that write from it.
 
-    Column types come from the ``usage_events`` model.
+    Column types come from the ``usage_events`` model, but for ``_TIMESTAMPS``.
     """
     dialect = postgresql.dialect()
     columns = UsageEvent.__table__.columns
     names = ", ".join(_COPIED)
-    record = ", ".join(f"{name} {columns[name].type.compile(dialect=dialect)}" for name in _COPIED)
+    record = ", ".join(
+        f"{name} {'bigint' if name in _TIMESTAMPS else columns[name].type.compile(dialect=dialect)}"
+        for name in _COPIED
+    )
+    values = ", ".join(_instant(name) if name in _TIMESTAMPS else name for name in _COPIED)
     sums = ", ".join(f"coalesce(sum({name}), 0)" for name in ROLLUP_SUMS)
     updates = ", ".join(f"{name} = usage_daily.{name} + excluded.{name}" for name in _ROLLUP_ADDED)
     key = ", ".join(_ROLLUP_KEY)
 
-    def roll_up(source: str) -> str:
+    def roll_up(source: str, created_at: str) -> str:
         return f"""
             INSERT INTO usage_daily ({key}, events, unpriced_events,
                                      {", ".join(ROLLUP_SUMS)}, updated_at)
-            SELECT api_key_hash, (created_at AT TIME ZONE 'UTC')::date, provider, model,
+            SELECT api_key_hash, ({created_at} AT TIME ZONE 'UTC')::date, provider, model,
                    count(*), count(*) FILTER (WHERE pricing_status = '{UNPRICED}'),
                    {sums}, now()
             FROM {source}
@@ -155,14 +175,14 @@ def _postgresql_sql() -> _Statements:
             ON CONFLICT ({key}) DO UPDATE SET {updates}, updated_at = excluded.updated_at
         """
 
-    append = f"INSERT INTO usage_events ({names}) SELECT {names} FROM {_STAGED}"
+    append = f"INSERT INTO usage_events ({names}) SELECT {values} FROM {_STAGED}"
     merge = f"""
         WITH new AS (
             {append}
             ON CONFLICT (event_id) DO NOTHING
             RETURNING api_key_hash, created_at, provider, model, pricing_status,
                       {", ".join(ROLLUP_SUMS)}
-        ), rolled AS ({roll_up("new")})
+        ), rolled AS ({roll_up("new", "created_at")})
         SELECT count(*) AS inserted,
                count(*) FILTER (WHERE pricing_status = '{UNPRICED}') AS unpriced
         FROM new
@@ -172,7 +192,7 @@ def _postgresql_sql() -> _Statements:
         stage=f"CREATE TEMP TABLE IF NOT EXISTS {_STAGED} ({record}) ON COMMIT DELETE ROWS",
         copy=f"COPY {_STAGED} ({names}) FROM STDIN",
         append=text(append),
-        roll_up=text(roll_up(_STAGED)),
+        roll_up=text(roll_up(_STAGED, _instant("created_at"))),
         merge=text(merge),
     )
 
@@ -191,11 +211,11 @@ def _copy_text(rows: list[EventRow]) -> io.StringIO:
     per-field work was once the worker's largest cost, bench/): backslashes,
     COPY's escape character, are doubled (validation lets no tab, newline or
     carriage return into a string, and JSON escapes them), then NUL becomes
-    ``\\N``. ``Decimal`` and ``datetime`` go with ``str`` (``!s``: their
-    ``format`` is slower), forms PostgreSQL's numeric and timestamptz read
-    exactly; the batch's one receipt time is formatted once.
+    ``\\N``. ``Decimal`` goes with ``str`` (``!s``: its ``format`` is slower),
+    a form PostgreSQL's numeric reads exactly; timestamps as ``_TIMESTAMPS``
+    says, the batch's one receipt time computed once.
     """
-    received: dict[datetime, str] = {}
+    received: dict[datetime, int] = {}
     lines = []
     for (
         event_id,
@@ -223,7 +243,7 @@ def _copy_text(rows: list[EventRow]) -> io.StringIO:
     ) in rows:
         stamp = received.get(received_at)
         if stamp is None:
-            stamp = received[received_at] = str(received_at)
+            stamp = received[received_at] = (received_at - _EPOCH) // _MICROSECOND
         lines.append(
             f"{event_id}\t{api_key_hash}\t{_ABSENT if execution_id is None else execution_id}\t"
             f"{_ABSENT if task_type is None else task_type}\t{tokens_input}\t{tokens_output}\t"
@@ -235,7 +255,7 @@ def _copy_text(rows: list[EventRow]) -> io.StringIO:
             f"{_ABSENT if cost_output is None else cost_output!s}\t"
             f"{_ABSENT if cost_total is None else cost_total!s}\t"
             f"{_ABSENT if execution_time is None else execution_time!s}\t"
-            f"{status}\t{pricing_status}\t{created_at!s}\t{stamp}\t"
+            f"{status}\t{pricing_status}\t{(created_at - _EPOCH) // _MICROSECOND}\t{stamp}\t"
             f"{_ABSENT if metadata is None else orjson.dumps(metadata).decode()}\n"
         )
     return io.StringIO("".join(lines).replace("\\", "\\\\").replace(_ABSENT, _NULL))
