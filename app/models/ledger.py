@@ -203,7 +203,7 @@ _NULL = "\\N"  # COPY's NULL
 _ABSENT = "\x00"
 
 
-def _copy_text(rows: list[EventRow]) -> io.StringIO:
+def _copy_text(rows: list[EventRow]) -> str:
     """The rows as COPY's text format, one line each, columns in ``_COPIED`` order.
 
     Each row is one f-string over its unpacked fields, NULL written as NUL; the
@@ -258,7 +258,7 @@ def _copy_text(rows: list[EventRow]) -> io.StringIO:
             f"{status}\t{pricing_status}\t{(created_at - _EPOCH) // _MICROSECOND}\t{stamp}\t"
             f"{_ABSENT if metadata is None else orjson.dumps(metadata).decode()}\n"
         )
-    return io.StringIO("".join(lines).replace("\\", "\\\\").replace(_ABSENT, _NULL))
+    return "".join(lines).replace("\\", "\\\\").replace(_ABSENT, _NULL)
 
 
 def _insert_postgresql(rows: list[EventRow]) -> Written:
@@ -278,7 +278,9 @@ def _insert_postgresql(rows: list[EventRow]) -> Written:
     sql = _postgresql_sql()
     cursor = db.session.connection().connection.cursor()
     cursor.execute(sql.stage)
-    cursor.copy_expert(sql.copy, _copy_text(rows))
+    data = _copy_text(rows)
+    # In one read: psycopg2 reads 8 KB at a time unless told (0.39 -> 0.28 us per event).
+    cursor.copy_expert(sql.copy, io.StringIO(data), size=len(data) + 1)
     try:
         with db.session.begin_nested():
             db.session.execute(sql.append)
