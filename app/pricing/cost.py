@@ -46,7 +46,5 @@ def cost_of(
 ) -> Cost:
     uncached = tokens_input - tokens_cache_read
     cache_price = price.input if price.cache_read is None else price.cache_read
-    return Cost(
-        input=uncached * price.input + tokens_cache_read * cache_price,
-        output=tokens_output * price.output,
-    )
+    input_cost = uncached * price.input + tokens_cache_read * cache_price
+    return Cost(input_cost, tokens_output * price.output)  # positional: keywords cost twice
