@@ -1,15 +1,16 @@
 """Bulk writes to the usage ledger: a priced batch into ``usage_events`` and ``usage_daily``.
 
-Rows go in with ``ON CONFLICT (event_id) DO NOTHING`` and the daily rollup is
+An event is stored once by its unique ``event_id`` and the daily rollup is
 bumped only from the rows that were really new, in the caller's transaction, so
 a redelivered batch changes nothing and the rollup never counts an event twice.
 
-On PostgreSQL the batch goes by COPY into a temporary staging table, then one
-statement inserts it and a data-modifying CTE feeds the inserted rows straight
-into the rollup upsert. No per-row work in SQLAlchemy, and COPY is the cheapest
-way in for both PostgreSQL and the worker, which is what lets a worker keep up
-with the API (see bench/). Other databases (the embedded SQLite default) take
-the portable path: a multi-row INSERT … RETURNING and the rollup summed in Python.
+On PostgreSQL the batch goes by COPY into a temporary staging table, then is
+appended from it and rolled up from it, or, when it holds an event stored
+before, merged (``_insert_postgresql``). No per-row work in SQLAlchemy, and COPY
+is the cheapest way in for both PostgreSQL and the worker, which is what lets a
+worker keep up with the API (see bench/). Other databases (the embedded SQLite
+default) take the portable path: a multi-row INSERT … ON CONFLICT DO NOTHING
+RETURNING and the rollup summed in Python.
 
 Money crosses as decimal strings, never floats. Prices have at most
 ``MONEY_SCALE`` places and token counts are integers, so every cost fits the
@@ -115,7 +116,7 @@ class EventRow(NamedTuple):
     metadata: dict[str, Any] | None
 
 
-# -- PostgreSQL: COPY into a staging table, then one statement ------------------------------
+# -- PostgreSQL: COPY into a staging table, then append or merge -------------------------
 _STAGED = "usage_events_staged"
 _COPIED = EventRow._fields  # the columns the worker COPYs, in the order it writes them
 # Staged as whole microseconds since the epoch, not as text: Python formats an
