@@ -116,7 +116,7 @@ class EventRow(NamedTuple):
     metadata: dict[str, Any] | None
 
 
-# -- PostgreSQL: COPY into a staging table, then append or merge -------------------------
+# -- PostgreSQL: COPY into a staging table, then append or merge ----------------------------
 _STAGED = "usage_events_staged"
 _COPIED = EventRow._fields  # the columns the worker COPYs, in the order it writes them
 # Staged as whole microseconds since the epoch, not as text: Python formats an
