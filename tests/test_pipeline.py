@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from unittest.mock import ANY
@@ -15,7 +16,7 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import UsageDaily
-from app.services.recording import record_events
+from app.services.recording import RecordResult, record_events
 from tests.conftest import SERVICE_TOKEN, auth, wait_for
 from tests.helpers import count_events, event, parked_events, stored_events
 
@@ -87,6 +88,42 @@ def test_a_batch_holding_a_stored_event_stores_and_rolls_up_only_its_new_ones(ap
     assert sonnet.cost_total == Decimal("0.0135")
     assert (unknown.model, unknown.events, unknown.unpriced_events) == ("no-such-model", 1, 1)
     assert (nope.model, nope.events, nope.unpriced_events) == ("nope", 1, 1)
+
+
+def _record_at_once(app: Flask, batches: list[list[dict]]) -> list[RecordResult]:
+    """Each batch recorded by its own thread, as by concurrent workers, released together."""
+    barrier = threading.Barrier(len(batches))
+    results: list[RecordResult] = []
+
+    def record(batch: list[dict]) -> None:
+        with app.app_context():
+            barrier.wait()
+            results.append(record_events(batch))
+
+    threads = [threading.Thread(target=record, args=(batch,)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_concurrent_batches_sharing_events_store_and_roll_up_each_once(app: Flask) -> None:
+    """Two workers appending overlapping batches at once: the second to reach a
+    shared event waits on the first's uncommitted row in the unique index, fails
+    its append when that commits, and merges (app/models/ledger.py)."""
+    key_hash = event("key-race")["api_key_hash"]
+    for _ in range(5):
+        events = [event("key-race", tokens_input=100, tokens_output=10) for _ in range(300)]
+        results = _record_at_once(app, [events[:200], events[100:]])
+        # Whichever commits first stores all 200; the other stores its other 100.
+        assert sorted((r.inserted, r.duplicates) for r in results) == [(100, 100), (200, 0)]
+    assert count_events(app, api_key_hash=key_hash) == 1500
+    with app.app_context():
+        [daily] = db.session.scalars(
+            select(UsageDaily).where(UsageDaily.api_key_hash == key_hash)
+        ).all()
+    assert (daily.events, daily.tokens_total) == (1500, 1500 * 110)
 
 
 def test_a_timestamp_with_any_utc_offset_is_stored_at_its_utc_instant_and_day(
