@@ -13,7 +13,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.api import register_api
     from app.celery_app import celery_init_app
     from app.cli import billing_cli
-    from app.database import MIGRATIONS_DIR, QUICK_READS, upgrade_database
+    from app.database import (
+        MIGRATIONS_DIR,
+        QUICK_READS,
+        engine_options,
+        release_connections,
+        upgrade_database,
+    )
     from app.extensions import db, migrate
 
     settings = settings or Settings.from_env()
@@ -23,10 +29,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(
         SETTINGS=settings,
         SQLALCHEMY_DATABASE_URI=settings.sqlalchemy_url,
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True, **engine_options(settings)},
         # app.database.quick_read(): one round trip per best-effort read.
         SQLALCHEMY_BINDS={
-            QUICK_READS: {"url": settings.sqlalchemy_url, "isolation_level": "AUTOCOMMIT"}
+            QUICK_READS: {
+                "url": settings.sqlalchemy_url,
+                "isolation_level": "AUTOCOMMIT",
+                **engine_options(settings),
+            }
         },
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
     )
@@ -47,6 +57,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(demo_execute)
     if settings.auto_migrate:
         upgrade_database(app)
+    release_connections(app)
     return app
 
 

@@ -53,6 +53,10 @@ class BatchStore:
         data = self._redis.get(_KEY_PREFIX + batch_id)
         return None if data is None else wire.loads(data)
 
+    def forget_connections(self) -> None:
+        """In a forked child: new sockets of its own, the parent's left to the parent."""
+        self._redis.connection_pool.reset()
+
     def drop(self, batch_id: str) -> None:
         """Delete a recorded batch's events; a failure leaves them to the key's expiry."""
         try:

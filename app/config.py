@@ -44,6 +44,8 @@ class Settings:
     # Seconds before Redis hands an unacknowledged message (worker killed) to another worker.
     broker_visibility_timeout: int = 600
     auto_migrate: bool = True
+    # PostgreSQL ends a session idle inside a transaction this long (its locks go with it).
+    idle_in_transaction_timeout_seconds: int = 600
 
     # Ingest
     enable_pricing_middleware: bool = False

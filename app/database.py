@@ -11,13 +11,14 @@ import fcntl
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from flask import Flask
 from flask_migrate import upgrade
 from sqlalchemy import Connection, select, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from app.config import PROJECT_ROOT
+from app.config import PROJECT_ROOT, Settings
 from app.extensions import db
 
 log = logging.getLogger("usage_billing.db")
@@ -63,6 +64,46 @@ def quick_read() -> Iterator[Connection]:
     """
     with db.engines[QUICK_READS].connect() as conn:
         yield conn
+
+
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """Options for every engine: PostgreSQL ends a session left idle in a transaction.
+
+    A transaction left open by a bug (or a broken connection) holds its row locks
+    and would block every later batch that touches the same rollup rows; the
+    server ends it instead, and the work is retried.
+    """
+    if not settings.sqlalchemy_url.startswith("postgresql"):
+        return {}
+    timeout_ms = settings.idle_in_transaction_timeout_seconds * 1000
+    return {"connect_args": {"options": f"-c idle_in_transaction_session_timeout={timeout_ms}"}}
+
+
+def release_connections(app: Flask) -> None:
+    """Close every pooled connection that start-up opened (migrations, price seeding).
+
+    Celery's prefork pool forks after the app is built: a socket left in the
+    parent's pool would be shared by every child, and two processes writing on
+    one PostgreSQL connection interleave their protocol messages (lost
+    transactions, events acknowledged and stored nowhere). Closing them here
+    means no connection crosses a fork; ``tasks.worker`` also drops, without
+    closing, whatever a pool process inherits anyway.
+    """
+    with app.app_context():
+        for engine in db.engines.values():
+            engine.dispose()
+
+
+def forget_inherited_connections(app: Flask) -> None:
+    """In a forked child: drop the parent's pooled connections without closing them.
+
+    ``dispose(close=False)`` leaves the sockets to the parent (closing them
+    here would end the parent's sessions), as SQLAlchemy's guide to pools and
+    ``os.fork()`` says.
+    """
+    with app.app_context():
+        for engine in db.engines.values():
+            engine.dispose(close=False)
 
 
 def upgrade_database(app: Flask) -> None:

@@ -82,3 +82,10 @@ class Conflict(ServiceError):
 class JobAlreadyRunning(ServiceError):
     status = 409
     code = "job_running"
+
+
+class LedgerMismatch(Exception):
+    """A batch's transaction does not hold every event it should; it is not committed.
+
+    Not a ``ServiceError``: it never reaches a client. The worker retries the batch.
+    """

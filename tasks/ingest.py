@@ -8,12 +8,10 @@ from typing import Any
 from celery import shared_task
 from flask import current_app
 
-from app.batch_store import UNAVAILABLE as REDIS_UNAVAILABLE
 from app.batch_store import BatchStore, batch_store
-from app.database import UNAVAILABLE as DATABASE_UNAVAILABLE
 from app.extensions import db
 from app.models.ledger import recorded_batches
-from app.services.recording import park_batch, record_events
+from app.services.recording import record_events
 
 log = logging.getLogger("usage_billing.ingest")
 
@@ -21,7 +19,10 @@ log = logging.getLogger("usage_billing.ingest")
 @shared_task(
     name="ingest.record_events",
     acks_late=True,
-    autoretry_for=(*DATABASE_UNAVAILABLE, *REDIS_UNAVAILABLE),
+    # Whatever escapes recording is not the events' fault (those are parked one by
+    # one inside it): a lost connection, a batch found incomplete, or a bug. The
+    # batch waits and is tried again; it is never dropped or parked for it.
+    autoretry_for=(Exception,),
     retry_backoff=True,
     retry_backoff_max=60,
     retry_jitter=True,
@@ -30,14 +31,11 @@ log = logging.getLogger("usage_billing.ingest")
 def record_events_task(
     events: list[dict[str, Any]] | None, batch_id: str | None = None
 ) -> dict[str, int]:
-    """Store a batch; a lost database or Redis connection retries the whole batch.
+    """Store a batch; any failure retries the whole batch.
 
     ``events`` is None when they wait in the batch store under ``batch_id``
     (app/batch_store.py). Retrying the whole batch is safe: a recorded batch has
     a receipt (``batch_id``) and rows already stored are skipped by event id.
-    Validation failures are not errors here; they are parked per event. Any
-    other failure parks the whole batch in ``rejected_events`` rather than
-    dropping it.
     """
     store = batch_store(current_app)
     if events is None:
@@ -46,13 +44,9 @@ def record_events_task(
             return _events_gone(batch_id)
     try:
         result = record_events(events, batch_id=batch_id)
-    except DATABASE_UNAVAILABLE:
+    except Exception:
         db.session.rollback()
-        raise
-    except Exception as exc:
-        db.session.rollback()
-        park_batch(events, exc, batch_id)
-        _recorded(store, batch_id)
+        log.exception("batch %s not recorded; it will be tried again", batch_id)
         raise
     finally:
         db.session.remove()

@@ -12,10 +12,11 @@ from unittest.mock import ANY
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.extensions import db
-from app.models import UsageDaily
+from app.models import RejectedEvent, UsageDaily
+from app.models.ledger import recorded_batches
 from app.services.recording import RecordResult, record_events
 from tests.conftest import SERVICE_TOKEN, auth, wait_for
 from tests.helpers import count_events, event, parked_events, stored_events
@@ -321,9 +322,13 @@ def test_a_batch_waits_in_redis_until_recorded_and_a_redelivery_changes_nothing(
     assert all(count_events(app, event_id=e["event_id"]) == 1 for e in sent)
 
 
-def test_a_batch_parked_by_a_bug_is_recorded_when_replayed_after_the_fix(
+def test_a_batch_that_fails_for_a_reason_not_its_own_is_retried_never_parked(
     app: Flask, monkeypatch
 ) -> None:
+    """A bug (or a lost connection) fails the whole batch: nothing is committed,
+    no receipt, nothing parked, and the task raises so Celery retries it; once
+    the cause is gone the same batch stores the good event and parks only the
+    bad one, with its own reason."""
     from app.services import prices
     from tasks.ingest import record_events_task
 
@@ -334,22 +339,61 @@ def test_a_batch_parked_by_a_bug_is_recorded_when_replayed_after_the_fix(
 
     monkeypatch.setattr(prices.price_book, "get", bug)
     with pytest.raises(RuntimeError):
-        record_events_task([good, bad], batch_id="parked-batch-0")  # parked, not lost
+        record_events_task([good, bad], batch_id="retried-batch-0")
     monkeypatch.undo()
     assert count_events(app, event_id=good["event_id"]) == 0
-
-    assert parked_events(app) == [(good["event_id"], None), (bad["event_id"], None)]
-    runner = app.test_cli_runner()
-    first = runner.invoke(args=["billing", "replay-rejected"])
-    assert first.exit_code == 0, first.output
-    assert json.loads(first.output) == {"stored": 1, "already_stored": 0, "parked_again": 1}
+    assert parked_events(app) == []
+    with app.app_context():
+        assert recorded_batches(["retried-batch-0"]) == set()
+        result = record_events_task([good, bad], batch_id="retried-batch-0")
+        assert recorded_batches(["retried-batch-0"]) == {"retried-batch-0"}
+    assert result == {"inserted": 1, "duplicates": 0, "rejected": 1}
     assert count_events(app, event_id=good["event_id"]) == 1
-    assert parked_events(app) == [
-        (bad["event_id"], "tokens_input")
-    ]  # now with the reason it is bad
-    again = json.loads(runner.invoke(args=["billing", "replay-rejected"]).output)
-    assert again == {"stored": 0, "already_stored": 0, "parked_again": 1}
     assert parked_events(app) == [(bad["event_id"], "tokens_input")]
+
+
+def test_a_parked_event_is_recorded_when_replayed_after_its_cause_is_fixed(app: Flask) -> None:
+    """An event whose cost no column can hold (a price entered wrong) is parked
+    alone, with the database's reason, and the rest of its batch is stored; once
+    the price is corrected, replaying the park stores it."""
+    from decimal import Decimal
+
+    from app.models import ModelPrice
+    from app.services.prices import SEED_EFFECTIVE_FROM, price_book
+
+    with app.app_context():
+        db.session.add(
+            ModelPrice(
+                provider="acme",
+                model="typo-model",
+                input_price=Decimal("999999"),  # per token: a per-million price typed in
+                output_price=Decimal("999999"),
+                effective_from=SEED_EFFECTIVE_FROM,
+                source="test",
+            )
+        )
+        db.session.commit()
+        price_book.invalidate()
+        good = event()
+        bad = event(provider="acme", model="typo-model", tokens_input=10**9, tokens_output=10**9)
+        result = record_events([good, bad])
+        assert (result.inserted, len(result.rejected)) == (1, 1)
+        [(event_id, field, reason)] = db.session.execute(
+            select(RejectedEvent.event_id, RejectedEvent.field, RejectedEvent.reason)
+        ).all()
+        assert (event_id, field) == (bad["event_id"], None) and reason
+        db.session.execute(
+            update(ModelPrice)
+            .where(ModelPrice.model == "typo-model")
+            .values(input_price=Decimal("0.000001"), output_price=Decimal("0.000002"))
+        )
+        db.session.commit()
+        price_book.invalidate()
+    runner = app.test_cli_runner()
+    replayed = runner.invoke(args=["billing", "replay-rejected"])
+    assert json.loads(replayed.output) == {"stored": 1, "already_stored": 0, "parked_again": 0}
+    assert count_events(app, event_id=bad["event_id"]) == 1
+    assert parked_events(app) == []
 
 
 def _spooled_and_parked(app: Flask, events: list[dict], bad: list[dict]) -> dict[str, str | None]:

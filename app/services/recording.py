@@ -16,12 +16,20 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import delete, select
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
-from app.errors import ValidationError
+from app.errors import LedgerMismatch, ValidationError
 from app.extensions import db
 from app.models import RejectedEvent
 from app.models.events import PRICED, UNPRICED
-from app.models.ledger import EventRow, claim_batch, insert_events
+from app.models.ledger import (
+    EventRow,
+    Written,
+    claim_batch,
+    insert_events,
+    insert_rows,
+    stored_count,
+)
 from app.models.types import utcnow
 from app.pricing.cost import cost_of
 from app.services.prices import PriceBook, price_book
@@ -90,28 +98,50 @@ def reject(raw: Any, error: ValidationError) -> dict[str, Any]:
 def record_events(
     raw_events: list[Any], now: datetime | None = None, batch_id: str | None = None
 ) -> RecordResult:
-    """Store each valid event exactly once; park invalid ones in ``rejected_events``."""
-    if batch_id is not None and not claim_batch(batch_id, len(raw_events)):
-        db.session.rollback()
-        return RecordResult(duplicates=len(raw_events), already_recorded=True)
+    """Store each valid event exactly once; park invalid ones in ``rejected_events``.
+
+    The receipt, the events and the parked ones commit together or not at all,
+    and the receipt commits only once every event of the batch that was not
+    parked is found stored in the same transaction (``LedgerMismatch``
+    otherwise, and the task retries). An exception that escapes is never the
+    events' fault (a lost connection, a bug): the batch is retried, not parked.
+    """
     now = now or utcnow()
     limits = event_limits()
     result = RecordResult()
-    valid: dict[str, EventIn] = {}
+    valid: dict[str, tuple[EventIn, Any]] = {}
+    parked: list[tuple[Any, dict[str, Any]]] = []
     for raw in raw_events:
         try:
             event = validate_event(raw, now, limits)
         except ValidationError as error:
-            result.rejected.append(reject(raw, error))
-            db.session.add(RejectedEvent(payload=raw, **result.rejected[-1]))
+            parked.append((raw, reject(raw, error)))
             continue
         if event.event_id in valid:
             result.duplicates += 1
-        valid[event.event_id] = event
+        valid[event.event_id] = (event, raw)
+    if batch_id is not None and not claim_batch(batch_id, len(raw_events)):
+        if stored_count(list(valid)) == len(valid):
+            db.session.rollback()
+            return RecordResult(duplicates=len(raw_events), already_recorded=True)
+        # A receipt without its events, which only a release without this check
+        # could write: record them now; those stored are skipped by event id.
+        log.error("batch %s has a receipt without all its events; recording them", batch_id)
     book = price_book.get()
-    written = insert_events([_row(event, book, now) for event in valid.values()])
+    rows = []
+    for event, raw in valid.values():
+        try:
+            rows.append(_row(event, book, now))
+        except ArithmeticError as exc:  # a cost no column can hold: this event's own fault
+            parked.append((raw, _failure(event.event_id, exc)))
+    written, failed = _insert(rows)
+    parked.extend((valid[event_id][1], _failure(event_id, exc)) for event_id, exc in failed.items())
+    for raw, rejected in parked:
+        result.rejected.append(rejected)
+        db.session.add(RejectedEvent(payload=raw, **rejected))
     result.inserted, result.unpriced = written.inserted, written.unpriced
-    result.duplicates += len(valid) - written.inserted
+    result.duplicates += len(rows) - len(failed) - written.inserted
+    _check_stored(batch_id, [row.event_id for row in rows if row.event_id not in failed])
     db.session.commit()
     if result.rejected or result.unpriced:
         log.warning(
@@ -121,26 +151,51 @@ def record_events(
     return result
 
 
-def park_batch(raw_events: list[Any], error: Exception, batch_id: str | None = None) -> None:
-    """Keep a batch that failed for an unexpected reason, for an operator to replay.
+def _insert(rows: list[EventRow]) -> tuple[Written, dict[str, Exception]]:
+    """Insert the batch in one go; if the database refuses an event's values, one by one.
 
-    The batch's receipt is written with it: it is kept, so the outbox must not
-    send it again.
+    A value the schema refuses (out of a column's range, a CHECK) is that
+    event's fault and must not hold back the others: the batch is inserted again
+    row by row, each in a savepoint, and the rows refused come back to be parked
+    with the database's reason. Any other error (the connection) propagates.
     """
-    reason = f"{type(error).__name__}: {error}"[:500]
-    if batch_id is not None:
-        claim_batch(batch_id, len(raw_events))
-    db.session.add_all(
-        RejectedEvent(
-            event_id=raw.get("event_id") if isinstance(raw, dict) else None,
-            field=None,
-            reason=reason,
-            payload=raw,
+    try:
+        with db.session.begin_nested():
+            return insert_events(rows), {}
+    except StatementError as exc:
+        _raise_unless_refused(exc)
+    inserted = unpriced = 0
+    failed: dict[str, Exception] = {}
+    for row in rows:
+        try:
+            with db.session.begin_nested():
+                written = insert_rows([row])
+        except StatementError as exc:
+            _raise_unless_refused(exc)
+            failed[row.event_id] = exc
+            continue
+        inserted += written.inserted
+        unpriced += written.unpriced
+    return Written(inserted, unpriced), failed
+
+
+def _raise_unless_refused(exc: StatementError) -> None:
+    """Re-raise unless the database (or the driver, binding it) refused a value."""
+    if isinstance(exc, DBAPIError) and not isinstance(exc, (DataError, IntegrityError)):
+        raise exc
+
+
+def _failure(event_id: str, exc: Exception) -> dict[str, Any]:
+    return {"event_id": event_id, "field": None, "reason": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def _check_stored(batch_id: str | None, event_ids: list[str]) -> None:
+    """Raise unless every one of ``event_ids`` is in ``usage_events``, in this transaction."""
+    found = stored_count(event_ids)
+    if found != len(event_ids):
+        raise LedgerMismatch(
+            f"batch {batch_id}: {found} of its {len(event_ids)} events found stored; not committed"
         )
-        for raw in raw_events
-    )
-    db.session.commit()
-    log.error("batch parked", extra={"events": len(raw_events), "reason": reason})
 
 
 def replay_rejected(limit: int) -> RecordResult:
