@@ -41,8 +41,10 @@ class Settings:
     instance_dir: Path = PROJECT_ROOT / "instance"
     database_url: str = ""
     redis_url: str = ""
-    # Seconds before Redis hands an unacknowledged message (worker killed) to another worker.
-    broker_visibility_timeout: int = 600
+    # Seconds before Redis hands an unacknowledged message to another worker: what a
+    # killed worker or a broker outage had in flight waits this long. Longer than any
+    # retry's countdown (60 s at most); jobs that outlast it are guarded by their lock.
+    broker_visibility_timeout: int = 120
     auto_migrate: bool = True
     # PostgreSQL ends a session idle inside a transaction this long (its locks go with it).
     idle_in_transaction_timeout_seconds: int = 600
@@ -61,7 +63,7 @@ class Settings:
     meter_spool_dir: str = ""
     # A published batch with no receipt after this long is sent again. Longer than
     # the broker's visibility timeout, which redelivers a dead worker's messages itself.
-    meter_redeliver_after_seconds: int = 900
+    meter_redeliver_after_seconds: int = 300
     # With Redis, a batch's events wait beside its message (app/batch_store.py) and are
     # deleted once recorded; this expiry only clears what a failed delete left.
     meter_batch_ttl_seconds: int = 7 * 24 * 3600

@@ -113,7 +113,12 @@ def upgrade_database(app: Flask) -> None:
 
     with app.app_context(), _migration_lock(app):
         upgrade(directory=MIGRATIONS_DIR)
-        if db.session.scalar(select(ModelPrice.id).limit(1)) is None:
+        # Seed an empty table; and once after migration 0004, add the source's
+        # whole rules (tiers, time-of-day prices) to a table that predates them.
+        if (
+            db.session.scalar(select(ModelPrice.id).where(ModelPrice.rules.is_not(None)).limit(1))
+            is None
+        ):
             result = refresh_prices()
             log.info("seeded model prices", extra={"added": result.added})
         db.session.remove()

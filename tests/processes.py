@@ -1,17 +1,25 @@
-"""Real processes for the fault tests: a private redis-server and Celery worker processes."""
+"""Real processes for the fault tests: a private redis-server, and the stack as shipped."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
+import tempfile
+import uuid
 from pathlib import Path
+from typing import Any
 
 from app.config import Settings
 from tests.conftest import project_root, wait_for
+
+SHIPPED_SERVICE_TOKEN = "stack-svc-" + uuid.uuid4().hex
+# Settings a developer's shell may export; the shipped stack runs on the defaults.
+_APP_SETTINGS = {f.upper() for f in Settings.__dataclass_fields__}
 
 
 def free_port() -> int:
@@ -65,41 +73,198 @@ class RedisServer:
             self.proc = None
 
 
-def start_worker_process(settings: Settings, log: Path, concurrency: int = 2) -> subprocess.Popen:
-    """A production-shaped Celery worker (prefork) in its own process group, to kill."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "BROKER_VISIBILITY_TIMEOUT": "3",
-        "AUTO_MIGRATE": "false",
-        "INSTANCE_DIR": str(settings.instance_dir),
-    }
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tasks.worker",
-            "worker",
-            "--pool=prefork",
-            f"--concurrency={concurrency}",
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        cwd=project_root(),
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
 def kill_tree(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     proc.wait()
+
+
+class ShippedStack:
+    """``make worker`` and ``make api`` as the README starts them: default settings,
+    migrations at start-up, a prefork worker, gunicorn. Only where to find the
+    database and Redis, the tokens and a port are given (the smoke check does the same).
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        redis_url: str,
+        workdir: Path,
+        overrides: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k not in _APP_SETTINGS},
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "SERVICE_TOKEN": SHIPPED_SERVICE_TOKEN,
+            "ADMIN_TOKEN": "stack-admin-" + uuid.uuid4().hex,
+            "INSTANCE_DIR": str(workdir / "instance"),
+            "PORT": str(self.port),
+            # Only a test of what a setting changes passes one, and says why.
+            **(overrides or {}),
+        }
+        self.worker: subprocess.Popen | None = None
+        self.api: subprocess.Popen | None = None
+
+    def _make(self, target: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            ["make", "--no-print-directory", target],
+            cwd=project_root(),
+            env=self.env,
+            stdout=(self.workdir / f"{target}.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start_worker(self) -> None:
+        self.worker = self._make("worker")
+
+    def start_api(self) -> None:
+        self.api = self._make("api")
+        wait_for(self.ready, timeout=60, interval=0.2)
+
+    def ready(self) -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            conn.request("GET", "/readyz")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+
+    def pool_processes(self) -> list[int]:
+        """The prefork pool's children (the processes that record batches)."""
+        assert self.worker is not None
+        out = subprocess.run(
+            ["pgrep", "-s", str(self.worker.pid), "-f", "celery -A tasks.worker worker"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        pids = sorted(int(pid) for pid in out)
+        return pids[2:]  # make's shell and the main process were started first
+
+    def stop_worker(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM: Celery's warm shutdown, as a deploy does; SIGKILL: a crash."""
+        if self.worker is not None:
+            _stop_group(self.worker, sig)
+            self.worker = None
+
+    def stop(self) -> None:
+        self.stop_worker()
+        if self.api is not None:
+            _stop_group(self.api, signal.SIGTERM)
+            self.api = None
+
+    def post_events(self, events: list[dict[str, Any]]) -> list[str]:
+        """POST a batch to the ingest endpoint; the ids of the events it accepted."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn.request(
+            "POST",
+            "/v1/usage/events",
+            json.dumps({"events": events}),
+            {
+                "Authorization": f"Bearer {SHIPPED_SERVICE_TOKEN}",
+                "Content-Type": "application/json",
+            },
+        )
+        response = conn.getresponse()
+        body = json.loads(response.read() or b"{}")
+        return [r["event_id"] for r in body.get("results", []) if r.get("status") == "accepted"]
+
+
+def _stop_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=60)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+    try:  # what make's shell left behind
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of our own (``initdb`` in a temporary directory), to restart.
+
+    The machine's shared server is never stopped by a test. PostgreSQL refuses to
+    run as root, so when the tests run as root the cluster belongs to ``postgres``.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        # Not under pytest's tmp_path, which only root may enter.
+        workdir = Path(tempfile.mkdtemp(prefix="ub-pg-"))
+        workdir.chmod(0o755)
+        self.workdir = workdir
+        self.datadir = workdir / "pgdata"
+        self.socket_dir = workdir / "pgsocket"
+        self.log = workdir / "postgres.log"
+        self.bin = Path(
+            sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))[-1].parent
+            if Path("/usr/lib/postgresql").exists()
+            else Path(shutil.which("initdb") or "initdb").parent
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        command = [str(self.bin / args[0]), *args[1:]]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def init(self) -> PrivatePostgres:
+        for folder in (self.datadir, self.socket_dir):
+            folder.mkdir(parents=True)
+            if os.geteuid() == 0:
+                shutil.chown(folder, "postgres", "postgres")
+        self.log.touch()
+        if os.geteuid() == 0:
+            shutil.chown(self.log, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "-A", "trust", "-E", "UTF8")
+        return self
+
+    def _options(self) -> str:
+        return f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1"
+
+    def start(self) -> None:
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.log),
+            "-o",
+            self._options(),
+            "-w",
+            "start",
+        )
+
+    def restart(self) -> None:
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.log),
+            "-o",
+            self._options(),
+            "-m",
+            "fast",
+            "-w",
+            "restart",
+        )
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)

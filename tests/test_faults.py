@@ -7,8 +7,7 @@ database and a private redis-server, so they are marked ``slow`` and ``services`
 
 from __future__ import annotations
 
-import os
-import subprocess
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from app.extensions import db
 from app.models import UsageEvent
 from tests.conftest import SERVICE_TOKEN, auth, create_extra_app, measured, wait_for
 from tests.helpers import event
-from tests.processes import RedisServer, free_port, kill_tree, start_worker_process
+from tests.processes import PrivatePostgres, RedisServer, ShippedStack, free_port
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -71,6 +70,13 @@ def stack(
     redis_server.stop()
 
 
+def shipped_worker(local: Settings, tmp_path: Path, **overrides: str) -> ShippedStack:
+    """``make worker`` with its defaults against this test's database and Redis."""
+    stack = ShippedStack(local.database_url, local.redis_url, tmp_path, overrides)
+    stack.start_worker()
+    return stack
+
+
 def _send(client, batches: int, size: int, prefix: str) -> set[str]:
     ids: set[str] = set()
     for b in range(batches):
@@ -90,17 +96,22 @@ def test_worker_killed_mid_batch_loses_and_duplicates_nothing(
     client = producer.test_client()
     ids = _send(client, batches=60, size=100, prefix="kill")
     producer.extensions["usage_outbox"].flush()
-    worker = start_worker_process(local, tmp_path / "worker.log")
+    # With the whole worker killed, nothing hands its unacknowledged batches back
+    # but Redis's visibility timeout (120 s by default): shortened here, so this
+    # test measures recovery, not the wait. test_soak kills a pool process and
+    # restarts the worker on the defaults.
+    quick = {"BROKER_VISIBILITY_TIMEOUT": "3"}
+    worker = shipped_worker(local, tmp_path, **quick)
     # Kill it once it is part-way through the queue: some rows stored, not all.
-    wait_for(lambda: stored_counts(app, ids)[0] >= 500, timeout=60, interval=0.01)
-    kill_tree(worker)
+    wait_for(lambda: stored_counts(app, ids)[0] >= 500, timeout=90, interval=0.01)
+    worker.stop_worker(signal.SIGKILL)
     killed_at = stored_counts(app, ids)[1]
     assert killed_at < len(ids), "the worker finished before it could be killed"
-    worker = start_worker_process(local, tmp_path / "worker.log")
+    worker = shipped_worker(local, tmp_path, **quick)
     try:
         wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=90, interval=0.2)
     finally:
-        kill_tree(worker)
+        worker.stop_worker(signal.SIGKILL)
     assert_stored_exactly_once("worker SIGKILL", app, ids)
 
 
@@ -109,12 +120,12 @@ def _run_until_recorded_and_confirmed(
 ) -> None:
     """A worker until every event is stored and the outbox has every receipt
     (only a re-send recovers what these tests take away)."""
-    worker = start_worker_process(local, tmp_path / "worker.log")
+    worker = shipped_worker(local, tmp_path)
     try:
-        wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=60, interval=0.2)
+        wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=90, interval=0.2)
         wait_for(lambda: not list((tmp_path / "spool").glob("sent-*.jsonl")), timeout=10)
     finally:
-        kill_tree(worker)
+        worker.stop_worker()
 
 
 def test_batches_redis_handed_to_a_worker_that_died_are_sent_again(
@@ -168,7 +179,7 @@ def test_redis_stopped_while_requests_keep_coming(app: Flask, stack, tmp_path: P
     producer, redis_server, local = stack
     client = producer.test_client()
     outbox = producer.extensions["usage_outbox"]
-    worker = start_worker_process(local, tmp_path / "worker.log")
+    worker = shipped_worker(local, tmp_path)
     try:
         ids = _send(client, batches=5, size=50, prefix="redis-a")
         outbox.flush()
@@ -181,59 +192,54 @@ def test_redis_stopped_while_requests_keep_coming(app: Flask, stack, tmp_path: P
         outbox.flush()
         wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=90, interval=0.2)
     finally:
-        kill_tree(worker)
+        worker.stop_worker()
     assert_stored_exactly_once("redis stopped", app, ids)
 
 
-def restart_postgres() -> None:
-    """Restart the cluster and return once it accepts connections again."""
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    wait_for(
-        lambda: subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode == 0,
-        timeout=60,
-        interval=0.2,
-    )
+@pytest.fixture()
+def private_postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres().init()
+    server.start()
+    yield server
+    server.stop()
 
 
-@pytest.mark.skipif(
-    not os.path.isdir("/etc/postgresql"), reason="needs a local PostgreSQL cluster to restart"
-)
-def test_postgres_restarted_during_ingest(app: Flask, stack, tmp_path: Path) -> None:
-    producer, _, local = stack
+def test_postgres_restarted_during_ingest(
+    app: Flask, stack, private_postgres: PrivatePostgres, tmp_path: Path
+) -> None:
+    """A cluster of the test's own, restarted while the worker is part-way through."""
+    _, _, local = stack
+    local = local.replace(database_url=private_postgres.url, auto_migrate=True)
+    producer = create_extra_app(local, app)  # migrates the new cluster
     client = producer.test_client()
     outbox = producer.extensions["usage_outbox"]
     restarted: list[BaseException | None] = []
 
     def restart() -> None:
         try:
-            restart_postgres()
+            private_postgres.restart()
             restarted.append(None)
         except BaseException as exc:  # re-raised below, in the test's thread
             restarted.append(exc)
 
     restarter = threading.Thread(target=restart)
-    worker = start_worker_process(local, tmp_path / "worker.log")
+    worker = shipped_worker(local, tmp_path)
     try:
         ids = _send(client, batches=60, size=100, prefix="pg-a")
         outbox.flush()
         # Restart while the worker is part-way through the queue.
-        wait_for(lambda: stored_counts(app, ids)[0] >= 1000, timeout=60, interval=0.01)
+        wait_for(lambda: stored_counts(producer, ids)[0] >= 1000, timeout=90, interval=0.01)
         restarter.start()
         ids |= _send(client, batches=20, size=100, prefix="pg-b")  # the API keeps accepting
         outbox.flush()
         restarter.join()
         if restarted != [None]:
             raise AssertionError(f"PostgreSQL did not restart: {restarted}")
-        wait_for(lambda: stored_counts(app, ids)[1] == len(ids), timeout=120, interval=0.5)
+        wait_for(lambda: stored_counts(producer, ids)[1] == len(ids), timeout=120, interval=0.5)
     finally:
         if restarter.ident is not None:
             restarter.join()  # never leave the cluster restarting behind a failed test
-        kill_tree(worker)
-    assert_stored_exactly_once("postgres restarted", app, ids)
+        worker.stop_worker()
+        outbox.close()
+    assert_stored_exactly_once("postgres restarted", producer, ids)
     assert "Retry in" in (tmp_path / "worker.log").read_text(), "no task met the outage"

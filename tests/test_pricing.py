@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from genai_prices import Usage, calc_price, data_snapshot
+from sqlalchemy import create_engine, select
 
 from app.extensions import db
-from app.models import ModelPrice
-from app.pricing.catalog import PriceSourceError, canonical_model, parse_price_list
-from app.pricing.cost import TokenPrice, cost_of
-from app.services.prices import PriceBook
+from app.models import ModelPrice, UsageEvent
+from app.pricing.catalog import (
+    PriceSourceError,
+    bundled_prices,
+    canonical_model,
+    parse_price_list,
+)
+from app.pricing.cost import TokenPrice, cost_of, to_money
+from app.services.prices import SEED_EFFECTIVE_FROM, PriceBook
+from app.services.recording import record_events
+from tests.conftest import measured
+from tests.helpers import event
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -25,7 +35,7 @@ def price(inp: str, out: str, cache: str | None = None) -> TokenPrice:
 
 
 def test_cost_is_exact_decimal_with_cached_input() -> None:
-    cost = cost_of(1_000_003, 7, 3, price("0.0000025", "0.00001", "0.00000125"))
+    cost = cost_of(1_000_003, 7, 3, price("0.0000025", "0.00001", "0.00000125"), NOW)
     assert cost.input == Decimal("2.50000375")  # 1,000,000 × 2.5e-6 + 3 × 1.25e-6
     assert cost.output == Decimal("0.00007")
     assert cost.total == Decimal("2.50007375")
@@ -33,7 +43,7 @@ def test_cost_is_exact_decimal_with_cached_input() -> None:
 
 
 def test_cached_tokens_without_a_cache_price_pay_the_input_price() -> None:
-    assert cost_of(10, 0, 4, price("0.1", "0.2")).input == Decimal("1.0")
+    assert cost_of(10, 0, 4, price("0.1", "0.2"), NOW).input == Decimal("1.0")
 
 
 @pytest.mark.parametrize(
@@ -45,6 +55,9 @@ def test_cached_tokens_without_a_cache_price_pay_the_input_price() -> None:
         ("anthropic", "claude-3-5-sonnet-20241022", ("anthropic", "claude-3-5-sonnet")),
         ("gemini", "gemini-2.5-pro", ("google", "gemini-2.5-pro")),
         ("openai", "in-house-model", ("openai", "in-house-model")),
+        # Resellers without prices of their own: the source falls back to the maker's.
+        ("azure", "gpt-4o", ("openai", "gpt-4o")),
+        ("azure_openai", "gpt-4o-2024-08-06", ("openai", "gpt-4o")),
     ],
 )
 def test_model_aliases_resolve_to_one_price_key(provider: str, model: str, expected: tuple) -> None:
@@ -119,4 +132,170 @@ def test_money_survives_the_database_exactly(app: Flask) -> None:
         assert loaded.input_price == Decimal("0.000000000001")
         assert loaded.output_price == Decimal("9000000.123456789012")
         db.session.delete(loaded)
+        db.session.commit()
+
+
+def _bundled(provider: str, model: str) -> PriceBook:
+    """A price book holding the source's rules for one model, in force since 2000."""
+    [rules] = [p.rules for pr, m, p in bundled_prices() if (pr, m) == (provider, model)]
+    row = ModelPrice(
+        provider=provider,
+        model=model,
+        input_price=Decimal(0),
+        output_price=Decimal(0),
+        cache_read_price=None,
+        rules=rules,
+        effective_from=SEED_EFFECTIVE_FROM,
+        source="test",
+    )
+    return PriceBook([row])
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "threshold", "base", "above"),
+    [
+        ("anthropic", "claude-sonnet-4-5", 200_000, "3", "6"),
+        ("google", "gemini-2.5-pro", 200_000, "1.25", "2.5"),
+        ("google", "gemini-1.5-flash", 128_000, "0.075", "0.15"),
+    ],
+)
+def test_a_prompt_above_a_long_context_threshold_pays_the_tier_rate_on_every_token(
+    provider: str, model: str, threshold: int, base: str, above: str
+) -> None:
+    book = _bundled(provider, model)
+    at, over = threshold, threshold + 1
+    below = book.cost(provider, model, NOW, at, 0, 0)
+    beyond = book.cost(provider, model, NOW, over, 0, 0)
+    assert below.input == at * Decimal(base) / 1_000_000
+    assert beyond.input == over * Decimal(above) / 1_000_000  # the whole prompt, not the excess
+    assert beyond.input_rate == Decimal(above) / 1_000_000
+
+
+def test_deepseek_is_charged_its_off_peak_price_by_the_event_time_of_day() -> None:
+    book = _bundled("deepseek", "deepseek-chat")
+    peak = book.cost(
+        "deepseek", "deepseek-chat", datetime(2026, 11, 2, 12, 0, tzinfo=UTC), 10**6, 0, 0
+    )
+    off_peak = book.cost(
+        "deepseek", "deepseek-chat", datetime(2026, 11, 2, 17, 0, tzinfo=UTC), 10**6, 0, 0
+    )
+    assert (peak.input, off_peak.input) == (Decimal("0.27"), Decimal("0.135"))
+
+
+def test_an_azure_openai_event_is_priced_by_the_source_fallback() -> None:
+    book = _bundled("openai", "gpt-4o")
+    assert book.cost("azure", "gpt-4o-2024-08-06", NOW, 1000, 500, 0).total == Decimal("0.0075")
+
+
+def _resolvable_models() -> list[tuple[str, str]]:
+    """Every (provider, model) of the catalogue that the source prices by its own id."""
+    snapshot = data_snapshot.get_snapshot()
+    found = []
+    for provider, model, _ in bundled_prices():
+        try:
+            snapshot.find_provider_model(model, None, provider, None)
+        except LookupError:
+            continue
+        found.append((provider, model))
+    return found
+
+
+def test_random_events_across_the_catalogue_cost_exactly_what_the_source_computes(
+    app: Flask,
+) -> None:
+    """3,000 events through the worker's recording path (COPY on PostgreSQL): random
+    models of the whole catalogue, prompts on both sides of long-context
+    thresholds, cache reads, timestamps at any time of day over the last 35 days
+    (dated changes, off-peak windows). Each stored cost equals genai-prices'
+    ``calc_price`` for that event, kept to 10⁻¹² USD (the ledger's scale; exact
+    wherever the source's figure has no more places)."""
+    seed = random.randrange(2**32)
+    rnd = random.Random(seed)
+    models = _resolvable_models()
+    now = datetime.now(UTC)
+    events = []
+    for n in range(3000):
+        provider, model = rnd.choice(models)
+        tokens_input = rnd.choice(
+            [rnd.randint(0, 4000), rnd.randint(120_000, 260_000), rnd.randint(0, 10**9)]
+        )
+        events.append(
+            event(
+                f"key-{n % 5}",
+                provider=provider,
+                model=model,
+                tokens_input=tokens_input,
+                tokens_output=rnd.randint(0, 10**6),
+                tokens_cache_read=rnd.randint(0, tokens_input) if rnd.random() < 0.5 else 0,
+                timestamp=(now - timedelta(seconds=rnd.randint(60, 34 * 86400))).isoformat(),
+            )
+        )
+    with app.app_context():
+        for start in range(0, len(events), 500):
+            result = record_events(events[start : start + 500], now=now)
+            assert result.inserted == len(events[start : start + 500]) and not result.rejected
+        rows = db.session.execute(
+            select(
+                UsageEvent.provider,
+                UsageEvent.model,
+                UsageEvent.tokens_input,
+                UsageEvent.tokens_output,
+                UsageEvent.tokens_cache_read,
+                UsageEvent.created_at,
+                UsageEvent.cost_input,
+                UsageEvent.cost_output,
+                UsageEvent.cost_total,
+            )
+        ).all()
+        db.session.rollback()
+    assert len(rows) == len(events)
+    wrong = []
+    for row in rows:
+        usage = Usage(
+            input_tokens=row.tokens_input,
+            output_tokens=row.tokens_output,
+            cache_read_tokens=row.tokens_cache_read,
+        )
+        source = calc_price(
+            usage,
+            model_ref=row.model,
+            provider_id=row.provider,
+            genai_request_timestamp=row.created_at,
+        )
+        expected = tuple(
+            to_money(v) for v in (source.input_price, source.output_price, source.total_price)
+        )
+        if (row.cost_input, row.cost_output, row.cost_total) != expected:
+            wrong.append((row.provider, row.model, row.tokens_input, row.created_at, expected))
+    measured(f"pricing against genai-prices: {len(rows)} random events, {len(wrong)} differ")
+    assert not wrong, f"seed {seed}: {wrong[:5]}"
+
+
+def test_a_refresh_by_another_process_prices_the_next_batch_at_once(app: Flask) -> None:
+    """No waiting for a cache to expire: the batch after a refresh committed
+    elsewhere reads the new version of the table in its own transaction."""
+    with app.app_context():
+        record_events([event(provider="acme", model="fresh-model")])  # the book is loaded
+        other_process = create_engine(db.engine.url)
+        effective = datetime.now(UTC) - timedelta(seconds=5)
+        with other_process.begin() as conn:
+            conn.execute(
+                ModelPrice.__table__.insert().values(
+                    provider="acme",
+                    model="fresh-model",
+                    input_price=Decimal("0.000001"),
+                    output_price=Decimal("0.000002"),
+                    effective_from=effective,
+                    source="another process",
+                    created_at=effective,
+                )
+            )
+        other_process.dispose()
+        after = event(provider="acme", model="fresh-model", tokens_input=10, tokens_output=10)
+        record_events([after])
+        [row] = db.session.scalars(
+            select(UsageEvent).where(UsageEvent.event_id == after["event_id"])
+        ).all()
+        assert row.cost_total == Decimal("0.00003")
+        db.session.query(ModelPrice).filter(ModelPrice.provider == "acme").delete()
         db.session.commit()

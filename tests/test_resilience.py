@@ -22,7 +22,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.helpers import count_events
-from tests.processes import RedisServer, free_port, kill_tree, start_worker_process
+from tests.processes import RedisServer, ShippedStack, free_port
 
 
 @pytest.fixture()
@@ -60,12 +60,14 @@ def test_broker_down_does_not_fail_requests_and_events_arrive_when_it_is_back(
 
     private_redis.start()
     outbox.flush()
-    worker = start_worker_process(metered.config["SETTINGS"], tmp_path / "worker.log")
+    local = metered.config["SETTINGS"]
+    worker = ShippedStack(local.database_url, local.redis_url, tmp_path)
+    worker.start_worker()
     try:
         for execution_id in execution_ids:
-            wait_for(lambda e=execution_id: count_events(app, execution_id=e) == 1, timeout=30)
+            wait_for(lambda e=execution_id: count_events(app, execution_id=e) == 1, timeout=60)
     finally:
-        kill_tree(worker)
+        worker.stop_worker()
     outbox.close()
     stored = sum(count_events(app, execution_id=e) for e in execution_ids)
     measured(

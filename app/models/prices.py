@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import Integer, String, UniqueConstraint
+from sqlalchemy import JSON, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
@@ -21,6 +22,8 @@ class ModelPrice(db.Model):
     input_price: Mapped[Decimal] = mapped_column(Money)
     output_price: Mapped[Decimal] = mapped_column(Money)
     cache_read_price: Mapped[Decimal | None] = mapped_column(Money)
+    # The source's rules (app/pricing/cost.py); NULL for a flat price.
+    rules: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     effective_from: Mapped[datetime] = mapped_column(UTCDateTime)
     source: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

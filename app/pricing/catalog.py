@@ -1,9 +1,10 @@
 """Prices and model names from the maintained ``genai-prices`` data, and from a JSON list.
 
 ``genai-prices`` knows ~2,300 models of ~47 providers with their aliases (dated
-snapshots such as ``gpt-4o-2024-08-06``), so we never type prices by hand. Its
-prices are per million tokens; ours are per token. Long-context tiers are priced
-at their base rate (our events do not carry per-request context size).
+snapshots such as ``gpt-4o-2024-08-06``), so we never type prices by hand. Each
+model's price rules are kept whole (``app/pricing/cost.py``: tiers by prompt
+size, dated changes, off-peak windows), so an event is charged what the source
+says for its own token counts and timestamp.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from genai_prices import data_snapshot
 
 from app.models.types import MONEY_SCALE
-from app.pricing.cost import TokenPrice
+from app.pricing.cost import TokenPrice, definition_of
 
 BUNDLED_SOURCE = "genai-prices"
 _PER_MILLION = Decimal(1_000_000)
@@ -51,7 +52,7 @@ def _per_token(value: Any) -> Decimal | None:
     """
     if value is None:
         return None
-    base = getattr(value, "base", value)  # TieredPrices → its base rate
+    base = getattr(value, "base", value)  # TieredPrices → its base rate, for display
     return (Decimal(base) / _PER_MILLION).quantize(_PRICE_QUANTUM)
 
 
@@ -65,32 +66,41 @@ def canonical_model(provider: str, model: str) -> tuple[str, str]:
     """The (provider, model) our price table is keyed by, for any alias of a model.
 
     ``openai/gpt-4o-2024-08-06`` with provider ``openrouter`` and ``gpt-4o`` with
-    provider ``openai`` both come back as ``("openai", "gpt-4o")``. A name
-    genai-prices does not know is returned as given (lower-cased), so a price
-    loaded from our own JSON source for it is still found.
+    provider ``openai`` both come back as ``("openai", "gpt-4o")``. A provider
+    that resells another's models without prices of its own (Azure's OpenAI
+    models) comes back as the provider whose prices the source falls back to. A
+    name genai-prices does not know is returned as given (lower-cased), so a
+    price loaded from our own JSON source for it is still found.
     """
     provider = normalize_provider(provider)
     model = model.strip().lower()
-    if "/" in model:
+    candidates = [(provider, model)]  # as the source resolves the call, first
+    if "/" in model:  # then a router's "maker/model" as the maker's own model
         prefix, rest = model.split("/", 1)
-        if normalize_provider(prefix) in _provider_ids():
-            provider, model = normalize_provider(prefix), rest
-    try:
-        found_provider, found_model = data_snapshot.get_snapshot().find_provider_model(
-            model, None, provider or None, None
-        )
-    except LookupError:
-        return provider, model
-    return found_provider.id, found_model.id
+        if normalize_provider(prefix) in _owners().values():
+            candidates.append((normalize_provider(prefix), rest))
+    snapshot = data_snapshot.get_snapshot()
+    for provider_id, model_ref in candidates:
+        try:
+            _, found = snapshot.find_provider_model(model_ref, None, provider_id or None, None)
+        except LookupError:
+            continue
+        return _owners()[id(found)], found.id
+    return candidates[-1]
 
 
 @lru_cache(maxsize=1)
-def _provider_ids() -> frozenset[str]:
-    return frozenset(p.id for p in data_snapshot.get_snapshot().providers)
+def _owners() -> dict[int, str]:
+    """Each model of the bundled data → the id of the provider that lists it."""
+    return {
+        id(model): provider.id
+        for provider in data_snapshot.get_snapshot().providers
+        for model in provider.models
+    }
 
 
 def bundled_prices(now: datetime | None = None) -> Iterator[tuple[str, str, TokenPrice]]:
-    """Every model's current per-token price in the bundled genai-prices data."""
+    """Every token-priced model of the bundled genai-prices data, with its whole rules."""
     now = now or datetime.now(UTC)
     for provider in data_snapshot.get_snapshot().providers:
         for model in provider.models:
@@ -108,6 +118,7 @@ def bundled_prices(now: datetime | None = None) -> Iterator[tuple[str, str, Toke
                     cache_read=_per_token(getattr(prices, "cache_read_mtok", None)),
                     effective_from=now,
                     source=BUNDLED_SOURCE,
+                    rules=definition_of(model.prices),
                 ),
             )
 

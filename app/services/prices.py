@@ -1,9 +1,17 @@
 """The price table: seeding, the nightly refresh, and the in-process price book.
 
 Workers price thousands of events a second, so they read prices from a
-``PriceBook`` loaded from ``model_prices`` and reloaded every minute, never
-one query per event. The book answers "price of this model at that moment",
-so an event is charged the price in force when it happened.
+``PriceBook`` loaded from ``model_prices``, never one query per event. The book
+answers "price of this model at that moment", so an event is charged the price
+in force when it happened.
+
+A refresh must reach every worker process before any event it should price:
+each batch's transaction first reads the table's version (its highest id) and
+reloads the book when it moved. On PostgreSQL that read holds a shared advisory
+lock for the batch's transaction, and a refresh takes it exclusively before it
+picks its effective time: it waits for the batches being priced, and makes its
+prices effective after every event already stored, so no stored event was
+charged an older price than the one in force at its timestamp.
 """
 
 from __future__ import annotations
@@ -11,15 +19,14 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-import time
 import urllib.request
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 
 from app.extensions import db
-from app.models import ModelPrice
+from app.models import ModelPrice, UsageEvent
 from app.pricing.catalog import (
     BUNDLED_SOURCE,
     PriceSourceError,
@@ -27,7 +34,7 @@ from app.pricing.catalog import (
     canonical_model,
     parse_price_list,
 )
-from app.pricing.cost import TokenPrice
+from app.pricing.cost import Cost, PriceRules, TokenPrice, cost_of
 
 log = logging.getLogger("usage_billing.pricing")
 
@@ -44,6 +51,9 @@ class RefreshResult:
     sources: tuple[str, ...]
 
 
+_PRICES_LOCK = 0x75627072  # "ubpr": held shared by a batch being priced, exclusively by a refresh
+
+
 def _as_price(row: ModelPrice) -> TokenPrice:
     return TokenPrice(
         input=row.input_price,
@@ -51,6 +61,7 @@ def _as_price(row: ModelPrice) -> TokenPrice:
         cache_read=row.cache_read_price,
         effective_from=row.effective_from,
         source=row.source,
+        rules=row.rules,
     )
 
 
@@ -78,7 +89,6 @@ def refresh_prices(source_url: str = "", now: datetime | None = None) -> Refresh
     """
     now = now or datetime.now(UTC)
     current = _current_prices()
-    effective_from = now if current else SEED_EFFECTIVE_FROM
     incoming: dict[tuple[str, str], TokenPrice] = {
         (provider, model): price for provider, model, price in bundled_prices(now)
     }
@@ -91,6 +101,7 @@ def refresh_prices(source_url: str = "", now: datetime | None = None) -> Refresh
         for provider, model, price in parse_price_list(body, source_url, now):
             incoming[(provider, model)] = price
         sources.append(source_url)
+    effective_from = _effective_from(now) if current else SEED_EFFECTIVE_FROM
     added = 0
     for (provider, model), price in incoming.items():
         known = current.get((provider, model))
@@ -103,6 +114,7 @@ def refresh_prices(source_url: str = "", now: datetime | None = None) -> Refresh
                 input_price=price.input,
                 output_price=price.output,
                 cache_read_price=price.cache_read,
+                rules=price.rules,
                 effective_from=effective_from,
                 source=price.source,
             )
@@ -113,19 +125,44 @@ def refresh_prices(source_url: str = "", now: datetime | None = None) -> Refresh
     return RefreshResult(checked=len(incoming), added=added, sources=tuple(sources))
 
 
+def _effective_from(now: datetime) -> datetime:
+    """When new prices take effect: now, or just after the latest event stored.
+
+    On PostgreSQL this first waits, under ``_PRICES_LOCK``, for every batch being
+    priced; an event stored with a later timestamp (events may be dated a few
+    minutes ahead) keeps the price it was charged, and the new one starts after it.
+    """
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PRICES_LOCK})
+    latest = db.session.scalar(select(func.max(UsageEvent.created_at)))
+    if latest is None or latest < now:
+        return now
+    return latest + timedelta(microseconds=1)
+
+
+def _version() -> int:
+    """The table's version for this batch: its highest id (rows are only ever added)."""
+    if db.engine.dialect.name == "postgresql":
+        query = text("SELECT pg_advisory_xact_lock_shared(:id), (SELECT max(id) FROM model_prices)")
+        return db.session.execute(query, {"id": _PRICES_LOCK}).one()[1] or 0
+    return db.session.scalar(select(func.max(ModelPrice.id))) or 0
+
+
 class PriceBook:
     """Every price version in memory, keyed by canonical (provider, model)."""
 
-    def __init__(self, rows: list[ModelPrice]) -> None:
+    def __init__(self, rows: list[ModelPrice], version: int = 0) -> None:
         versions: dict[tuple[str, str], list[TokenPrice]] = {}
         for row in sorted(rows, key=lambda r: r.effective_from):
             versions.setdefault((row.provider, row.model), []).append(_as_price(row))
+        self.version = version
         self._versions = versions
         self._starts = {key: [p.effective_from for p in ps] for key, ps in versions.items()}
+        self._rules: dict[int, PriceRules] = {}
 
     @classmethod
-    def load(cls) -> PriceBook:
-        return cls(list(db.session.scalars(select(ModelPrice))))
+    def load(cls, version: int = 0) -> PriceBook:
+        return cls(list(db.session.scalars(select(ModelPrice))), version)
 
     def price_at(self, provider: str, model: str, when: datetime) -> TokenPrice | None:
         key = canonical_model(provider, model)
@@ -135,21 +172,40 @@ class PriceBook:
         index = bisect.bisect_right(starts, when) - 1
         return self._versions[key][index] if index >= 0 else None
 
+    def cost(
+        self,
+        provider: str,
+        model: str,
+        when: datetime,
+        tokens_input: int,
+        tokens_output: int,
+        tokens_cache_read: int,
+    ) -> Cost | None:
+        """What the call cost at ``when``; None when the model has no price then."""
+        price = self.price_at(provider, model, when)
+        if price is None:
+            return None
+        rules = None
+        if price.rules is not None:
+            rules = self._rules.get(id(price))
+            if rules is None:
+                rules = self._rules[id(price)] = PriceRules.parse(price.rules)
+        return cost_of(tokens_input, tokens_output, tokens_cache_read, price, when, rules)
+
 
 class _CachedBook:
-    """One PriceBook per process, reloaded after ``ttl`` seconds so refreshes reach workers."""
+    """One PriceBook per process, reloaded whenever ``model_prices`` has a new version."""
 
-    def __init__(self, ttl: float = 60.0) -> None:
-        self._ttl = ttl
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._book: PriceBook | None = None
-        self._loaded_at = 0.0
 
     def get(self) -> PriceBook:
+        """The book for the current transaction (a batch's); call inside it, first."""
+        version = _version()
         with self._lock:
-            if self._book is None or time.monotonic() - self._loaded_at > self._ttl:
-                self._book = PriceBook.load()
-                self._loaded_at = time.monotonic()
+            if self._book is None or self._book.version != version:
+                self._book = PriceBook.load(version)
             return self._book
 
     def invalidate(self) -> None:

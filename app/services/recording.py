@@ -31,7 +31,6 @@ from app.models.ledger import (
     stored_count,
 )
 from app.models.types import utcnow
-from app.pricing.cost import cost_of
 from app.services.prices import PriceBook, price_book
 from app.services.validation import EventIn, EventLimits, validate_event
 
@@ -57,12 +56,18 @@ def event_limits() -> EventLimits:
 
 
 def _row(event: EventIn, book: PriceBook, received_at: datetime) -> EventRow:
-    price = book.price_at(event.provider, event.model, event.created_at)
-    if price is None:
+    cost = book.cost(
+        event.provider,
+        event.model,
+        event.created_at,
+        event.tokens_input,
+        event.tokens_output,
+        event.tokens_cache_read,
+    )
+    if cost is None:
         prices = costs = (None, None, None)
     else:
-        cost = cost_of(event.tokens_input, event.tokens_output, event.tokens_cache_read, price)
-        prices = (price.input, price.output, price.cache_read)
+        prices = (cost.input_rate, cost.output_rate, cost.cache_read_rate)
         costs = (cost.input, cost.output, cost.total)
     return EventRow(
         event.event_id,
@@ -79,7 +84,7 @@ def _row(event: EventIn, book: PriceBook, received_at: datetime) -> EventRow:
         *costs,
         event.execution_time,
         event.status,
-        UNPRICED if price is None else PRICED,
+        UNPRICED if cost is None else PRICED,
         event.created_at,
         received_at,
         event.metadata,
