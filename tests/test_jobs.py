@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from app.errors import JobAlreadyRunning
 from app.extensions import db
-from app.models import JobRun, ModelPrice
+from app.models import JobRun, ModelPrice, UsageReport
 from app.pricing.catalog import PriceSourceError
 from app.services.jobs import run_job
 from app.services.prices import price_book
@@ -151,7 +151,10 @@ def test_a_second_concurrent_run_is_refused(app: Flask) -> None:
     ]
 
 
-def test_cleanup_removes_old_reported_events_and_keeps_unreported_ones(app: Flask) -> None:
+def test_cleanup_removes_old_reported_events_and_keeps_unreported_ones(
+    app: Flask, make_customer
+) -> None:
+    make_customer("key-a", stripe_customer_id="cus_reported")
     now = datetime.now(UTC)
     old_reported = now - timedelta(days=100)
     old_unreported = now - timedelta(days=92)
@@ -162,16 +165,12 @@ def test_cleanup_removes_old_reported_events_and_keeps_unreported_ones(app: Flas
         ("old_unreported", old_unreported),
         ("recent", recent),
     ):
-        events[name] = event(timestamp=at.isoformat())
+        events[name] = event("key-a", timestamp=at.isoformat())
         with app.app_context():
             record_events([events[name]], now=at)
     with app.app_context():
         # Reports succeeded up to the day after old_reported, and stopped there.
-        last_reported = (old_reported + timedelta(days=1)).date().isoformat()
-        db.session.add(
-            JobRun(job=REPORT_JOB, period=last_reported, status="succeeded", started_at=now)
-        )
-        db.session.commit()
+        _reports_succeeded_until(old_reported + timedelta(days=1), now)
         run = run_cleanup(now)
     assert run.status == "succeeded" and run.counts["deleted"] == 1
     assert count_events(app, event_id=events["old_reported"]["event_id"]) == 0
@@ -179,10 +178,63 @@ def test_cleanup_removes_old_reported_events_and_keeps_unreported_ones(app: Flas
     assert count_events(app, event_id=events["recent"]["event_id"]) == 1
 
 
-def test_cleanup_deletes_in_bounded_batches(app: Flask, monkeypatch) -> None:
+def _reports_succeeded_until(day: datetime, now: datetime) -> None:
+    db.session.add(
+        JobRun(job=REPORT_JOB, period=day.date().isoformat(), status="succeeded", started_at=now)
+    )
+    db.session.commit()
+
+
+def test_cleanup_keeps_the_events_of_a_customer_whose_days_were_not_reported(
+    app: Flask, make_customer
+) -> None:
+    """The report job ran, but one customer's report of an old day waits for
+    manual billing, and another customer was never linked to Stripe: only the
+    reported customer's old events go; the others keep every raw event."""
+    reported = make_customer("key-reported", stripe_customer_id="cus_ok")
+    held = make_customer("key-held", stripe_customer_id="cus_held")
+    make_customer("key-unlinked")
+    now = datetime.now(UTC)
+    old = now - timedelta(days=120)
+    sent = {}
+    with app.app_context():
+        for key in ("key-reported", "key-held", "key-unlinked"):
+            sent[key] = [
+                event(key, timestamp=(old + timedelta(days=d)).isoformat()) for d in (0, 5)
+            ]
+            record_events(sent[key], now=old + timedelta(days=6))
+        for customer, status in ((reported, "sent"), (held, "needs_manual")):
+            db.session.add(
+                UsageReport(
+                    customer_id=customer.id,
+                    day=(old + timedelta(days=3)).date(),
+                    seq=0,
+                    mode="meter_events",
+                    quantity=1,
+                    quantity_unit="tokens",
+                    cumulative_exact=Decimal(1),
+                    cumulative_units=1,
+                    identifier=f"ub-{customer.id}-old-0",
+                    idempotency_key=f"ub-{customer.id}-old-0",
+                    stripe_event_name="llm_usage",
+                    status=status,
+                )
+            )
+        _reports_succeeded_until(now - timedelta(days=1), now)
+        run = run_cleanup(now)
+    assert run.status == "succeeded", run.error
+    assert run.counts["deleted"] == 3 and run.counts["customers_held_back"] == 1
+    assert [count_events(app, event_id=e["event_id"]) for e in sent["key-reported"]] == [0, 0]
+    # Held back from its first unsettled day (old + 3): the day before it may go.
+    assert [count_events(app, event_id=e["event_id"]) for e in sent["key-held"]] == [0, 1]
+    assert [count_events(app, event_id=e["event_id"]) for e in sent["key-unlinked"]] == [1, 1]
+
+
+def test_cleanup_deletes_in_bounded_batches(app: Flask, monkeypatch, make_customer) -> None:
+    make_customer("key-a", stripe_customer_id="cus_batches")
     at = datetime.now(UTC) - timedelta(days=120)
     with app.app_context():
-        record_events([event(timestamp=at.isoformat()) for _ in range(25)], now=at)
+        record_events([event("key-a", timestamp=at.isoformat()) for _ in range(25)], now=at)
         db.session.add(
             JobRun(
                 job=REPORT_JOB,

@@ -1,5 +1,10 @@
 """Retention: delete raw events past their retention, never an unreported day's.
 
+The guard is per customer: a customer's events may go up to the last day the
+report job reached, but never from the first day of a report of theirs that is
+not settled (pending, failed, or waiting for manual billing). Events of a key
+that no Stripe-linked customer holds were never reported, and stay.
+
 Deletes go in bounded batches (one short transaction each, by an index on the
 time column), with rests between them (``CLEANUP_DUTY_CYCLE``), so deleting a
 week of events never holds locks long or takes the CPU ingest needs. The daily
@@ -13,11 +18,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
 
-from sqlalchemy import Column, delete, select
+from sqlalchemy import Column, ColumnElement, delete, func, select
 
 from app.config import Settings
 from app.extensions import db
-from app.models import IngestBatch, UsageEvent
+from app.models import BillingCustomer, IngestBatch, UsageEvent, UsageReport
+from app.models.billing import FAILED, NEEDS_MANUAL, PENDING
+
+UNSETTLED = (PENDING, FAILED, NEEDS_MANUAL)
+_KEYS_PER_DELETE = 500
 
 # Batch receipts only matter while an outbox may still wait for one (minutes, or
 # the length of an outage); a week is ample, and a late re-send is still stored
@@ -35,6 +44,32 @@ def cleanup_cutoff(
     return min(now - timedelta(days=retention_days), reported_until)
 
 
+def customer_cutoffs(
+    now: datetime, retention_days: int, last_reported_day: date | None
+) -> dict[datetime, list[str]]:
+    """Each cutoff instant → the API key hashes whose events before it may go."""
+    unsettled = (
+        select(UsageReport.customer_id, func.min(UsageReport.day).label("day"))
+        .where(UsageReport.status.in_(UNSETTLED))
+        .group_by(UsageReport.customer_id)
+        .subquery()
+    )
+    customers = db.session.execute(
+        select(BillingCustomer.api_key_hash, unsettled.c.day)
+        .outerjoin(unsettled, unsettled.c.customer_id == BillingCustomer.id)
+        .where(BillingCustomer.stripe_customer_id.is_not(None))
+    ).all()
+    cutoffs: dict[datetime, list[str]] = {}
+    for key_hash, first_unsettled in customers:
+        reported = last_reported_day
+        if first_unsettled is not None and reported is not None:
+            reported = min(reported, first_unsettled - timedelta(days=1))
+        cutoff = cleanup_cutoff(now, retention_days, reported)
+        if cutoff is not None:
+            cutoffs.setdefault(cutoff, []).append(key_hash)
+    return cutoffs
+
+
 @dataclass(frozen=True)
 class Pace:
     """How hard a cleanup may press: rows per transaction, and the share of its
@@ -48,11 +83,13 @@ def cleanup_pace(settings: Settings) -> Pace:
     return Pace(settings.cleanup_batch_size, settings.cleanup_duty_cycle)
 
 
-def _delete_before(key: Column, when: Column, cutoff: datetime, pace: Pace) -> int:
+def _delete_before(
+    key: Column, when: Column, cutoff: datetime, pace: Pace, *where: ColumnElement[bool]
+) -> int:
     deleted = 0
     while True:
         started = time.monotonic()
-        keys = select(key).where(when < cutoff).limit(pace.batch_size).scalar_subquery()
+        keys = select(key).where(when < cutoff, *where).limit(pace.batch_size).scalar_subquery()
         result = db.session.execute(delete(key.table).where(key.in_(keys)))
         db.session.commit()
         deleted += result.rowcount or 0
@@ -62,8 +99,20 @@ def _delete_before(key: Column, when: Column, cutoff: datetime, pace: Pace) -> i
         time.sleep(busy * (1 - pace.duty_cycle) / pace.duty_cycle)
 
 
-def delete_events_before(cutoff: datetime, pace: Pace) -> int:
-    return _delete_before(UsageEvent.id, UsageEvent.created_at, cutoff, pace)
+def delete_events_before(cutoffs: dict[datetime, list[str]], pace: Pace) -> int:
+    """Delete each key's events before its cutoff, in bounded batches."""
+    deleted = 0
+    for cutoff, key_hashes in cutoffs.items():
+        for start in range(0, len(key_hashes), _KEYS_PER_DELETE):
+            keys = key_hashes[start : start + _KEYS_PER_DELETE]
+            deleted += _delete_before(
+                UsageEvent.id,
+                UsageEvent.created_at,
+                cutoff,
+                pace,
+                UsageEvent.api_key_hash.in_(keys),
+            )
+    return deleted
 
 
 def delete_receipts_before(cutoff: datetime, pace: Pace) -> int:

@@ -18,6 +18,7 @@ from app.services.cleanup import (
     RECEIPT_RETENTION,
     cleanup_cutoff,
     cleanup_pace,
+    customer_cutoffs,
     delete_events_before,
     delete_receipts_before,
 )
@@ -75,15 +76,18 @@ def run_cleanup(now: datetime | None = None) -> JobRun:
 
     def work() -> dict[str, Any]:
         last = last_success(REPORT_JOB)
-        cutoff = cleanup_cutoff(
-            now, settings.usage_retention_days, date.fromisoformat(last.period) if last else None
-        )
+        last_day = date.fromisoformat(last.period) if last else None
+        cutoffs = customer_cutoffs(now, settings.usage_retention_days, last_day)
         pace = cleanup_pace(settings)
-        deleted = delete_events_before(cutoff, pace) if cutoff else 0
+        deleted = delete_events_before(cutoffs, pace)
         receipts = delete_receipts_before(now - RECEIPT_RETENTION, pace)
+        overall = cleanup_cutoff(now, settings.usage_retention_days, last_day)
         return {
             "deleted": deleted,
-            "cutoff": cutoff.isoformat() if cutoff else None,
+            "cutoff": overall.isoformat() if overall else None,
+            "customers_held_back": sum(
+                len(keys) for cutoff, keys in cutoffs.items() if overall and cutoff < overall
+            ),
             "receipts_deleted": receipts,
         }
 
