@@ -36,6 +36,7 @@ EVENT_FIELDS = {
     "status",
     "execution_time",
     "metadata",
+    "created_at",
 }
 
 json_values = st.recursive(
@@ -53,7 +54,8 @@ def test_any_json_is_an_event_or_a_validation_error_naming_a_field(raw: Any) -> 
     try:
         validate_event(raw, NOW, LIMITS)
     except ValidationError as error:
-        assert error.field in EVENT_FIELDS
+        unknown = set(raw) - EVENT_FIELDS if isinstance(raw, dict) else set()
+        assert error.field in EVENT_FIELDS | unknown
         assert error.message
 
 
@@ -99,6 +101,11 @@ BAD_EVENTS: dict[str, tuple[dict, str]] = {
     "impossible date": (event(timestamp="2026-02-30T00:00:00+00:00"), "timestamp"),
     "timestamp without offset": (event(timestamp="2026-11-20T10:00:00"), "timestamp"),
     "deep metadata": (event(metadata=_deep(50)), "metadata"),
+    "metadata nested 900 deep": (event(metadata=_deep(900)), "metadata"),
+    "first instant at +14:00": (event(timestamp="0001-01-01T00:00:00+14:00"), "timestamp"),
+    "last instant at -14:00": (event(timestamp="9999-12-31T23:59:59-14:00"), "timestamp"),
+    "an unknown field": (event(tokens_in=5), "tokens_in"),
+    "its time given twice": (event(created_at=NOW.isoformat()), "created_at"),
     "huge metadata": (event(metadata={"blob": "x" * 20000}), "metadata"),
     "emoji event id": (event(event_id="evt-💥"), "event_id"),
     "zero-width model": (event(model="gpt\u200b-4o"), "model"),
@@ -222,3 +229,87 @@ def test_fuzzed_requests_never_5xx_and_every_rejection_names_its_field(
             continue  # nothing to make invalid
         calls[f"{mode.value} {operation.path}"] = _fuzz(operation, mode)
     measured(f"schemathesis requests per operation and mode: {calls}")
+
+
+def test_created_at_is_read_as_the_event_time() -> None:
+    """The original design's name for the event's time is its documented alias."""
+    raw = {k: v for k, v in event().items() if k != "timestamp"}
+    at = NOW - timedelta(hours=3)
+    assert validate_event({**raw, "created_at": at.isoformat()}, NOW, LIMITS).created_at == at
+
+
+def test_the_fields_an_event_may_hold_are_those_it_travels_with() -> None:
+    from app.services.validation import EVENT_FIELDS as ALLOWED
+    from app.services.validation import TIMESTAMP_ALIAS
+
+    parsed = validate_event(event(timestamp=NOW.isoformat()), NOW, LIMITS)
+    assert ALLOWED == {*parsed.to_message(), TIMESTAMP_ALIAS}
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("start_date=2026-01-01&start_date=bogus&end_date=2026-01-02", "start_date"),
+        ("start_date=2026-01-01&end_date=2026-01-02&end_date=2026-01-03", "end_date"),
+        ("start_date=2026-W01-1&end_date=2026-01-31", "start_date"),  # an ISO week date
+        ("start_date=2026-001&end_date=2026-01-31", "start_date"),  # an ordinal date
+        ("start_date=20260101&end_date=2026-01-31", "start_date"),
+    ],
+)
+def test_usage_dates_are_given_once_as_calendar_dates(
+    client: FlaskClient, make_customer, query: str, field: str
+) -> None:
+    make_customer("key-dates")
+    resp = client.get(f"/v1/billing/usage?{query}", headers=auth("key-dates"))
+    assert resp.status_code == 400 and resp.get_json()["error"]["field"] == field
+
+
+def test_a_wrong_method_is_a_json_405_with_allow(client: FlaskClient) -> None:
+    resp = client.get("/v1/usage/events", headers=auth(SERVICE_TOKEN))
+    assert resp.status_code == 405 and resp.get_json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in resp.headers["Allow"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"created": "1700000000"}, "created"),
+        ({"created": 10**30}, "created"),
+        ({"created": True}, "created"),
+        ({"id": "evt_" + "x" * 300}, "id"),
+        ({"id": 12}, "id"),
+        ({"type": "t" * 300}, "type"),
+        ({"type": None}, "type"),
+        ({"data": [1, 2]}, "data"),
+        ({"data": {"object": "cus_1"}}, "data"),
+    ],
+)
+def test_a_signed_webhook_of_the_wrong_shape_is_a_400_naming_the_field(
+    client: FlaskClient, change: dict, field: str
+) -> None:
+    import hashlib
+    import hmac
+    import time
+
+    from tests.conftest import WEBHOOK_SECRET
+
+    body = {"id": "evt_shape", "type": "invoice.paid", "created": int(time.time()), "data": {}}
+    payload = json.dumps({**body, **change}).encode()
+    at = int(time.time())
+    mac = hmac.new(WEBHOOK_SECRET.encode(), f"{at}.".encode() + payload, hashlib.sha256)
+    resp = client.post(
+        "/v1/billing/webhooks/stripe",
+        data=payload,
+        headers={
+            "Content-Type": "application/json",
+            "Stripe-Signature": f"t={at},v1={mac.hexdigest()}",
+        },
+    )
+    assert resp.status_code == 400 and resp.get_json()["error"]["field"] == field
+
+
+def test_the_documented_event_fields_are_those_validation_takes(client: FlaskClient) -> None:
+    from app.services.validation import EVENT_FIELDS as ALLOWED
+
+    schema = client.get("/openapi.json").get_json()["components"]["schemas"]["UsageEvent"]
+    assert set(schema["properties"]) == ALLOWED and schema["additionalProperties"] is False

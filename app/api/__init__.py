@@ -56,7 +56,7 @@ def _service_error(error: ServiceError) -> tuple[Any, int]:
     return jsonify(error.to_dict()), error.status
 
 
-def _http_error(error: HTTPException) -> tuple[Any, int]:
+def _http_error(error: HTTPException) -> tuple[Any, int, dict[str, str]]:
     status = error.code or 500
     field = "body" if status == 413 else None
     body = {
@@ -66,7 +66,9 @@ def _http_error(error: HTTPException) -> tuple[Any, int]:
             "field": field,
         }
     }
-    return jsonify(body), status
+    # The error's own headers (a 405's Allow), but not its HTML content type.
+    headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+    return jsonify(body), status, headers
 
 
 def _database_unavailable(error: Exception) -> tuple[Any, int, dict[str, str]]:

@@ -39,12 +39,18 @@ _EVENT = {
         "tokens_output": {"type": "integer", "minimum": 0, "maximum": 1_000_000_000},
         "tokens_cache_read": {"type": "integer", "minimum": 0},
         "timestamp": {"type": "string", "format": "date-time"},
+        "created_at": {
+            "type": "string",
+            "format": "date-time",
+            "description": "alias of timestamp; give one or the other",
+        },
         "execution_id": {"type": "string", "maxLength": 128},
         "task_type": {"type": "string", "maxLength": 64},
         "status": {"type": "string", "maxLength": 32},
         "execution_time": {"type": "number", "minimum": 0},
         "metadata": {"type": "object"},
     },
+    "additionalProperties": False,  # an unknown field is a 400 naming it
 }
 
 

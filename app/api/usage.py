@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Any
 
@@ -14,12 +15,18 @@ from app.services.usage import usage_between
 usage = Blueprint("usage", __name__)
 
 
+_CALENDAR_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # not ISO's week or ordinal dates
+
+
 def _date_param(name: str) -> date:
-    raw = request.args.get(name)
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        raise ValidationError(f"{name} is given more than once", field=name)
+    raw = values[0] if values else ""
     if not raw:
         raise ValidationError(f"{name} is required (YYYY-MM-DD)", field=name)
     try:
-        if len(raw) != 10:
+        if not _CALENDAR_DATE.fullmatch(raw):
             raise ValueError(raw)
         return date.fromisoformat(raw)
     except ValueError as exc:

@@ -168,6 +168,31 @@ def verify_webhook(payload: bytes, signature: str | None, secret: str) -> dict[s
         RecursionError,
     ) as exc:
         raise ValidationError("invalid Stripe signature", field="Stripe-Signature") from exc
-    if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+    if not isinstance(event, dict):
         raise ValidationError("not a Stripe event", field="body")
+    _check_event_shape(event)
     return event
+
+
+_MAX_EVENT_FIELD = 100  # the length stripe_webhook_events keeps for an id and a type
+_END_OF_CALENDAR = 253402300800  # 10000-01-01 in Unix seconds: later ones are no datetime
+
+
+def _check_event_shape(event: dict[str, Any]) -> None:
+    """A signed event is still checked before use: a 400 naming the field, never a 500."""
+    for name in ("id", "type"):
+        value = event.get(name)
+        if not isinstance(value, str) or not 0 < len(value) <= _MAX_EVENT_FIELD:
+            raise ValidationError(
+                f"{name} must be a string of at most {_MAX_EVENT_FIELD} characters", field=name
+            )
+    created = event.get("created")
+    if (
+        isinstance(created, bool)
+        or not isinstance(created, int)
+        or not 0 <= created < _END_OF_CALENDAR
+    ):
+        raise ValidationError("created must be a Unix timestamp in seconds", field="created")
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object", {}), dict):
+        raise ValidationError("data must be an object holding an object", field="data")

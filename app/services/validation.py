@@ -22,6 +22,29 @@ _EVENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _MAX_METADATA_DEPTH = 5
 
 
+# What an event may hold (the fields of ``EventIn.to_message``), and the original
+# design's name for its time, taken as ``timestamp``.
+EVENT_FIELDS = frozenset(
+    {
+        "event_id",
+        "api_key_hash",
+        "provider",
+        "model",
+        "tokens_input",
+        "tokens_output",
+        "tokens_cache_read",
+        "timestamp",
+        "execution_id",
+        "task_type",
+        "status",
+        "execution_time",
+        "metadata",
+        "created_at",
+    }
+)
+TIMESTAMP_ALIAS = "created_at"
+
+
 @dataclass(frozen=True)
 class EventLimits:
     max_age: timedelta
@@ -112,7 +135,10 @@ def _timestamp(raw: dict[str, Any], now: datetime, limits: EventLimits) -> tuple
         raise ValidationError("timestamp must be ISO 8601", field="timestamp") from exc
     if parsed.tzinfo is None:
         raise ValidationError("timestamp must carry a UTC offset", field="timestamp")
-    parsed = parsed.astimezone(UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01 at +14:00 is before the calendar's start
+        raise ValidationError("timestamp is outside the calendar", field="timestamp") from exc
     if parsed > now + limits.max_future:
         raise ValidationError("timestamp is in the future", field="timestamp")
     if parsed < now - limits.max_age:
@@ -122,19 +148,26 @@ def _timestamp(raw: dict[str, Any], now: datetime, limits: EventLimits) -> tuple
     return parsed, value
 
 
-def _depth(value: Any, level: int = 1) -> int:
-    """How deep ``value`` nests; an integer past 64 bits is refused on the way.
+def _check_nesting(value: dict[str, Any]) -> None:
+    """Refuse metadata nested past ``_MAX_METADATA_DEPTH``, or with an integer past 64 bits.
 
-    Events travel to the worker as orjson (app/wire.py), which reads such an
-    integer back as a float: it would not be stored as sent.
+    Walked with a stack, not recursion, and stopped at the first level too deep:
+    a body nested a thousand levels must be a 400, never a ``RecursionError``.
+    Events travel to the worker as orjson (app/wire.py), which reads an integer
+    past 64 bits back as a float: it would not be stored as sent.
     """
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    if isinstance(value, int) and not -(2**63) <= value < 2**64:
-        raise ValidationError("metadata numbers must fit in 64 bits", field="metadata")
-    return level
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            if level > _MAX_METADATA_DEPTH:
+                raise ValidationError(
+                    f"metadata nests deeper than {_MAX_METADATA_DEPTH} levels", field="metadata"
+                )
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+        elif isinstance(item, int) and not -(2**63) <= item < 2**64:
+            raise ValidationError("metadata numbers must fit in 64 bits", field="metadata")
 
 
 def _metadata(raw: dict[str, Any], limits: EventLimits) -> dict[str, Any] | None:
@@ -143,10 +176,7 @@ def _metadata(raw: dict[str, Any], limits: EventLimits) -> dict[str, Any] | None
         return None
     if not isinstance(value, dict):
         raise ValidationError("metadata must be an object", field="metadata")
-    if _depth(value) > _MAX_METADATA_DEPTH:
-        raise ValidationError(
-            f"metadata nests deeper than {_MAX_METADATA_DEPTH} levels", field="metadata"
-        )
+    _check_nesting(value)
     try:  # NaN and Infinity parse in Python but PostgreSQL's json refuses them
         size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"))
     except ValueError as exc:
@@ -175,9 +205,30 @@ def _execution_time(raw: dict[str, Any]) -> Decimal | None:
     return seconds.quantize(Decimal("0.001"))
 
 
+def _known_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    """The event with ``created_at`` read as ``timestamp``; an unknown field is a 400.
+
+    A field we do not store must not be dropped silently: a client that names
+    the event's time differently would have its event dated now.
+    """
+    unknown = raw.keys() - EVENT_FIELDS
+    if unknown:
+        names = sorted(unknown)
+        raise ValidationError(f"unknown field(s): {json.dumps(names)[1:-1]}", field=names[0])
+    if TIMESTAMP_ALIAS in raw:
+        if "timestamp" in raw:
+            raise ValidationError(
+                "give the event's time once, as timestamp (created_at is its alias)",
+                field=TIMESTAMP_ALIAS,
+            )
+        raw = {**raw, "timestamp": raw[TIMESTAMP_ALIAS]}
+    return raw
+
+
 def validate_event(raw: Any, now: datetime, limits: EventLimits) -> EventIn:
     if not isinstance(raw, dict):
         raise ValidationError("each event must be a JSON object", field="event")
+    raw = _known_fields(raw)
     event_id = string_field(raw, "event_id", 128)
     assert event_id is not None
     if not _EVENT_ID.match(event_id):

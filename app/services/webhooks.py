@@ -34,15 +34,13 @@ def _apply(event_type: str, obj: dict[str, Any]) -> None:
 
 def handle_event(event: dict[str, Any]) -> bool:
     """Apply a verified event; False when this event id was already handled."""
-    created = datetime.fromtimestamp(int(event.get("created") or 0), UTC)
-    db.session.add(StripeWebhookEvent(id=event["id"], type=str(event.get("type")), created=created))
+    created = datetime.fromtimestamp(event["created"], UTC)  # its shape checked on receipt
+    db.session.add(StripeWebhookEvent(id=event["id"], type=event["type"], created=created))
     try:
         db.session.flush()
     except IntegrityError:
         db.session.rollback()
         return False
-    obj = (event.get("data") or {}).get("object") or {}
-    if isinstance(obj, dict):
-        _apply(str(event.get("type")), obj)
+    _apply(event["type"], event["data"].get("object") or {})
     db.session.commit()
     return True
