@@ -10,11 +10,12 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from app.billing import create_stripe_customer
-from app.errors import JobAlreadyRunning, NotFound
+from app.billing.customers import PENDING, link_state, link_stripe_customer
+from app.errors import BillingRejected, BillingUnavailable, JobAlreadyRunning, NotFound
 from app.models.types import utcnow
 from app.schedule import REPORT_TASK
 from app.security import hash_api_key
+from app.services.customers import register_customer
 from app.services.jobs import JobFailed
 from app.services.recording import replay_rejected
 from app.services.reporting import resolve_manual
@@ -39,8 +40,22 @@ billing_cli.add_command(customers_cli)
 @click.option("--api-key", required=True, help="Hashed at once; never stored or printed.")
 @click.option("--company", default=None)
 def customers_create(email: str, name: str, api_key: str, company: str | None) -> None:
-    stripe_id = create_stripe_customer(email, name, hash_api_key(api_key), company=company)
-    click.echo(json.dumps({"stripe_customer_id": stripe_id}))
+    """Create the customer here, then link it to Stripe now (when a key is set)."""
+    customer = register_customer(email, name, hash_api_key(api_key), company=company)
+    if link_state(customer) == PENDING:
+        try:
+            link_stripe_customer(customer)
+        except (BillingUnavailable, BillingRejected) as exc:
+            click.echo(f"not linked to Stripe yet (the daily report retries): {exc}", err=True)
+    click.echo(
+        json.dumps(
+            {
+                "id": customer.id,
+                "stripe_customer_id": customer.stripe_customer_id,
+                "stripe_link": link_state(customer),
+            }
+        )
+    )
 
 
 def _run(label: str, action) -> None:  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""The daily Stripe usage report."""
+"""The daily Stripe usage report, and linking new customers to Stripe."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from datetime import date
 
 from celery import shared_task
 
-from app.errors import JobAlreadyRunning
+from app.billing.customers import LINK_TASK, link_stripe_customer
+from app.errors import BillingUnavailable, JobAlreadyRunning
+from app.extensions import db
+from app.models import BillingCustomer
 from app.services.jobs import JobFailed
 from app.services.scheduled import run_report
 
@@ -32,3 +35,27 @@ def report_usage(day: str | None = None) -> list[dict]:
     except JobAlreadyRunning:
         return []
     return [{"period": run.period, "status": run.status, "counts": run.counts} for run in runs]
+
+
+@shared_task(
+    name=LINK_TASK,
+    acks_late=True,
+    autoretry_for=(BillingUnavailable,),
+    retry_backoff=True,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=None,
+)
+def link_customer(customer_id: int) -> str | None:
+    """Give a customer created locally its Stripe customer; retried until Stripe answers.
+
+    Stripe refusing the customer outright (``BillingRejected``) is not retried:
+    it is logged, and the daily report tries again.
+    """
+    customer = db.session.get(BillingCustomer, customer_id)
+    if customer is None:
+        return None
+    try:
+        return link_stripe_customer(customer)
+    finally:
+        db.session.remove()

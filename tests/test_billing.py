@@ -21,7 +21,7 @@ from app.services import reporting
 from app.services.jobs import JobFailed
 from app.services.recording import record_events
 from app.services.scheduled import run_report
-from tests.conftest import ADMIN_TOKEN, WEBHOOK_SECRET, auth, measured
+from tests.conftest import ADMIN_TOKEN, WEBHOOK_SECRET, auth, measured, wait_for
 from tests.fake_stripe import FakeStripe
 from tests.helpers import event
 
@@ -92,23 +92,28 @@ def test_retried_customer_creation_makes_one_stripe_customer(
 ) -> None:
     stripe_server.fail_next("/v1/customers", 500)
     with app.app_context():
-        from app.billing import create_stripe_customer
+        from app.billing.customers import link_stripe_customer
+        from app.services.customers import register_customer
 
-        customer_id = create_stripe_customer("b@example.com", "Bo", hash_api_key("k-b"))
+        customer = register_customer("b@example.com", "Bo", hash_api_key("k-b"))
+        customer_id = link_stripe_customer(customer)
     assert len(stripe_server.state.customers) == 1 and customer_id in stripe_server.state.customers
     keys = {r.headers["idempotency-key"] for r in stripe_server.requests_to("/v1/customers")}
     assert len(keys) == 1
 
 
 def test_admin_endpoint_onboards_and_needs_the_admin_token(
-    client: FlaskClient, stripe_server: FakeStripe
+    app: Flask, client: FlaskClient, stripe_server: FakeStripe, celery_worker
 ) -> None:
     body = {"email": "c@example.com", "name": "Cy", "api_key": "k-c"}
     assert client.post("/v1/billing/customers", json=body).status_code == 401
     assert client.post("/v1/billing/customers", json=body, headers=auth("nope")).status_code == 403
     resp = client.post("/v1/billing/customers", json=body, headers=auth(ADMIN_TOKEN))
-    assert resp.status_code == 201
-    assert resp.get_json()["stripe_customer_id"] in stripe_server.state.customers
+    assert resp.status_code == 201 and resp.get_json()["stripe_link"] == "pending"
+    again = client.post("/v1/billing/customers", json=body, headers=auth(ADMIN_TOKEN))
+    assert again.get_json()["id"] == resp.get_json()["id"]  # one customer per key
+    wait_for(lambda: _stripe_id(app, resp.get_json()["id"]) in stripe_server.state.customers)
+    assert len(stripe_server.state.customers) == 1
     bad = client.post("/v1/billing/customers", json={**body, "email": 3}, headers=auth(ADMIN_TOKEN))
     assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "email"
 
@@ -384,4 +389,52 @@ def test_an_unsettled_report_past_stripes_dedupe_window_goes_to_an_operator(
     assert len(stripe_server.requests_to(METER_PATH)) == sent_before
     assert (
         json.loads(runner.invoke(args=["billing", "status"]).output)["manual_reports"]["count"] == 0
+    )
+
+
+def _stripe_id(app: Flask, customer_id: int) -> str | None:
+    with app.app_context():
+        customer = db.session.get(BillingCustomer, customer_id)
+        found = customer.stripe_customer_id if customer else None
+        db.session.rollback()
+        return found
+
+
+def test_onboarding_while_stripe_is_down_links_the_customer_once_it_answers(
+    app: Flask, client: FlaskClient, stripe_server: FakeStripe
+) -> None:
+    """The customer exists and is metered at once; the link waits for Stripe, and the
+    daily report links whoever the background task could not."""
+    for _ in range(20):
+        stripe_server.fail_next("/v1/customers", 503)
+    body = {"email": "d@example.com", "name": "Di", "api_key": "k-down"}
+    resp = client.post("/v1/billing/customers", json=body, headers=auth(ADMIN_TOKEN))
+    assert resp.status_code == 201 and resp.get_json()["stripe_link"] == "pending"
+    with app.app_context():
+        from app.billing.customers import link_unlinked_customers
+
+        assert link_unlinked_customers() == (0, 1)  # Stripe still down: kept, not lost
+        stripe_server.reset()
+        link_unlinked_customers()  # or the queued task, retrying, got there first
+    assert _stripe_id(app, resp.get_json()["id"]) in stripe_server.state.customers
+    assert len(stripe_server.state.customers) == 1
+
+
+def test_onboarding_without_a_stripe_key_creates_the_customer_here(
+    app: Flask, settings, tmp_path
+) -> None:
+    from tests.conftest import create_extra_app
+
+    local = settings.replace(stripe_api_key="", instance_dir=tmp_path, auto_migrate=False)
+    client = create_extra_app(local, app).test_client()
+    body = {"email": "e@example.com", "name": "Ed", "api_key": "k-nostripe"}
+    resp = client.post("/v1/billing/customers", json=body, headers=auth(ADMIN_TOKEN))
+    assert resp.status_code == 201, resp.get_json()
+    assert resp.get_json()["stripe_link"] == "not_configured"
+    assert (
+        client.get(
+            "/v1/billing/usage?start_date=2026-01-01&end_date=2026-01-02",
+            headers=auth("k-nostripe"),
+        ).status_code
+        == 200
     )

@@ -9,12 +9,12 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, request
 
 from app.api import json_body
-from app.billing import create_stripe_customer
+from app.billing.customers import PENDING, link_state, request_link
 from app.billing.stripe_gateway import gateway, verify_webhook
 from app.errors import NotFound, ValidationError
 from app.models.types import utcnow
 from app.security import bearer_token, hash_api_key, require_token
-from app.services.customers import customer_for_key_hash
+from app.services.customers import customer_for_key_hash, register_customer
 from app.services.validation import string_field
 from app.services.webhooks import handle_event
 
@@ -37,10 +37,16 @@ def create_customer() -> tuple[dict[str, Any], int]:
     name = _required_string(body, "name", 200)
     api_key_hash = hash_api_key(_required_string(body, "api_key", 512))
     company = string_field(body, "company", 200, required=False)
-    stripe_id = create_stripe_customer(email, name, api_key_hash, company=company)
-    customer = customer_for_key_hash(api_key_hash)
-    assert customer is not None
-    return {"id": customer.id, "stripe_customer_id": stripe_id, "api_key_hash": api_key_hash}, 201
+    customer = register_customer(email, name, api_key_hash, company=company)
+    link = link_state(customer)
+    if link == PENDING:
+        request_link(customer)
+    return {
+        "id": customer.id,
+        "api_key_hash": api_key_hash,
+        "stripe_customer_id": customer.stripe_customer_id,
+        "stripe_link": link,
+    }, 201
 
 
 def _allowed_return_url(body: Any) -> str:

@@ -1,34 +1,83 @@
-"""Onboarding: a Stripe customer for an API key, linked by the key's hash."""
+"""Onboarding's Stripe half: a customer created here is linked to a Stripe customer.
+
+The customer is created locally first, so onboarding never waits on Stripe and
+works with no Stripe key at all (the embedded default): usage is metered from
+the first call. The link is made in the background (the ``billing.link_customer``
+task, retried until Stripe answers), and the daily report first links whoever is
+still unlinked, in case that task was never queued.
+"""
 
 from __future__ import annotations
 
+import logging
+
+from flask import current_app
+from sqlalchemy import select
+
 from app.billing.stripe_gateway import gateway
+from app.errors import BillingRejected, BillingUnavailable
 from app.extensions import db
 from app.models import BillingCustomer
-from app.services.customers import customer_for_key_hash, register_customer
+
+log = logging.getLogger("usage_billing.billing")
+
+LINK_TASK = "billing.link_customer"
+LINKED, PENDING, NOT_CONFIGURED = "linked", "pending", "not_configured"
 
 
-def create_stripe_customer(
-    email: str, name: str, api_key_hash: str, company: str | None = None
-) -> str:
-    """Create (once) the Stripe customer for a key hash and return its id.
+def stripe_configured() -> bool:
+    return bool(current_app.config["SETTINGS"].stripe_api_key)
 
-    Calling it again for the same key returns the existing id without calling
-    Stripe; a retry after a crash before our commit reuses the idempotency key,
-    so Stripe returns the customer it already made instead of a second one.
+
+def link_state(customer: BillingCustomer) -> str:
+    if customer.stripe_customer_id:
+        return LINKED
+    return PENDING if stripe_configured() else NOT_CONFIGURED
+
+
+def link_stripe_customer(customer: BillingCustomer) -> str:
+    """Create (once) the Stripe customer for a local one and return its id.
+
+    A retry after a crash before our commit reuses the idempotency key, so
+    Stripe returns the customer it already made instead of a second one.
     """
-    existing: BillingCustomer | None = customer_for_key_hash(api_key_hash)
-    if existing is not None and existing.stripe_customer_id:
-        return existing.stripe_customer_id
-    stripe_id = gateway().create_customer(
-        email=email,
-        name=name,
-        api_key_hash=api_key_hash,
-        idempotency_key=f"customer-{api_key_hash}",
+    if customer.stripe_customer_id:
+        return customer.stripe_customer_id
+    customer.stripe_customer_id = gateway().create_customer(
+        email=customer.email,
+        name=customer.name,
+        api_key_hash=customer.api_key_hash,
+        idempotency_key=f"customer-{customer.api_key_hash}",
     )
-    if existing is None:
-        register_customer(email, name, api_key_hash, company=company, stripe_customer_id=stripe_id)
-    else:
-        existing.stripe_customer_id = stripe_id
-        db.session.commit()
-    return stripe_id
+    db.session.commit()
+    return customer.stripe_customer_id
+
+
+def request_link(customer: BillingCustomer) -> None:
+    """Queue the link; a broker that is down only delays it to the next report."""
+    try:
+        current_app.extensions["celery"].send_task(LINK_TASK, args=[customer.id])
+    except Exception as exc:  # noqa: BLE001 - whatever the broker raised, onboarding stands
+        log.warning("could not queue the Stripe link of customer %s: %s", customer.id, exc)
+
+
+def link_unlinked_customers() -> tuple[int, int]:
+    """Link every active customer that has no Stripe customer yet: (linked, failed)."""
+    if not stripe_configured():
+        return 0, 0
+    unlinked = db.session.scalars(
+        select(BillingCustomer).where(
+            BillingCustomer.is_active.is_(True), BillingCustomer.stripe_customer_id.is_(None)
+        )
+    ).all()
+    linked = failed = 0
+    for customer in unlinked:
+        try:
+            link_stripe_customer(customer)
+        except (BillingUnavailable, BillingRejected) as exc:
+            db.session.rollback()
+            failed += 1
+            log.error("customer %s not linked to Stripe: %s", customer.id, exc)
+            continue
+        linked += 1
+    return linked, failed

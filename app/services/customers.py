@@ -6,6 +6,7 @@ import hmac
 
 from flask import Request
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from app.errors import AuthenticationError
 from app.extensions import db
@@ -20,21 +21,21 @@ def customer_for_key_hash(api_key_hash: str) -> BillingCustomer | None:
 
 
 def register_customer(
-    email: str,
-    name: str,
-    api_key_hash: str,
-    company: str | None = None,
-    stripe_customer_id: str | None = None,
+    email: str, name: str, api_key_hash: str, company: str | None = None
 ) -> BillingCustomer:
-    customer = BillingCustomer(
-        email=email,
-        name=name,
-        api_key_hash=api_key_hash,
-        company=company,
-        stripe_customer_id=stripe_customer_id,
-    )
+    """The customer for this key, created if new; registering a key again returns it."""
+    existing = customer_for_key_hash(api_key_hash)
+    if existing is not None:
+        return existing
+    customer = BillingCustomer(email=email, name=name, api_key_hash=api_key_hash, company=company)
     db.session.add(customer)
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:  # registered meanwhile by a concurrent request
+        db.session.rollback()
+        found = customer_for_key_hash(api_key_hash)
+        assert found is not None
+        return found
     return customer
 
 

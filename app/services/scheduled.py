@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import current_app
 
+from app.billing.customers import link_unlinked_customers
 from app.models import JobRun
 from app.models.jobs import FAILED
 from app.models.types import utcnow
@@ -45,6 +46,7 @@ def days_to_report(today: date) -> list[date]:
 def run_report(day: date | None = None, now: datetime | None = None) -> list[JobRun]:
     now = now or utcnow()
     days = [day] if day else days_to_report(now.date())
+    link_unlinked_customers()  # onboarded while Stripe was away: billed from today's report
     runs = []
     for each in days:
 
