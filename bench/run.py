@@ -703,6 +703,54 @@ def bench_cleanup(db_url: str, instance: Path, results: dict[str, Any]) -> None:
     }
 
 
+def bench_validation(results: dict[str, Any]) -> None:
+    """CPU per event of checking an event (API and worker each do it once) and of
+    pricing it by the source's rules, in this process: median of seven runs."""
+    import timeit
+
+    from app.pricing.catalog import bundled_prices
+    from app.services.prices import SEED_EFFECTIVE_FROM, PriceBook
+    from app.services.validation import EventLimits, validate_event
+
+    now = datetime.now(UTC)
+    limits = EventLimits(timedelta(days=35), timedelta(minutes=5), 8192)
+    bench_event = make_events(1, 0, now)[0]
+    metered = {
+        **bench_event,
+        "execution_id": uuid.uuid4().hex,
+        "execution_time": "1.25",
+        "metadata": {"http_status": 200, "path": "/v1/execute/code_generation"},
+    }
+
+    def per_event_us(action: Any) -> float:
+        runs = [timeit.timeit(action, number=20_000) / 20_000 * 1e6 for _ in range(7)]
+        return round(statistics.median(runs), 2)
+
+    from app.models import ModelPrice
+
+    rows = [
+        ModelPrice(
+            provider=provider,
+            model=model,
+            input_price=price.input,
+            output_price=price.output,
+            cache_read_price=price.cache_read,
+            rules=price.rules,
+            effective_from=SEED_EFFECTIVE_FROM,
+            source="bench",
+        )
+        for provider, model, price in bundled_prices()
+    ]
+    book = PriceBook(rows)
+    results["per_event_us"] = {
+        "validate_batch_event": per_event_us(lambda: validate_event(bench_event, now, limits)),
+        "validate_metered_event": per_event_us(lambda: validate_event(metered, now, limits)),
+        "price_by_rules": per_event_us(
+            lambda: book.cost("openai", "gpt-4o", now, 1000, 500, 200)
+        ),
+    }
+
+
 def main() -> int:
     from app.config import Settings
     from tests.conftest import create_database, drop_database  # the same fresh-database helpers
@@ -741,6 +789,7 @@ def main() -> int:
             env={**os.environ, "DATABASE_URL": db_url, "INSTANCE_DIR": str(instance)},
             check=True,
         )
+        bench_validation(results)
         bench_ingest(db_url, instance, results)
         bench_overhead(db_url, instance, results)
         if SCALE_EVENTS:
@@ -811,6 +860,16 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{cl['ratio']} ({cl['overlap']})",
                 ">= 0.8",
             ),
+        ]
+    per = results.get("per_event_us", {})
+    if per:
+        rows += [
+            (
+                "validate an event, batch / metered (us)",
+                f"{per['validate_batch_event']} / {per['validate_metered_event']}",
+                "",
+            ),
+            ("price an event by the source's rules (us)", per["price_by_rules"], ""),
         ]
     mem = results.get("memory_mb", {})
     if mem:

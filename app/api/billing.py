@@ -9,35 +9,25 @@ from urllib.parse import urlsplit
 from flask import Blueprint, current_app, request
 
 from app.api import json_body
+from app.api.schemas import CustomerCreate, PortalRequest
 from app.billing.customers import PENDING, link_state, request_link
 from app.billing.stripe_gateway import gateway, verify_webhook
 from app.errors import NotFound, ValidationError
 from app.models.types import utcnow
 from app.security import bearer_token, hash_api_key, require_token
 from app.services.customers import customer_for_key_hash, register_customer
-from app.services.validation import string_field
+from app.services.validation import parse
 from app.services.webhooks import handle_event
 
 billing = Blueprint("billing", __name__)
 
 
-def _required_string(body: Any, name: str, max_len: int = 320) -> str:
-    value = string_field(body, name, max_len)
-    assert value is not None  # required: a missing value raised
-    return value
-
-
 @billing.post("/v1/billing/customers")
 def create_customer() -> tuple[dict[str, Any], int]:
     require_token(request, current_app.config["SETTINGS"].admin_token, "admin")
-    body = json_body(request)
-    email = _required_string(body, "email")
-    if "@" not in email:
-        raise ValidationError("email is not an address", field="email")
-    name = _required_string(body, "name", 200)
-    api_key_hash = hash_api_key(_required_string(body, "api_key", 512))
-    company = string_field(body, "company", 200, required=False)
-    customer = register_customer(email, name, api_key_hash, company=company)
+    body = parse(CustomerCreate, json_body(request))
+    api_key_hash = hash_api_key(body.api_key)
+    customer = register_customer(body.email, body.name, api_key_hash, company=body.company)
     link = link_state(customer)
     if link == PENDING:
         request_link(customer)
@@ -50,7 +40,7 @@ def create_customer() -> tuple[dict[str, Any], int]:
 
 
 def _allowed_return_url(body: Any) -> str:
-    url = _required_string(body, "return_url", 2000)
+    url = parse(PortalRequest, body).return_url
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         raise ValidationError("return_url must be an absolute http(s) URL", field="return_url")

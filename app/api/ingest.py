@@ -7,10 +7,12 @@ from typing import Any
 from flask import Blueprint, current_app, request
 
 from app.api import json_body
-from app.errors import PayloadTooLarge, ValidationError
+from app.api.schemas import EventBatch
+from app.errors import PayloadTooLarge
 from app.metering import outbox_for
 from app.security import require_token
 from app.services.ingest import accept_batch
+from app.services.validation import parse
 
 ingest = Blueprint("ingest", __name__)
 
@@ -19,10 +21,7 @@ ingest = Blueprint("ingest", __name__)
 def post_events() -> tuple[dict[str, Any], int]:
     settings = current_app.config["SETTINGS"]
     require_token(request, settings.service_token, "service")
-    body = json_body(request)
-    events = body.get("events") if isinstance(body, dict) else None
-    if not isinstance(events, list) or not events:
-        raise ValidationError('"events" must be a non-empty list', field="events")
+    events = parse(EventBatch, json_body(request), whole="events").events
     if len(events) > settings.max_batch_events:
         raise PayloadTooLarge(
             f"at most {settings.max_batch_events} events per batch", field="events"

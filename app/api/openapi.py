@@ -1,7 +1,9 @@
 """``GET /openapi.json``: the OpenAPI 3.1 document of every endpoint.
 
-Written by hand next to the views it describes; a test checks that every
-registered route appears here, and schemathesis fuzzes the API from it.
+The paths are written here; every request shape is rendered from the pydantic
+model that validates it (``app/services/validation.py``, ``app/api/schemas.py``),
+so the two cannot drift. A test checks that every registered route appears
+here, and schemathesis fuzzes the API from it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint
+from pydantic import BaseModel
+
+from app.api.schemas import CustomerCreate, EventBatch, PortalRequest, UsageQuery
+from app.billing.stripe_gateway import StripeEvent
+from app.services.validation import EVENT_SCHEMA, EVENT_SHAPE
 
 openapi = Blueprint("openapi", __name__)
 
@@ -27,31 +34,37 @@ _ERROR = {
         }
     },
 }
-_EVENT = {
-    "type": "object",
-    "required": ["event_id", "api_key_hash", "provider", "model", "tokens_input", "tokens_output"],
-    "properties": {
-        "event_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
-        "api_key_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-        "provider": {"type": "string", "maxLength": 64},
-        "model": {"type": "string", "maxLength": 128},
-        "tokens_input": {"type": "integer", "minimum": 0, "maximum": 1_000_000_000},
-        "tokens_output": {"type": "integer", "minimum": 0, "maximum": 1_000_000_000},
-        "tokens_cache_read": {"type": "integer", "minimum": 0},
-        "timestamp": {"type": "string", "format": "date-time"},
-        "created_at": {
-            "type": "string",
-            "format": "date-time",
-            "description": "alias of timestamp; give one or the other",
-        },
-        "execution_id": {"type": "string", "maxLength": 128},
-        "task_type": {"type": "string", "maxLength": 64},
-        "status": {"type": "string", "maxLength": 32},
-        "execution_time": {"type": "number", "minimum": 0},
-        "metadata": {"type": "object"},
-    },
-    "additionalProperties": False,  # an unknown field is a 400 naming it
+# The request shapes, rendered from the models that validate them.
+_MODELS: dict[str, type[BaseModel]] = {
+    "EventBatch": EventBatch,
+    "CustomerCreate": CustomerCreate,
+    "PortalRequest": PortalRequest,
+    "UsageQuery": UsageQuery,
+    "StripeEvent": StripeEvent,
 }
+
+
+def _schemas() -> dict[str, Any]:
+    schemas: dict[str, Any] = {"Error": _ERROR, EVENT_SCHEMA: EVENT_SHAPE.json_schema()}
+    for name, model in _MODELS.items():
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
+    # A batch's items are validated one by one, as events: show them as such.
+    schemas["EventBatch"]["properties"]["events"]["items"] = _ref(EVENT_SCHEMA)
+    return schemas
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema()
+    return [
+        {"name": name, "in": "query", "required": name in schema["required"], "schema": prop}
+        for name, prop in schema["properties"].items()
+    ]
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -77,27 +90,14 @@ SPEC: dict[str, Any] = {
             "serviceToken": {"type": "http", "scheme": "bearer"},
             "adminToken": {"type": "http", "scheme": "bearer"},
         },
-        "schemas": {"Error": _ERROR, "UsageEvent": _EVENT},
+        "schemas": _schemas(),
     },
     "paths": {
         "/v1/usage/events": {
             "post": {
                 "summary": "Record a batch of usage events",
                 "security": [{"serviceToken": []}],
-                "requestBody": _json_body(
-                    {
-                        "type": "object",
-                        "required": ["events"],
-                        "properties": {
-                            "events": {
-                                "type": "array",
-                                "minItems": 1,
-                                "maxItems": 1000,
-                                "items": {"$ref": "#/components/schemas/UsageEvent"},
-                            }
-                        },
-                    }
-                ),
+                "requestBody": _json_body(_ref("EventBatch")),
                 "responses": {
                     "202": _ok("per-event results: accepted, duplicate or rejected"),
                     **_errors(400, 401, 403, 413, 415),
@@ -108,15 +108,7 @@ SPEC: dict[str, Any] = {
             "get": {
                 "summary": "The caller's usage, totals and per day and model",
                 "security": [{"apiKey": []}],
-                "parameters": [
-                    {
-                        "name": n,
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "string", "format": "date"},
-                    }
-                    for n in ("start_date", "end_date")
-                ],
+                "parameters": _query_parameters(UsageQuery),
                 "responses": {"200": _ok("usage"), **_errors(400, 401, 503)},
             }
         },
@@ -124,13 +116,7 @@ SPEC: dict[str, Any] = {
             "post": {
                 "summary": "A Stripe billing portal session for the caller",
                 "security": [{"apiKey": []}],
-                "requestBody": _json_body(
-                    {
-                        "type": "object",
-                        "required": ["return_url"],
-                        "properties": {"return_url": {"type": "string", "format": "uri"}},
-                    }
-                ),
+                "requestBody": _json_body(_ref("PortalRequest")),
                 "responses": {
                     "200": _ok(
                         "session", {"type": "object", "properties": {"url": {"type": "string"}}}
@@ -143,18 +129,7 @@ SPEC: dict[str, Any] = {
             "post": {
                 "summary": "Onboard a customer (admin)",
                 "security": [{"adminToken": []}],
-                "requestBody": _json_body(
-                    {
-                        "type": "object",
-                        "required": ["email", "name", "api_key"],
-                        "properties": {
-                            "email": {"type": "string", "format": "email"},
-                            "name": {"type": "string"},
-                            "api_key": {"type": "string"},
-                            "company": {"type": "string"},
-                        },
-                    }
-                ),
+                "requestBody": _json_body(_ref("CustomerCreate")),
                 "responses": {"201": _ok("created"), **_errors(400, 401, 403, 415, 502, 503)},
             }
         },
@@ -169,7 +144,7 @@ SPEC: dict[str, Any] = {
                         "schema": {"type": "string"},
                     }
                 ],
-                "requestBody": _json_body({"type": "object"}),
+                "requestBody": _json_body(_ref("StripeEvent")),
                 "responses": {"200": _ok("processed or duplicate"), **_errors(400, 503)},
             }
         },

@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
-import re
-from datetime import date
 from typing import Any
 
 from flask import Blueprint, current_app, request
 
+from app.api.schemas import UsageQuery
 from app.errors import ValidationError
 from app.services.customers import authenticate_customer
 from app.services.usage import usage_between
+from app.services.validation import parse
 
 usage = Blueprint("usage", __name__)
 
 
-_CALENDAR_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # not ISO's week or ordinal dates
-
-
-def _date_param(name: str) -> date:
-    values = request.args.getlist(name)
-    if len(values) > 1:
-        raise ValidationError(f"{name} is given more than once", field=name)
-    raw = values[0] if values else ""
-    if not raw:
-        raise ValidationError(f"{name} is required (YYYY-MM-DD)", field=name)
-    try:
-        if not _CALENDAR_DATE.fullmatch(raw):
-            raise ValueError(raw)
-        return date.fromisoformat(raw)
-    except ValueError as exc:
-        raise ValidationError(f"{name} must be a date as YYYY-MM-DD", field=name) from exc
+def _query() -> UsageQuery:
+    """The query, each parameter given once (a repeated one is a 400, not "first wins")."""
+    given = request.args.to_dict(flat=False)
+    for name, values in given.items():
+        if len(values) > 1:
+            raise ValidationError(f"{name} is given more than once", field=name)
+    return parse(UsageQuery, {name: values[0] for name, values in given.items()}, whole="query")
 
 
 @usage.get("/v1/billing/usage")
 def get_usage() -> dict[str, Any]:
     customer = authenticate_customer(request)
-    start, end = _date_param("start_date"), _date_param("end_date")
+    query = _query()
+    start, end = query.start_date, query.end_date
     if end < start:
         raise ValidationError("end_date is before start_date", field="end_date")
     limit = current_app.config["SETTINGS"].max_usage_range_days

@@ -17,13 +17,15 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import stripe
 from flask import current_app
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 
 from app.config import Settings
 from app.errors import BillingRejected, BillingUnavailable, Conflict, ValidationError
+from app.services.validation import parse
 
 log = logging.getLogger("usage_billing.stripe")
 T = TypeVar("T")
@@ -146,7 +148,7 @@ def gateway() -> StripeGateway:
     return extensions["stripe_gateway"]
 
 
-def verify_webhook(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
+def verify_webhook(payload: bytes, signature: str | None, secret: str) -> StripeEvent:
     """The event Stripe signed, or a 400: no signature, a bad one, or one older than 5 minutes.
 
     The timestamp tolerance refuses a replay of an old delivery; a replay inside
@@ -168,31 +170,24 @@ def verify_webhook(payload: bytes, signature: str | None, secret: str) -> dict[s
         RecursionError,
     ) as exc:
         raise ValidationError("invalid Stripe signature", field="Stripe-Signature") from exc
-    if not isinstance(event, dict):
-        raise ValidationError("not a Stripe event", field="body")
-    _check_event_shape(event)
-    return event
+    return parse(StripeEvent, event)
 
 
-_MAX_EVENT_FIELD = 100  # the length stripe_webhook_events keeps for an id and a type
 _END_OF_CALENDAR = 253402300800  # 10000-01-01 in Unix seconds: later ones are no datetime
 
 
-def _check_event_shape(event: dict[str, Any]) -> None:
-    """A signed event is still checked before use: a 400 naming the field, never a 500."""
-    for name in ("id", "type"):
-        value = event.get(name)
-        if not isinstance(value, str) or not 0 < len(value) <= _MAX_EVENT_FIELD:
-            raise ValidationError(
-                f"{name} must be a string of at most {_MAX_EVENT_FIELD} characters", field=name
-            )
-    created = event.get("created")
-    if (
-        isinstance(created, bool)
-        or not isinstance(created, int)
-        or not 0 <= created < _END_OF_CALENDAR
-    ):
-        raise ValidationError("created must be a Unix timestamp in seconds", field="created")
-    data = event.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("object", {}), dict):
-        raise ValidationError("data must be an object holding an object", field="data")
+class StripeEventData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    object: dict[str, Any] = {}
+
+
+class StripeEvent(BaseModel):
+    """The fields of a signed Stripe event that we read; Stripe's others are kept as sent."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: Annotated[StrictStr, StringConstraints(min_length=1, max_length=100)]
+    type: Annotated[StrictStr, StringConstraints(min_length=1, max_length=100)]
+    created: Annotated[StrictInt, Field(ge=0, lt=_END_OF_CALENDAR)]
+    data: StripeEventData

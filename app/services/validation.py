@@ -1,48 +1,46 @@
-"""Validating one usage event: the same rules for the HTTP API and the worker.
+"""Request shapes, declared once as pydantic models: validation and the OpenAPI document.
 
-The API rejects bad events with a 4xx naming the field; the worker re-checks
-(events from the middleware never passed the API) and parks a bad one in
-``rejected_events`` instead of failing its batch.
+``EventShape`` is one usage event, checked by ``validate_event`` at the API (a
+4xx naming the field) and again at the worker (events from the middleware never
+passed the API; a bad one is parked). ``/openapi.json`` renders the same shapes
+(``app/api/openapi.py``), so the document and the checks cannot drift: an
+unknown field is refused here, and the document says so.
+
+``parse`` turns pydantic's errors into the service's one error shape. Checks
+that need the time or the settings (an event's age, the size of its metadata)
+read them from the validation context and raise ``app.errors.ValidationError``
+themselves, which pydantic lets through unchanged.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, NotRequired, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    TypeAdapter,
+    ValidationInfo,
+)
+from pydantic import ValidationError as PydanticError
+from typing_extensions import TypedDict
 
 from app.errors import ValidationError
 
 MAX_TOKENS = 10**9  # far above any context window; rejects counter overflows
-_HASH = re.compile(r"^[0-9a-f]{64}$")
-_EVENT_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+EVENT_SCHEMA = "UsageEvent"  # the name /openapi.json gives an event's shape
 _MAX_METADATA_DEPTH = 5
-
-
-# What an event may hold (the fields of ``EventIn.to_message``), and the original
-# design's name for its time, taken as ``timestamp``.
-EVENT_FIELDS = frozenset(
-    {
-        "event_id",
-        "api_key_hash",
-        "provider",
-        "model",
-        "tokens_input",
-        "tokens_output",
-        "tokens_cache_read",
-        "timestamp",
-        "execution_id",
-        "task_type",
-        "status",
-        "execution_time",
-        "metadata",
-        "created_at",
-    }
-)
-TIMESTAMP_ALIAS = "created_at"
+Model = TypeVar("Model", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -52,10 +50,171 @@ class EventLimits:
     max_metadata_bytes: int
 
 
+def parse(
+    shape: type[Model] | TypeAdapter[Any], data: Any, context: Any = None, whole: str = "body"
+) -> Any:
+    """``data`` as ``shape``, or a ``ValidationError`` naming the first field at fault.
+
+    ``whole`` names the field when the data itself is wrong (not an object).
+    """
+    try:
+        if isinstance(shape, TypeAdapter):
+            return shape.validate_python(data, context=context)
+        return shape.model_validate(data, context=context)
+    except PydanticError as exc:
+        first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+        field = str(first["loc"][0]) if first["loc"] else whole
+        raise ValidationError(f"{field}: {first['msg']}", field=field) from None
+
+
+# -- Field types shared by every shape -------------------------------------------------
+def _printable(value: str, info: ValidationInfo) -> str:
+    """PostgreSQL refuses NUL in text, and control or bidi characters only ever mislead."""
+    if not value.isprintable():
+        raise ValidationError(
+            f"{info.field_name} must be printable characters", field=info.field_name
+        )
+    return value
+
+
+def trimmed(max_length: int) -> Any:
+    """A trimmed, non-empty string; whether it is printable is the caller's to check."""
+    return Annotated[
+        StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length)
+    ]
+
+
+def text(max_length: int) -> Any:
+    """A trimmed, non-empty string of printable characters."""
+    return Annotated[trimmed(max_length), AfterValidator(_printable)]
+
+
+Tokens = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
+
+
+def _seconds(value: Any) -> Decimal | None:
+    """A number of seconds, also as a decimal string; never NaN or Infinity."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValidationError("execution_time must be a number of seconds", field="execution_time")
+    try:
+        seconds = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise ValidationError("execution_time must be a number", field="execution_time") from exc
+    if not seconds.is_finite() or not 0 <= seconds < 10**8:
+        raise ValidationError("execution_time must be between 0 and 10^8", field="execution_time")
+    return seconds.quantize(Decimal("0.001"))
+
+
+def _check_nesting(value: Any) -> None:
+    """Refuse metadata nested past ``_MAX_METADATA_DEPTH``, or with an integer past 64 bits.
+
+    Walked with a stack, not recursion, and stopped at the first level too deep:
+    a body nested a thousand levels is a 400, never a ``RecursionError``. Events
+    travel to the worker as orjson (app/wire.py), which reads an integer past 64
+    bits back as a float: it would not be stored as sent.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            if level > _MAX_METADATA_DEPTH:
+                raise ValidationError(
+                    f"metadata nests deeper than {_MAX_METADATA_DEPTH} levels", field="metadata"
+                )
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+        elif isinstance(item, int) and not -(2**63) <= item < 2**64:
+            raise ValidationError("metadata numbers must fit in 64 bits", field="metadata")
+
+
+def _metadata(value: dict[str, Any] | None, limits: EventLimits) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    _check_nesting(value)
+    try:  # NaN and Infinity parse in Python but PostgreSQL's json refuses them
+        size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+    except ValueError as exc:
+        raise ValidationError(
+            "metadata must be plain JSON (no NaN or Infinity)", field="metadata"
+        ) from exc
+    if size > limits.max_metadata_bytes:
+        raise ValidationError(
+            f"metadata is larger than {limits.max_metadata_bytes} bytes", field="metadata"
+        )
+    return value
+
+
+def _instant(value: str, field: str, now: datetime, limits: EventLimits) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValidationError(f"{field} must be ISO 8601", field=field) from exc
+    if parsed.tzinfo is None:
+        raise ValidationError(f"{field} must carry a UTC offset", field=field)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError as exc:  # 0001-01-01 at +14:00 is before the calendar's start
+        raise ValidationError(f"{field} is outside the calendar", field=field) from exc
+    if parsed > now + limits.max_future:
+        raise ValidationError(f"{field} is in the future", field=field)
+    if parsed < now - limits.max_age:
+        raise ValidationError(f"{field} is older than {limits.max_age.days} days", field=field)
+    return parsed
+
+
+# -- One usage event ---------------------------------------------------------------------
+class EventShape(TypedDict):
+    """One metered call: its fields, types and bounds, checked by pydantic's compiled core.
+
+    What JSON Schema cannot say is checked after it, in ``validate_event``: text
+    is printable, cached tokens are part of the input, the time is within the
+    accepted window, the metadata is small, shallow and plain JSON.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid", title=EVENT_SCHEMA)  # type: ignore[misc]
+
+    event_id: Annotated[
+        StrictStr, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9._:\-]{1,128}$")
+    ]
+    api_key_hash: Annotated[
+        StrictStr,
+        StringConstraints(pattern=r"^[0-9a-f]{64}$"),
+        Field(description="the lower-case SHA-256 hex of the API key, never the key"),
+    ]
+    provider: trimmed(64)
+    model: trimmed(128)
+    tokens_input: Tokens
+    tokens_output: Tokens
+    tokens_cache_read: NotRequired[
+        Annotated[Tokens | None, Field(description="cached input tokens, at most tokens_input")]
+    ]
+    timestamp: NotRequired[
+        Annotated[
+            StrictStr | None,
+            Field(description="ISO 8601 with a UTC offset; the time of receipt when absent"),
+        ]
+    ]
+    created_at: NotRequired[
+        Annotated[StrictStr | None, Field(description="alias of timestamp; give one or the other")]
+    ]
+    execution_id: NotRequired[trimmed(128) | None]
+    task_type: NotRequired[trimmed(64) | None]
+    status: NotRequired[Annotated[trimmed(32) | None, Field(description='"success" when absent')]]
+    execution_time: NotRequired[
+        Annotated[StrictInt | StrictFloat | StrictStr | None, Field(description="seconds, ≥ 0")]
+    ]
+    metadata: NotRequired[Annotated[dict[str, Any] | None, Field(description="at most 5 levels")]]
+
+
+EVENT_SHAPE = TypeAdapter(EventShape)
+_TEXT_FIELDS = ("provider", "model", "execution_id", "task_type", "status")
+
+
 class EventIn(NamedTuple):
-    """A valid event. A tuple, not a frozen dataclass: built twice per event (API and
-    worker), and a frozen dataclass's ``__init__`` took a quarter of validation.
-    Built positionally: keywords cost a NamedTuple twice as much."""
+    """A valid event. A tuple, not a model instance: built twice per event (API and
+    worker) and read by position on the worker's hot path."""
 
     event_id: str
     api_key_hash: str
@@ -91,176 +250,49 @@ class EventIn(NamedTuple):
         }
 
 
-def string_field(raw: Any, name: str, max_len: int, required: bool = True) -> str | None:
-    """A trimmed string of printable characters, or a 400 naming the field.
-
-    Shared by every JSON body we take: PostgreSQL refuses NUL in text, and
-    control or bidi characters in a name only ever mislead.
-    """
-    value = raw.get(name) if isinstance(raw, dict) else None
-    if value is None:
-        if required:
-            raise ValidationError(f"{name} is required", field=name)
-        return None
-    stripped = value.strip() if isinstance(value, str) else ""
-    if not stripped:
-        raise ValidationError(f"{name} must be a non-empty string", field=name)
-    if len(value) > max_len or not value.isprintable():
-        raise ValidationError(f"{name} must be at most {max_len} printable characters", field=name)
-    return stripped
-
-
-def _tokens(raw: dict[str, Any], name: str, required: bool = True) -> int:
-    value = raw.get(name)
-    if value is None and not required:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(f"{name} must be an integer", field=name)
-    if not 0 <= value <= MAX_TOKENS:
-        raise ValidationError(f"{name} must be between 0 and {MAX_TOKENS}", field=name)
-    return value
-
-
-def _timestamp(raw: dict[str, Any], now: datetime, limits: EventLimits) -> tuple[datetime, str]:
-    """The instant and its ISO text: the text as sent, which any reader parses to
-    the same instant, or ``now``'s when the event has none."""
-    value = raw.get("timestamp")
-    if value is None:
-        return now, now.isoformat()
-    if not isinstance(value, str):
-        raise ValidationError("timestamp must be an ISO 8601 string", field="timestamp")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ValidationError("timestamp must be ISO 8601", field="timestamp") from exc
-    if parsed.tzinfo is None:
-        raise ValidationError("timestamp must carry a UTC offset", field="timestamp")
-    try:
-        parsed = parsed.astimezone(UTC)
-    except OverflowError as exc:  # 0001-01-01 at +14:00 is before the calendar's start
-        raise ValidationError("timestamp is outside the calendar", field="timestamp") from exc
-    if parsed > now + limits.max_future:
-        raise ValidationError("timestamp is in the future", field="timestamp")
-    if parsed < now - limits.max_age:
+def _when(event: dict[str, Any], now: datetime, limits: EventLimits) -> tuple[datetime, str]:
+    """The instant and its ISO text (as sent, or ``now``'s when the event has none)."""
+    timestamp, alias = event.get("timestamp"), event.get("created_at")
+    if timestamp is not None and alias is not None:
         raise ValidationError(
-            f"timestamp is older than {limits.max_age.days} days", field="timestamp"
+            "give the event's time once, as timestamp (created_at is its alias)",
+            field="created_at",
         )
-    return parsed, value
-
-
-def _check_nesting(value: dict[str, Any]) -> None:
-    """Refuse metadata nested past ``_MAX_METADATA_DEPTH``, or with an integer past 64 bits.
-
-    Walked with a stack, not recursion, and stopped at the first level too deep:
-    a body nested a thousand levels must be a 400, never a ``RecursionError``.
-    Events travel to the worker as orjson (app/wire.py), which reads an integer
-    past 64 bits back as a float: it would not be stored as sent.
-    """
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            if level > _MAX_METADATA_DEPTH:
-                raise ValidationError(
-                    f"metadata nests deeper than {_MAX_METADATA_DEPTH} levels", field="metadata"
-                )
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level + 1) for child in children)
-        elif isinstance(item, int) and not -(2**63) <= item < 2**64:
-            raise ValidationError("metadata numbers must fit in 64 bits", field="metadata")
-
-
-def _metadata(raw: dict[str, Any], limits: EventLimits) -> dict[str, Any] | None:
-    value = raw.get("metadata")
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValidationError("metadata must be an object", field="metadata")
-    _check_nesting(value)
-    try:  # NaN and Infinity parse in Python but PostgreSQL's json refuses them
-        size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"))
-    except ValueError as exc:
-        raise ValidationError(
-            "metadata must be plain JSON (no NaN or Infinity)", field="metadata"
-        ) from exc
-    if size > limits.max_metadata_bytes:
-        raise ValidationError(
-            f"metadata is larger than {limits.max_metadata_bytes} bytes", field="metadata"
-        )
-    return value
-
-
-def _execution_time(raw: dict[str, Any]) -> Decimal | None:
-    value = raw.get("execution_time")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
-        raise ValidationError("execution_time must be a number of seconds", field="execution_time")
-    try:
-        seconds = Decimal(str(value))
-    except InvalidOperation as exc:
-        raise ValidationError("execution_time must be a number", field="execution_time") from exc
-    if not seconds.is_finite() or not 0 <= seconds < 10**8:
-        raise ValidationError("execution_time must be between 0 and 10^8", field="execution_time")
-    return seconds.quantize(Decimal("0.001"))
-
-
-def _known_fields(raw: dict[str, Any]) -> dict[str, Any]:
-    """The event with ``created_at`` read as ``timestamp``; an unknown field is a 400.
-
-    A field we do not store must not be dropped silently: a client that names
-    the event's time differently would have its event dated now.
-    """
-    unknown = raw.keys() - EVENT_FIELDS
-    if unknown:
-        names = sorted(unknown)
-        raise ValidationError(f"unknown field(s): {json.dumps(names)[1:-1]}", field=names[0])
-    if TIMESTAMP_ALIAS in raw:
-        if "timestamp" in raw:
-            raise ValidationError(
-                "give the event's time once, as timestamp (created_at is its alias)",
-                field=TIMESTAMP_ALIAS,
-            )
-        raw = {**raw, "timestamp": raw[TIMESTAMP_ALIAS]}
-    return raw
+    if alias is not None:
+        return _instant(alias, "created_at", now, limits), alias
+    if timestamp is not None:
+        return _instant(timestamp, "timestamp", now, limits), timestamp
+    return now, now.isoformat()
 
 
 def validate_event(raw: Any, now: datetime, limits: EventLimits) -> EventIn:
-    if not isinstance(raw, dict):
-        raise ValidationError("each event must be a JSON object", field="event")
-    raw = _known_fields(raw)
-    event_id = string_field(raw, "event_id", 128)
-    assert event_id is not None
-    if not _EVENT_ID.match(event_id):
-        raise ValidationError("event_id may use letters, digits and . _ : -", field="event_id")
-    api_key_hash = raw.get("api_key_hash")
-    if not isinstance(api_key_hash, str) or not _HASH.match(api_key_hash):
-        raise ValidationError(
-            "api_key_hash must be the lower-case SHA-256 hex of the API key", field="api_key_hash"
-        )
-    tokens_input = _tokens(raw, "tokens_input")
-    tokens_cache_read = _tokens(raw, "tokens_cache_read", required=False)
+    """One event, or a ``ValidationError`` naming its first field at fault."""
+    event = parse(EVENT_SHAPE, raw, whole="event")
+    get = event.get
+    for name in _TEXT_FIELDS:
+        value = get(name)
+        if value is not None and not value.isprintable():
+            raise ValidationError(f"{name} must be printable characters", field=name)
+    tokens_input = event["tokens_input"]
+    tokens_cache_read = get("tokens_cache_read") or 0
     if tokens_cache_read > tokens_input:
         raise ValidationError(
             "tokens_cache_read cannot exceed tokens_input", field="tokens_cache_read"
         )
-    provider = string_field(raw, "provider", 64) or ""
-    model = string_field(raw, "model", 128) or ""
-    tokens_output = _tokens(raw, "tokens_output")
-    created_at, timestamp = _timestamp(raw, now, limits)
+    created_at, timestamp = _when(event, now, limits)
     return EventIn(
-        event_id,
-        api_key_hash,
-        provider,
-        model,
+        event["event_id"],
+        event["api_key_hash"],
+        event["provider"],
+        event["model"],
         tokens_input,
-        tokens_output,
+        event["tokens_output"],
         tokens_cache_read,
         created_at,
         timestamp,
-        string_field(raw, "execution_id", 128, required=False),
-        string_field(raw, "task_type", 64, required=False),
-        string_field(raw, "status", 32, required=False) or "success",
-        _execution_time(raw),
-        _metadata(raw, limits),
+        get("execution_id"),
+        get("task_type"),
+        get("status") or "success",
+        _seconds(get("execution_time")),
+        _metadata(get("metadata"), limits),
     )

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from app.billing.stripe_gateway import StripeEvent
 from app.extensions import db
 from app.models import BillingCustomer, StripeWebhookEvent
 
@@ -32,15 +33,15 @@ def _apply(event_type: str, obj: dict[str, Any]) -> None:
         customer.payment_status = _PAYMENT_STATUS[event_type]
 
 
-def handle_event(event: dict[str, Any]) -> bool:
+def handle_event(event: StripeEvent) -> bool:
     """Apply a verified event; False when this event id was already handled."""
-    created = datetime.fromtimestamp(event["created"], UTC)  # its shape checked on receipt
-    db.session.add(StripeWebhookEvent(id=event["id"], type=event["type"], created=created))
+    created = datetime.fromtimestamp(event.created, UTC)
+    db.session.add(StripeWebhookEvent(id=event.id, type=event.type, created=created))
     try:
         db.session.flush()
     except IntegrityError:
         db.session.rollback()
         return False
-    _apply(event["type"], event["data"].get("object") or {})
+    _apply(event.type, event.data.object)
     db.session.commit()
     return True
