@@ -745,9 +745,7 @@ def bench_validation(results: dict[str, Any]) -> None:
     results["per_event_us"] = {
         "validate_batch_event": per_event_us(lambda: validate_event(bench_event, now, limits)),
         "validate_metered_event": per_event_us(lambda: validate_event(metered, now, limits)),
-        "price_by_rules": per_event_us(
-            lambda: book.cost("openai", "gpt-4o", now, 1000, 500, 200)
-        ),
+        "price_by_rules": per_event_us(lambda: book.cost("openai", "gpt-4o", now, 1000, 500, 200)),
     }
 
 
