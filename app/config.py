@@ -61,9 +61,11 @@ class Settings:
     meter_batch_size: int = 2000
     meter_flush_ms: int = 200
     meter_spool_dir: str = ""
-    # A published batch with no receipt after this long is sent again. Longer than
-    # the broker's visibility timeout, which redelivers a dead worker's messages itself.
-    meter_redeliver_after_seconds: int = 300
+    # A published batch with no receipt after this long is sent again: Redis hands a
+    # message over by popping it, so one popped by a worker that lost its connection
+    # at that moment is gone. Longer than the broker's visibility timeout plus a
+    # retry's countdown, which bring back every message Redis still holds.
+    meter_redeliver_after_seconds: int = 180
     # With Redis, a batch's events wait beside its message (app/batch_store.py) and are
     # deleted once recorded; this expiry only clears what a failed delete left.
     meter_batch_ttl_seconds: int = 7 * 24 * 3600

@@ -28,6 +28,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# Persistent, as production's Redis is (docker-compose.yml; a test keeps the two
+# equal): a stopped broker keeps the messages it had accepted.
+REDIS_PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "always")
+
+
 class RedisServer:
     """A private redis-server we may stop and start without touching the shared one."""
 
@@ -46,12 +51,7 @@ class RedisServer:
                 "127.0.0.1",
                 "--save",
                 "",
-                # Persistent, as production's Redis must be (docker-compose.yml):
-                # a stopped broker keeps the messages it had accepted.
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
+                *REDIS_PERSISTENCE,
                 "--dir",
                 str(self.workdir),
             ],

@@ -39,6 +39,7 @@ from app.services.scheduled import (
 from tests.conftest import project_root, wait_for
 from tests.fake_stripe import FakeStripe
 from tests.helpers import count_events, event
+from tests.processes import REDIS_PERSISTENCE
 
 NOW = datetime(2026, 11, 20, 2, 0, 5, tzinfo=UTC)
 
@@ -412,6 +413,8 @@ def test_workflow_and_compose_files_parse_and_run_commands_the_project_has(app: 
     root = project_root()
     compose = yaml.safe_load((root / "docker-compose.yml").read_text())
     assert {"postgres", "redis", "api", "worker", "beat", "flower"} <= set(compose["services"])
+    redis_command = " ".join(compose["services"]["redis"]["command"])
+    assert " ".join(REDIS_PERSISTENCE) in redis_command  # the fault tests' broker is production's
     makefile = (root / "Makefile").read_text()
     for name in ("api", "worker", "beat", "flower"):
         command = compose["services"][name]["command"]
