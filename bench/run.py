@@ -709,7 +709,7 @@ def bench_validation(results: dict[str, Any]) -> None:
     import timeit
 
     from app.pricing.catalog import bundled_prices
-    from app.services.prices import SEED_EFFECTIVE_FROM, PriceBook
+    from app.services.prices import SEED_EFFECTIVE_FROM, PriceBook, price_row
     from app.services.validation import EventLimits, validate_event
 
     now = datetime.now(UTC)
@@ -726,22 +726,7 @@ def bench_validation(results: dict[str, Any]) -> None:
         runs = [timeit.timeit(action, number=20_000) / 20_000 * 1e6 for _ in range(7)]
         return round(statistics.median(runs), 2)
 
-    from app.models import ModelPrice
-
-    rows = [
-        ModelPrice(
-            provider=provider,
-            model=model,
-            input_price=price.input,
-            output_price=price.output,
-            cache_read_price=price.cache_read,
-            rules=price.rules,
-            effective_from=SEED_EFFECTIVE_FROM,
-            source="bench",
-        )
-        for provider, model, price in bundled_prices()
-    ]
-    book = PriceBook(rows)
+    book = PriceBook([price_row(*version, SEED_EFFECTIVE_FROM) for version in bundled_prices()])
     results["per_event_us"] = {
         "validate_batch_event": per_event_us(lambda: validate_event(bench_event, now, limits)),
         "validate_metered_event": per_event_us(lambda: validate_event(metered, now, limits)),

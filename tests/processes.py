@@ -232,36 +232,15 @@ class PrivatePostgres:
         self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "-A", "trust", "-E", "UTF8")
         return self
 
-    def _options(self) -> str:
-        return f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1"
+    def _pg_ctl(self, *action: str) -> None:
+        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1"
+        self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.log), "-o", options, *action)
 
     def start(self) -> None:
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.datadir),
-            "-l",
-            str(self.log),
-            "-o",
-            self._options(),
-            "-w",
-            "start",
-        )
+        self._pg_ctl("-w", "start")
 
     def restart(self) -> None:
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.datadir),
-            "-l",
-            str(self.log),
-            "-o",
-            self._options(),
-            "-m",
-            "fast",
-            "-w",
-            "restart",
-        )
+        self._pg_ctl("-m", "fast", "-w", "restart")
 
     def stop(self) -> None:
         try:

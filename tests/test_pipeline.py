@@ -502,3 +502,44 @@ def test_event_rows_carry_every_column_of_usage_events() -> None:
 
     columns = [c.name for c in UsageEvent.__table__.columns if c.name != "id"]
     assert sorted(EventRow._fields) == sorted(columns)
+
+
+def test_a_receipt_found_without_its_events_does_not_stop_them_being_recorded(
+    app: Flask,
+) -> None:
+    """What the shared-socket bug left behind: a receipt committed without its
+    events. The batch's redelivery checks the receipt against the events and
+    records the missing ones instead of skipping the batch."""
+    from app.models import IngestBatch
+
+    sent = [event(), event()]
+    with app.app_context():
+        db.session.add(IngestBatch(batch_id="orphan-receipt-0", events=len(sent)))
+        db.session.commit()
+        result = record_events(sent, batch_id="orphan-receipt-0")
+    assert not result.already_recorded and result.inserted == 2
+    assert all(count_events(app, event_id=e["event_id"]) == 1 for e in sent)
+    with app.app_context():  # and now the receipt holds: the next redelivery skips
+        assert record_events(sent, batch_id="orphan-receipt-0").already_recorded
+
+
+def test_a_batch_whose_events_are_not_all_stored_commits_no_receipt(
+    app: Flask, monkeypatch
+) -> None:
+    """A write that reports fewer rows than the batch holds, with the rest not
+    stored before either: the transaction is rolled back, receipt included, and
+    the batch is retried (here: run again) until every event is there."""
+    from app.errors import LedgerMismatch
+    from app.models.ledger import Written
+    from app.services import recording
+
+    sent = [event(), event(), event()]
+    monkeypatch.setattr(recording, "insert_events", lambda rows: Written(1, 0))
+    with app.app_context(), pytest.raises(LedgerMismatch):
+        record_events(sent, batch_id="short-batch-0")
+    monkeypatch.undo()
+    with app.app_context():
+        db.session.rollback()
+        assert recorded_batches(["short-batch-0"]) == set()
+        assert record_events(sent, batch_id="short-batch-0").inserted == 3
+        assert recorded_batches(["short-batch-0"]) == {"short-batch-0"}

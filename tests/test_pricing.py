@@ -20,7 +20,7 @@ from app.pricing.catalog import (
     parse_price_list,
 )
 from app.pricing.cost import TokenPrice, cost_of, to_money
-from app.services.prices import SEED_EFFECTIVE_FROM, PriceBook
+from app.services.prices import SEED_EFFECTIVE_FROM, PriceBook, price_row
 from app.services.recording import record_events
 from tests.conftest import measured
 from tests.helpers import event
@@ -137,18 +137,8 @@ def test_money_survives_the_database_exactly(app: Flask) -> None:
 
 def _bundled(provider: str, model: str) -> PriceBook:
     """A price book holding the source's rules for one model, in force since 2000."""
-    [rules] = [p.rules for pr, m, p in bundled_prices() if (pr, m) == (provider, model)]
-    row = ModelPrice(
-        provider=provider,
-        model=model,
-        input_price=Decimal(0),
-        output_price=Decimal(0),
-        cache_read_price=None,
-        rules=rules,
-        effective_from=SEED_EFFECTIVE_FROM,
-        source="test",
-    )
-    return PriceBook([row])
+    [price] = [p for pr, m, p in bundled_prices() if (pr, m) == (provider, model)]
+    return PriceBook([price_row(provider, model, price, SEED_EFFECTIVE_FROM)])
 
 
 @pytest.mark.parametrize(

@@ -296,12 +296,13 @@ def _insert_postgresql(rows: list[EventRow]) -> Written:
         raise DBAPIError.instance(sql.copy, None, exc, psycopg2.Error) from exc
     try:
         with db.session.begin_nested():
-            db.session.execute(sql.append)
+            appended = db.session.execute(sql.append).rowcount
     except IntegrityError:
         result = db.session.execute(sql.merge).one()
         return Written(inserted=result.inserted, unpriced=result.unpriced)
     db.session.execute(sql.roll_up)
-    return Written(inserted=len(rows), unpriced=sum(row.pricing_status == UNPRICED for row in rows))
+    # As PostgreSQL counted them: the caller checks it against the batch.
+    return Written(inserted=appended, unpriced=sum(row.pricing_status == UNPRICED for row in rows))
 
 
 # -- Any database: INSERT … RETURNING, rollup summed here -----------------------------------

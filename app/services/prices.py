@@ -65,6 +65,20 @@ def _as_price(row: ModelPrice) -> TokenPrice:
     )
 
 
+def price_row(provider: str, model: str, price: TokenPrice, effective_from: datetime) -> ModelPrice:
+    """The ``model_prices`` row of a price version."""
+    return ModelPrice(
+        provider=provider,
+        model=model,
+        input_price=price.input,
+        output_price=price.output,
+        cache_read_price=price.cache_read,
+        rules=price.rules,
+        effective_from=effective_from,
+        source=price.source,
+    )
+
+
 def _current_prices() -> dict[tuple[str, str], TokenPrice]:
     current: dict[tuple[str, str], TokenPrice] = {}
     for row in db.session.scalars(select(ModelPrice).order_by(ModelPrice.effective_from)):
@@ -107,18 +121,7 @@ def refresh_prices(source_url: str = "", now: datetime | None = None) -> Refresh
         known = current.get((provider, model))
         if known is not None and not price.differs_from(known):
             continue
-        db.session.add(
-            ModelPrice(
-                provider=provider,
-                model=model,
-                input_price=price.input,
-                output_price=price.output,
-                cache_read_price=price.cache_read,
-                rules=price.rules,
-                effective_from=effective_from,
-                source=price.source,
-            )
-        )
+        db.session.add(price_row(provider, model, price, effective_from))
         added += 1
     db.session.commit()
     log.info("prices refreshed", extra={"added": added, "checked": len(incoming)})
