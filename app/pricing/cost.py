@@ -16,7 +16,7 @@ Costs are kept to ``MONEY_SCALE`` places (10⁻¹² USD), rounded half-even.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, NamedTuple
@@ -157,7 +157,10 @@ class PriceRules:
     """
 
     model: source.ModelInfo
-    _compiled: dict[int, _Compiled | None] = field(default_factory=dict)
+    # Each variant's prices compiled (None: priced by the source), by id of its prices.
+    compiled: dict[int, _Compiled | None]
+    # The prices when they hold at every instant (most models): no variant to choose.
+    fixed: source.ModelPrice | None
 
     @classmethod
     def parse(cls, definition: dict[str, Any]) -> PriceRules:
@@ -171,16 +174,16 @@ class PriceRules:
             for variant in definition["variants"]
         ]
         model = source.ModelInfo(id="stored", match=source.ClauseEquals("stored"), prices=variants)
-        return cls(model)
+        compiled = {id(variant.prices): _compile(variant.prices) for variant in variants}
+        always = len(variants) == 1 and variants[0].constraint is None
+        return cls(model, compiled, variants[0].prices if always else None)
 
     def cost(
         self, tokens_input: int, tokens_output: int, tokens_cache_read: int, when: datetime
     ) -> Cost:
-        prices = self.model.get_prices(when)  # the variant in force at the event's time
-        key = id(prices)
-        if key not in self._compiled:
-            self._compiled[key] = _compile(prices)
-        compiled = self._compiled[key]
+        # The variant in force at the event's time.
+        prices = self.fixed if self.fixed is not None else self.model.get_prices(when)
+        compiled = self.compiled[id(prices)]
         if compiled is None:
             return _cost_by_source(prices, tokens_input, tokens_output, tokens_cache_read)
         input_rate, input_shown = _pick(compiled.input, tokens_input)
