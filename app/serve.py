@@ -46,9 +46,8 @@ def main() -> int:
     env = {**os.environ, "AUTO_MIGRATE": "false"}
     celery = [sys.executable, "-m", "celery", "-A", "tasks.worker"]
     children = [
-        subprocess.Popen(
-            [*celery, "worker", "--pool=threads", "--concurrency=2", "--loglevel=INFO"], env=env
-        ),
+        # Celery's prefork pool, as ``make worker`` runs it.
+        subprocess.Popen([*celery, "worker", "--concurrency=2", "--loglevel=INFO"], env=env),
         subprocess.Popen([*celery, "beat", "--loglevel=INFO"], env=env),
     ]
     print(f"\nusage-billing API listening on http://{host}:{port}", flush=True)

@@ -16,8 +16,8 @@ from app.errors import NotFound, ValidationError
 from app.models.types import utcnow
 from app.security import bearer_token, hash_api_key, require_token
 from app.services.customers import customer_for_key_hash, register_customer
-from app.services.validation import parse
 from app.services.webhooks import handle_event
+from app.shapes import parse
 
 billing = Blueprint("billing", __name__)
 

@@ -12,7 +12,7 @@ from app.errors import PayloadTooLarge
 from app.metering import outbox_for
 from app.security import require_token
 from app.services.ingest import accept_batch
-from app.services.validation import parse
+from app.shapes import parse
 
 ingest = Blueprint("ingest", __name__)
 

@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from app.errors import ValidationError
-from app.services.validation import text
+from app.shapes import text
 
 
 class EventBatch(BaseModel):

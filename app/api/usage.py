@@ -10,7 +10,7 @@ from app.api.schemas import UsageQuery
 from app.errors import ValidationError
 from app.services.customers import authenticate_customer
 from app.services.usage import usage_between
-from app.services.validation import parse
+from app.shapes import parse
 
 usage = Blueprint("usage", __name__)
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringC
 
 from app.config import Settings
 from app.errors import BillingRejected, BillingUnavailable, Conflict, ValidationError
-from app.services.validation import parse
+from app.shapes import parse
 
 log = logging.getLogger("usage_billing.stripe")
 T = TypeVar("T")

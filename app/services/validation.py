@@ -6,10 +6,8 @@ passed the API; a bad one is parked). ``/openapi.json`` renders the same shapes
 (``app/api/openapi.py``), so the document and the checks cannot drift: an
 unknown field is refused here, and the document says so.
 
-``parse`` turns pydantic's errors into the service's one error shape. Checks
-that need the time or the settings (an event's age, the size of its metadata)
-read them from the validation context and raise ``app.errors.ValidationError``
-themselves, which pydantic lets through unchanged.
+Checks that need the time or the settings (an event's age, the size of its
+metadata) run after pydantic's, in ``validate_event``.
 """
 
 from __future__ import annotations
@@ -18,11 +16,9 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, NamedTuple, NotRequired, TypeVar
+from typing import Annotated, Any, NamedTuple, NotRequired
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     StrictFloat,
@@ -30,17 +26,15 @@ from pydantic import (
     StrictStr,
     StringConstraints,
     TypeAdapter,
-    ValidationInfo,
 )
-from pydantic import ValidationError as PydanticError
 from typing_extensions import TypedDict
 
 from app.errors import ValidationError
+from app.shapes import parse, trimmed
 
 MAX_TOKENS = 10**9  # far above any context window; rejects counter overflows
 EVENT_SCHEMA = "UsageEvent"  # the name /openapi.json gives an event's shape
 _MAX_METADATA_DEPTH = 5
-Model = TypeVar("Model", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -48,45 +42,6 @@ class EventLimits:
     max_age: timedelta
     max_future: timedelta
     max_metadata_bytes: int
-
-
-def parse(
-    shape: type[Model] | TypeAdapter[Any], data: Any, context: Any = None, whole: str = "body"
-) -> Any:
-    """``data`` as ``shape``, or a ``ValidationError`` naming the first field at fault.
-
-    ``whole`` names the field when the data itself is wrong (not an object).
-    """
-    try:
-        if isinstance(shape, TypeAdapter):
-            return shape.validate_python(data, context=context)
-        return shape.model_validate(data, context=context)
-    except PydanticError as exc:
-        first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
-        field = str(first["loc"][0]) if first["loc"] else whole
-        raise ValidationError(f"{field}: {first['msg']}", field=field) from None
-
-
-# -- Field types shared by every shape -------------------------------------------------
-def _printable(value: str, info: ValidationInfo) -> str:
-    """PostgreSQL refuses NUL in text, and control or bidi characters only ever mislead."""
-    if not value.isprintable():
-        raise ValidationError(
-            f"{info.field_name} must be printable characters", field=info.field_name
-        )
-    return value
-
-
-def trimmed(max_length: int) -> Any:
-    """A trimmed, non-empty string; whether it is printable is the caller's to check."""
-    return Annotated[
-        StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length)
-    ]
-
-
-def text(max_length: int) -> Any:
-    """A trimmed, non-empty string of printable characters."""
-    return Annotated[trimmed(max_length), AfterValidator(_printable)]
 
 
 Tokens = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]

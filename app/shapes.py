@@ -1,0 +1,62 @@
+"""Declaring request shapes with pydantic, and turning its errors into ours.
+
+Shared by every shape (the event in ``app/services/validation.py``, the HTTP
+bodies in ``app/api/schemas.py``, Stripe's events in ``app/billing``), so each
+is declared once and ``/openapi.json`` renders the same declarations.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    StrictStr,
+    StringConstraints,
+    TypeAdapter,
+    ValidationInfo,
+)
+from pydantic import ValidationError as PydanticError
+
+from app.errors import ValidationError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def parse(
+    shape: type[Model] | TypeAdapter[Any], data: Any, context: Any = None, whole: str = "body"
+) -> Any:
+    """``data`` as ``shape``, or a ``ValidationError`` naming the first field at fault.
+
+    ``whole`` names the field when the data itself is wrong (not an object).
+    """
+    try:
+        if isinstance(shape, TypeAdapter):
+            return shape.validate_python(data, context=context)
+        return shape.model_validate(data, context=context)
+    except PydanticError as exc:
+        first = exc.errors(include_url=False, include_context=False, include_input=False)[0]
+        field = str(first["loc"][0]) if first["loc"] else whole
+        raise ValidationError(f"{field}: {first['msg']}", field=field) from None
+
+
+def _printable(value: str, info: ValidationInfo) -> str:
+    """PostgreSQL refuses NUL in text, and control or bidi characters only ever mislead."""
+    if not value.isprintable():
+        raise ValidationError(
+            f"{info.field_name} must be printable characters", field=info.field_name
+        )
+    return value
+
+
+def trimmed(max_length: int) -> Any:
+    """A trimmed, non-empty string; whether it is printable is the caller's to check."""
+    return Annotated[
+        StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length)
+    ]
+
+
+def text(max_length: int) -> Any:
+    """A trimmed, non-empty string of printable characters."""
+    return Annotated[trimmed(max_length), AfterValidator(_printable)]
