@@ -58,9 +58,10 @@ def main() -> int:
         """ -d '{"prompt": "write fizzbuzz"}'""",
         flush=True,
     )
+    # Double quotes: the shell expands $(date …) when the line is pasted as printed.
     print(
-        f"  then: curl -s 'http://{host}:{port}/v1/billing/usage?start_date=$(date -u +%F)"
-        f"&end_date=$(date -u +%F)' -H 'Authorization: Bearer {api_key}'\n",
+        f'  then: curl -s "http://{host}:{port}/v1/billing/usage?start_date=$(date -u +%F)'
+        f'&end_date=$(date -u +%F)" -H "Authorization: Bearer {api_key}"\n',
         flush=True,
     )
     try:

@@ -59,16 +59,6 @@ def test_embedded_default_records_each_event_once_and_rolls_it_up(sqlite_app: Fl
     assert (unknown.events, unknown.unpriced_events, unknown.cost_total) == (1, 1, Decimal(0))
 
 
-def _get(url: str, key: str, body: bytes | None = None) -> dict:
-    request = urllib.request.Request(
-        url,
-        data=body,
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def test_demo_command_turns_a_metered_call_into_a_priced_row(tmp_path: Path) -> None:
     """``python -m app.serve`` (what ``scripts/dev.py serve`` runs) with no server at all."""
     port = free_port()
@@ -90,12 +80,13 @@ def test_demo_command_turns_a_metered_call_into_a_priced_row(tmp_path: Path) -> 
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: f"listening on {base}" in (tmp_path / "serve.log").read_text(), 60)
-        key = (tmp_path / "demo-api-key").read_text().strip()
         wait_for(lambda: _up(base), 30)
-        call = _get(f"{base}/v1/execute", key, b'{"prompt": "write fizzbuzz"}')
-        today = datetime.now(UTC).date().isoformat()
-        usage_url = f"{base}/v1/billing/usage?start_date={today}&end_date={today}"
-        usage = wait_for(lambda: _recorded(_get(usage_url, key)), 60)
+        # The two curl lines it printed, run as a newcomer pastes them into a shell.
+        printed = (tmp_path / "serve.log").read_text().splitlines()
+        [execute_line] = [line.split("try:", 1)[1] for line in printed if "try:" in line]
+        [usage_line] = [line.split("then:", 1)[1] for line in printed if "then:" in line]
+        call = json.loads(_shell(execute_line))
+        usage = wait_for(lambda: _recorded(json.loads(_shell(usage_line))), 60)
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=60)
@@ -107,6 +98,12 @@ def test_demo_command_turns_a_metered_call_into_a_priced_row(tmp_path: Path) -> 
     ] * Decimal("0.00001")
     assert Decimal(usage["totals"]["cost"]) == expected
     assert (tmp_path / "usage_billing.db").exists()
+
+
+def _shell(line: str) -> str:
+    done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout, (line, done.returncode, done.stderr)
+    return done.stdout
 
 
 def _recorded(usage: dict) -> dict | None:
