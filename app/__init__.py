@@ -67,9 +67,8 @@ def create_app_for_serving() -> Flask:
     What start-up builds (the app, SQLAlchemy's and Celery's machinery, the
     bundled price catalogue: ~130,000 objects) lives as long as the process,
     yet each full collection of the garbage collector walked all of it again
-    (~60 ms) while requests and batches made garbage. Frozen out of its sight
-    (``gc.freeze``), a full collection takes ~4 ms, and the API and the worker
-    spent about a tenth less CPU per event (bench/). Celery's pool processes
+    while requests and batches made garbage. Frozen out of its sight
+    (``gc.freeze``), it is no longer walked (docs/performance.md). Celery's pool processes
     are forked after this and inherit the frozen generation. Tests, which build
     many apps in one process, use ``create_app``.
     """

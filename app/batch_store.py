@@ -4,8 +4,8 @@ A batch of 2,000 events is ~500 KB of JSON. Carried inside its Celery message,
 kombu's Redis transport escapes it into a JSON envelope at the API; the
 worker's consumer process then parses that envelope, decodes the body (Celery
 does so to tell its protocol versions apart), copies it into its unacked hash
-and pickles it down a pipe to the pool process. That was a fifth of a worker's
-CPU and a sixth of the API's (bench/). So the outbox SETs the events under the
+and pickles it down a pipe to the pool process: a large share of both
+processes' CPU (docs/performance.md). So the outbox SETs the events under the
 batch id, the message carries only the id, and the pool process GETs them.
 
 Nothing new can be lost. The key is written before its message is sent: a

@@ -46,9 +46,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "unacked_restore_interval": min(10, settings.broker_visibility_timeout),
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": 3,
-            # Our bodies are JSON text, so no base64. It mattered while batches rode
-            # inside their messages (consumer CPU per 1000 events 8.3-9.0 -> 7.4 ms,
-            # bench/); now their events wait in the batch store (app/batch_store.py).
+            # Our bodies are JSON text: base64 would only cost the consumer, which
+            # decodes every message and writes it again to its unacked hash.
             "body_encoding": None,
         }
         config["beat_scheduler"] = "redbeat.RedBeatScheduler"

@@ -57,7 +57,7 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     max_metadata_bytes: int = 8 * 1024
     # Events per Celery task, and the longest an event waits for its batch (it is on
-    # disk meanwhile). Bigger batches cost the API less per event (see bench/).
+    # disk meanwhile). Bigger batches cost the API and the worker less per event.
     meter_batch_size: int = 2000
     meter_flush_ms: int = 200
     meter_spool_dir: str = ""
@@ -95,7 +95,7 @@ class Settings:
     usage_retention_days: int = 90
     cleanup_batch_size: int = 5000
     # Share of its time the cleanup spends deleting; it rests the remainder so
-    # ingest keeps up while a week of events goes (see bench/).
+    # ingest keeps up while a week of events goes.
     cleanup_duty_cycle: float = 0.5
     report_hour_utc: int = 2
     report_minute_utc: int = 0

@@ -57,7 +57,7 @@ def quick_read() -> Iterator[Connection]:
 
     The session's engine pings each connection it checks out and wraps a read in
     BEGIN … ROLLBACK: four round trips for one SELECT, most of the ingest
-    endpoint's database time (bench/). This engine (a bind of the same database)
+    endpoint's database time. This engine (a bind of the same database)
     runs in autocommit and skips the ping. Its callers fall back when the database
     is away, so a connection the server dropped may fail a read once: SQLAlchemy
     then discards it and the pool opens a new one for the next read.

@@ -1,8 +1,8 @@
 """How usage events are encoded on their way to a worker: spool lines and batches.
 
 Encoding every event twice at the API (a spool line, then the batch) and
-decoding it at the worker was over a fifth of the API's CPU with the standard
-library (bench/); ``orjson`` does the same in a fraction. It refuses a few
+decoding it at the worker is a large share of the API's CPU with the standard
+library; ``orjson`` does the same in a fraction. It refuses a few
 values the standard library takes (integers past 64 bits, strings with lone
 surrogates), which an event the API has not validated (the middleware's) may
 carry: those fall back to the standard library, written as ASCII so that any

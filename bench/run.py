@@ -5,8 +5,9 @@ Runs the real processes on this machine against PostgreSQL and Redis
 and drops. Sizes come from the environment so a quick run is possible:
 ``BENCH_EVENTS`` (default 1,000,000), ``BENCH_SCALE_EVENTS`` (10,000,000),
 ``BENCH_CUSTOMERS`` (10,000). Each run gets a fresh database and instance
-directory, both removed at the end. Prints a table and writes the same figures as
-JSON to ``bench/results/<timestamp>.json`` with the machine's description.
+directory, both removed at the end. Prints a table, writes the same figures as
+JSON to ``bench/results/<timestamp>.json`` with the machine's description, and
+appends the headline figures to ``bench/history.jsonl``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import redis
 from app.security import hash_api_key
 
 ROOT = Path(__file__).resolve().parent.parent
+HISTORY = ROOT / "bench" / "history.jsonl"
 ADMIN_URL = os.environ.get(
     "BENCH_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -785,9 +787,39 @@ def main() -> int:
     path = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
+    with HISTORY.open("a") as history:
+        history.write(json.dumps(headline(path.stem, results)) + "\n")
     print_table(results)
     print(f"\nresults written to {path.relative_to(ROOT)}")
     return 0
+
+
+def headline(run: str, results: dict[str, Any]) -> dict[str, Any]:
+    """One line of ``bench/history.jsonl``: when, where, and the figures with targets.
+
+    Only the latest full run's JSON is kept in git; every run keeps its line.
+    """
+    ingest, cpu = results.get("ingest", {}), results.get("cpu_ms_per_1000_events", {})
+    metering, reads = results.get("metering", {}), results.get("reads", {})
+    line = {
+        "run": run,
+        "when": results.get("when"),
+        "machine": {k: results.get("machine", {}).get(k) for k in ("cpus", "python")},
+        "events": results.get("config", {}).get("events"),
+        "scale_events": results.get("config", {}).get("scale_events"),
+        "ingest_per_s": ingest.get("events_per_s"),
+        "copy_ceiling_per_s": ingest.get("copy_ceiling_per_s"),
+        "ratio_to_copy": ingest.get("ratio_to_copy"),
+        "cpu_ms_per_1000": {k: cpu.get(k) for k in ("api", "worker", "postgres")} if cpu else None,
+        "middleware_p99_overhead_ms": metering.get("overhead_p99_ms"),
+        "single_requests_per_s": (metering.get("single_requests") or {}).get("requests_per_s"),
+        "report_aggregation_s": reads.get("report_aggregation_s"),
+        "usage_31d_p99_ms": reads.get("usage_31d_p99_ms"),
+        "cleanup_ingest_ratio": results.get("cleanup", {}).get("ratio"),
+        "memory_growth_pct": results.get("memory_mb", {}).get("growth_pct"),
+        "per_event_us": results.get("per_event_us"),
+    }
+    return {k: v for k, v in line.items() if v is not None}
 
 
 def print_table(results: dict[str, Any]) -> None:

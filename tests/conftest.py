@@ -70,6 +70,7 @@ if REQUIRE_SERVICES and not SERVICES_UP:
 
 
 MEASURED: list[str] = []
+SESSION_TABLES = {"model_prices"}  # seeded once per session, kept between tests
 
 
 def measured(line: str) -> None:
@@ -206,15 +207,9 @@ def celery_worker(app: Flask) -> Iterator[Any]:
 def clean_tables(app: Flask) -> Iterator[None]:
     yield
     with app.app_context():
-        names = [
-            "usage_reports",
-            "stripe_webhook_events",
-            "usage_events",
-            "usage_daily",
-            "rejected_events",
-            "billing_customers",
-            "job_runs",
-        ]
+        # Every table but the price catalogue the session seeded once, children first.
+        tables = reversed(db.metadata.sorted_tables)
+        names = [t.name for t in tables if t.name not in SESSION_TABLES]
         if db.engine.dialect.name == "postgresql":
             db.session.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
         else:

@@ -39,8 +39,8 @@ def one_of(column: Any, name: str) -> ColumnElement[bool]:
     An expanding ``IN`` renders and binds one parameter per value: for the
     hundred event ids of each ingest request that cost the API more CPU than the
     query itself took. An array parameter is still adapted value by value, by
-    SQLAlchemy and psycopg2: one string took a third less of the API's CPU for
-    the read, and PostgreSQL parses it faster too (bench/).
+    SQLAlchemy and psycopg2: one string costs the API less, and PostgreSQL
+    parses it faster too.
     """
     if db.engine.dialect.name == "postgresql":
         return column == any_(func.string_to_array(bindparam(name, type_=_Joined()), ","))

@@ -8,7 +8,7 @@ On PostgreSQL the batch goes by COPY into a temporary staging table, then is
 appended from it and rolled up from it, or, when it holds an event stored
 before, merged (``_insert_postgresql``). No per-row work in SQLAlchemy, and COPY
 is the cheapest way in for both PostgreSQL and the worker, which is what lets a
-worker keep up with the API (see bench/). Other databases (the embedded SQLite
+worker keep up with the API. Other databases (the embedded SQLite
 default) take the portable path: a multi-row INSERT … ON CONFLICT DO NOTHING
 RETURNING and the rollup summed in Python.
 
@@ -97,8 +97,7 @@ class EventRow(NamedTuple):
     """One priced event as ``usage_events`` stores it; fields are its column names.
 
     A tuple, so the COPY below unpacks it instead of looking up 22 keys a row.
-    Written out, not read off the model as the column list once was: a test
-    keeps the two in step.
+    A test keeps its fields in step with the model's columns.
     """
 
     event_id: str
@@ -128,10 +127,9 @@ class EventRow(NamedTuple):
 # -- PostgreSQL: COPY into a staging table, then append or merge ----------------------------
 _STAGED = "usage_events_staged"
 _COPIED = EventRow._fields  # the columns the worker COPYs, in the order it writes them
-# Staged as whole microseconds since the epoch, not as text: Python formats an
-# aware datetime in ~1 µs, the integer in a fifth of that (the worker's COPY
-# text 2.8 -> 2.1 µs per event). PostgreSQL parses the integer faster and
-# spends about that again turning it back with ``_instant``, exactly.
+# Staged as whole microseconds since the epoch, not as text: Python formats the
+# integer several times faster than an aware datetime, and PostgreSQL turns it
+# back exactly with ``_instant``.
 _TIMESTAMPS = ("created_at", "received_at")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -217,8 +215,8 @@ def _copy_text(rows: list[EventRow]) -> str:
     """The rows as COPY's text format, one line each, columns in ``_COPIED`` order.
 
     Each row is one f-string over its unpacked fields, NULL written as NUL; the
-    batch is then escaped in two passes, not field by field (the ``csv`` module's
-    per-field work was once the worker's largest cost, bench/): backslashes,
+    batch is then escaped in two passes, not field by field (per-field escaping
+    costs the worker most of its encoding time): backslashes,
     COPY's escape character, are doubled (validation lets no tab, newline or
     carriage return into a string, and JSON escapes them), then NUL becomes
     ``\\N``. ``Decimal`` goes with ``str`` (``!s``: its ``format`` is slower),
@@ -275,12 +273,12 @@ def _insert_postgresql(rows: list[EventRow]) -> Written:
     """COPY the batch into the staging table, then append it, or merge it when it must.
 
     COPY parses a batch for a fraction of what a JSON or VALUES parameter costs
-    PostgreSQL and psycopg2 (bench/); the staging table lets the insert and the
+    PostgreSQL and psycopg2; the staging table lets the insert and the
     rollup run on it as statements. The API turns away events it finds stored,
     so nearly every batch is all new: it is appended with a plain INSERT, in a
-    savepoint, and rolled up from the staging table. That costs PostgreSQL ~2 ms
-    less per 1000 events than ``ON CONFLICT``'s speculative insert and feeding
-    the rollup from ``RETURNING`` (bench/). A batch holding an event stored
+    savepoint, and rolled up from the staging table, which costs PostgreSQL less
+    than ``ON CONFLICT``'s speculative insert feeding the rollup from
+    ``RETURNING``. A batch holding an event stored
     before (or being stored by another worker) fails the unique index on
     ``event_id``; it goes back to the savepoint and is merged instead, which
     skips what is stored and rolls up only what it inserted.
