@@ -1,6 +1,6 @@
 """``python -m app.serve``: the whole service in one command, for the demo.
 
-Runs the API (Flask's server, with the demo ``/v1/execute`` and the metering
+Runs the API (gunicorn, with the demo ``/v1/execute`` and the metering
 middleware on), a Celery worker and Celery Beat as child processes, and prints
 where the API listens and a demo key to call it with. Production runs each
 process on its own (see docker-compose.yml and the Makefile).
@@ -14,12 +14,45 @@ import signal
 import subprocess
 import sys
 
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
 from app import create_app
 from app.config import Settings
 from app.security import hash_api_key
 from app.services.customers import customer_for_key_hash, register_customer
 
 DEMO_API_KEY_FILE = "demo-api-key"
+
+
+class _Server(BaseApplication):
+    """gunicorn serving the app object built here, as ``make api`` serves production's:
+    no development server, so the first screen carries no warning about one."""
+
+    def __init__(self, app: Flask, host: str, port: int) -> None:
+        self._app = app
+        self._options = {
+            "bind": f"{host}:{port}",
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": 4,
+            "preload_app": True,  # the app above; its connections were released for the fork
+            "graceful_timeout": 5,  # a demo stopped with Ctrl-C stops at once
+        }
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return self._app
+
+
+# Ctrl-C reaches the whole terminal's process group: in a group of their own, the
+# Celery processes get one SIGTERM, from us, to their main process. A worker's
+# pool processes signalled directly die mid-task and leave it waiting for them.
+_own_group = {"start_new_session": True}
 
 
 def _demo_key(settings: Settings) -> str:
@@ -47,8 +80,10 @@ def main() -> int:
     celery = [sys.executable, "-m", "celery", "-A", "tasks.worker"]
     children = [
         # Celery's prefork pool, as ``make worker`` runs it.
-        subprocess.Popen([*celery, "worker", "--concurrency=2", "--loglevel=INFO"], env=env),
-        subprocess.Popen([*celery, "beat", "--loglevel=INFO"], env=env),
+        subprocess.Popen(
+            [*celery, "worker", "--concurrency=2", "--loglevel=INFO"], env=env, **_own_group
+        ),
+        subprocess.Popen([*celery, "beat", "--loglevel=INFO"], env=env, **_own_group),
     ]
     print(f"\nusage-billing API listening on http://{host}:{port}", flush=True)
     print(f"  database: {settings.sqlalchemy_url.split('@')[-1]}", flush=True)
@@ -65,7 +100,7 @@ def main() -> int:
         flush=True,
     )
     try:
-        app.run(host=host, port=port, use_reloader=False)
+        _Server(app, host, port).run()
     finally:
         for child in children:
             child.send_signal(signal.SIGTERM)

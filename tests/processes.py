@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from app.config import Settings
 from tests.conftest import project_root, wait_for
 
 SHIPPED_SERVICE_TOKEN = "stack-svc-" + uuid.uuid4().hex
+_WORKER_MAIN = r"^\S*python[0-9.]* -m celery -A tasks.worker worker"  # not make's shell
 # Settings a developer's shell may export; the shipped stack runs on the defaults.
 _APP_SETTINGS = {f.upper() for f in Settings.__dataclass_fields__}
 
@@ -74,6 +76,7 @@ class RedisServer:
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL every process of its group, and reap its leader."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -135,22 +138,35 @@ class ShippedStack:
         except OSError:
             return False
 
-    def pool_processes(self) -> list[int]:
-        """The prefork pool's children (the processes that record batches)."""
+    def _worker_main(self) -> int:
+        """The Celery worker's main process (make's shell and the pool are not it)."""
         assert self.worker is not None
-        out = subprocess.run(
-            ["pgrep", "-s", str(self.worker.pid), "-f", "celery -A tasks.worker worker"],
+        found = subprocess.run(
+            ["pgrep", "-o", "-s", str(self.worker.pid), "-f", _WORKER_MAIN],
             capture_output=True,
             text=True,
         ).stdout.split()
-        pids = sorted(int(pid) for pid in out)
-        return pids[2:]  # make's shell and the main process were started first
+        assert found, "the worker has no main process"
+        return int(found[0])
+
+    def pool_processes(self) -> list[int]:
+        """The prefork pool's children (the processes that record batches)."""
+        out = subprocess.run(
+            ["pgrep", "-P", str(self._worker_main())], capture_output=True, text=True
+        ).stdout.split()
+        return sorted(int(pid) for pid in out)
 
     def stop_worker(self, sig: int = signal.SIGTERM) -> None:
-        """SIGTERM: Celery's warm shutdown, as a deploy does; SIGKILL: a crash."""
-        if self.worker is not None:
-            _stop_group(self.worker, sig)
-            self.worker = None
+        """SIGTERM to the main process: Celery's warm shutdown, as a supervisor stopping
+        it for a deploy does (it finishes its tasks, hands back what it prefetched).
+        SIGKILL to every process: a crash."""
+        if self.worker is None:
+            return
+        if sig == signal.SIGTERM:
+            os.kill(self._worker_main(), signal.SIGTERM)
+            _wait_for_group(self.worker, timeout=60)
+        kill_tree(self.worker)
+        self.worker = None
 
     def stop(self) -> None:
         self.stop_worker()
@@ -178,15 +194,22 @@ class ShippedStack:
 def _stop_group(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
-        proc.wait(timeout=60)
     except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        kill_tree(proc)
-    try:  # what make's shell left behind
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        return
+    _wait_for_group(proc, timeout=60)
+    kill_tree(proc)
+
+
+def _wait_for_group(proc: subprocess.Popen, timeout: float) -> None:
+    """Until no process of its group is left, or ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader (make): a zombie still counts as the group's
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
 
 
 class PrivatePostgres:
