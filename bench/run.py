@@ -712,10 +712,11 @@ def bench_validation(results: dict[str, Any]) -> None:
 
     from app.pricing.catalog import bundled_prices
     from app.services.prices import SEED_EFFECTIVE_FROM, PriceBook, price_row
+    from app.config import Settings
     from app.services.validation import EventLimits, validate_event
 
     now = datetime.now(UTC)
-    limits = EventLimits(timedelta(days=35), timedelta(minutes=5), 8192)
+    limits = EventLimits.from_settings(Settings())  # the defaults the stack runs with
     bench_event = make_events(1, 0, now)[0]
     metered = {
         **bench_event,

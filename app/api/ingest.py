@@ -12,6 +12,7 @@ from app.errors import PayloadTooLarge
 from app.metering import outbox_for
 from app.security import require_token
 from app.services.ingest import accept_batch
+from app.services.validation import EventLimits
 from app.shapes import parse
 
 ingest = Blueprint("ingest", __name__)
@@ -26,13 +27,15 @@ def post_events() -> tuple[dict[str, Any], int]:
         raise PayloadTooLarge(
             f"at most {settings.max_batch_events} events per batch", field="events"
         )
-    result = accept_batch(events, outbox_for(current_app._get_current_object()))  # type: ignore[attr-defined]
-    status = 202 if result["accepted"] or result["duplicates"] else 400
-    if status == 400:
-        first = next(r for r in result["results"] if r["status"] == "rejected")
-        result["error"] = {
-            "code": "invalid_request",
-            "message": "no event in the batch is valid",
-            "field": first["error"]["field"],
-        }
-    return result, status
+    outbox = outbox_for(current_app._get_current_object())  # type: ignore[attr-defined]
+    result = accept_batch(events, outbox, EventLimits.from_settings(settings))
+    body = result.as_json()
+    if result.accepted or result.duplicates:
+        return body, 202
+    first = next(r for r in result.results if r["status"] == "rejected")
+    body["error"] = {
+        "code": "invalid_request",
+        "message": "no event in the batch is valid",
+        "field": first["error"]["field"],
+    }
+    return body, 400

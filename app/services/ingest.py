@@ -7,6 +7,8 @@ already stored, so a client can tell a duplicate from a new event.
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -19,8 +21,8 @@ from app.metering.outbox import Outbox
 from app.models import UsageEvent
 from app.models.dialect import one_of
 from app.models.types import utcnow
-from app.services.recording import event_limits, reject
-from app.services.validation import EventIn, validate_event
+from app.services.recording import reject
+from app.services.validation import EventIn, EventLimits, validate_event
 
 log = logging.getLogger("usage_billing.ingest")
 
@@ -42,9 +44,27 @@ def _already_stored(event_ids: list[str]) -> set[str]:
         return set()
 
 
-def accept_batch(raw_events: list[Any], outbox: Outbox) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BatchAccepted:
+    """What became of each event of a batch, in the order sent (the response's body)."""
+
+    results: list[dict[str, Any]]
+    accepted: int
+    duplicates: int
+    rejected: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "results": self.results,
+        }
+
+
+def accept_batch(raw_events: list[Any], outbox: Outbox, limits: EventLimits) -> BatchAccepted:
+    """Validate each event, answer known duplicates, and hand the new ones to the outbox."""
     now = utcnow()
-    limits = event_limits()
     results: list[dict[str, Any]] = []
     valid: dict[str, tuple[int, EventIn]] = {}
     for index, raw in enumerate(raw_events):
@@ -70,13 +90,5 @@ def accept_batch(raw_events: list[Any], outbox: Outbox) -> dict[str, Any]:
             results[valid.pop(event_id)[0]]["status"] = "duplicate"
         if valid:
             outbox.append([event.to_message() for _, event in valid.values()])
-    counts = {
-        s: sum(1 for r in results if r["status"] == s)
-        for s in ("accepted", "duplicate", "rejected")
-    }
-    return {
-        "accepted": counts["accepted"],
-        "duplicates": counts["duplicate"],
-        "rejected": counts["rejected"],
-        "results": results,
-    }
+    statuses = Counter(r["status"] for r in results)
+    return BatchAccepted(results, statuses["accepted"], statuses["duplicate"], statuses["rejected"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from flask import current_app
@@ -44,15 +44,6 @@ class RecordResult:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     unpriced: int = 0
     already_recorded: bool = False
-
-
-def event_limits() -> EventLimits:
-    settings = current_app.config["SETTINGS"]
-    return EventLimits(
-        max_age=timedelta(days=settings.max_event_age_days),
-        max_future=timedelta(seconds=settings.max_event_future_seconds),
-        max_metadata_bytes=settings.max_metadata_bytes,
-    )
 
 
 def _row(event: EventIn, book: PriceBook, received_at: datetime) -> EventRow:
@@ -113,7 +104,7 @@ def record_events(
     batch is retried, not parked.
     """
     now = now or utcnow()
-    limits = event_limits()
+    limits = EventLimits.from_settings(current_app.config["SETTINGS"])
     result = RecordResult()
     valid: dict[str, tuple[EventIn, Any]] = {}
     parked: list[tuple[Any, dict[str, Any]]] = []

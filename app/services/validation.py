@@ -29,6 +29,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from app.config import Settings
 from app.errors import ValidationError
 from app.shapes import parse, trimmed
 
@@ -42,6 +43,14 @@ class EventLimits:
     max_age: timedelta
     max_future: timedelta
     max_metadata_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventLimits:
+        return cls(
+            max_age=timedelta(days=settings.max_event_age_days),
+            max_future=timedelta(seconds=settings.max_event_future_seconds),
+            max_metadata_bytes=settings.max_metadata_bytes,
+        )
 
 
 Tokens = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
