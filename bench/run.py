@@ -710,9 +710,9 @@ def bench_validation(results: dict[str, Any]) -> None:
     pricing it by the source's rules, in this process: median of seven runs."""
     import timeit
 
+    from app.config import Settings
     from app.pricing.catalog import bundled_prices
     from app.services.prices import SEED_EFFECTIVE_FROM, PriceBook, price_row
-    from app.config import Settings
     from app.services.validation import EventLimits, validate_event
 
     now = datetime.now(UTC)
