@@ -1,4 +1,5 @@
-# Each long-running process of the stack, plus the two README commands.
+# Each long-running process of the stack, plus the two README commands. The process
+# targets exec: make passes a SIGTERM (docker stop) straight to the server it runs.
 # The process targets expect the project installed (python3 scripts/dev.py test does it).
 PY ?= .venv/bin/python
 CELERY = $(PY) -m celery -A tasks.worker
@@ -12,17 +13,17 @@ test:
 	python3 scripts/dev.py test
 
 api:
-	$(PY) -m gunicorn --workers $${WEB_CONCURRENCY:-2} --worker-class gthread --threads $${WEB_THREADS:-2} \
+	exec $(PY) -m gunicorn --workers $${WEB_CONCURRENCY:-2} --worker-class gthread --threads $${WEB_THREADS:-2} \
 		--bind 0.0.0.0:$${PORT:-8000} 'app:create_app_for_serving()'
 
 worker:
-	$(CELERY) worker --loglevel=INFO --concurrency=$${WORKER_CONCURRENCY:-2}
+	exec $(CELERY) worker --loglevel=INFO --concurrency=$${WORKER_CONCURRENCY:-2}
 
 beat:
-	$(CELERY) beat --loglevel=INFO
+	exec $(CELERY) beat --loglevel=INFO
 
 flower:
-	$(CELERY) flower --port=$${FLOWER_PORT:-5555}
+	exec $(CELERY) flower --port=$${FLOWER_PORT:-5555}
 
 bench:
 	$(PY) -m bench.run

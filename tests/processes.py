@@ -19,7 +19,7 @@ from app.config import Settings
 from tests.conftest import project_root, wait_for
 
 SHIPPED_SERVICE_TOKEN = "stack-svc-" + uuid.uuid4().hex
-_WORKER_MAIN = r"^\S*python[0-9.]* -m celery -A tasks.worker worker"  # not make's shell
+_WORKER_MAIN = r"^\S*python[0-9.]* -m celery -A tasks.worker worker"  # not make
 # Settings a developer's shell may export; the shipped stack runs on the defaults.
 _APP_SETTINGS = {f.upper() for f in Settings.__dataclass_fields__}
 
@@ -139,7 +139,7 @@ class ShippedStack:
             return False
 
     def _worker_main(self) -> int:
-        """The Celery worker's main process (make's shell and the pool are not it)."""
+        """The Celery worker's main process (make and the pool are not it)."""
         assert self.worker is not None
         found = subprocess.run(
             ["pgrep", "-o", "-s", str(self.worker.pid), "-f", _WORKER_MAIN],
@@ -157,13 +157,13 @@ class ShippedStack:
         return sorted(int(pid) for pid in out)
 
     def stop_worker(self, sig: int = signal.SIGTERM) -> None:
-        """SIGTERM to the main process: Celery's warm shutdown, as a supervisor stopping
-        it for a deploy does (it finishes its tasks, hands back what it prefetched).
-        SIGKILL to every process: a crash."""
+        """SIGTERM to ``make``, as ``docker stop`` or a supervisor sends it: make hands
+        it to Celery (the recipe ``exec``s), whose warm shutdown finishes its tasks
+        and hands back what it prefetched. SIGKILL to every process: a crash."""
         if self.worker is None:
             return
         if sig == signal.SIGTERM:
-            os.kill(self._worker_main(), signal.SIGTERM)
+            os.kill(self.worker.pid, signal.SIGTERM)
             _wait_for_group(self.worker, timeout=60)
         kill_tree(self.worker)
         self.worker = None
