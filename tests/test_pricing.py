@@ -35,7 +35,7 @@ def price(inp: str, out: str, cache: str | None = None) -> TokenPrice:
 
 
 def test_cost_is_exact_decimal_with_cached_input() -> None:
-    cost = cost_of(1_000_003, 7, 3, price("0.0000025", "0.00001", "0.00000125"), NOW)
+    cost = cost_of(1_000_003, 7, 3, price("0.0000025", "0.00001", "0.00000125"))
     assert cost.input == Decimal("2.50000375")  # 1,000,000 × 2.5e-6 + 3 × 1.25e-6
     assert cost.output == Decimal("0.00007")
     assert cost.total == Decimal("2.50007375")
@@ -43,7 +43,7 @@ def test_cost_is_exact_decimal_with_cached_input() -> None:
 
 
 def test_cached_tokens_without_a_cache_price_pay_the_input_price() -> None:
-    assert cost_of(10, 0, 4, price("0.1", "0.2"), NOW).input == Decimal("1.0")
+    assert cost_of(10, 0, 4, price("0.1", "0.2")).input == Decimal("1.0")
 
 
 @pytest.mark.parametrize(

@@ -77,17 +77,9 @@ class TokenPrice:
 
 
 def cost_of(
-    tokens_input: int,
-    tokens_output: int,
-    tokens_cache_read: int,
-    price: TokenPrice,
-    when: datetime,
-    rules: PriceRules | None = None,
+    tokens_input: int, tokens_output: int, tokens_cache_read: int, price: TokenPrice
 ) -> Cost:
-    """The cost of one call at ``when``; ``rules`` is ``price.rules`` already parsed."""
-    if price.rules is not None:
-        assert rules is not None
-        return rules.cost(tokens_input, tokens_output, tokens_cache_read, when)
+    """The cost of one call at a flat price (one without the source's rules)."""
     uncached = tokens_input - tokens_cache_read
     cache_price = price.input if price.cache_read is None else price.cache_read
     input_cost = uncached * price.input + tokens_cache_read * cache_price

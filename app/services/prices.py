@@ -188,12 +188,12 @@ class PriceBook:
         price = self.price_at(provider, model, when)
         if price is None:
             return None
-        rules = None
-        if price.rules is not None:
-            rules = self._rules.get(id(price))
-            if rules is None:
-                rules = self._rules[id(price)] = PriceRules.parse(price.rules)
-        return cost_of(tokens_input, tokens_output, tokens_cache_read, price, when, rules)
+        if price.rules is None:
+            return cost_of(tokens_input, tokens_output, tokens_cache_read, price)
+        rules = self._rules.get(id(price))
+        if rules is None:  # parsed once per price version, when first needed
+            rules = self._rules[id(price)] = PriceRules.parse(price.rules)
+        return rules.cost(tokens_input, tokens_output, tokens_cache_read, when)
 
 
 class _CachedBook:

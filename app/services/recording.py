@@ -137,10 +137,11 @@ def record_events(
         result.rejected.append(rejected)
         db.session.add(RejectedEvent(payload=raw, **rejected))
     result.inserted, result.unpriced = written.inserted, written.unpriced
-    result.duplicates += len(rows) - len(failed) - written.inserted
-    if written.inserted != len(rows) - len(failed):
-        # The database stored fewer than the batch holds (some were stored before):
-        # every one must be there before the receipt commits.
+    stored_before = len(rows) - len(failed) - written.inserted
+    result.duplicates += stored_before
+    if stored_before:
+        # The database stored fewer than the batch holds: the rest must have been
+        # stored before, and every one must be there before the receipt commits.
         _check_stored(batch_id, [row.event_id for row in rows if row.event_id not in failed])
     db.session.commit()
     if result.rejected or result.unpriced:
