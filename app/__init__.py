@@ -17,6 +17,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         MIGRATIONS_DIR,
         QUICK_READS,
         engine_options,
+        import_tables,
         release_connections,
         upgrade_database,
     )
@@ -40,13 +41,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         },
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
     )
+    import_tables()
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     celery_init_app(app, settings)
     register_api(app)
     app.cli.add_command(billing_cli)
 
-    from app.metering import UsageMeter, outbox_for
+    from app.ingest.meter import UsageMeter, outbox_for
 
     outbox_for(app)  # made here, so no two request threads race to make it
     if settings.enable_pricing_middleware:

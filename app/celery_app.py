@@ -12,9 +12,9 @@ from typing import Any
 from celery import Celery, Task
 from flask import Flask
 
-from app import wire
-from app.batch_store import init_batch_store
 from app.config import Settings
+from app.ingest import wire
+from app.ingest.batch_store import init_batch_store
 from app.schedule import beat_schedule
 
 TASK_MODULES = ["tasks.ingest", "tasks.billing", "tasks.jobs"]
@@ -34,7 +34,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_schedule": beat_schedule(settings),
         "worker_hijack_root_logger": False,
-        # Ingest batches travel as orjson (app/wire.py); everything else as JSON.
+        # Ingest batches travel as orjson (app/ingest/wire.py); everything else as JSON.
         "accept_content": ["json", wire.SERIALIZER],
     }
     if settings.uses_redis:

@@ -10,14 +10,13 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from app.billing.customers import PENDING, link_state, link_stripe_customer
+from app.customers.services import PENDING, link_state, link_stripe_customer, register_customer
 from app.errors import BillingRejected, BillingUnavailable, JobAlreadyRunning, NotFound
+from app.ingest.recording import replay_rejected
 from app.models.types import utcnow
 from app.schedule import REPORT_TASK
 from app.security import hash_api_key
-from app.services.customers import register_customer
 from app.services.jobs import JobFailed
-from app.services.recording import replay_rejected
 from app.services.reporting import resolve_manual
 from app.services.scheduled import (
     CLEANUP_JOB,

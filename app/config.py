@@ -66,7 +66,7 @@ class Settings:
     # at that moment is gone. Longer than the broker's visibility timeout plus a
     # retry's countdown, which bring back every message Redis still holds.
     meter_redeliver_after_seconds: int = 180
-    # With Redis, a batch's events wait beside its message (app/batch_store.py) and are
+    # With Redis, a batch's events wait beside its message (app/ingest/batch_store.py) and are
     # deleted once recorded; this expiry only clears what a failed delete left.
     meter_batch_ttl_seconds: int = 7 * 24 * 3600
     max_usage_range_days: int = 366

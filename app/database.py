@@ -11,6 +11,7 @@ import fcntl
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import import_module
 from typing import Any
 
 from flask import Flask
@@ -28,6 +29,14 @@ _ADVISORY_LOCK_ID = 0x75626D67  # "ubmg"
 QUICK_READS = "quick_reads"  # the bind key of quick_read()'s engine
 # The database unreachable or restarting: retried by workers, a 503 at the API.
 UNAVAILABLE = (OperationalError, InterfaceError)
+# Every module that declares tables: each capability keeps its own beside it.
+TABLE_MODULES = ("app.models", "app.ingest.models", "app.customers.models")
+
+
+def import_tables() -> None:
+    """Declare every table, so Alembic and ``db.create_all`` see them all."""
+    for module in TABLE_MODULES:
+        import_module(module)
 
 
 @contextmanager
@@ -109,7 +118,7 @@ def forget_inherited_connections(app: Flask) -> None:
 def upgrade_database(app: Flask) -> None:
     """Migrate to head and seed prices from the bundled source when none exist."""
     from app.models import ModelPrice
-    from app.services.prices import refresh_prices
+    from app.pricing.book import refresh_prices
 
     with app.app_context(), _migration_lock(app):
         upgrade(directory=MIGRATIONS_DIR)

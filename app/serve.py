@@ -19,8 +19,8 @@ from gunicorn.app.base import BaseApplication
 
 from app import create_app
 from app.config import Settings
+from app.customers.services import customer_for_key_hash, register_customer
 from app.security import hash_api_key
-from app.services.customers import customer_for_key_hash, register_customer
 
 DEMO_API_KEY_FILE = "demo-api-key"
 

@@ -1,6 +1,6 @@
 """Declaring request shapes with pydantic, and turning its errors into ours.
 
-Shared by every shape (the event in ``app/services/validation.py``, the HTTP
+Shared by every shape (the event in ``app/ingest/validation.py``, the HTTP
 bodies in ``app/api/schemas.py``, Stripe's events in ``app/billing``), so each
 is declared once and ``/openapi.json`` renders the same declarations.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
+from flask import Request
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -19,7 +20,7 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticError
 
-from app.errors import ValidationError
+from app.errors import UnsupportedMediaType, ValidationError
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -60,3 +61,16 @@ def trimmed(max_length: int) -> Any:
 def text(max_length: int) -> Any:
     """A trimmed, non-empty string of printable characters."""
     return Annotated[trimmed(max_length), AfterValidator(_printable)]
+
+
+def json_body(request: Request) -> Any:
+    """The parsed JSON body, or a 4xx naming what is wrong with it."""
+    if not request.is_json:
+        raise UnsupportedMediaType("Content-Type must be application/json", field="Content-Type")
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nesting deeper than the parser's stack: not a body we take
+        body = None
+    if body is None:
+        raise ValidationError("the body is not valid JSON", field="body")
+    return body

@@ -711,9 +711,9 @@ def bench_validation(results: dict[str, Any]) -> None:
     import timeit
 
     from app.config import Settings
+    from app.ingest.validation import EventLimits, validate_event
+    from app.pricing.book import SEED_EFFECTIVE_FROM, PriceBook, price_row
     from app.pricing.catalog import bundled_prices
-    from app.services.prices import SEED_EFFECTIVE_FROM, PriceBook, price_row
-    from app.services.validation import EventLimits, validate_event
 
     now = datetime.now(UTC)
     limits = EventLimits.from_settings(Settings())  # the defaults the stack runs with

@@ -33,9 +33,11 @@ def ensure_venv() -> None:
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if STAMP.exists() and STAMP.read_text() == wanted:
         return
-    print("installing usage-billing and its test dependencies", flush=True)
+    print("installing usage-billing and its test and bench dependencies", flush=True)
     subprocess.run([PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
-    subprocess.run([PYTHON, "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test]"], check=True)
+    subprocess.run(
+        [PYTHON, "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test,bench]"], check=True
+    )
     STAMP.write_text(wanted)
 
 

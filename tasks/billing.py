@@ -6,10 +6,10 @@ from datetime import date
 
 from celery import shared_task
 
-from app.billing.customers import LINK_TASK, link_stripe_customer
+from app.customers.models import BillingCustomer
+from app.customers.services import LINK_TASK, link_stripe_customer
 from app.errors import BillingUnavailable, JobAlreadyRunning
 from app.extensions import db
-from app.models import BillingCustomer
 from app.services.jobs import JobFailed
 from app.services.scheduled import run_report
 

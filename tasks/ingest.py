@@ -8,10 +8,10 @@ from typing import Any
 from celery import shared_task
 from flask import current_app
 
-from app.batch_store import BatchStore, batch_store
 from app.extensions import db
-from app.models.ledger import recorded_batches
-from app.services.recording import record_events
+from app.ingest.batch_store import BatchStore, batch_store
+from app.ingest.ledger import recorded_batches
+from app.ingest.recording import record_events
 
 log = logging.getLogger("usage_billing.ingest")
 
@@ -34,7 +34,7 @@ def record_events_task(
     """Store a batch; any failure retries the whole batch.
 
     ``events`` is None when they wait in the batch store under ``batch_id``
-    (app/batch_store.py). Retrying the whole batch is safe: a recorded batch has
+    (app/ingest/batch_store.py). Retrying the whole batch is safe: a recorded batch has
     a receipt (``batch_id``) and rows already stored are skipped by event id.
     """
     store = batch_store(current_app)

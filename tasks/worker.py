@@ -5,9 +5,9 @@ from typing import Any
 from celery.signals import worker_process_init
 
 from app import create_app_for_serving
-from app.batch_store import batch_store
 from app.database import forget_inherited_connections
-from app.services.prices import price_book
+from app.ingest.batch_store import batch_store
+from app.pricing.book import price_book
 
 flask_app = create_app_for_serving()
 celery_app = flask_app.extensions["celery"]

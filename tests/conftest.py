@@ -25,8 +25,8 @@ from sqlalchemy import create_engine, text
 
 from app import create_app
 from app.config import Settings, with_driver
+from app.customers.models import BillingCustomer
 from app.extensions import db
-from app.models import BillingCustomer
 from app.security import hash_api_key
 from tests.fake_stripe import API_KEY as STRIPE_API_KEY
 from tests.fake_stripe import FakeStripe

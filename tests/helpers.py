@@ -10,7 +10,7 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from app.extensions import db
-from app.models import RejectedEvent, UsageEvent
+from app.ingest.models import RejectedEvent, UsageEvent
 from app.security import hash_api_key
 
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.errors import ValidationError
-from app.services.validation import EventLimits, validate_event
+from app.ingest.validation import EventLimits, validate_event
 from tests.conftest import ADMIN_TOKEN, SERVICE_TOKEN, auth, measured, wait_for
 from tests.helpers import count_events, event
 
@@ -244,7 +244,7 @@ def test_the_fields_an_event_may_hold_are_those_it_travels_with() -> None:
 
 
 def _accepted_fields() -> set[str]:
-    from app.services.validation import EventShape
+    from app.ingest.validation import EventShape
 
     return set(EventShape.__annotations__)
 

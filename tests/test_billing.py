@@ -14,12 +14,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from app.customers.models import BillingCustomer
 from app.extensions import db
-from app.models import BillingCustomer, UsageReport
+from app.ingest.recording import record_events
+from app.models import UsageReport
 from app.security import hash_api_key
 from app.services import reporting
 from app.services.jobs import JobFailed
-from app.services.recording import record_events
 from app.services.scheduled import run_report
 from tests.conftest import ADMIN_TOKEN, WEBHOOK_SECRET, auth, measured, wait_for
 from tests.fake_stripe import FakeStripe
@@ -92,8 +93,7 @@ def test_retried_customer_creation_makes_one_stripe_customer(
 ) -> None:
     stripe_server.fail_next("/v1/customers", 500)
     with app.app_context():
-        from app.billing.customers import link_stripe_customer
-        from app.services.customers import register_customer
+        from app.customers.services import link_stripe_customer, register_customer
 
         customer = register_customer("b@example.com", "Bo", hash_api_key("k-b"))
         customer_id = link_stripe_customer(customer)
@@ -411,7 +411,7 @@ def test_onboarding_while_stripe_is_down_links_the_customer_once_it_answers(
     resp = client.post("/v1/billing/customers", json=body, headers=auth(ADMIN_TOKEN))
     assert resp.status_code == 201 and resp.get_json()["stripe_link"] == "pending"
     with app.app_context():
-        from app.billing.customers import link_unlinked_customers
+        from app.customers.services import link_unlinked_customers
 
         assert link_unlinked_customers() == (0, 1)  # Stripe still down: kept, not lost
         stripe_server.reset()

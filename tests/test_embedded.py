@@ -23,8 +23,8 @@ from sqlalchemy import select
 
 from app.config import Settings
 from app.extensions import db
-from app.models import UsageDaily
-from app.services.recording import record_events
+from app.ingest.models import UsageDaily
+from app.ingest.recording import record_events
 from tests.conftest import create_extra_app, project_root, wait_for
 from tests.helpers import count_events, event
 from tests.processes import free_port

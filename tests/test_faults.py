@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from app.config import Settings
 from app.extensions import db
-from app.models import UsageEvent
+from app.ingest.models import UsageEvent
 from tests.conftest import SERVICE_TOKEN, auth, create_extra_app, measured, wait_for
 from tests.helpers import event
 from tests.processes import PrivatePostgres, RedisServer, ShippedStack, free_port
@@ -152,13 +152,13 @@ def test_batches_whose_stored_events_are_gone_are_sent_again(
     app: Flask, stack, tmp_path: Path
 ) -> None:
     """A batch's events wait in Redis beside a message that carries only its id
-    (app/batch_store.py). If they are gone when a worker takes the message (expired,
+    (app/ingest/batch_store.py). If they are gone when a worker takes the message (expired,
     or Redis lost them), nothing is recorded and no receipt written, so the outbox
     sends the batch again; once recorded, its events leave Redis."""
     import redis
     from kombu.utils.json import loads as envelope
 
-    from app import wire
+    from app.ingest import wire
 
     producer, redis_server, local = stack
     ids = _send(producer.test_client(), batches=3, size=100, prefix="gone")

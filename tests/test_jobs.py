@@ -23,11 +23,11 @@ from sqlalchemy import func, select
 
 from app.errors import JobAlreadyRunning
 from app.extensions import db
+from app.ingest.recording import record_events
 from app.models import JobRun, ModelPrice, UsageReport
+from app.pricing.book import price_book
 from app.pricing.catalog import PriceSourceError
 from app.services.jobs import run_job
-from app.services.prices import price_book
-from app.services.recording import record_events
 from app.services.scheduled import (
     CLEANUP_JOB,
     REFRESH_JOB,

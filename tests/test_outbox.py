@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from app.metering.outbox import Outbox
+from app.ingest.outbox import Outbox
 from tests.conftest import measured
 
 

@@ -15,9 +15,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from app.extensions import db
-from app.models import RejectedEvent, UsageDaily
-from app.models.ledger import recorded_batches
-from app.services.recording import RecordResult, record_events
+from app.ingest.ledger import recorded_batches
+from app.ingest.models import RejectedEvent, UsageDaily
+from app.ingest.recording import RecordResult, record_events
 from tests.conftest import SERVICE_TOKEN, auth, wait_for
 from tests.helpers import count_events, event, parked_events, stored_events
 
@@ -65,7 +65,7 @@ def test_duplicate_event_is_stored_once(app: Flask, client: FlaskClient, celery_
 
 
 def test_a_batch_holding_a_stored_event_stores_and_rolls_up_only_its_new_ones(app: Flask) -> None:
-    """Both PostgreSQL write paths (app/models/ledger.py): an all-new batch is
+    """Both PostgreSQL write paths (app/ingest/ledger.py): an all-new batch is
     appended and rolled up from staging; one holding a stored event fails the
     append and is merged instead."""
     key = "key-merge"
@@ -112,7 +112,7 @@ def _record_at_once(app: Flask, batches: list[list[dict]]) -> list[RecordResult]
 def test_concurrent_batches_sharing_events_store_and_roll_up_each_once(app: Flask) -> None:
     """Two workers appending overlapping batches at once: the second to reach a
     shared event waits on the first's uncommitted row in the unique index, fails
-    its append when that commits, and merges (app/models/ledger.py)."""
+    its append when that commits, and merges (app/ingest/ledger.py)."""
     key_hash = event("key-race")["api_key_hash"]
     for _ in range(5):
         events = [event("key-race", tokens_input=100, tokens_output=10) for _ in range(300)]
@@ -298,10 +298,10 @@ def test_usage_needs_a_known_key(client: FlaskClient) -> None:
 def test_a_batch_waits_in_redis_until_recorded_and_a_redelivery_changes_nothing(
     app: Flask, caplog
 ) -> None:
-    """The message carries only the batch id (app/batch_store.py). Once recorded,
+    """The message carries only the batch id (app/ingest/batch_store.py). Once recorded,
     the events leave Redis; the same message delivered again (its worker died
     before acknowledging it) finds the receipt and is not reported as lost."""
-    from app.batch_store import batch_store
+    from app.ingest.batch_store import batch_store
     from tasks.ingest import record_events_task
 
     store = batch_store(app)
@@ -329,7 +329,7 @@ def test_a_batch_that_fails_for_a_reason_not_its_own_is_retried_never_parked(
     no receipt, nothing parked, and the task raises so Celery retries it; once
     the cause is gone the same batch stores the good event and parks only the
     bad one, with its own reason."""
-    from app.services import prices
+    from app.pricing import book
     from tasks.ingest import record_events_task
 
     good, bad = event(), event(tokens_input=-1)
@@ -337,7 +337,7 @@ def test_a_batch_that_fails_for_a_reason_not_its_own_is_retried_never_parked(
     def bug() -> None:
         raise RuntimeError("price book unavailable")
 
-    monkeypatch.setattr(prices.price_book, "get", bug)
+    monkeypatch.setattr(book.price_book, "get", bug)
     with pytest.raises(RuntimeError):
         record_events_task([good, bad], batch_id="retried-batch-0")
     monkeypatch.undo()
@@ -359,7 +359,7 @@ def test_a_parked_event_is_recorded_when_replayed_after_its_cause_is_fixed(app: 
     from decimal import Decimal
 
     from app.models import ModelPrice
-    from app.services.prices import SEED_EFFECTIVE_FROM, price_book
+    from app.pricing.book import SEED_EFFECTIVE_FROM, price_book
 
     with app.app_context():
         db.session.add(
@@ -415,7 +415,7 @@ def test_values_orjson_refuses_still_reach_the_worker_and_are_parked(
 ) -> None:
     """The middleware spools events the API never validated: a lone surrogate or an
     integer past 64 bits (which orjson will not write) takes the standard library's
-    path through spool and broker (app/wire.py), and the worker parks that event,
+    path through spool and broker (app/ingest/wire.py), and the worker parks that event,
     not its batch."""
     good = event()
     odd = [event(provider="open\ud800ai"), event(tokens_output=2**70)]
@@ -432,7 +432,7 @@ def test_a_metered_response_with_nan_or_infinity_is_parked_not_changed(
     as text and the worker parks each event naming its field."""
     from flask import request
 
-    from app.metering import event_from_response
+    from app.ingest.meter import event_from_response
 
     bodies = [
         {
@@ -468,7 +468,7 @@ def test_id_lookups_refuse_an_id_with_a_comma_rather_than_split_it(app: Flask) -
     (app/models/dialect.py): an id with a comma would be read as two."""
     from sqlalchemy.exc import StatementError
 
-    from app.models.ledger import recorded_batches
+    from app.ingest.ledger import recorded_batches
 
     with app.app_context():
         assert recorded_batches(["no-such-batch", "nor-this"]) == set()
@@ -497,8 +497,8 @@ def test_responses_encode_as_flask_would_for_what_orjson_writes_differently(app:
 def test_event_rows_carry_every_column_of_usage_events() -> None:
     """``EventRow`` is written out by hand (the COPY unpacks it); a column added to
     the model and not to it would never be filled."""
-    from app.models import UsageEvent
-    from app.models.ledger import EventRow
+    from app.ingest.ledger import EventRow
+    from app.ingest.models import UsageEvent
 
     columns = [c.name for c in UsageEvent.__table__.columns if c.name != "id"]
     assert sorted(EventRow._fields) == sorted(columns)
@@ -510,7 +510,7 @@ def test_a_receipt_found_without_its_events_does_not_stop_them_being_recorded(
     """What the shared-socket bug left behind: a receipt committed without its
     events. The batch's redelivery checks the receipt against the events and
     records the missing ones instead of skipping the batch."""
-    from app.models import IngestBatch
+    from app.ingest.models import IngestBatch
 
     sent = [event(), event()]
     with app.app_context():
@@ -530,8 +530,8 @@ def test_a_batch_whose_events_are_not_all_stored_commits_no_receipt(
     stored before either: the transaction is rolled back, receipt included, and
     the batch is retried (here: run again) until every event is there."""
     from app.errors import LedgerMismatch
-    from app.models.ledger import Written
-    from app.services import recording
+    from app.ingest import recording
+    from app.ingest.ledger import Written
 
     sent = [event(), event(), event()]
     monkeypatch.setattr(recording, "insert_events", lambda rows: Written(1, 0))

@@ -12,7 +12,10 @@ from genai_prices import Usage, calc_price, data_snapshot
 from sqlalchemy import create_engine, select
 
 from app.extensions import db
-from app.models import ModelPrice, UsageEvent
+from app.ingest.models import UsageEvent
+from app.ingest.recording import record_events
+from app.models import ModelPrice
+from app.pricing.book import SEED_EFFECTIVE_FROM, PriceBook, price_row
 from app.pricing.catalog import (
     PriceSourceError,
     bundled_prices,
@@ -20,8 +23,6 @@ from app.pricing.catalog import (
     parse_price_list,
 )
 from app.pricing.cost import TokenPrice, cost_of, to_money
-from app.services.prices import SEED_EFFECTIVE_FROM, PriceBook, price_row
-from app.services.recording import record_events
 from tests.conftest import measured
 from tests.helpers import event
 

@@ -6,12 +6,12 @@ import logging
 from typing import Any
 
 import orjson
-from flask import Flask, Request, jsonify
+from flask import Flask, jsonify
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from app.database import UNAVAILABLE as DATABASE_UNAVAILABLE
-from app.errors import ServiceError, ServiceUnavailable, UnsupportedMediaType, ValidationError
+from app.errors import ServiceError, ServiceUnavailable
 
 log = logging.getLogger("usage_billing.api")
 
@@ -37,19 +37,6 @@ class JSONProvider(DefaultJSONProvider):
             except TypeError:
                 pass
         return super().dumps(obj, **kwargs)
-
-
-def json_body(request: Request) -> Any:
-    """The parsed JSON body, or a 4xx naming what is wrong with it."""
-    if not request.is_json:
-        raise UnsupportedMediaType("Content-Type must be application/json", field="Content-Type")
-    try:
-        body = request.get_json(silent=True)
-    except RecursionError:  # nesting deeper than the parser's stack: not a body we take
-        body = None
-    if body is None:
-        raise ValidationError("the body is not valid JSON", field="body")
-    return body
 
 
 def _service_error(error: ServiceError) -> tuple[Any, int]:
@@ -88,9 +75,9 @@ def register_api(app: Flask) -> None:
     app.json = JSONProvider(app)
     from app.api.billing import billing
     from app.api.health import health
-    from app.api.ingest import ingest
     from app.api.openapi import openapi
     from app.api.usage import usage
+    from app.ingest.views import ingest
 
     for blueprint in (ingest, usage, billing, health, openapi):
         app.register_blueprint(blueprint)

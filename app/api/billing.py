@@ -8,16 +8,20 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, request
 
-from app.api import json_body
 from app.api.schemas import CustomerCreate, PortalRequest
-from app.billing.customers import PENDING, link_state, request_link
 from app.billing.stripe_gateway import gateway, verify_webhook
+from app.customers.services import (
+    PENDING,
+    customer_for_key_hash,
+    link_state,
+    register_customer,
+    request_link,
+)
 from app.errors import NotFound, ValidationError
 from app.models.types import utcnow
 from app.security import bearer_token, hash_api_key, require_token
-from app.services.customers import customer_for_key_hash, register_customer
 from app.services.webhooks import handle_event
-from app.shapes import parse
+from app.shapes import json_body, parse
 
 billing = Blueprint("billing", __name__)
 

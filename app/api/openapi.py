@@ -1,7 +1,7 @@
 """``GET /openapi.json``: the OpenAPI 3.1 document of every endpoint.
 
 The paths are written here; every request shape is rendered from the pydantic
-model that validates it (``app/services/validation.py``, ``app/api/schemas.py``),
+model that validates it (``app/ingest/validation.py``, ``app/api/schemas.py``),
 so the two cannot drift. A test checks that every registered route appears
 here, and schemathesis fuzzes the API from it.
 """
@@ -13,9 +13,9 @@ from typing import Any
 from flask import Blueprint
 from pydantic import BaseModel
 
-from app.api.schemas import CustomerCreate, EventBatch, PortalRequest, UsageQuery
+from app.api.schemas import CustomerCreate, PortalRequest, UsageQuery
 from app.billing.stripe_gateway import StripeEvent
-from app.services.validation import EVENT_SCHEMA, EVENT_SHAPE
+from app.ingest.validation import EVENT_SCHEMA, EVENT_SHAPE, EventBatch
 
 openapi = Blueprint("openapi", __name__)
 

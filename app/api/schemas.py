@@ -1,4 +1,4 @@
-"""The HTTP request shapes besides the event (``app/services/validation.py``).
+"""The HTTP request shapes besides the ingest ones (``app/ingest/validation.py``).
 
 Each is declared once: the views parse with it and ``/openapi.json`` renders it.
 """
@@ -6,7 +6,7 @@ Each is declared once: the views parse with it and ``/openapi.json`` renders it.
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
@@ -20,15 +20,6 @@ from pydantic import (
 
 from app.errors import ValidationError
 from app.shapes import text
-
-
-class EventBatch(BaseModel):
-    """A batch of events; each is checked on its own (``EventIn``), so a bad event
-    rejects only itself. ``/openapi.json`` shows the items as ``UsageEvent``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    events: list[Any] = Field(min_length=1, description="at most MAX_BATCH_EVENTS (413 beyond)")
 
 
 def _address(value: str) -> str:

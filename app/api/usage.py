@@ -7,8 +7,8 @@ from typing import Any
 from flask import Blueprint, current_app, request
 
 from app.api.schemas import UsageQuery
+from app.customers.services import authenticate_customer
 from app.errors import ValidationError
-from app.services.customers import authenticate_customer
 from app.services.usage import usage_between
 from app.shapes import parse
 

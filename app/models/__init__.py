@@ -1,19 +1,11 @@
-"""All tables, imported here so Alembic and ``db.create_all`` see every one."""
+"""The tables no single capability owns: Stripe reports and webhooks, job runs, prices.
+
+Each capability keeps its own tables beside it (``app/ingest/models.py``,
+``app/customers/models.py``); ``app.database.TABLE_MODULES`` names them all.
+"""
 
 from app.models.billing import StripeWebhookEvent, UsageReport
-from app.models.customers import BillingCustomer
-from app.models.events import IngestBatch, RejectedEvent, UsageDaily, UsageEvent
 from app.models.jobs import JobRun
 from app.models.prices import ModelPrice
 
-__all__ = [
-    "BillingCustomer",
-    "IngestBatch",
-    "JobRun",
-    "ModelPrice",
-    "RejectedEvent",
-    "StripeWebhookEvent",
-    "UsageDaily",
-    "UsageEvent",
-    "UsageReport",
-]
+__all__ = ["JobRun", "ModelPrice", "StripeWebhookEvent", "UsageReport"]

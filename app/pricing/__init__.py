@@ -1,1 +1,2 @@
-"""Per-token prices: where they come from (``catalog``) and what a call costs (``cost``)."""
+"""Per-token prices: where they come from (``catalog``), what a call costs (``cost``), and the
+prices in force at any moment, kept in ``model_prices`` (``book``)."""

@@ -21,8 +21,10 @@ from datetime import time as clock
 from sqlalchemy import Column, ColumnElement, delete, func, select
 
 from app.config import Settings
+from app.customers.models import BillingCustomer
 from app.extensions import db
-from app.models import BillingCustomer, IngestBatch, UsageEvent, UsageReport
+from app.ingest.models import IngestBatch, UsageEvent
+from app.models import UsageReport
 from app.models.billing import FAILED, NEEDS_MANUAL, PENDING
 
 UNSETTLED = (PENDING, FAILED, NEEDS_MANUAL)

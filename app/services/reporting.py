@@ -26,9 +26,11 @@ from flask import current_app
 from sqlalchemy import func, select
 
 from app.billing.stripe_gateway import gateway
+from app.customers.models import BillingCustomer
 from app.errors import BillingRejected, BillingUnavailable, NotFound
 from app.extensions import db
-from app.models import BillingCustomer, UsageDaily, UsageReport
+from app.ingest.models import UsageDaily
+from app.models import UsageReport
 from app.models.billing import FAILED, NEEDS_MANUAL, PENDING, RESOLVED, SENT
 from app.models.types import utcnow
 

@@ -11,10 +11,11 @@ from typing import Any
 
 from flask import current_app
 
-from app.billing.customers import link_unlinked_customers
+from app.customers.services import link_unlinked_customers
 from app.models import JobRun
 from app.models.jobs import FAILED
 from app.models.types import utcnow
+from app.pricing.book import price_book, refresh_prices
 from app.services.cleanup import (
     RECEIPT_RETENTION,
     cleanup_cutoff,
@@ -24,7 +25,6 @@ from app.services.cleanup import (
     delete_receipts_before,
 )
 from app.services.jobs import JobFailed, last_runs, last_success, run_job
-from app.services.prices import price_book, refresh_prices
 from app.services.reporting import report_day, reports_needing_manual
 
 REPORT_JOB = "usage_report"

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 
 from app.extensions import db
-from app.models import UsageDaily
+from app.ingest.models import UsageDaily
 from app.models.types import money_str
 
 _TOKEN_FIELDS = ("tokens_input", "tokens_output", "tokens_cache_read", "tokens_total")

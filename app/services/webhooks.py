@@ -10,8 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app.billing.stripe_gateway import StripeEvent
+from app.customers.models import BillingCustomer
 from app.extensions import db
-from app.models import BillingCustomer, StripeWebhookEvent
+from app.models import StripeWebhookEvent
 
 log = logging.getLogger("usage_billing.webhooks")
 

@@ -1,28 +1,74 @@
-"""Onboarding's Stripe half: a customer created here is linked to a Stripe customer.
+"""Customers: who is calling (API keys resolve by their hash), onboarding, and the Stripe link.
 
-The customer is created locally first, so onboarding never waits on Stripe and
+A customer is created locally first, so onboarding never waits on Stripe and
 works with no Stripe key at all (the embedded default): usage is metered from
-the first call. The link is made in the background (the ``billing.link_customer``
-task, retried until Stripe answers), and the daily report first links whoever is
-still unlinked, in case that task was never queued.
+the first call. The link to a Stripe customer is made in the background (the
+``billing.link_customer`` task, retried until Stripe answers), and the daily
+report first links whoever is still unlinked, in case that task was never queued.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 
-from flask import current_app
+from flask import Request, current_app
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from app.billing.stripe_gateway import gateway
-from app.errors import BillingRejected, BillingUnavailable
+from app.customers.models import BillingCustomer
+from app.errors import AuthenticationError, BillingRejected, BillingUnavailable
 from app.extensions import db
-from app.models import BillingCustomer
+from app.security import bearer_token, hash_api_key
 
-log = logging.getLogger("usage_billing.billing")
+log = logging.getLogger("usage_billing.customers")
 
 LINK_TASK = "billing.link_customer"
 LINKED, PENDING, NOT_CONFIGURED = "linked", "pending", "not_configured"
+
+
+def customer_for_key_hash(api_key_hash: str) -> BillingCustomer | None:
+    return db.session.scalar(
+        select(BillingCustomer).where(BillingCustomer.api_key_hash == api_key_hash)
+    )
+
+
+def register_customer(
+    email: str, name: str, api_key_hash: str, company: str | None = None
+) -> BillingCustomer:
+    """The customer for this key, created if new; registering a key again returns it."""
+    existing = customer_for_key_hash(api_key_hash)
+    if existing is not None:
+        return existing
+    customer = BillingCustomer(email=email, name=name, api_key_hash=api_key_hash, company=company)
+    db.session.add(customer)
+    try:
+        db.session.commit()
+    except IntegrityError:  # registered meanwhile by a concurrent request
+        db.session.rollback()
+        found = customer_for_key_hash(api_key_hash)
+        assert found is not None
+        return found
+    return customer
+
+
+def authenticate_customer(request: Request) -> BillingCustomer:
+    """The active customer whose key is the request's bearer token, or 401.
+
+    The lookup is by hash (an attacker cannot steer a digest's prefix, so the
+    index lookup leaks nothing), and the found hash is compared again in
+    constant time.
+    """
+    key_hash = hash_api_key(bearer_token(request))
+    customer = customer_for_key_hash(key_hash)
+    if (
+        customer is None
+        or not customer.is_active
+        or not hmac.compare_digest(customer.api_key_hash, key_hash)
+    ):
+        raise AuthenticationError("unknown or inactive API key", field="Authorization")
+    return customer
 
 
 def stripe_configured() -> bool:

@@ -19,6 +19,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, NamedTuple, NotRequired
 
 from pydantic import (
+    BaseModel,
     ConfigDict,
     Field,
     StrictFloat,
@@ -76,7 +77,7 @@ def _check_nesting(value: Any) -> None:
 
     Walked with a stack, not recursion, and stopped at the first level too deep:
     a body nested a thousand levels is a 400, never a ``RecursionError``. Events
-    travel to the worker as orjson (app/wire.py), which reads an integer past 64
+    travel to the worker as orjson (app/ingest/wire.py), which reads an integer past 64
     bits back as a float: it would not be stored as sent.
     """
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -260,3 +261,12 @@ def validate_event(raw: Any, now: datetime, limits: EventLimits) -> EventIn:
         _seconds(get("execution_time")),
         _metadata(get("metadata"), limits),
     )
+
+
+class EventBatch(BaseModel):
+    """A batch of events; each is checked on its own (``EventIn``), so a bad event
+    rejects only itself. ``/openapi.json`` shows the items as ``UsageEvent``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[Any] = Field(min_length=1, description="at most MAX_BATCH_EVENTS (413 beyond)")

@@ -6,14 +6,12 @@ from typing import Any
 
 from flask import Blueprint, current_app, request
 
-from app.api import json_body
-from app.api.schemas import EventBatch
 from app.errors import PayloadTooLarge
-from app.metering import outbox_for
+from app.ingest.accept import accept_batch
+from app.ingest.meter import outbox_for
+from app.ingest.validation import EventBatch, EventLimits
 from app.security import require_token
-from app.services.ingest import accept_batch
-from app.services.validation import EventLimits
-from app.shapes import parse
+from app.shapes import json_body, parse
 
 ingest = Blueprint("ingest", __name__)
 

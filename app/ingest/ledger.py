@@ -36,8 +36,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.database import quick_read
 from app.extensions import db
+from app.ingest.models import UNPRICED, IngestBatch, UsageDaily, UsageEvent
 from app.models.dialect import insert_for, one_of
-from app.models.events import UNPRICED, IngestBatch, UsageDaily, UsageEvent
 from app.models.types import utcnow
 
 # Summed into usage_daily from each new event; ``events`` and ``unpriced_events`` are counts.

@@ -26,7 +26,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, text
 
 from app.extensions import db
-from app.models import ModelPrice, UsageEvent
+from app.ingest.models import UsageEvent
+from app.models import ModelPrice
 from app.pricing.catalog import (
     BUNDLED_SOURCE,
     PriceSourceError,

@@ -4,7 +4,7 @@ The batch is written in one transaction: its receipt in ``ingest_batches``
 (when the outbox gave it an id), the new events, their daily rollup, and any
 event that failed validation, parked in ``rejected_events``. A redelivered
 batch finds its receipt and changes nothing; an event sent twice in different
-batches is still stored once, by ``event_id`` (``app/models/ledger.py``).
+batches is still stored once, by ``event_id`` (``app/ingest/ledger.py``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from app.errors import LedgerMismatch, ValidationError
 from app.extensions import db
-from app.models import RejectedEvent
-from app.models.events import PRICED, UNPRICED
-from app.models.ledger import (
+from app.ingest.ledger import (
     EventRow,
     Written,
     claim_batch,
@@ -30,9 +28,10 @@ from app.models.ledger import (
     insert_rows,
     stored_count,
 )
+from app.ingest.models import PRICED, UNPRICED, RejectedEvent
+from app.ingest.validation import EventIn, EventLimits, validate_event
 from app.models.types import utcnow
-from app.services.prices import PriceBook, price_book
-from app.services.validation import EventIn, EventLimits, validate_event
+from app.pricing.book import PriceBook, price_book
 
 log = logging.getLogger("usage_billing.ingest")
 

@@ -17,12 +17,12 @@ from sqlalchemy import Select, select
 from app.database import UNAVAILABLE, quick_read
 from app.errors import ValidationError
 from app.extensions import db
-from app.metering.outbox import Outbox
-from app.models import UsageEvent
+from app.ingest.models import UsageEvent
+from app.ingest.outbox import Outbox
+from app.ingest.recording import reject
+from app.ingest.validation import EventIn, EventLimits, validate_event
 from app.models.dialect import one_of
 from app.models.types import utcnow
-from app.services.recording import reject
-from app.services.validation import EventIn, EventLimits, validate_event
 
 log = logging.getLogger("usage_billing.ingest")
 

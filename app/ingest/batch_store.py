@@ -27,7 +27,7 @@ from typing import Any
 import redis
 from flask import Flask
 
-from app import wire
+from app.ingest import wire
 
 log = logging.getLogger("usage_billing.ingest")
 

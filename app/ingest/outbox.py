@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from app import wire
+from app.ingest import wire
 
 log = logging.getLogger("usage_billing.metering")
 

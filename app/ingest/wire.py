@@ -10,7 +10,7 @@ string encodes, and nothing is ever refused here; the worker's validation then
 parks such an event as for any other bad value. (orjson reads an integer past
 64 bits back as a float, so validation refuses those in metadata; token counts
 that large are invalid anyway.) orjson writes NaN and Infinity as null, so the
-middleware sends those as text (app/metering).
+middleware sends those as text (app/ingest).
 """
 
 from __future__ import annotations

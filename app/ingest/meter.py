@@ -16,10 +16,10 @@ from typing import Any
 
 from flask import Flask, Request, Response, current_app, request
 
-from app import wire
-from app.batch_store import batch_store
-from app.metering.outbox import Outbox
-from app.models.ledger import recorded_batches
+from app.ingest import wire
+from app.ingest.batch_store import batch_store
+from app.ingest.ledger import recorded_batches
+from app.ingest.outbox import Outbox
 from app.security import hash_api_key
 
 log = logging.getLogger("usage_billing.metering")
@@ -46,7 +46,7 @@ def _api_key(req: Request) -> str | None:
 
 def _number(value: Any) -> Any:
     """A number from the response as it must reach the worker. orjson writes NaN and
-    Infinity as null (app/wire.py), which would turn a bad cache-token count into 0
+    Infinity as null (app/ingest/wire.py), which would turn a bad cache-token count into 0
     and a bad execution time into none: as text, the worker parks the event naming
     the field."""
     return str(value) if isinstance(value, float) and not math.isfinite(value) else value
