@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from app.config import Settings
 from app.customers.services import PENDING, link_state, link_stripe_customer, register_customer
 from app.errors import BillingRejected, BillingUnavailable, JobAlreadyRunning, NotFound
 from app.ingest.recording import replay_rejected
+from app.ingest.validation import EventLimits
 from app.models.types import utcnow
+from app.progress import Progress, unwatched
 from app.schedule import REPORT_TASK
 from app.security import hash_api_key
 from app.services.jobs import JobFailed
@@ -41,7 +46,8 @@ billing_cli.add_command(customers_cli)
 def customers_create(email: str, name: str, api_key: str, company: str | None) -> None:
     """Create the customer here, then link it to Stripe now (when a key is set)."""
     customer = register_customer(email, name, hash_api_key(api_key), company=company)
-    if link_state(customer) == PENDING:
+    settings = current_app.config["SETTINGS"]
+    if link_state(customer, settings) == PENDING:
         try:
             link_stripe_customer(customer)
         except (BillingUnavailable, BillingRejected) as exc:
@@ -51,10 +57,30 @@ def customers_create(email: str, name: str, api_key: str, company: str | None) -
             {
                 "id": customer.id,
                 "stripe_customer_id": customer.stripe_customer_id,
-                "stripe_link": link_state(customer),
+                "stripe_link": link_state(customer, settings),
             }
         )
     )
+
+
+def _settings() -> Settings:
+    return current_app.config["SETTINGS"]
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Progress]:
+    """A progress bar on stderr while a long command runs; on a terminal only, so a
+    command whose output is piped or logged prints its JSON and nothing else."""
+    if not sys.stderr.isatty():
+        yield unwatched
+        return
+    with click.progressbar(length=0, label=label, file=sys.stderr) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(done - bar.pos)
+
+        yield advance
 
 
 def _run(label: str, action) -> None:  # type: ignore[no-untyped-def]
@@ -80,7 +106,9 @@ def _run(label: str, action) -> None:  # type: ignore[no-untyped-def]
 @click.option("--date", "day", default=None, help="YYYY-MM-DD; default: every day due")
 def report(day: str | None) -> None:
     """Report usage to Stripe for a day (default: yesterday and any missed day)."""
-    _run(REPORT_JOB, lambda: run_report(date.fromisoformat(day) if day else None))
+    when = date.fromisoformat(day) if day else None
+    with progress_bar("reporting customers") as progress:
+        _run(REPORT_JOB, lambda: run_report(_settings(), when, progress=progress))
 
 
 @billing_cli.command("trigger-report")
@@ -95,12 +123,13 @@ def trigger_report(day: str | None) -> None:
 
 @billing_cli.command("refresh-prices")
 def refresh_prices() -> None:
-    _run(REFRESH_JOB, run_price_refresh)
+    _run(REFRESH_JOB, lambda: run_price_refresh(_settings()))
 
 
 @billing_cli.command("cleanup")
 def cleanup() -> None:
-    _run(CLEANUP_JOB, run_cleanup)
+    with progress_bar("cleaning up customers") as progress:
+        _run(CLEANUP_JOB, lambda: run_cleanup(_settings(), progress=progress))
 
 
 @billing_cli.command("resolve-report")
@@ -119,7 +148,9 @@ def resolve_report(identifier: str, note: str) -> None:
 @click.option("--limit", default=1000, show_default=True, help="Parked events to take.")
 def replay_rejected_events(limit: int) -> None:
     """Record parked events again (after fixing what parked them)."""
-    result = replay_rejected(limit)
+    limits = EventLimits.from_settings(_settings())
+    with progress_bar("replaying parked events") as progress:
+        result = replay_rejected(limit, limits, progress)
     click.echo(
         json.dumps(
             {
@@ -135,6 +166,6 @@ def replay_rejected_events(limit: int) -> None:
 def status() -> None:
     """Last run of each job as JSON; exit 1 when one failed or is overdue, or a
     report waits for manual billing."""
-    status = job_status(utcnow())
+    status = job_status(_settings(), utcnow())
     click.echo(json.dumps(status, indent=2))
     sys.exit(0 if status["healthy"] else 1)

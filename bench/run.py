@@ -739,7 +739,7 @@ def bench_validation(results: dict[str, Any]) -> None:
 
 def main() -> int:
     from app.config import Settings
-    from tests.conftest import create_database, drop_database  # the same fresh-database helpers
+    from tests.helpers import create_database, drop_database  # the same fresh-database helpers
 
     os.environ["TEST_DATABASE_ADMIN_URL"] = ADMIN_URL
     settings = Settings.from_env()

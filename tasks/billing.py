@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 from celery import shared_task
+from flask import current_app
 
 from app.customers.models import BillingCustomer
 from app.customers.services import LINK_TASK, link_stripe_customer
@@ -31,7 +32,7 @@ def report_usage(day: str | None = None) -> list[dict]:
     is left alone.
     """
     try:
-        runs = run_report(date.fromisoformat(day) if day else None)
+        runs = run_report(current_app.config["SETTINGS"], date.fromisoformat(day) if day else None)
     except JobAlreadyRunning:
         return []
     return [{"period": run.period, "status": run.status, "counts": run.counts} for run in runs]

@@ -12,6 +12,7 @@ from app.extensions import db
 from app.ingest.batch_store import BatchStore, batch_store
 from app.ingest.ledger import recorded_batches
 from app.ingest.recording import record_events
+from app.ingest.validation import EventLimits
 
 log = logging.getLogger("usage_billing.ingest")
 
@@ -43,7 +44,8 @@ def record_events_task(
         if events is None:
             return _events_gone(batch_id)
     try:
-        result = record_events(events, batch_id=batch_id)
+        limits = EventLimits.from_settings(current_app.config["SETTINGS"])
+        result = record_events(events, limits, batch_id=batch_id)
     except Exception:
         db.session.rollback()
         log.exception("batch %s not recorded; it will be tried again", batch_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import shared_task
+from flask import current_app
 
 from app.errors import JobAlreadyRunning
 from app.services.scheduled import run_cleanup, run_price_refresh
@@ -12,7 +13,7 @@ from app.services.scheduled import run_cleanup, run_price_refresh
 def refresh_prices() -> dict | None:
     """A bad source fails the run (recorded in job_runs) and changes no price."""
     try:
-        return run_price_refresh().counts
+        return run_price_refresh(current_app.config["SETTINGS"]).counts
     except JobAlreadyRunning:
         return None
 
@@ -20,6 +21,6 @@ def refresh_prices() -> dict | None:
 @shared_task(name="jobs.cleanup_usage", acks_late=True)
 def cleanup_usage() -> dict | None:
     try:
-        return run_cleanup().counts
+        return run_cleanup(current_app.config["SETTINGS"]).counts
     except JobAlreadyRunning:
         return None

@@ -11,46 +11,37 @@ from __future__ import annotations
 
 import os
 import socket
-import time
-import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from flask import Blueprint, Flask
+from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from app import create_app
-from app.config import Settings, with_driver
+from app.config import Settings
 from app.customers.models import BillingCustomer
 from app.extensions import db
-from app.security import hash_api_key
+from tests.factories import CustomerFactory
 from tests.fake_stripe import API_KEY as STRIPE_API_KEY
 from tests.fake_stripe import FakeStripe
-
-PG_ADMIN_URL = os.environ.get(
-    "TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+from tests.helpers import (
+    ADMIN_TOKEN,
+    MEASURED,
+    PG_ADMIN_URL,
+    REDIS_URL,
+    SERVICE_TOKEN,
+    WEBHOOK_SECRET,
+    create_database,
+    drop_database,
+    execute_blueprint,
 )
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+
 REQUIRE_SERVICES = (
     os.environ.get("CI", "").lower() == "true" or os.environ.get("REQUIRE_SERVICES") == "1"
 )
-SERVICE_TOKEN = "svc-" + uuid.uuid4().hex
-ADMIN_TOKEN = "adm-" + uuid.uuid4().hex
-WEBHOOK_SECRET = "whsec_" + uuid.uuid4().hex
-
-EXECUTE_RESPONSE = {
-    "execution_id": None,  # set per request
-    "task_type": "code_generation",
-    "status": "success",
-    "provider": "openai",
-    "model": "gpt-4o-2024-08-06",
-    "usage": {"input_tokens": 1000, "output_tokens": 500, "cache_read_input_tokens": 200},
-    "execution_time": 1.25,
-}
 
 
 def _reachable(url: str) -> bool:
@@ -69,14 +60,7 @@ if REQUIRE_SERVICES and not SERVICES_UP:
     )
 
 
-MEASURED: list[str] = []
 SESSION_TABLES = {"model_prices"}  # seeded once per session, kept between tests
-
-
-def measured(line: str) -> None:
-    """A figure a test measured (events sent/stored/lost, requests fuzzed): shown at the end."""
-    MEASURED.append(line)
-    print(line)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -93,24 +77,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "services" in item.keywords:
             item.add_marker(skip)
-
-
-def create_database() -> str:
-    """A fresh, empty PostgreSQL database; returns its URL."""
-    name = f"ub_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(with_driver(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_database(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    admin = create_engine(with_driver(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -158,38 +124,13 @@ def settings(
         drop_database(url)
 
 
-def _execute_blueprint() -> Blueprint:
-    bp = Blueprint("test_execute", __name__)
-
-    @bp.post("/v1/execute/<task>")
-    def execute(task: str) -> dict[str, Any]:
-        return {**EXECUTE_RESPONSE, "execution_id": uuid.uuid4().hex, "task_type": task}
-
-    return bp
-
-
 @pytest.fixture(scope="session")
 def app(settings: Settings) -> Iterator[Flask]:
     flask_app = create_app(settings)
-    flask_app.register_blueprint(_execute_blueprint())
+    flask_app.register_blueprint(execute_blueprint())
     flask_app.config["TESTING"] = True
     yield flask_app
     flask_app.extensions["usage_outbox"].close()
-
-
-def create_extra_app(settings: Settings, session_app: Flask) -> Flask:
-    """Another app in this process (a producer, the embedded default).
-
-    A new Celery app makes itself the current one (and ``create_app`` the
-    default, as Flask's Celery pattern does); tasks run by the session's
-    in-thread worker or called directly go to the current app, so the
-    session app's is made current and default again.
-    """
-    extra = create_app(settings)
-    session_celery = session_app.extensions["celery"]
-    session_celery.set_default()
-    session_celery.set_current()
-    return extra
 
 
 @pytest.fixture(scope="session")
@@ -225,38 +166,13 @@ def client(app: Flask) -> FlaskClient:
 
 @pytest.fixture()
 def make_customer(app: Flask) -> Callable[..., BillingCustomer]:
-    def make(api_key: str, stripe_customer_id: str | None = None, **fields: Any) -> BillingCustomer:
+    """A committed customer with this raw key (hashed, as the service would store it)."""
+
+    def make(api_key: str, **fields: Any) -> BillingCustomer:
         with app.app_context():
-            customer = BillingCustomer(
-                api_key_hash=hash_api_key(api_key),
-                stripe_customer_id=stripe_customer_id,
-                email=fields.pop("email", f"{uuid.uuid4().hex[:8]}@example.com"),
-                name=fields.pop("name", "Test Customer"),
-                **fields,
-            )
-            db.session.add(customer)
-            db.session.commit()
-            db.session.refresh(customer)
+            customer = CustomerFactory(api_key=api_key, **fields)
+            db.session.refresh(customer)  # loaded now: the test reads it after the session ends
             db.session.expunge(customer)
             return customer
 
     return make
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
-        time.sleep(interval)
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent

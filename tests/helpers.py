@@ -1,33 +1,112 @@
-"""Small builders shared by the tests."""
+"""What the tests share besides fixtures: tokens, waiting, reading the ledger, other apps.
+
+Fixtures live in ``conftest.py``; test data is built by ``tests/factories.py``.
+"""
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from flask import Flask
-from sqlalchemy import func, select
+from flask import Blueprint, Flask, current_app
+from sqlalchemy import create_engine, func, select, text
 
+from app import create_app
+from app.config import Settings, with_driver
 from app.extensions import db
 from app.ingest.models import RejectedEvent, UsageEvent
-from app.security import hash_api_key
+from app.ingest.recording import RecordResult, record_events
+from app.ingest.validation import EventLimits
+from tests.factories import ExecuteResponseFactory
+
+PG_ADMIN_URL = os.environ.get(
+    "TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+SERVICE_TOKEN = "svc-" + uuid.uuid4().hex
+ADMIN_TOKEN = "adm-" + uuid.uuid4().hex
+WEBHOOK_SECRET = "whsec_" + uuid.uuid4().hex
+
+MEASURED: list[str] = []
 
 
-def event(api_key: str = "key-a", **overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "event_id": f"evt-{uuid.uuid4().hex}",
-        "api_key_hash": hash_api_key(api_key),
-        "provider": "anthropic",
-        "model": "claude-3-5-sonnet-20241022",
-        "tokens_input": 1000,
-        "tokens_output": 100,
-        "timestamp": datetime.now(UTC).isoformat(),
-        "task_type": "code_generation",
-        "status": "success",
-    }
-    body.update(overrides)
-    return body
+def measured(line: str) -> None:
+    """A figure a test measured (events sent/stored/lost, requests fuzzed): shown at the end."""
+    MEASURED.append(line)
+    print(line)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        time.sleep(interval)
+
+
+def create_database() -> str:
+    """A fresh, empty PostgreSQL database; returns its URL."""
+    name = f"ub_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = create_engine(with_driver(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    admin = create_engine(with_driver(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def execute_blueprint() -> Blueprint:
+    """A stand-in for the metered API: ``/v1/execute/<task>`` answers with usage."""
+    bp = Blueprint("test_execute", __name__)
+
+    @bp.post("/v1/execute/<task>")
+    def execute(task: str) -> dict[str, Any]:
+        return ExecuteResponseFactory(task_type=task)
+
+    return bp
+
+
+def create_extra_app(settings: Settings, session_app: Flask) -> Flask:
+    """Another app in this process (a producer, the embedded default).
+
+    A new Celery app makes itself the current one (and ``create_app`` the
+    default, as Flask's Celery pattern does); tasks run by the session's
+    in-thread worker or called directly go to the current app, so the
+    session app's is made current and default again.
+    """
+    extra = create_app(settings)
+    session_celery = session_app.extensions["celery"]
+    session_celery.set_default()
+    session_celery.set_current()
+    return extra
+
+
+def record(events: list[Any], **options: Any) -> RecordResult:
+    """``record_events`` as the worker calls it, with the current app's limits."""
+    limits = EventLimits.from_settings(current_app.config["SETTINGS"])
+    return record_events(events, limits, **options)
 
 
 def count_events(app: Flask, **where: Any) -> int:

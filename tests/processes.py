@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from tests.conftest import project_root, wait_for
+from tests.helpers import project_root, wait_for
 
 SHIPPED_SERVICE_TOKEN = "stack-svc-" + uuid.uuid4().hex
 _WORKER_MAIN = r"^\S*python[0-9.]* -m celery -A tasks.worker worker"  # not make

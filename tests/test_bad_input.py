@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from app.errors import ValidationError
 from app.ingest.validation import EventLimits, validate_event
-from tests.conftest import ADMIN_TOKEN, SERVICE_TOKEN, auth, measured, wait_for
-from tests.helpers import count_events, event
+from tests.factories import event
+from tests.helpers import ADMIN_TOKEN, SERVICE_TOKEN, auth, count_events, measured, wait_for
 
 LIMITS = EventLimits(timedelta(days=35), timedelta(minutes=5), 8192)
 NOW = datetime(2026, 11, 20, tzinfo=UTC)
@@ -294,7 +294,7 @@ def test_a_signed_webhook_of_the_wrong_shape_is_a_400_naming_the_field(
     import hmac
     import time
 
-    from tests.conftest import WEBHOOK_SECRET
+    from tests.helpers import WEBHOOK_SECRET
 
     body = {"id": "evt_shape", "type": "invoice.paid", "created": int(time.time()), "data": {}}
     payload = json.dumps({**body, **change}).encode()

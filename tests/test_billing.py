@@ -16,15 +16,14 @@ from sqlalchemy import select
 
 from app.customers.models import BillingCustomer
 from app.extensions import db
-from app.ingest.recording import record_events
 from app.models import UsageReport
 from app.security import hash_api_key
 from app.services import reporting
 from app.services.jobs import JobFailed
 from app.services.scheduled import run_report
-from tests.conftest import ADMIN_TOKEN, WEBHOOK_SECRET, auth, measured, wait_for
+from tests.factories import event
 from tests.fake_stripe import FakeStripe
-from tests.helpers import event
+from tests.helpers import ADMIN_TOKEN, WEBHOOK_SECRET, auth, measured, record, wait_for
 
 METER_PATH = "/v1/billing/meter_events"
 YESTERDAY = datetime.now(UTC).date() - timedelta(days=1)
@@ -36,7 +35,7 @@ def _at(day: date, hour: int = 12) -> str:
 
 def _use(app: Flask, key: str, day: date, tokens_in: int, tokens_out: int = 0) -> None:
     with app.app_context():
-        result = record_events(
+        result = record(
             [event(key, timestamp=_at(day), tokens_input=tokens_in, tokens_output=tokens_out)]
         )
         assert result.inserted == 1
@@ -44,7 +43,7 @@ def _use(app: Flask, key: str, day: date, tokens_in: int, tokens_out: int = 0) -
 
 def _report(app: Flask, day: date):
     with app.app_context():
-        return run_report(day)
+        return run_report(app.config["SETTINGS"], day)
 
 
 def _ledger(app: Flask) -> list[UsageReport]:
@@ -413,9 +412,14 @@ def test_onboarding_while_stripe_is_down_links_the_customer_once_it_answers(
     with app.app_context():
         from app.customers.services import link_unlinked_customers
 
-        assert link_unlinked_customers() == (0, 1)  # Stripe still down: kept, not lost
+        assert link_unlinked_customers(app.config["SETTINGS"]) == (
+            0,
+            1,
+        )  # Stripe still down: kept, not lost
         stripe_server.reset()
-        link_unlinked_customers()  # or the queued task, retrying, got there first
+        link_unlinked_customers(
+            app.config["SETTINGS"]
+        )  # or the queued task, retrying, got there first
     assert _stripe_id(app, resp.get_json()["id"]) in stripe_server.state.customers
     assert len(stripe_server.state.customers) == 1
 
@@ -423,7 +427,7 @@ def test_onboarding_while_stripe_is_down_links_the_customer_once_it_answers(
 def test_onboarding_without_a_stripe_key_creates_the_customer_here(
     app: Flask, settings, tmp_path
 ) -> None:
-    from tests.conftest import create_extra_app
+    from tests.helpers import create_extra_app
 
     local = settings.replace(stripe_api_key="", instance_dir=tmp_path, auto_migrate=False)
     client = create_extra_app(local, app).test_client()

@@ -24,9 +24,8 @@ from sqlalchemy import select
 from app.config import Settings
 from app.extensions import db
 from app.ingest.models import UsageDaily
-from app.ingest.recording import record_events
-from tests.conftest import create_extra_app, project_root, wait_for
-from tests.helpers import count_events, event
+from tests.factories import event
+from tests.helpers import count_events, create_extra_app, project_root, record, wait_for
 from tests.processes import free_port
 
 
@@ -44,9 +43,9 @@ def test_embedded_default_records_each_event_once_and_rolls_it_up(sqlite_app: Fl
     priced = [event("key-e", tokens_input=1000, tokens_output=100, timestamp=now.isoformat())]
     unpriced = event("key-e", model="no-such-model", timestamp=now.isoformat())
     with sqlite_app.app_context():
-        first = record_events([*priced, unpriced], batch_id="b-1")
-        again = record_events([*priced, unpriced], batch_id="b-1")  # a redelivered batch
-        other = record_events(priced, batch_id="b-2")  # the same event in another batch
+        first = record([*priced, unpriced], batch_id="b-1")
+        again = record([*priced, unpriced], batch_id="b-1")  # a redelivered batch
+        other = record(priced, batch_id="b-2")  # the same event in another batch
         rows = db.session.scalars(select(UsageDaily).order_by(UsageDaily.model)).all()
     assert (first.inserted, first.unpriced) == (2, 1)
     assert again.already_recorded and again.inserted == 0

@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from app.config import Settings
 from app.extensions import db
 from app.ingest.models import UsageEvent
-from tests.conftest import SERVICE_TOKEN, auth, create_extra_app, measured, wait_for
-from tests.helpers import event
+from tests.factories import event
+from tests.helpers import SERVICE_TOKEN, auth, create_extra_app, measured, wait_for
 from tests.processes import PrivatePostgres, RedisServer, ShippedStack, free_port
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]

@@ -23,7 +23,6 @@ from sqlalchemy import func, select
 
 from app.errors import JobAlreadyRunning
 from app.extensions import db
-from app.ingest.recording import record_events
 from app.models import JobRun, ModelPrice, UsageReport
 from app.pricing.book import price_book
 from app.pricing.catalog import PriceSourceError
@@ -36,9 +35,9 @@ from app.services.scheduled import (
     run_cleanup,
     run_price_refresh,
 )
-from tests.conftest import project_root, wait_for
+from tests.factories import event
 from tests.fake_stripe import FakeStripe
-from tests.helpers import count_events, event
+from tests.helpers import count_events, project_root, record, wait_for
 from tests.processes import REDIS_PERSISTENCE
 
 NOW = datetime(2026, 11, 20, 2, 0, 5, tzinfo=UTC)
@@ -109,7 +108,7 @@ def test_report_job_for_a_fixed_date_reports_and_records_a_run(
     make_customer("key-j", stripe_customer_id=stripe_server.add_customer())
     day = datetime.now(UTC).date() - timedelta(days=2)
     with app.app_context():
-        record_events(
+        record(
             [
                 event(
                     "key-j",
@@ -136,14 +135,14 @@ def test_a_second_concurrent_run_is_refused(app: Flask) -> None:
 
     def first() -> None:
         with app.app_context():
-            run_job("usage_cleanup", "2026-11-20", slow)
+            run_job("usage_cleanup", "2026-11-20", slow, timedelta(hours=1))
 
     thread = threading.Thread(target=first)
     thread.start()
     started.wait(10)
     try:
         with app.app_context(), pytest.raises(JobAlreadyRunning):
-            run_job("usage_cleanup", "2026-11-20", lambda: {"done": 2})
+            run_job("usage_cleanup", "2026-11-20", lambda: {"done": 2}, timedelta(hours=1))
     finally:
         release.set()
         thread.join()
@@ -168,11 +167,11 @@ def test_cleanup_removes_old_reported_events_and_keeps_unreported_ones(
     ):
         events[name] = event("key-a", timestamp=at.isoformat())
         with app.app_context():
-            record_events([events[name]], now=at)
+            record([events[name]], now=at)
     with app.app_context():
         # Reports succeeded up to the day after old_reported, and stopped there.
         _reports_succeeded_until(old_reported + timedelta(days=1), now)
-        run = run_cleanup(now)
+        run = run_cleanup(app.config["SETTINGS"], now)
     assert run.status == "succeeded" and run.counts["deleted"] == 1
     assert count_events(app, event_id=events["old_reported"]["event_id"]) == 0
     assert count_events(app, event_id=events["old_unreported"]["event_id"]) == 1
@@ -203,7 +202,7 @@ def test_cleanup_keeps_the_events_of_a_customer_whose_days_were_not_reported(
             sent[key] = [
                 event(key, timestamp=(old + timedelta(days=d)).isoformat()) for d in (0, 5)
             ]
-            record_events(sent[key], now=old + timedelta(days=6))
+            record(sent[key], now=old + timedelta(days=6))
         for customer, status in ((reported, "sent"), (held, "needs_manual")):
             db.session.add(
                 UsageReport(
@@ -222,7 +221,7 @@ def test_cleanup_keeps_the_events_of_a_customer_whose_days_were_not_reported(
                 )
             )
         _reports_succeeded_until(now - timedelta(days=1), now)
-        run = run_cleanup(now)
+        run = run_cleanup(app.config["SETTINGS"], now)
     assert run.status == "succeeded", run.error
     assert run.counts["deleted"] == 3 and run.counts["customers_held_back"] == 1
     assert [count_events(app, event_id=e["event_id"]) for e in sent["key-reported"]] == [0, 0]
@@ -231,11 +230,11 @@ def test_cleanup_keeps_the_events_of_a_customer_whose_days_were_not_reported(
     assert [count_events(app, event_id=e["event_id"]) for e in sent["key-unlinked"]] == [1, 1]
 
 
-def test_cleanup_deletes_in_bounded_batches(app: Flask, monkeypatch, make_customer) -> None:
+def test_cleanup_deletes_in_bounded_batches(app: Flask, make_customer) -> None:
     make_customer("key-a", stripe_customer_id="cus_batches")
     at = datetime.now(UTC) - timedelta(days=120)
     with app.app_context():
-        record_events([event("key-a", timestamp=at.isoformat()) for _ in range(25)], now=at)
+        record([event("key-a", timestamp=at.isoformat()) for _ in range(25)], now=at)
         db.session.add(
             JobRun(
                 job=REPORT_JOB,
@@ -245,11 +244,9 @@ def test_cleanup_deletes_in_bounded_batches(app: Flask, monkeypatch, make_custom
             )
         )
         db.session.commit()
-    monkeypatch.setitem(
-        app.config, "SETTINGS", app.config["SETTINGS"].replace(cleanup_batch_size=10)
-    )
+    small_batches = app.config["SETTINGS"].replace(cleanup_batch_size=10)
     with app.app_context():
-        assert run_cleanup().counts["deleted"] == 25
+        assert run_cleanup(small_batches).counts["deleted"] == 25
 
 
 class _PriceSource:
@@ -316,11 +313,16 @@ def test_price_refresh_adds_a_row_only_where_a_price_changed(
         }
     ).encode()
     with app.app_context():
-        run = run_price_refresh()
+        run = run_price_refresh(app.config["SETTINGS"])
     assert run.status == "succeeded" and run.counts["added"] == 2
     assert _price_rows(app) == before + 2
     with app.app_context():
-        assert run_price_refresh(datetime.now(UTC) + timedelta(days=1)).counts["added"] == 0
+        assert (
+            run_price_refresh(app.config["SETTINGS"], datetime.now(UTC) + timedelta(days=1)).counts[
+                "added"
+            ]
+            == 0
+        )
         book = price_book.get()
         assert book.price_at("openai", "gpt-4o", datetime.now(UTC)).input == Decimal("0.000002")
         assert book.price_at(
@@ -341,7 +343,7 @@ def test_a_bad_price_source_changes_no_price(
     before = _price_rows(app)
     price_source.body = body
     with app.app_context(), pytest.raises(PriceSourceError):
-        run_price_refresh()
+        run_price_refresh(app.config["SETTINGS"])
     assert _price_rows(app) == before
     [run] = _runs(app, REFRESH_JOB)
     assert run.status == "failed" and "PriceSourceError" in run.error
@@ -454,7 +456,7 @@ def test_trigger_report_queues_the_job_for_the_workers(
     day = datetime.now(UTC).date() - timedelta(days=3)
     with app.app_context():
         at = datetime(day.year, day.month, day.day, 8, tzinfo=UTC)
-        record_events([event("key-t", timestamp=at.isoformat(), tokens_input=9, tokens_output=1)])
+        record([event("key-t", timestamp=at.isoformat(), tokens_input=9, tokens_output=1)])
     runner = app.test_cli_runner()
     assert runner.invoke(args=["billing", "trigger-report", "--date", "2026-02-30"]).exit_code != 0
     result = runner.invoke(args=["billing", "trigger-report", "--date", day.isoformat()])

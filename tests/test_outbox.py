@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from app.ingest.outbox import Outbox
-from tests.conftest import measured
+from tests.helpers import measured
 
 
 class FakeBroker:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -12,14 +14,22 @@ from unittest.mock import ANY
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from app.extensions import db
 from app.ingest.ledger import recorded_batches
-from app.ingest.models import RejectedEvent, UsageDaily
-from app.ingest.recording import RecordResult, record_events
-from tests.conftest import SERVICE_TOKEN, auth, wait_for
-from tests.helpers import count_events, event, parked_events, stored_events
+from app.ingest.models import RejectedEvent, UsageDaily, UsageEvent
+from app.ingest.recording import RecordResult
+from tests.factories import event
+from tests.helpers import (
+    SERVICE_TOKEN,
+    auth,
+    count_events,
+    parked_events,
+    record,
+    stored_events,
+    wait_for,
+)
 
 API_KEY = "sk-live-" + "a" * 40
 
@@ -59,7 +69,7 @@ def test_duplicate_event_is_stored_once(app: Flask, client: FlaskClient, celery_
     assert status == 202
     assert [r["status"] for r in body["results"]] == ["duplicate", "duplicate"]
     with app.app_context():  # and straight at the worker's service, as a redelivery would
-        result = record_events([evt])
+        result = record([evt])
     assert result.inserted == 0 and result.duplicates == 1
     assert count_events(app, event_id=evt["event_id"]) == 1
 
@@ -71,8 +81,8 @@ def test_a_batch_holding_a_stored_event_stores_and_rolls_up_only_its_new_ones(ap
     key = "key-merge"
     stored = event(key, tokens_input=1000, tokens_output=100)
     with app.app_context():
-        first = record_events([stored, event(key, model="no-such-model")])
-        second = record_events(
+        first = record([stored, event(key, model="no-such-model")])
+        second = record(
             [stored, event(key, tokens_input=2000, tokens_output=200), event(key, model="nope")]
         )
         rows = db.session.scalars(
@@ -96,12 +106,12 @@ def _record_at_once(app: Flask, batches: list[list[dict]]) -> list[RecordResult]
     barrier = threading.Barrier(len(batches))
     results: list[RecordResult] = []
 
-    def record(batch: list[dict]) -> None:
+    def record_one(batch: list[dict]) -> None:
         with app.app_context():
             barrier.wait()
-            results.append(record_events(batch))
+            results.append(record(batch))
 
-    threads = [threading.Thread(target=record, args=(batch,)) for batch in batches]
+    threads = [threading.Thread(target=record_one, args=(batch,)) for batch in batches]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -198,7 +208,7 @@ def test_oversize_batch_is_413(app: Flask, client: FlaskClient) -> None:
 def test_worker_parks_invalid_events_and_keeps_the_rest(app: Flask) -> None:
     good, bad = event(), event(tokens_input=10, tokens_cache_read=11)
     with app.app_context():
-        result = record_events([bad, good])
+        result = record([bad, good])
     assert result.inserted == 1
     assert result.rejected == [
         {
@@ -231,7 +241,7 @@ def test_worker_stores_text_and_numbers_exactly_as_sent(app: Flask) -> None:
     )
     plain = event(metadata=None, task_type=None)
     with app.app_context():
-        assert record_events([sent, plain], now=now).inserted == 2
+        assert record([sent, plain], now=now).inserted == 2
     [row] = stored_events(app, event_id=sent["event_id"])
     assert (row.created_at, row.received_at) == (created, now)
     assert (row.execution_id, row.task_type, row.status) == (tricky, 'say "hi", then', "\\N")
@@ -252,7 +262,7 @@ def test_usage_is_isolated_per_key(app: Flask, client: FlaskClient, make_custome
     make_customer("key-b")
     day = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
     with app.app_context():
-        record_events(
+        record(
             [
                 event("key-a", timestamp=day.isoformat(), tokens_input=100, tokens_output=10),
                 event("key-a", timestamp=day.isoformat(), tokens_input=200, tokens_output=20),
@@ -376,7 +386,7 @@ def test_a_parked_event_is_recorded_when_replayed_after_its_cause_is_fixed(app: 
         price_book.invalidate()
         good = event()
         bad = event(provider="acme", model="typo-model", tokens_input=10**9, tokens_output=10**9)
-        result = record_events([good, bad])
+        result = record([good, bad])
         assert (result.inserted, len(result.rejected)) == (1, 1)
         [(event_id, field, reason)] = db.session.execute(
             select(RejectedEvent.event_id, RejectedEvent.field, RejectedEvent.reason)
@@ -394,6 +404,49 @@ def test_a_parked_event_is_recorded_when_replayed_after_its_cause_is_fixed(app: 
     assert json.loads(replayed.output) == {"stored": 1, "already_stored": 0, "parked_again": 0}
     assert count_events(app, event_id=bad["event_id"]) == 1
     assert parked_events(app) == []
+
+
+def test_a_replay_takes_the_park_in_chunks_and_meets_no_event_twice(app: Flask) -> None:
+    """1,200 parked events replay in chunks of 500, oldest first: the valid ones are
+    stored, the still-invalid ones parked again behind them and not taken again
+    by the same replay; progress is told after each chunk."""
+    from app.ingest.recording import replay_rejected
+    from app.ingest.validation import EventLimits
+
+    valid = [event() for _ in range(1100)]
+    invalid = [event(tokens_input=-1) for _ in range(100)]
+    with app.app_context():
+        assert len(record(valid[:300] + invalid + valid[300:]).rejected) == 100
+        db.session.execute(delete(UsageEvent))  # lost: as if parked for a fault since fixed
+        db.session.add_all(
+            RejectedEvent(payload=e, event_id=e["event_id"], reason="test") for e in valid
+        )
+        db.session.commit()
+        told: list[tuple[int, int]] = []
+        limits = EventLimits.from_settings(app.config["SETTINGS"])
+        result = replay_rejected(10_000, limits, lambda done, total: told.append((done, total)))
+    assert (result.inserted, len(result.rejected)) == (1100, 100)
+    assert told == [(500, 1200), (1000, 1200), (1200, 1200)]
+    assert count_events(app) == 1100
+    assert sorted(p for p, _ in parked_events(app)) == sorted(e["event_id"] for e in invalid)
+
+
+def test_long_commands_draw_a_progress_bar_on_a_terminal_and_nothing_in_a_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.cli import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, drawn in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        with progress_bar("replaying parked events") as progress:
+            for done in range(0, 11, 5):
+                progress(done, 10)
+        assert ("replaying parked events" in stream.getvalue()) is drawn
+        assert ("100%" in stream.getvalue()) is drawn
 
 
 def _spooled_and_parked(app: Flask, events: list[dict], bad: list[dict]) -> dict[str, str | None]:
@@ -516,11 +569,11 @@ def test_a_receipt_found_without_its_events_does_not_stop_them_being_recorded(
     with app.app_context():
         db.session.add(IngestBatch(batch_id="orphan-receipt-0", events=len(sent)))
         db.session.commit()
-        result = record_events(sent, batch_id="orphan-receipt-0")
+        result = record(sent, batch_id="orphan-receipt-0")
     assert not result.already_recorded and result.inserted == 2
     assert all(count_events(app, event_id=e["event_id"]) == 1 for e in sent)
     with app.app_context():  # and now the receipt holds: the next redelivery skips
-        assert record_events(sent, batch_id="orphan-receipt-0").already_recorded
+        assert record(sent, batch_id="orphan-receipt-0").already_recorded
 
 
 def test_a_batch_whose_events_are_not_all_stored_commits_no_receipt(
@@ -536,10 +589,10 @@ def test_a_batch_whose_events_are_not_all_stored_commits_no_receipt(
     sent = [event(), event(), event()]
     monkeypatch.setattr(recording, "insert_events", lambda rows: Written(1, 0))
     with app.app_context(), pytest.raises(LedgerMismatch):
-        record_events(sent, batch_id="short-batch-0")
+        record(sent, batch_id="short-batch-0")
     monkeypatch.undo()
     with app.app_context():
         db.session.rollback()
         assert recorded_batches(["short-batch-0"]) == set()
-        assert record_events(sent, batch_id="short-batch-0").inserted == 3
+        assert record(sent, batch_id="short-batch-0").inserted == 3
         assert recorded_batches(["short-batch-0"]) == {"short-batch-0"}

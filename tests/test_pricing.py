@@ -13,7 +13,6 @@ from sqlalchemy import create_engine, select
 
 from app.extensions import db
 from app.ingest.models import UsageEvent
-from app.ingest.recording import record_events
 from app.models import ModelPrice
 from app.pricing.book import SEED_EFFECTIVE_FROM, PriceBook, price_row
 from app.pricing.catalog import (
@@ -23,8 +22,8 @@ from app.pricing.catalog import (
     parse_price_list,
 )
 from app.pricing.cost import TokenPrice, cost_of, to_money
-from tests.conftest import measured
-from tests.helpers import event
+from tests.factories import event
+from tests.helpers import measured, record
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -223,7 +222,7 @@ def test_random_events_across_the_catalogue_cost_exactly_what_the_source_compute
         )
     with app.app_context():
         for start in range(0, len(events), 500):
-            result = record_events(events[start : start + 500], now=now)
+            result = record(events[start : start + 500], now=now)
             assert result.inserted == len(events[start : start + 500]) and not result.rejected
         rows = db.session.execute(
             select(
@@ -266,7 +265,7 @@ def test_a_refresh_by_another_process_prices_the_next_batch_at_once(app: Flask) 
     """No waiting for a cache to expire: the batch after a refresh committed
     elsewhere reads the new version of the table in its own transaction."""
     with app.app_context():
-        record_events([event(provider="acme", model="fresh-model")])  # the book is loaded
+        record([event(provider="acme", model="fresh-model")])  # the book is loaded
         other_process = create_engine(db.engine.url)
         effective = datetime.now(UTC) - timedelta(seconds=5)
         with other_process.begin() as conn:
@@ -283,7 +282,7 @@ def test_a_refresh_by_another_process_prices_the_next_batch_at_once(app: Flask) 
             )
         other_process.dispose()
         after = event(provider="acme", model="fresh-model", tokens_input=10, tokens_output=10)
-        record_events([after])
+        record([after])
         [row] = db.session.scalars(
             select(UsageEvent).where(UsageEvent.event_id == after["event_id"])
         ).all()

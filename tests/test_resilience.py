@@ -12,8 +12,9 @@ from flask import Flask
 from sqlalchemy import create_engine, text
 
 from app.config import Settings, with_driver
-from tests.conftest import (
+from tests.helpers import (
     auth,
+    count_events,
     create_database,
     create_extra_app,
     drop_database,
@@ -21,7 +22,6 @@ from tests.conftest import (
     project_root,
     wait_for,
 )
-from tests.helpers import count_events
 from tests.processes import RedisServer, ShippedStack, free_port
 
 
@@ -36,7 +36,7 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 def test_broker_down_does_not_fail_requests_and_events_arrive_when_it_is_back(
     app: Flask, settings: Settings, private_redis: RedisServer, tmp_path: Path
 ) -> None:
-    from tests.conftest import _execute_blueprint
+    from tests.helpers import execute_blueprint
 
     metered = create_extra_app(
         settings.replace(
@@ -46,7 +46,7 @@ def test_broker_down_does_not_fail_requests_and_events_arrive_when_it_is_back(
         ),
         app,
     )
-    metered.register_blueprint(_execute_blueprint())
+    metered.register_blueprint(execute_blueprint())
     client = metered.test_client()
     execution_ids = []
     for _ in range(25):  # broker down: every request still succeeds

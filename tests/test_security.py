@@ -12,9 +12,9 @@ from sqlalchemy import inspect, text
 
 from app.extensions import db
 from app.security import hash_api_key
-from tests.conftest import ADMIN_TOKEN, SERVICE_TOKEN, auth, wait_for
+from tests.factories import event
 from tests.fake_stripe import FakeStripe
-from tests.helpers import count_events, event
+from tests.helpers import ADMIN_TOKEN, SERVICE_TOKEN, auth, count_events, wait_for
 
 RAW_KEY = "sk-live-NEVER-LOG-ME-4f9c2e7a1b"
 OTHER_KEY = "sk-live-other-customer-8d1e"

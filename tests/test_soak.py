@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 
 from app.config import Settings, with_driver
-from tests.conftest import create_database, drop_database, measured, wait_for
-from tests.helpers import event
+from tests.factories import event
+from tests.helpers import create_database, drop_database, measured, wait_for
 from tests.processes import RedisServer, ShippedStack, free_port
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]

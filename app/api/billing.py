@@ -32,7 +32,7 @@ def create_customer() -> tuple[dict[str, Any], int]:
     body = parse(CustomerCreate, json_body(request))
     api_key_hash = hash_api_key(body.api_key)
     customer = register_customer(body.email, body.name, api_key_hash, company=body.company)
-    link = link_state(customer)
+    link = link_state(customer, current_app.config["SETTINGS"])
     if link == PENDING:
         request_link(customer)
     return {

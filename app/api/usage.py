@@ -34,4 +34,4 @@ def get_usage() -> dict[str, Any]:
     limit = current_app.config["SETTINGS"].max_usage_range_days
     if (end - start).days + 1 > limit:
         raise ValidationError(f"the range is longer than {limit} days", field="end_date")
-    return usage_between(customer.api_key_hash, start, end)
+    return usage_between(customer.api_key_hash, start, end).as_json()

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from app.billing.stripe_gateway import gateway
+from app.config import Settings
 from app.customers.models import BillingCustomer
 from app.errors import AuthenticationError, BillingRejected, BillingUnavailable
 from app.extensions import db
@@ -71,14 +72,10 @@ def authenticate_customer(request: Request) -> BillingCustomer:
     return customer
 
 
-def stripe_configured() -> bool:
-    return bool(current_app.config["SETTINGS"].stripe_api_key)
-
-
-def link_state(customer: BillingCustomer) -> str:
+def link_state(customer: BillingCustomer, settings: Settings) -> str:
     if customer.stripe_customer_id:
         return LINKED
-    return PENDING if stripe_configured() else NOT_CONFIGURED
+    return PENDING if settings.stripe_api_key else NOT_CONFIGURED
 
 
 def link_stripe_customer(customer: BillingCustomer) -> str:
@@ -107,9 +104,9 @@ def request_link(customer: BillingCustomer) -> None:
         log.warning("could not queue the Stripe link of customer %s: %s", customer.id, exc)
 
 
-def link_unlinked_customers() -> tuple[int, int]:
+def link_unlinked_customers(settings: Settings) -> tuple[int, int]:
     """Link every active customer that has no Stripe customer yet: (linked, failed)."""
-    if not stripe_configured():
+    if not settings.stripe_api_key:
         return 0, 0
     unlinked = db.session.scalars(
         select(BillingCustomer).where(

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import delete, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
@@ -32,6 +31,7 @@ from app.ingest.models import PRICED, UNPRICED, RejectedEvent
 from app.ingest.validation import EventIn, EventLimits, validate_event
 from app.models.types import utcnow
 from app.pricing.book import PriceBook, price_book
+from app.progress import Progress, unwatched
 
 log = logging.getLogger("usage_billing.ingest")
 
@@ -91,7 +91,11 @@ def reject(raw: Any, error: ValidationError) -> dict[str, Any]:
 
 
 def record_events(
-    raw_events: list[Any], now: datetime | None = None, batch_id: str | None = None
+    raw_events: list[Any],
+    limits: EventLimits,
+    *,
+    now: datetime | None = None,
+    batch_id: str | None = None,
 ) -> RecordResult:
     """Store each valid event exactly once; park invalid ones in ``rejected_events``.
 
@@ -103,7 +107,6 @@ def record_events(
     batch is retried, not parked.
     """
     now = now or utcnow()
-    limits = EventLimits.from_settings(current_app.config["SETTINGS"])
     result = RecordResult()
     valid: dict[str, tuple[EventIn, Any]] = {}
     parked: list[tuple[Any, dict[str, Any]]] = []
@@ -198,17 +201,30 @@ def _check_stored(batch_id: str | None, event_ids: list[str]) -> None:
         )
 
 
-def replay_rejected(limit: int) -> RecordResult:
-    """Record parked events again, after the cause is fixed; they leave the park.
+def replay_rejected(
+    limit: int, limits: EventLimits, progress: Progress = unwatched, chunk: int = 500
+) -> RecordResult:
+    """Record up to ``limit`` parked events again, after the cause is fixed; they leave the park.
 
-    In one transaction the parked rows are deleted and their payloads recorded:
-    events that are valid now are stored (or found stored already), the others
-    are parked again with today's reason.
+    The parked events are taken in chunks, oldest first, each chunk in one
+    transaction: its rows are deleted and their payloads recorded. Events valid
+    now are stored (or found stored already), the others are parked again with
+    today's reason, behind those taken, so a replay never meets them twice.
     """
-    parked = db.session.execute(
-        select(RejectedEvent.id, RejectedEvent.payload).order_by(RejectedEvent.id).limit(limit)
-    ).all()
-    if not parked:
-        return RecordResult()
-    db.session.execute(delete(RejectedEvent).where(RejectedEvent.id.in_([p.id for p in parked])))
-    return record_events([p.payload for p in parked])
+    ids = db.session.scalars(select(RejectedEvent.id).order_by(RejectedEvent.id).limit(limit)).all()
+    total = RecordResult()
+    for start in range(0, len(ids), chunk):
+        taken = ids[start : start + chunk]
+        payloads = db.session.scalars(
+            select(RejectedEvent.payload)
+            .where(RejectedEvent.id.in_(taken))
+            .order_by(RejectedEvent.id)
+        ).all()
+        db.session.execute(delete(RejectedEvent).where(RejectedEvent.id.in_(taken)))
+        result = record_events(list(payloads), limits)
+        total.inserted += result.inserted
+        total.duplicates += result.duplicates
+        total.unpriced += result.unpriced
+        total.rejected.extend(result.rejected)
+        progress(start + len(taken), len(ids))
+    return total

@@ -26,6 +26,7 @@ from app.extensions import db
 from app.ingest.models import IngestBatch, UsageEvent
 from app.models import UsageReport
 from app.models.billing import FAILED, NEEDS_MANUAL, PENDING
+from app.progress import Progress, unwatched
 
 UNSETTLED = (PENDING, FAILED, NEEDS_MANUAL)
 _KEYS_PER_DELETE = 500
@@ -101,9 +102,12 @@ def _delete_before(
         time.sleep(busy * (1 - pace.duty_cycle) / pace.duty_cycle)
 
 
-def delete_events_before(cutoffs: dict[datetime, list[str]], pace: Pace) -> int:
+def delete_events_before(
+    cutoffs: dict[datetime, list[str]], pace: Pace, progress: Progress = unwatched
+) -> int:
     """Delete each key's events before its cutoff, in bounded batches."""
-    deleted = 0
+    deleted = done = 0
+    total = sum(len(keys) for keys in cutoffs.values())
     for cutoff, key_hashes in cutoffs.items():
         for start in range(0, len(key_hashes), _KEYS_PER_DELETE):
             keys = key_hashes[start : start + _KEYS_PER_DELETE]
@@ -114,6 +118,8 @@ def delete_events_before(cutoffs: dict[datetime, list[str]], pace: Pace) -> int:
                 pace,
                 UsageEvent.api_key_hash.in_(keys),
             )
+            done += len(keys)
+            progress(done, total)
     return deleted
 
 

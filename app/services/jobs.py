@@ -13,7 +13,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -34,8 +33,7 @@ class JobFailed(Exception):
         self.counts = counts
 
 
-def _expire_stale(job: str, period: str) -> None:
-    stale_after = timedelta(seconds=current_app.config["SETTINGS"].job_stale_after_seconds)
+def _expire_stale(job: str, period: str, stale_after: timedelta) -> None:
     db.session.execute(
         update(JobRun)
         .where(
@@ -49,8 +47,8 @@ def _expire_stale(job: str, period: str) -> None:
     db.session.commit()
 
 
-def _start(job: str, period: str) -> JobRun:
-    _expire_stale(job, period)
+def _start(job: str, period: str, stale_after: timedelta) -> JobRun:
+    _expire_stale(job, period, stale_after)
     run = JobRun(job=job, period=period, status=RUNNING, started_at=utcnow())
     db.session.add(run)
     try:
@@ -61,14 +59,18 @@ def _start(job: str, period: str) -> JobRun:
     return run
 
 
-def run_job(job: str, period: str, work: Callable[[], dict[str, Any]]) -> JobRun:
+def run_job(
+    job: str, period: str, work: Callable[[], dict[str, Any]], stale_after: timedelta
+) -> JobRun:
     """Run ``work`` under the (job, period) lock and record how it went.
+
+    A run still ``running`` after ``stale_after`` is taken to be dead and is taken over.
 
     ``work`` returns its counts; it raises ``JobFailed`` (with counts) when it
     finished but left something undone. Either failure is recorded and re-raised
     so the Celery task retries.
     """
-    run = _start(job, period)
+    run = _start(job, period, stale_after)
     run_id = run.id
     try:
         counts = work()

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
-from flask import current_app
 from sqlalchemy import func, select
 
 from app.billing.stripe_gateway import gateway
+from app.config import Settings
 from app.customers.models import BillingCustomer
 from app.errors import BillingRejected, BillingUnavailable, NotFound
 from app.extensions import db
@@ -33,6 +33,7 @@ from app.ingest.models import UsageDaily
 from app.models import UsageReport
 from app.models.billing import FAILED, NEEDS_MANUAL, PENDING, RESOLVED, SENT
 from app.models.types import utcnow
+from app.progress import Progress, unwatched
 
 log = logging.getLogger("usage_billing.report")
 MODE = "meter_events"
@@ -60,20 +61,18 @@ class ReportSummary:
         }
 
 
-def _units(quantity: str) -> tuple[str, Decimal]:
-    settings = current_app.config["SETTINGS"]
-    if quantity == "tokens":
+def _units(settings: Settings) -> tuple[str, Decimal]:
+    if settings.billing_quantity == "tokens":
         return "tokens", Decimal(1)
     return f"usd/{settings.billing_cost_unit}", settings.billing_cost_unit
 
 
-def cumulative_usage(day: date) -> dict[str, Decimal]:
+def cumulative_usage(settings: Settings, day: date) -> dict[str, Decimal]:
     """Every key's usage up to the end of ``day``, in report units (exact, not rounded)."""
-    settings = current_app.config["SETTINGS"]
     column = (
         UsageDaily.tokens_total if settings.billing_quantity == "tokens" else UsageDaily.cost_total
     )
-    _, unit = _units(settings.billing_quantity)
+    _, unit = _units(settings)
     rows = db.session.execute(
         select(UsageDaily.api_key_hash, func.sum(column))
         .where(UsageDaily.day <= day)
@@ -134,9 +133,10 @@ def mark_sent(report: UsageReport) -> None:
     db.session.commit()
 
 
-def report_customer(customer: BillingCustomer, day: date, exact: Decimal, now: datetime) -> str:
+def report_customer(
+    settings: Settings, customer: BillingCustomer, day: date, exact: Decimal, now: datetime
+) -> str:
     """Settle one customer for ``day``: re-send what is owed, then report anything new."""
-    settings = current_app.config["SETTINGS"]
     owed = db.session.scalars(
         select(UsageReport)
         .where(UsageReport.customer_id == customer.id, UsageReport.status.in_([PENDING, FAILED]))
@@ -157,7 +157,7 @@ def report_customer(customer: BillingCustomer, day: date, exact: Decimal, now: d
             UsageReport.customer_id == customer.id, UsageReport.day == day
         )
     )
-    unit_name, _ = _units(settings.billing_quantity)
+    unit_name, _ = _units(settings)
     identifier = f"ub-{customer.id}-{day:%Y%m%d}-{seq}"
     report = UsageReport(
         customer_id=customer.id,
@@ -186,21 +186,24 @@ def _outcome(statuses: list[str]) -> str:
     return SENT if SENT in statuses else "nothing_to_send"
 
 
-def report_day(day: date, now: datetime | None = None) -> ReportSummary:
+def report_day(
+    settings: Settings, day: date, now: datetime | None = None, progress: Progress = unwatched
+) -> ReportSummary:
     """Report ``day`` for every active Stripe customer; one customer's failure stops no other."""
     now = now or utcnow()
     summary = ReportSummary(day=day)
-    usage = cumulative_usage(day)
+    usage = cumulative_usage(settings, day)
     customers = db.session.scalars(
         select(BillingCustomer)
         .where(BillingCustomer.is_active.is_(True), BillingCustomer.stripe_customer_id.is_not(None))
         .order_by(BillingCustomer.id)
     ).all()
-    for customer in customers:
+    for done, customer in enumerate(customers):
+        progress(done, len(customers))
         exact = usage.get(customer.api_key_hash, Decimal(0))
         summary.customers += 1
         try:
-            outcome = report_customer(customer, day, exact, now)
+            outcome = report_customer(settings, customer, day, exact, now)
         except (BillingUnavailable, BillingRejected) as exc:
             db.session.rollback()
             summary.failed.append(f"customer {customer.id}: {exc}")
@@ -212,6 +215,7 @@ def report_day(day: date, now: datetime | None = None) -> ReportSummary:
             summary.needs_manual += 1
         else:
             summary.nothing_to_send += 1
+    progress(len(customers), len(customers))
     return summary
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from flask import current_app
-
+from app.config import Settings
 from app.customers.services import link_unlinked_customers
 from app.models import JobRun
 from app.models.jobs import FAILED
 from app.models.types import utcnow
 from app.pricing.book import price_book, refresh_prices
+from app.progress import Progress, unwatched
 from app.services.cleanup import (
     RECEIPT_RETENTION,
     cleanup_cutoff,
@@ -43,45 +43,54 @@ def days_to_report(today: date) -> list[date]:
     return [first + timedelta(days=n) for n in range((yesterday - first).days + 1)]
 
 
-def run_report(day: date | None = None, now: datetime | None = None) -> list[JobRun]:
+def _stale_after(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.job_stale_after_seconds)
+
+
+def run_report(
+    settings: Settings,
+    day: date | None = None,
+    now: datetime | None = None,
+    progress: Progress = unwatched,
+) -> list[JobRun]:
     now = now or utcnow()
     days = [day] if day else days_to_report(now.date())
-    link_unlinked_customers()  # onboarded while Stripe was away: billed from today's report
+    link_unlinked_customers(settings)  # onboarded while Stripe was away: billed from today's report
     runs = []
     for each in days:
 
         def work(each: date = each) -> dict[str, Any]:
-            summary = report_day(each, now)
+            summary = report_day(settings, each, now, progress)
             if summary.failed:
                 raise JobFailed("; ".join(summary.failed)[:2000], summary.as_counts())
             return summary.as_counts()
 
-        runs.append(run_job(REPORT_JOB, each.isoformat(), work))
+        runs.append(run_job(REPORT_JOB, each.isoformat(), work, _stale_after(settings)))
     return runs
 
 
-def run_price_refresh(now: datetime | None = None) -> JobRun:
+def run_price_refresh(settings: Settings, now: datetime | None = None) -> JobRun:
     now = now or utcnow()
-    settings = current_app.config["SETTINGS"]
 
     def work() -> dict[str, Any]:
         result = refresh_prices(settings.pricing_source_url, now)
         price_book.invalidate()
         return {"checked": result.checked, "added": result.added, "sources": len(result.sources)}
 
-    return run_job(REFRESH_JOB, now.date().isoformat(), work)
+    return run_job(REFRESH_JOB, now.date().isoformat(), work, _stale_after(settings))
 
 
-def run_cleanup(now: datetime | None = None) -> JobRun:
+def run_cleanup(
+    settings: Settings, now: datetime | None = None, progress: Progress = unwatched
+) -> JobRun:
     now = now or utcnow()
-    settings = current_app.config["SETTINGS"]
 
     def work() -> dict[str, Any]:
         last = last_success(REPORT_JOB)
         last_day = date.fromisoformat(last.period) if last else None
         cutoffs = customer_cutoffs(now, settings.usage_retention_days, last_day)
         pace = cleanup_pace(settings)
-        deleted = delete_events_before(cutoffs, pace)
+        deleted = delete_events_before(cutoffs, pace, progress)
         receipts = delete_receipts_before(now - RECEIPT_RETENTION, pace)
         overall = cleanup_cutoff(now, settings.usage_retention_days, last_day)
         return {
@@ -93,7 +102,7 @@ def run_cleanup(now: datetime | None = None) -> JobRun:
             "receipts_deleted": receipts,
         }
 
-    return run_job(CLEANUP_JOB, now.date().isoformat(), work)
+    return run_job(CLEANUP_JOB, now.date().isoformat(), work, _stale_after(settings))
 
 
 def _describe(run: JobRun | None) -> dict[str, Any]:
@@ -109,7 +118,7 @@ def _describe(run: JobRun | None) -> dict[str, Any]:
     }
 
 
-def job_status(now: datetime) -> dict[str, Any]:
+def job_status(settings: Settings, now: datetime) -> dict[str, Any]:
     """Each job's last run and whether it is overdue, and the reports parked for an operator.
 
     Healthy when no job failed or is late and no report waits for manual billing.
@@ -118,7 +127,6 @@ def job_status(now: datetime) -> dict[str, Any]:
     passed without yesterday being reported successfully; the others when their
     last success is older than their period plus slack.
     """
-    settings = current_app.config["SETTINGS"]
     slack = timedelta(hours=2)
     newest = last_runs()
     jobs: dict[str, dict[str, Any]] = {}

@@ -7,6 +7,7 @@ a few hundred rows however many events there are.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -17,10 +18,84 @@ from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.models.types import money_str
 
-_TOKEN_FIELDS = ("tokens_input", "tokens_output", "tokens_cache_read", "tokens_total")
+
+@dataclass(frozen=True)
+class Usage:
+    """Events, tokens and cost, of one model on one day or added up over many."""
+
+    events: int = 0
+    unpriced_events: int = 0
+    cost: Decimal = Decimal(0)
+    tokens_input: int = 0
+    tokens_output: int = 0
+    tokens_cache_read: int = 0
+    tokens_total: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            *(getattr(self, name) + getattr(other, name) for name in self.__dataclass_fields__)
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "unpriced_events": self.unpriced_events,
+            "cost": money_str(self.cost),
+            "tokens_input": self.tokens_input,
+            "tokens_output": self.tokens_output,
+            "tokens_cache_read": self.tokens_cache_read,
+            "tokens_total": self.tokens_total,
+        }
 
 
-def usage_between(api_key_hash: str, start: date, end: date) -> dict[str, Any]:
+def _total(usages: list[Usage]) -> Usage:
+    return sum(usages, Usage())
+
+
+@dataclass(frozen=True)
+class ModelDay:
+    provider: str
+    model: str
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class UsageSummary:
+    """What ``GET /v1/billing/usage`` answers: each day's usage by model, and the totals."""
+
+    start: date
+    end: date
+    days: dict[date, list[ModelDay]]
+
+    @property
+    def totals(self) -> Usage:
+        return _total([m.usage for models in self.days.values() for m in models])
+
+    def as_json(self) -> dict[str, Any]:
+        days = []
+        for day, models in sorted(self.days.items()):
+            total = _total([m.usage for m in models])
+            days.append(
+                {
+                    "date": day.isoformat(),
+                    "cost": money_str(total.cost),
+                    "tokens_total": total.tokens_total,
+                    "models": [
+                        {"provider": m.provider, "model": m.model, **m.usage.as_json()}
+                        for m in models
+                    ],
+                }
+            )
+        return {
+            "start_date": self.start.isoformat(),
+            "end_date": self.end.isoformat(),
+            "currency": "usd",
+            "totals": self.totals.as_json(),
+            "days": days,
+        }
+
+
+def usage_between(api_key_hash: str, start: date, end: date) -> UsageSummary:
     rows = db.session.scalars(
         select(UsageDaily)
         .where(
@@ -30,37 +105,16 @@ def usage_between(api_key_hash: str, start: date, end: date) -> dict[str, Any]:
         )
         .order_by(UsageDaily.day, UsageDaily.provider, UsageDaily.model)
     ).all()
-    totals: dict[str, Any] = {"events": 0, "unpriced_events": 0, "cost": Decimal(0)}
-    totals.update(dict.fromkeys(_TOKEN_FIELDS, 0))
-    days: dict[date, list[dict[str, Any]]] = defaultdict(list)
+    days: dict[date, list[ModelDay]] = defaultdict(list)
     for row in rows:
-        entry = {
-            "provider": row.provider,
-            "model": row.model,
-            "events": row.events,
-            "unpriced_events": row.unpriced_events,
-            "cost": money_str(row.cost_total),
-            **{name: getattr(row, name) for name in _TOKEN_FIELDS},
-        }
-        days[row.day].append(entry)
-        totals["events"] += row.events
-        totals["unpriced_events"] += row.unpriced_events
-        totals["cost"] += row.cost_total
-        for name in _TOKEN_FIELDS:
-            totals[name] += getattr(row, name)
-    totals["cost"] = money_str(totals["cost"])
-    return {
-        "start_date": start.isoformat(),
-        "end_date": end.isoformat(),
-        "currency": "usd",
-        "totals": totals,
-        "days": [
-            {
-                "date": day.isoformat(),
-                "cost": money_str(sum((Decimal(m["cost"]) for m in models), Decimal(0))),
-                "tokens_total": sum(m["tokens_total"] for m in models),
-                "models": models,
-            }
-            for day, models in sorted(days.items())
-        ],
-    }
+        usage = Usage(
+            events=row.events,
+            unpriced_events=row.unpriced_events,
+            cost=row.cost_total,
+            tokens_input=row.tokens_input,
+            tokens_output=row.tokens_output,
+            tokens_cache_read=row.tokens_cache_read,
+            tokens_total=row.tokens_total,
+        )
+        days[row.day].append(ModelDay(row.provider, row.model, usage))
+    return UsageSummary(start, end, dict(days))

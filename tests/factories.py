@@ -1,0 +1,75 @@
+"""Test data, built by factory_boy: usage events, customers, the metered API's responses.
+
+Each factory holds the one valid default of its kind; a test names only what it
+is about (``event("key-b", model="gpt-4o")``) and the rest stays valid.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import factory
+from factory.alchemy import SQLAlchemyModelFactory
+
+from app.customers.models import BillingCustomer
+from app.extensions import db
+from app.security import hash_api_key
+
+
+def _new_id(prefix: str) -> Any:
+    return factory.LazyFunction(lambda: f"{prefix}{uuid.uuid4().hex}")
+
+
+class UsageEventFactory(factory.DictFactory):
+    """A valid usage event as a service posts it (``POST /v1/usage/events``)."""
+
+    class Params:
+        api_key = "key-a"
+
+    event_id = _new_id("evt-")
+    api_key_hash = factory.LazyAttribute(lambda o: hash_api_key(o.api_key))
+    provider = "anthropic"
+    model = "claude-3-5-sonnet-20241022"
+    tokens_input = 1000
+    tokens_output = 100
+    timestamp = factory.LazyFunction(lambda: datetime.now(UTC).isoformat())
+    task_type = "code_generation"
+    status = "success"
+
+
+def event(api_key: str = "key-a", **overrides: Any) -> dict[str, Any]:
+    """One event of the caller with key ``api_key``."""
+    return UsageEventFactory(api_key=api_key, **overrides)
+
+
+class ExecuteResponseFactory(factory.DictFactory):
+    """A ``/v1/execute`` response, with the usage the middleware meters."""
+
+    execution_id = factory.LazyFunction(lambda: uuid.uuid4().hex)
+    task_type = "code_generation"
+    status = "success"
+    provider = "openai"
+    model = "gpt-4o-2024-08-06"
+    usage = factory.Dict(
+        {"input_tokens": 1000, "output_tokens": 500, "cache_read_input_tokens": 200}
+    )
+    execution_time = 1.25
+
+
+class CustomerFactory(SQLAlchemyModelFactory):
+    """A billing customer, committed; built inside an app context."""
+
+    class Meta:
+        model = BillingCustomer
+        sqlalchemy_session_factory = lambda: db.session  # noqa: E731 - the app's scoped session
+        sqlalchemy_session_persistence = "commit"
+
+    class Params:
+        api_key = factory.LazyFunction(lambda: f"key-{uuid.uuid4().hex}")
+
+    api_key_hash = factory.LazyAttribute(lambda o: hash_api_key(o.api_key))
+    email = factory.Sequence(lambda n: f"customer{n}@example.com")
+    name = "Test Customer"
+    stripe_customer_id = None
