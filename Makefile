@@ -26,7 +26,7 @@ flower:
 	exec $(CELERY) flower --port=$${FLOWER_PORT:-5555}
 
 bench:
-	$(PY) -m bench.run
+	$(PY) -m bench
 
 lint:
 	$(PY) -m ruff check app tasks tests bench scripts

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date
 
 import click
@@ -18,7 +16,7 @@ from app.errors import BillingRejected, BillingUnavailable, JobAlreadyRunning, N
 from app.ingest.recording import replay_rejected
 from app.ingest.validation import EventLimits
 from app.models.types import utcnow
-from app.progress import Progress, unwatched
+from app.progress import progress_bar
 from app.schedule import REPORT_TASK
 from app.security import hash_api_key
 from app.services.jobs import JobFailed
@@ -65,22 +63,6 @@ def customers_create(email: str, name: str, api_key: str, company: str | None) -
 
 def _settings() -> Settings:
     return current_app.config["SETTINGS"]
-
-
-@contextmanager
-def progress_bar(label: str) -> Iterator[Progress]:
-    """A progress bar on stderr while a long command runs; on a terminal only, so a
-    command whose output is piped or logged prints its JSON and nothing else."""
-    if not sys.stderr.isatty():
-        yield unwatched
-        return
-    with click.progressbar(length=0, label=label, file=sys.stderr) as bar:
-
-        def advance(done: int, total: int) -> None:
-            bar.length = total
-            bar.update(done - bar.pos)
-
-        yield advance
 
 
 def _run(label: str, action) -> None:  # type: ignore[no-untyped-def]

@@ -434,7 +434,7 @@ def test_a_replay_takes_the_park_in_chunks_and_meets_no_event_twice(app: Flask) 
 def test_long_commands_draw_a_progress_bar_on_a_terminal_and_nothing_in_a_pipe(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from app.cli import progress_bar
+    from app.progress import progress_bar
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

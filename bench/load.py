@@ -1,0 +1,111 @@
+"""The load: bench events, and clients that send them over raw sockets.
+
+Raw sockets, not http.client: its request and header parsing cost the load
+generator (which shares the API's two cores) about three times the CPU
+(docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+from app.security import hash_api_key
+from bench.stack import CUSTOMERS, SERVICE_TOKEN
+
+BATCH = 100  # events per POST /v1/usage/events
+MODELS = [
+    ("openai", "gpt-4o"),
+    ("anthropic", "claude-3-5-sonnet-20241022"),
+    ("google", "gemini-2.5-pro"),
+]
+
+
+def make_events(n: int, start: int, when: datetime) -> list[dict[str, Any]]:
+    out = []
+    for i in range(start, start + n):
+        provider, model = MODELS[i % len(MODELS)]
+        out.append(
+            {
+                "event_id": f"b-{i}",
+                "api_key_hash": hash_api_key(f"bench-key-{i % CUSTOMERS}"),
+                "provider": provider,
+                "model": model,
+                "tokens_input": 500 + i % 1000,
+                "tokens_output": 100 + i % 300,
+                "timestamp": when.isoformat(),
+                "task_type": "code_generation",
+            }
+        )
+    return out
+
+
+def _received(sock: socket.socket) -> bytes:
+    chunk = sock.recv(65536)
+    if not chunk:
+        raise RuntimeError("the API closed a kept-alive connection")
+    return chunk
+
+
+def _response(sock: socket.socket, buffer: bytearray) -> int:
+    """Read one response (with a Content-Length) off a kept-alive connection; its status.
+
+    What follows it stays in ``buffer`` for the next call.
+    """
+    while (end := buffer.find(b"\r\n\r\n")) < 0:
+        buffer += _received(sock)
+    head = bytes(buffer[:end]).decode("latin-1")
+    length = next(
+        int(line.split(":", 1)[1])
+        for line in head.split("\r\n")[1:]
+        if line.lower().startswith("content-length:")
+    )
+    while len(buffer) < end + 4 + length:
+        buffer += _received(sock)
+    del buffer[: end + 4 + length]
+    return int(head.split(" ", 2)[1])
+
+
+def post_batches(port: int, bodies: list[bytes], threads: int = 8) -> list[float]:
+    """Send every body once over keep-alive connections; returns request latencies."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    chunks = [bodies[i::threads] for i in range(threads)]
+    head = (
+        "POST /v1/usage/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nAuthorization: Bearer {SERVICE_TOKEN}\r\n"
+        "Content-Length: "
+    ).encode()
+
+    def send(chunk: list[bytes]) -> None:
+        local = []
+        buffer = bytearray()
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            for body in chunk:
+                t0 = time.perf_counter()
+                sock.sendall(b"%s%d\r\n\r\n%s" % (head, len(body), body))
+                status = _response(sock, buffer)
+                if status != 202:
+                    raise RuntimeError(f"ingest answered {status}")
+                local.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(local)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(send, chunks))
+    return latencies
+
+
+def one_request(port: int, request: bytes) -> None:
+    """One request on a fresh connection, as from a client that does not keep it alive."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    if not b"".join(chunks).startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"/v1/execute answered {b''.join(chunks)[:60]!r}")

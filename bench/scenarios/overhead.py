@@ -1,0 +1,87 @@
+"""What metering adds to a ``/v1/execute`` call: the same requests with the middleware
+off and on, one API process, one client on a kept-alive connection."""
+
+from __future__ import annotations
+
+import http.client
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from matplotlib.ticker import ScalarFormatter
+
+from app.progress import progress_bar
+from bench.plots import figure
+from bench.stack import Run, Stack, log
+
+ORDER = 30
+REQUESTS = 5000
+
+
+def _latencies(port: int, n: int, label: str) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-key-1"}
+    out = []
+    with progress_bar(label) as progress:
+        for done in range(n):
+            t0 = time.perf_counter()
+            conn.request("POST", "/v1/execute", body=b'{"prompt": "fizzbuzz"}', headers=headers)
+            conn.getresponse().read()
+            out.append(time.perf_counter() - t0)
+            if done % 100 == 0:
+                progress(done, n)
+    return out
+
+
+def run(run: Run, results: dict[str, Any]) -> None:
+    log("metering overhead: /v1/execute with the middleware off and on")
+    figures: dict[str, Any] = {}
+    for middleware, port in ((False, 8712), (True, 8713)):
+        side = "on" if middleware else "off"
+        stack = Stack(run, middleware=middleware, port=port)
+        stack.start_api(workers=1)
+        if middleware:
+            stack.start_worker()
+        _latencies(port, 500, f"warming up, middleware {side}")
+        lat = _latencies(port, REQUESTS, f"requests, middleware {side}")
+        figures[side] = {
+            "p50_ms": round(statistics.median(lat) * 1000, 3),
+            "p99_ms": round(statistics.quantiles(lat, n=100)[98] * 1000, 3),
+            # The distribution, as 199 cut points (every half percentile), for the plot.
+            "quantiles_ms": [round(q * 1000, 4) for q in statistics.quantiles(lat, n=200)],
+        }
+        stack.stop()
+    figures["overhead_p50_ms"] = round(figures["on"]["p50_ms"] - figures["off"]["p50_ms"], 3)
+    figures["overhead_p99_ms"] = round(figures["on"]["p99_ms"] - figures["off"]["p99_ms"], 3)
+    results["metering"] = figures
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    return {"middleware_p99_overhead_ms": results.get("metering", {}).get("overhead_p99_ms")}
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    met = results.get("metering")
+    if not met:
+        return []
+    return [
+        ("execute p50 off/on (ms)", f"{met['off']['p50_ms']} / {met['on']['p50_ms']}", ""),
+        ("execute p99 off/on (ms)", f"{met['off']['p99_ms']} / {met['on']['p99_ms']}", ""),
+        ("middleware overhead p99 (ms)", met["overhead_p99_ms"], "<= 2"),
+    ]
+
+
+def draw(results: dict[str, Any], directory: Path) -> list[Path]:
+    met = results.get("metering", {})
+    if "quantiles_ms" not in met.get("on", {}):
+        return []
+    path = directory / "execute_latency.png"
+    title = "/v1/execute latency, metering middleware off and on"
+    with figure(path, title, "latency (ms, log scale)", "share of requests at or below") as ax:
+        for side in ("off", "on"):
+            cuts = met[side]["quantiles_ms"]
+            ax.plot(cuts, [(i + 1) / (len(cuts) + 1) for i in range(len(cuts))], label=side)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+    return [path]

@@ -1,0 +1,61 @@
+"""CPU per event of checking it (API and worker each do it once) and of pricing it by
+the source's rules, in this process: the median of seven runs."""
+
+from __future__ import annotations
+
+import statistics
+import timeit
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from bench.load import make_events
+from bench.stack import Run
+
+ORDER = 10
+
+
+def run(run: Run, results: dict[str, Any]) -> None:
+    from app.config import Settings
+    from app.ingest.validation import EventLimits, validate_event
+    from app.pricing.book import SEED_EFFECTIVE_FROM, PriceBook, price_row
+    from app.pricing.catalog import bundled_prices
+
+    now = datetime.now(UTC)
+    limits = EventLimits.from_settings(Settings())  # the defaults the stack runs with
+    bench_event = make_events(1, 0, now)[0]
+    metered = {
+        **bench_event,
+        "execution_id": uuid.uuid4().hex,
+        "execution_time": "1.25",
+        "metadata": {"http_status": 200, "path": "/v1/execute/code_generation"},
+    }
+
+    def per_event_us(action: Any) -> float:
+        runs = [timeit.timeit(action, number=20_000) / 20_000 * 1e6 for _ in range(7)]
+        return round(statistics.median(runs), 2)
+
+    book = PriceBook([price_row(*version, SEED_EFFECTIVE_FROM) for version in bundled_prices()])
+    results["per_event_us"] = {
+        "validate_batch_event": per_event_us(lambda: validate_event(bench_event, now, limits)),
+        "validate_metered_event": per_event_us(lambda: validate_event(metered, now, limits)),
+        "price_by_rules": per_event_us(lambda: book.cost("openai", "gpt-4o", now, 1000, 500, 200)),
+    }
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    return {"per_event_us": results.get("per_event_us")}
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    per = results.get("per_event_us")
+    if not per:
+        return []
+    return [
+        (
+            "validate an event, batch / metered (us)",
+            f"{per['validate_batch_event']} / {per['validate_metered_event']}",
+            "",
+        ),
+        ("price an event by the source's rules (us)", per["price_by_rules"], ""),
+    ]
