@@ -53,6 +53,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     outbox_for(app)  # made here, so no two request threads race to make it
     if settings.enable_pricing_middleware:
         UsageMeter(app)
+    if settings.uses_redis:
+        from app.budgets.admission import watch_key_changes
+
+        watch_key_changes()
     if settings.demo_execute_endpoint:
         from app.demo import demo_execute
 

@@ -17,7 +17,7 @@ from app.ingest import wire
 from app.ingest.batch_store import init_batch_store
 from app.schedule import beat_schedule
 
-TASK_MODULES = ["tasks.ingest", "tasks.billing", "tasks.jobs"]
+TASK_MODULES = ["tasks.ingest", "tasks.billing", "tasks.jobs", "tasks.budgets"]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

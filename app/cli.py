@@ -11,14 +11,13 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from app.config import Settings
-from app.customers.services import PENDING, link_state, link_stripe_customer, register_customer
-from app.errors import BillingRejected, BillingUnavailable, JobAlreadyRunning, NotFound
+from app.customers.cli import customers_cli, keys_cli
+from app.errors import JobAlreadyRunning, NotFound
 from app.ingest.recording import replay_rejected
 from app.ingest.validation import EventLimits
 from app.models.types import utcnow
 from app.progress import progress_bar
 from app.schedule import REPORT_TASK
-from app.security import hash_api_key
 from app.services.jobs import JobFailed
 from app.services.reporting import resolve_manual
 from app.services.scheduled import (
@@ -32,33 +31,8 @@ from app.services.scheduled import (
 )
 
 billing_cli = AppGroup("billing", help="Billing operations.")
-customers_cli = AppGroup("customers", help="Billing customers.")
 billing_cli.add_command(customers_cli)
-
-
-@customers_cli.command("create")
-@click.option("--email", required=True)
-@click.option("--name", required=True)
-@click.option("--api-key", required=True, help="Hashed at once; never stored or printed.")
-@click.option("--company", default=None)
-def customers_create(email: str, name: str, api_key: str, company: str | None) -> None:
-    """Create the customer here, then link it to Stripe now (when a key is set)."""
-    customer = register_customer(email, name, hash_api_key(api_key), company=company)
-    settings = current_app.config["SETTINGS"]
-    if link_state(customer, settings) == PENDING:
-        try:
-            link_stripe_customer(customer)
-        except (BillingUnavailable, BillingRejected) as exc:
-            click.echo(f"not linked to Stripe yet (the daily report retries): {exc}", err=True)
-    click.echo(
-        json.dumps(
-            {
-                "id": customer.id,
-                "stripe_customer_id": customer.stripe_customer_id,
-                "stripe_link": link_state(customer, settings),
-            }
-        )
-    )
+billing_cli.add_command(keys_cli)
 
 
 def _settings() -> Settings:

@@ -91,6 +91,23 @@ class Settings:
     billing_cost_unit: Decimal = Decimal("0.000001")  # one quantity = this many USD
     billing_portal_allowed_origins: tuple[str, ...] = ()
 
+    # Budgets. With enforcement on, a metered call over a hard limit gets 402 and one
+    # of a revoked key 401, decided in Redis before the view runs (needs REDIS_URL).
+    enforce_budgets: bool = False
+    # Redis unreachable while enforcing: "open" serves the call (it is metered and
+    # counted once the worker records it; each such call is logged), "closed" refuses
+    # it with 503. Open by default: metering must never fail the metered request.
+    budget_redis_down: str = "open"
+    budget_redis_timeout_ms: int = 100
+    # A reservation its call's recorded event has not settled after this long is
+    # dropped (the call failed unmetered, or a worker lost the release).
+    budget_reservation_ttl_seconds: int = 900
+    # Alerts: webhook deliveries are retried with backoff for this long.
+    alert_retry_hours: int = 24
+    alert_timeout_seconds: float = 10.0
+    # Development only: lets an alert webhook be http:// on a loopback address.
+    alert_allow_loopback: bool = False
+
     # Jobs
     usage_retention_days: int = 90
     cleanup_batch_size: int = 5000
@@ -113,6 +130,12 @@ class Settings:
             raise ValueError("BILLING_COST_UNIT must be a positive number of USD")
         if not 0 < self.cleanup_duty_cycle <= 1:
             raise ValueError("CLEANUP_DUTY_CYCLE must be in (0, 1]")
+        if self.budget_redis_down not in {"open", "closed"}:
+            raise ValueError(
+                f"BUDGET_REDIS_DOWN must be open or closed, not {self.budget_redis_down!r}"
+            )
+        if self.enforce_budgets and not self.redis_url:
+            raise ValueError("ENFORCE_BUDGETS needs REDIS_URL: admission is decided in Redis")
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -30,7 +30,12 @@ QUICK_READS = "quick_reads"  # the bind key of quick_read()'s engine
 # The database unreachable or restarting: retried by workers, a 503 at the API.
 UNAVAILABLE = (OperationalError, InterfaceError)
 # Every module that declares tables: each capability keeps its own beside it.
-TABLE_MODULES = ("app.models", "app.ingest.models", "app.customers.models")
+TABLE_MODULES = (
+    "app.models",
+    "app.ingest.models",
+    "app.customers.models",
+    "app.budgets.models",
+)
 
 
 def import_tables() -> None:

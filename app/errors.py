@@ -89,3 +89,19 @@ class LedgerMismatch(Exception):
 
     Not a ``ServiceError``: it never reaches a client. The worker retries the batch.
     """
+
+
+class BudgetExceeded(ServiceError):
+    """A hard budget limit is reached: the call is neither served nor billed."""
+
+    status = 402
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, limit: str, metric: str, period_end: str) -> None:
+        super().__init__(message, field="Authorization")
+        self.limit, self.metric, self.period_end = limit, metric, period_end
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        body["error"].update(limit=self.limit, metric=self.metric, period_end=self.period_end)
+        return body

@@ -1,4 +1,5 @@
-"""The Beat schedule: three jobs, all in UTC, times from settings."""
+"""The Beat schedule: three daily or weekly jobs, all in UTC, times from settings, and the
+budgets' minute jobs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from app.config import Settings
 REPORT_TASK = "billing.report_usage"
 REFRESH_TASK = "jobs.refresh_prices"
 CLEANUP_TASK = "jobs.cleanup_usage"
+BUDGETS_REBUILD_TASK = "budgets.rebuild"
+ALERTS_TASK = "alerts.deliver_due"
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -33,4 +36,6 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
                 day_of_week=str(settings.cleanup_weekday),
             ),
         },
+        "budgets-rebuild": {"task": BUDGETS_REBUILD_TASK, "schedule": 60.0},
+        "alerts-delivery": {"task": ALERTS_TASK, "schedule": 60.0},
     }

@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticError
 
-from app.errors import UnsupportedMediaType, ValidationError
+from app.errors import NotFound, UnsupportedMediaType, ValidationError
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -74,3 +74,13 @@ def json_body(request: Request) -> Any:
     if body is None:
         raise ValidationError("the body is not valid JSON", field="body")
     return body
+
+
+MAX_ID = 2**31 - 1  # an id column's range: beyond it, no such row
+
+
+def path_id(value: str, field: str) -> int:
+    """An id from the URL's path: digits within an id's range, else a 404 naming it."""
+    if not value.isascii() or not value.isdigit() or not 0 < int(value) <= MAX_ID:
+        raise NotFound(f"no such {field.removesuffix('_id')}", field=field)
+    return int(value)

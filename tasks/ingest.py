@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import shared_task
 from flask import current_app
 
+from app.budgets.admission import counters_for
+from app.budgets.spend import settle_batch
 from app.extensions import db
 from app.ingest.batch_store import BatchStore, batch_store
 from app.ingest.ledger import recorded_batches
@@ -53,11 +56,27 @@ def record_events_task(
     finally:
         db.session.remove()
     _recorded(store, batch_id)
+    _settle_budgets(events)
     return {
         "inserted": result.inserted,
         "duplicates": result.duplicates,
         "rejected": len(result.rejected),
     }
+
+
+def _settle_budgets(events: list[dict[str, Any]]) -> None:
+    """Bring the budgets of the batch's keys up to date; never fails the batch, which
+    is recorded: a later settle or the minute's rebuild job catches up."""
+    counters = counters_for(current_app)
+    if counters is None:
+        return
+    try:
+        settle_batch(counters, events, datetime.now(UTC))
+    except Exception:  # noqa: BLE001 - the batch stands; the budgets catch up later
+        db.session.rollback()
+        log.exception("budgets not settled for a recorded batch; the next settle catches up")
+    finally:
+        db.session.remove()
 
 
 def _events_gone(batch_id: str | None) -> dict[str, int]:

@@ -13,7 +13,7 @@ from typing import Any
 import factory
 from factory.alchemy import SQLAlchemyModelFactory
 
-from app.customers.models import BillingCustomer
+from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
 from app.security import hash_api_key
 
@@ -58,13 +58,32 @@ class ExecuteResponseFactory(factory.DictFactory):
     execution_time = 1.25
 
 
-class CustomerFactory(SQLAlchemyModelFactory):
-    """A billing customer, committed; built inside an app context."""
+class _Committed(SQLAlchemyModelFactory):
+    class Meta:
+        abstract = True
+        sqlalchemy_session_factory = lambda: db.session  # noqa: E731 - the app's scoped session
+        sqlalchemy_session_persistence = "commit"
+
+
+class ApiKeyFactory(_Committed):
+    """A key of a customer, by the hash of ``api_key``."""
+
+    class Meta:
+        model = ApiKey
+
+    class Params:
+        api_key = factory.LazyFunction(lambda: f"key-{uuid.uuid4().hex}")
+
+    key_hash = factory.LazyAttribute(lambda o: hash_api_key(o.api_key))
+    label = "registered"
+
+
+class CustomerFactory(_Committed):
+    """A billing customer with ``api_key`` as its first key, committed; built inside an
+    app context, as onboarding makes one."""
 
     class Meta:
         model = BillingCustomer
-        sqlalchemy_session_factory = lambda: db.session  # noqa: E731 - the app's scoped session
-        sqlalchemy_session_persistence = "commit"
 
     class Params:
         api_key = factory.LazyFunction(lambda: f"key-{uuid.uuid4().hex}")
@@ -73,3 +92,8 @@ class CustomerFactory(SQLAlchemyModelFactory):
     email = factory.Sequence(lambda n: f"customer{n}@example.com")
     name = "Test Customer"
     stripe_customer_id = None
+
+    @factory.post_generation
+    def first_key(customer: BillingCustomer, create: bool, extracted: Any, **fields: Any) -> None:
+        if create:
+            ApiKeyFactory(customer_id=customer.id, key_hash=customer.api_key_hash, **fields)

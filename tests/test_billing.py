@@ -251,7 +251,7 @@ def test_portal_returns_the_session_url(
 @pytest.mark.parametrize(
     ("key", "body", "status", "field"),
     [
-        ("key-none", {"return_url": "https://app.example.com/x"}, 404, "Authorization"),
+        ("key-none", {"return_url": "https://app.example.com/x"}, 401, "Authorization"),
         ("key-0", {}, 400, "return_url"),
         ("key-0", {"return_url": "javascript:alert(1)"}, 400, "return_url"),
         ("key-0", {"return_url": "https://evil.example.net/x"}, 400, "return_url"),

@@ -77,9 +77,11 @@ def register_api(app: Flask) -> None:
     from app.api.health import health
     from app.api.openapi import openapi
     from app.api.usage import usage
+    from app.budgets.views import budgets
+    from app.customers.views import customers
     from app.ingest.views import ingest
 
-    for blueprint in (ingest, usage, billing, health, openapi):
+    for blueprint in (ingest, usage, customers, budgets, billing, health, openapi):
         app.register_blueprint(blueprint)
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(HTTPException, _http_error)

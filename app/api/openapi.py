@@ -13,8 +13,10 @@ from typing import Any
 from flask import Blueprint
 from pydantic import BaseModel
 
-from app.api.schemas import CustomerCreate, PortalRequest, UsageQuery
+from app.api.schemas import PortalRequest, UsageQuery
 from app.billing.stripe_gateway import StripeEvent
+from app.budgets.views import BudgetCreate, BudgetFields, CustomerLimit, WebhookSet
+from app.customers.views import CustomerCreate, KeyCreate
 from app.ingest.validation import EVENT_SCHEMA, EVENT_SHAPE, EventBatch
 
 openapi = Blueprint("openapi", __name__)
@@ -38,6 +40,11 @@ _ERROR = {
 _MODELS: dict[str, type[BaseModel]] = {
     "EventBatch": EventBatch,
     "CustomerCreate": CustomerCreate,
+    "KeyCreate": KeyCreate,
+    "BudgetCreate": BudgetCreate,
+    "BudgetUpdate": BudgetFields,
+    "CustomerLimit": CustomerLimit,
+    "WebhookSet": WebhookSet,
     "PortalRequest": PortalRequest,
     "UsageQuery": UsageQuery,
     "StripeEvent": StripeEvent,
@@ -74,6 +81,11 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def _path_id(name: str) -> list[dict[str, Any]]:
+    schema = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+    return [{"name": name, "in": "path", "required": True, "schema": schema}]
 
 
 def _ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -131,6 +143,106 @@ SPEC: dict[str, Any] = {
                 "security": [{"adminToken": []}],
                 "requestBody": _json_body(_ref("CustomerCreate")),
                 "responses": {"201": _ok("created"), **_errors(400, 401, 403, 415, 502, 503)},
+            }
+        },
+        "/v1/billing/customers/{customer_id}/keys": {
+            "post": {
+                "summary": "Issue an API key (admin); the key is in this answer only",
+                "security": [{"adminToken": []}],
+                "parameters": _path_id("customer_id"),
+                "requestBody": _json_body(_ref("KeyCreate")),
+                "responses": {"201": _ok("the key, once"), **_errors(400, 401, 403, 404, 415)},
+            },
+            "get": {
+                "summary": "A customer's API keys (admin): labels and prefixes, never a key",
+                "security": [{"adminToken": []}],
+                "parameters": _path_id("customer_id"),
+                "responses": {"200": _ok("keys"), **_errors(401, 403, 404)},
+            },
+        },
+        "/v1/billing/keys/{key_id}/revoke": {
+            "post": {
+                "summary": "Revoke an API key (admin)",
+                "security": [{"adminToken": []}],
+                "parameters": _path_id("key_id"),
+                "responses": {"200": _ok("the revoked key"), **_errors(401, 403, 404)},
+            }
+        },
+        "/v1/billing/keys/{key_id}/rotate": {
+            "post": {
+                "summary": "A new key with the same label, the old one revoked (admin)",
+                "security": [{"adminToken": []}],
+                "parameters": _path_id("key_id"),
+                "responses": {"201": _ok("the new key, once"), **_errors(401, 403, 404, 409)},
+            }
+        },
+        "/v1/billing/customers/{customer_id}/budgets": {
+            "post": {
+                "summary": "Set a budget (admin): per customer, or per key",
+                "security": [{"adminToken": []}],
+                "parameters": _path_id("customer_id"),
+                "requestBody": _json_body(_ref("BudgetCreate")),
+                "responses": {"201": _ok("the budget"), **_errors(400, 401, 403, 404, 415)},
+            },
+            "get": {
+                "summary": "A customer's budgets with this period's spend (admin)",
+                "security": [{"adminToken": []}],
+                "parameters": _path_id("customer_id"),
+                "responses": {"200": _ok("budgets"), **_errors(401, 403, 404)},
+            },
+        },
+        "/v1/billing/budgets/{budget_id}": {
+            "put": {
+                "summary": "Change a budget's limit, thresholds or hardness (admin)",
+                "security": [{"adminToken": []}],
+                "parameters": _path_id("budget_id"),
+                "requestBody": _json_body(_ref("BudgetUpdate")),
+                "responses": {"200": _ok("the budget"), **_errors(400, 401, 403, 404, 415)},
+            },
+            "delete": {
+                "summary": "Remove a budget (admin)",
+                "security": [{"adminToken": []}],
+                "parameters": _path_id("budget_id"),
+                "responses": {"200": _ok("deleted"), **_errors(401, 403, 404)},
+            },
+        },
+        "/v1/billing/customers/{customer_id}/alerts": {
+            "get": {
+                "summary": "A customer's alerts and every delivery attempt (admin)",
+                "security": [{"adminToken": []}],
+                "parameters": _path_id("customer_id"),
+                "responses": {"200": _ok("alerts"), **_errors(401, 403, 404)},
+            }
+        },
+        "/v1/billing/budgets": {
+            "get": {
+                "summary": "The caller's budgets with this period's spend",
+                "security": [{"apiKey": []}],
+                "responses": {"200": _ok("budgets"), **_errors(401)},
+            }
+        },
+        "/v1/billing/budgets/{budget_id}/customer-limit": {
+            "put": {
+                "summary": "The caller's own lower limit on one of its budgets (null removes it)",
+                "security": [{"apiKey": []}],
+                "parameters": _path_id("budget_id"),
+                "requestBody": _json_body(_ref("CustomerLimit")),
+                "responses": {"200": _ok("the budget"), **_errors(400, 401, 404, 415)},
+            }
+        },
+        "/v1/billing/alerts/webhook": {
+            "put": {
+                "summary": "Where the caller's alerts go; the answer holds the secret, once",
+                "security": [{"apiKey": []}],
+                "requestBody": _json_body(_ref("WebhookSet")),
+                "responses": {"200": _ok("url and secret"), **_errors(400, 401, 415)},
+            }
+        },
+        "/v1/billing/alerts": {
+            "get": {
+                "summary": "The caller's alerts and every delivery attempt",
+                "security": [{"apiKey": []}],
+                "responses": {"200": _ok("alerts"), **_errors(401)},
             }
         },
         "/v1/billing/webhooks/stripe": {

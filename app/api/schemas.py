@@ -6,7 +6,7 @@ Each is declared once: the views parse with it and ``/openapi.json`` renders it.
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -18,27 +18,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from app.errors import ValidationError
 from app.shapes import text
-
-
-def _address(value: str) -> str:
-    if "@" not in value:
-        raise ValidationError("email is not an address", field="email")
-    return value
-
-
-class CustomerCreate(BaseModel):
-    """Onboarding (admin): the raw key is hashed at once, never stored or sent on."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    email: Annotated[text(320), AfterValidator(_address)] = Field(
-        json_schema_extra={"format": "email"}
-    )
-    name: text(200)
-    api_key: text(512)
-    company: text(200) | None = None
 
 
 class PortalRequest(BaseModel):
@@ -68,3 +48,6 @@ class UsageQuery(BaseModel):
 
     start_date: CalendarDate
     end_date: CalendarDate
+    group_by: Literal["key"] | None = Field(
+        default=None, description="key: each day's models per API key (by id and label)"
+    )

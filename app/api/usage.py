@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, current_app, request
 
 from app.api.schemas import UsageQuery
+from app.customers.keys import keys_of
 from app.customers.services import authenticate_customer
 from app.errors import ValidationError
 from app.services.usage import usage_between
@@ -34,4 +35,5 @@ def get_usage() -> dict[str, Any]:
     limit = current_app.config["SETTINGS"].max_usage_range_days
     if (end - start).days + 1 > limit:
         raise ValidationError(f"the range is longer than {limit} days", field="end_date")
-    return usage_between(customer.api_key_hash, start, end).as_json()
+    keys = keys_of(customer.id)
+    return usage_between(keys, start, end, by_key=query.group_by == "key").as_json()

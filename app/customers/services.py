@@ -9,7 +9,6 @@ report first links whoever is still unlinked, in case that task was never queued
 
 from __future__ import annotations
 
-import hmac
 import logging
 
 from flask import Request, current_app
@@ -18,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.billing.stripe_gateway import gateway
 from app.config import Settings
-from app.customers.models import BillingCustomer
+from app.customers.models import ApiKey, BillingCustomer
 from app.errors import AuthenticationError, BillingRejected, BillingUnavailable
 from app.extensions import db
 from app.security import bearer_token, hash_api_key
@@ -29,22 +28,31 @@ LINK_TASK = "billing.link_customer"
 LINKED, PENDING, NOT_CONFIGURED = "linked", "pending", "not_configured"
 
 
-def customer_for_key_hash(api_key_hash: str) -> BillingCustomer | None:
-    return db.session.scalar(
-        select(BillingCustomer).where(BillingCustomer.api_key_hash == api_key_hash)
+def customer_for_key_hash(key_hash: str, *, revoked: bool = True) -> BillingCustomer | None:
+    """The customer holding this key (also a revoked one, unless ``revoked=False``)."""
+    query = (
+        select(BillingCustomer)
+        .join(ApiKey, ApiKey.customer_id == BillingCustomer.id)
+        .where(ApiKey.key_hash == key_hash)
     )
+    if not revoked:
+        query = query.where(ApiKey.revoked_at.is_(None))
+    return db.session.scalar(query)
 
 
 def register_customer(
     email: str, name: str, api_key_hash: str, company: str | None = None
 ) -> BillingCustomer:
-    """The customer for this key, created if new; registering a key again returns it."""
+    """The customer for this key, created with it as its first key if new; registering
+    a key again returns its customer."""
     existing = customer_for_key_hash(api_key_hash)
     if existing is not None:
         return existing
     customer = BillingCustomer(email=email, name=name, api_key_hash=api_key_hash, company=company)
     db.session.add(customer)
     try:
+        db.session.flush()
+        db.session.add(ApiKey(customer_id=customer.id, key_hash=api_key_hash, label="registered"))
         db.session.commit()
     except IntegrityError:  # registered meanwhile by a concurrent request
         db.session.rollback()
@@ -55,20 +63,14 @@ def register_customer(
 
 
 def authenticate_customer(request: Request) -> BillingCustomer:
-    """The active customer whose key is the request's bearer token, or 401.
+    """The active customer whose live key is the request's bearer token, or 401.
 
     The lookup is by hash (an attacker cannot steer a digest's prefix, so the
-    index lookup leaks nothing), and the found hash is compared again in
-    constant time.
+    index lookup leaks nothing). A revoked key is refused like an unknown one.
     """
-    key_hash = hash_api_key(bearer_token(request))
-    customer = customer_for_key_hash(key_hash)
-    if (
-        customer is None
-        or not customer.is_active
-        or not hmac.compare_digest(customer.api_key_hash, key_hash)
-    ):
-        raise AuthenticationError("unknown or inactive API key", field="Authorization")
+    customer = customer_for_key_hash(hash_api_key(bearer_token(request)), revoked=False)
+    if customer is None or not customer.is_active:
+        raise AuthenticationError("unknown, revoked or inactive API key", field="Authorization")
     return customer
 
 

@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, Request, Response, current_app, request
+from flask import Flask, Request, Response, current_app, g, request
 
 from app.ingest import wire
 from app.ingest.batch_store import batch_store
@@ -39,7 +39,7 @@ def _first(source: dict[str, Any], keys: tuple[str, ...]) -> Any:
     return None
 
 
-def _api_key(req: Request) -> str | None:
+def api_key_of(req: Request) -> str | None:
     scheme, _, token = req.headers.get("Authorization", "").partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
@@ -54,7 +54,7 @@ def _number(value: Any) -> Any:
 
 def event_from_response(req: Request, resp: Response, now: datetime) -> dict[str, Any] | None:
     """The usage event of one metered response, or None when it used no metered tokens."""
-    api_key = _api_key(req)
+    api_key = api_key_of(req)
     body = resp.get_json(silent=True) if resp.is_json else None
     if api_key is None or not isinstance(body, dict):
         return None
@@ -136,6 +136,10 @@ class UsageMeter:
 
     def init_app(self, app: Flask) -> None:
         outbox_for(app)
+        if app.config["SETTINGS"].enforce_budgets:
+            from app.budgets.admission import admit
+
+            app.before_request(admit)
         app.after_request(self._meter)
 
     @staticmethod
@@ -144,7 +148,14 @@ class UsageMeter:
             return resp
         try:
             event = event_from_response(request, resp, datetime.now(UTC))
-            if event is not None:
+            if event is None:
+                if "budget_call" in g:
+                    from app.budgets.admission import release_unmetered
+
+                    release_unmetered()
+            else:
+                if "budget_call" in g:  # the worker releases the call's reservation by it
+                    event["metadata"]["budget_call"] = g.budget_call
                 outbox_for(current_app._get_current_object()).append([event])  # type: ignore[attr-defined]
         except Exception:
             log.exception("metering failed; the request is served regardless")

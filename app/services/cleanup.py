@@ -21,7 +21,7 @@ from datetime import time as clock
 from sqlalchemy import Column, ColumnElement, delete, func, select
 
 from app.config import Settings
-from app.customers.models import BillingCustomer
+from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
 from app.ingest.models import IngestBatch, UsageEvent
 from app.models import UsageReport
@@ -57,13 +57,14 @@ def customer_cutoffs(
         .group_by(UsageReport.customer_id)
         .subquery()
     )
-    customers = db.session.execute(
-        select(BillingCustomer.api_key_hash, unsettled.c.day)
+    keys = db.session.execute(
+        select(ApiKey.key_hash, unsettled.c.day)
+        .join(BillingCustomer, BillingCustomer.id == ApiKey.customer_id)
         .outerjoin(unsettled, unsettled.c.customer_id == BillingCustomer.id)
         .where(BillingCustomer.stripe_customer_id.is_not(None))
     ).all()
     cutoffs: dict[datetime, list[str]] = {}
-    for key_hash, first_unsettled in customers:
+    for key_hash, first_unsettled in keys:
         reported = last_reported_day
         if first_unsettled is not None and reported is not None:
             reported = min(reported, first_unsettled - timedelta(days=1))

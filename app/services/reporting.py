@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 
 from app.billing.stripe_gateway import gateway
 from app.config import Settings
-from app.customers.models import BillingCustomer
+from app.customers.models import ApiKey, BillingCustomer
 from app.errors import BillingRejected, BillingUnavailable, NotFound
 from app.extensions import db
 from app.ingest.models import UsageDaily
@@ -67,18 +67,20 @@ def _units(settings: Settings) -> tuple[str, Decimal]:
     return f"usd/{settings.billing_cost_unit}", settings.billing_cost_unit
 
 
-def cumulative_usage(settings: Settings, day: date) -> dict[str, Decimal]:
-    """Every key's usage up to the end of ``day``, in report units (exact, not rounded)."""
+def cumulative_usage(settings: Settings, day: date) -> dict[int, Decimal]:
+    """Every customer's usage up to the end of ``day``, all its keys together, in report
+    units (exact, not rounded)."""
     column = (
         UsageDaily.tokens_total if settings.billing_quantity == "tokens" else UsageDaily.cost_total
     )
     _, unit = _units(settings)
     rows = db.session.execute(
-        select(UsageDaily.api_key_hash, func.sum(column))
+        select(ApiKey.customer_id, func.sum(column))
+        .join(ApiKey, ApiKey.key_hash == UsageDaily.api_key_hash)
         .where(UsageDaily.day <= day)
-        .group_by(UsageDaily.api_key_hash)
+        .group_by(ApiKey.customer_id)
     )
-    return {key_hash: Decimal(total or 0) / unit for key_hash, total in rows}
+    return {customer_id: Decimal(total or 0) / unit for customer_id, total in rows}
 
 
 def _event_timestamp(day: date, now: datetime) -> int:
@@ -200,7 +202,7 @@ def report_day(
     ).all()
     for done, customer in enumerate(customers):
         progress(done, len(customers))
-        exact = usage.get(customer.api_key_hash, Decimal(0))
+        exact = usage.get(customer.id, Decimal(0))
         summary.customers += 1
         try:
             outcome = report_customer(settings, customer, day, exact, now)

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from app.customers.models import ApiKey
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.models.types import money_str
@@ -54,9 +55,18 @@ def _total(usages: list[Usage]) -> Usage:
 
 @dataclass(frozen=True)
 class ModelDay:
+    """One model's usage on one day: of all the customer's keys, or of one (``key``)."""
+
     provider: str
     model: str
     usage: Usage
+    key: ApiKey | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"provider": self.provider, "model": self.model}
+        if self.key is not None:  # the key by id and label: never the key, nor its hash
+            entry["key"] = {"id": self.key.id, "label": self.key.label, "prefix": self.key.prefix}
+        return {**entry, **self.usage.as_json()}
 
 
 @dataclass(frozen=True)
@@ -80,10 +90,7 @@ class UsageSummary:
                     "date": day.isoformat(),
                     "cost": money_str(total.cost),
                     "tokens_total": total.tokens_total,
-                    "models": [
-                        {"provider": m.provider, "model": m.model, **m.usage.as_json()}
-                        for m in models
-                    ],
+                    "models": [m.as_json() for m in models],
                 }
             )
         return {
@@ -95,19 +102,23 @@ class UsageSummary:
         }
 
 
-def usage_between(api_key_hash: str, start: date, end: date) -> UsageSummary:
+def usage_between(keys: list[ApiKey], start: date, end: date, by_key: bool) -> UsageSummary:
+    """The usage of these keys (a customer's), per day and model; per key too if ``by_key``."""
+    by_hash = {key.key_hash: key for key in keys}
     rows = db.session.scalars(
         select(UsageDaily)
         .where(
-            UsageDaily.api_key_hash == api_key_hash,
+            UsageDaily.api_key_hash.in_(by_hash),
             UsageDaily.day >= start,
             UsageDaily.day <= end,
         )
         .order_by(UsageDaily.day, UsageDaily.provider, UsageDaily.model)
     ).all()
-    days: dict[date, list[ModelDay]] = defaultdict(list)
+    cells: dict[tuple[date, str, str, int | None], Usage] = defaultdict(Usage)
     for row in rows:
-        usage = Usage(
+        key = by_hash[row.api_key_hash]
+        cell = (row.day, row.provider, row.model, key.id if by_key else None)
+        cells[cell] += Usage(
             events=row.events,
             unpriced_events=row.unpriced_events,
             cost=row.cost_total,
@@ -116,5 +127,10 @@ def usage_between(api_key_hash: str, start: date, end: date) -> UsageSummary:
             tokens_cache_read=row.tokens_cache_read,
             tokens_total=row.tokens_total,
         )
-        days[row.day].append(ModelDay(row.provider, row.model, usage))
+    keys_by_id = {key.id: key for key in keys}
+    days: dict[date, list[ModelDay]] = defaultdict(list)
+    for (day, provider, model, key_id), usage in sorted(
+        cells.items(), key=lambda cell: (*cell[0][:3], cell[0][3] or 0)
+    ):
+        days[day].append(ModelDay(provider, model, usage, keys_by_id.get(key_id)))
     return UsageSummary(start, end, dict(days))

@@ -59,6 +59,11 @@ def load_scale(db_url: str) -> None:
             "'b' || g || '@example.com', 'B', 'month', true, now(), now() "
             f"FROM generate_series(0, {CUSTOMERS - 1}) g ON CONFLICT DO NOTHING"
         )
+        cur.execute(
+            "INSERT INTO api_keys (customer_id, key_hash, label, created_at) "
+            "SELECT id, api_key_hash, 'registered', now() FROM billing_customers "
+            "ON CONFLICT DO NOTHING"
+        )
         cur.execute("VACUUM ANALYZE usage_events")
         cur.execute("VACUUM ANALYZE usage_daily")
     conn.close()

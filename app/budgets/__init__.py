@@ -1,0 +1,1 @@
+"""Budgets: spend limits per customer or key, enforced at admission, and alerts at thresholds."""

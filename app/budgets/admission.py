@@ -1,0 +1,150 @@
+"""Admission of metered calls: before the metered view runs, with no database work.
+
+Installed by ``UsageMeter`` when ``ENFORCE_BUDGETS`` is on. For a call whose key
+the service knows: a revoked key gets 401; a call that would pass a hard budget
+gets 402 (``budget_exceeded``, with the limit and the period's end, and
+``Retry-After`` until it resets); otherwise the call reserves its estimated cost
+(``app.budgets.counters``) and is served. The reservation is released by the
+worker when the call's event is recorded (the event carries the call's id in its
+metadata), or at the response when the call produced no event.
+
+Redis unreachable, or holding no state (lost, and a rebuild is queued): the call
+is served and logged (``BUDGET_REDIS_DOWN=open``, the default) or refused with
+503 (``closed``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import redis
+from flask import Flask, Response, current_app, g, jsonify, request
+
+from app.budgets.counters import REBUILDING, Admission, Counters
+from app.errors import AuthenticationError, BudgetExceeded, ServiceError, ServiceUnavailable
+from app.schedule import BUDGETS_REBUILD_TASK
+from app.security import hash_api_key
+
+log = logging.getLogger("usage_billing.budgets")
+
+
+def counters_for(app: Flask) -> Counters | None:
+    """The app's budget counters in Redis; None without Redis (the embedded default)."""
+    counters = app.extensions.get("budget_counters")
+    settings = app.config["SETTINGS"]
+    if counters is None and settings.redis_url:
+        timeout = settings.budget_redis_timeout_ms / 1000
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
+        counters = Counters(client, settings.budget_reservation_ttl_seconds)
+        app.extensions["budget_counters"] = counters
+    return counters
+
+
+def _error(error: ServiceError, headers: dict[str, str] | None = None) -> Response:
+    response = jsonify(error.to_dict())
+    response.status_code = error.status
+    response.headers.update(headers or {})
+    return response
+
+
+def _request_rebuild(counters: Counters) -> None:
+    """Queue one rebuild of the lost state (at most one per five minutes)."""
+    try:
+        if counters.redis.set(REBUILDING, "1", nx=True, ex=300):
+            current_app.extensions["celery"].send_task(BUDGETS_REBUILD_TASK)
+    except Exception as exc:  # noqa: BLE001 - the broker down too: the Beat job rebuilds
+        log.warning("could not queue the budgets' rebuild: %s", exc)
+
+
+def _unavailable(why: str) -> Response | None:
+    """Redis cannot decide: serve (open) or refuse (closed), and say so in the log."""
+    if current_app.config["SETTINGS"].budget_redis_down == "closed":
+        log.error("budget check unavailable (%s): call refused", why)
+        error = ServiceUnavailable("budgets cannot be checked right now; retry shortly")
+        return _error(error, {"Retry-After": str(error.retry_after_seconds)})
+    log.warning("budget check unavailable (%s): call served unchecked", why)
+    return None
+
+
+def _refused(admission: Admission, now: datetime) -> Response:
+    rule, period = admission.rule, admission.period
+    assert rule is not None and period is not None
+    limit = Decimal(rule.limit_units).scaleb(-6) if rule.metric == "usd" else rule.limit_units
+    error = BudgetExceeded(
+        f"the {rule.period} budget ({rule.metric}) is used up until {period.ends_at.isoformat()}",
+        limit=str(limit),
+        metric=rule.metric,
+        period_end=period.ends_at.isoformat(),
+    )
+    wait = max(1, int((period.ends_at - now).total_seconds()))
+    return _error(error, {"Retry-After": str(wait)})
+
+
+def admit() -> Response | None:
+    """``before_request`` of the metered routes: None to serve the call, or the refusal."""
+    from app.ingest.meter import METERED_PREFIX, api_key_of
+
+    if not request.path.startswith(METERED_PREFIX):
+        return None
+    api_key = api_key_of(request)
+    counters = counters_for(current_app._get_current_object())  # type: ignore[attr-defined]
+    if api_key is None or counters is None:
+        return None
+    now = datetime.now(UTC)
+    call = uuid.uuid4().hex
+    try:
+        admission = counters.admit(hash_api_key(api_key), call, now)
+    except redis.RedisError as exc:
+        return _unavailable(type(exc).__name__)
+    if admission.verdict == "not_loaded":
+        _request_rebuild(counters)
+        return _unavailable("state lost; rebuilding")
+    if admission.verdict == "revoked":
+        return _error(AuthenticationError("this API key is revoked", field="Authorization"))
+    if admission.verdict == "refused":
+        return _refused(admission, now)
+    if admission.reserved:
+        g.budget_call, g.budget_reserved = call, admission.reserved
+    return None
+
+
+def release_unmetered() -> None:
+    """The call produced no event: its reservation goes now (the worker never sees it)."""
+    reserved = g.pop("budget_reserved", None)
+    call = g.pop("budget_call", None)
+    counters = counters_for(current_app._get_current_object())  # type: ignore[attr-defined]
+    if reserved and call and counters is not None:
+        try:
+            counters.release(reserved, [call])
+        except redis.RedisError as exc:  # it lapses after BUDGET_RESERVATION_TTL_SECONDS
+            log.warning("reservation of call %s not released: %s", call, exc)
+
+
+def publish_customer(customer_id: int) -> None:
+    """Publish a customer's keys and budgets to Redis now, after a change; should Redis
+    be away, the minute's rebuild job publishes them."""
+    from app.budgets.spend import sync_customer
+
+    counters = counters_for(current_app._get_current_object())  # type: ignore[attr-defined]
+    if counters is None:
+        return
+    try:
+        sync_customer(counters, customer_id)
+    except redis.RedisError as exc:
+        log.warning("budgets of customer %s not published yet: %s", customer_id, exc)
+
+
+def watch_key_changes() -> None:
+    """Publish a customer's keys whenever they change (a revoked key is refused at once)."""
+    from app.customers.keys import keys_changed
+
+    keys_changed.connect(_keys_changed, weak=False)
+
+
+def _keys_changed(customer_id: int) -> None:
+    publish_customer(customer_id)

@@ -1,0 +1,278 @@
+"""Budget alerts: raised once per (budget, threshold, period), delivered as signed webhooks.
+
+Raising is exactly once: ``budget_alerts`` is unique on (budget, threshold,
+period), and every worker that sees the threshold crossed inserts with ON
+CONFLICT DO NOTHING; only the insert that created the row delivers it.
+
+Delivery is at least once, with a stable id, as Stripe's webhooks are: a queued
+alert is claimed under a row lock (``FOR UPDATE SKIP LOCKED``), so two workers never
+send it at once; every attempt is recorded in ``alert_deliveries``; a failure is
+retried with backoff until ``ALERT_RETRY_HOURS`` after the alert, then abandoned.
+A worker killed in the middle of a request cannot know whether the receiver got
+it, so the next attempt sends it again with the same ``Webhook-Id``: a receiver
+that keeps the ids it has seen handles each alert once.
+
+Signature: ``Webhook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">``
+with the customer's secret; a receiver recomputes it and refuses a timestamp
+older than its tolerance (``verify_signature`` is the reference).
+
+Addresses: a webhook URL must be https (http only on a loopback address, and only
+with ``ALERT_ALLOW_LOOPBACK`` for development) and must not name a private,
+loopback, link-local or otherwise internal address. It is checked when set and
+again at each delivery, after resolving the name: the request goes to the address
+that was checked, so a DNS answer that changes in between cannot redirect it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import random
+import socket
+import time
+from datetime import datetime, timedelta
+from decimal import Decimal
+from urllib.parse import urlsplit
+
+import urllib3
+from sqlalchemy import select
+
+from app.budgets.models import (
+    ABANDONED,
+    DELIVERED,
+    NO_WEBHOOK,
+    QUEUED,
+    AlertDelivery,
+    Budget,
+    BudgetAlert,
+)
+from app.budgets.periods import Period
+from app.config import Settings
+from app.customers.models import BillingCustomer
+from app.errors import ValidationError
+from app.extensions import db
+from app.models.dialect import insert_for
+from app.models.types import money_str, utcnow
+
+log = logging.getLogger("usage_billing.alerts")
+
+
+# -- raising ------------------------------------------------------------------
+
+
+def raise_alerts(budget: Budget, period: Period, spent: Decimal) -> list[int]:
+    """Record each threshold of ``budget`` that ``spent`` reached this period, once.
+
+    Returns the ids of the alerts this call created (none when another worker, or
+    an earlier batch, had already raised them). The caller commits.
+    """
+    limit = budget.effective_limit
+    created = []
+    for threshold in sorted(budget.thresholds or []):
+        if limit <= 0 or spent * 100 < limit * threshold:
+            continue
+        payload = {
+            "type": "budget.threshold_reached",
+            "budget_id": budget.id,
+            "customer_id": budget.customer_id,
+            "api_key_id": budget.api_key_id,
+            "metric": budget.metric,
+            "period": budget.period,
+            "period_start": period.start.isoformat(),
+            "period_end": period.ends_at.isoformat(),
+            "threshold_percent": threshold,
+            "limit": money_str(limit),
+            "spent": money_str(spent),
+            "hard_limit": budget.hard_limit,
+        }
+        row = db.session.execute(
+            insert_for(BudgetAlert.__table__)
+            .values(
+                budget_id=budget.id,
+                customer_id=budget.customer_id,
+                threshold=threshold,
+                period_start=period.start,
+                spent=spent,
+                limit_value=limit,
+                status=QUEUED,
+                payload=payload,
+                attempts=0,
+                next_attempt_at=utcnow(),
+                created_at=utcnow(),
+            )
+            .on_conflict_do_nothing()
+            .returning(BudgetAlert.__table__.c.id)
+        ).first()
+        if row is None:
+            continue
+        created.append(row[0])
+        if budget.hard_limit and threshold >= 100:
+            log.error(
+                "hard budget limit reached",
+                extra={"budget_id": budget.id, "customer_id": budget.customer_id},
+            )
+    return created
+
+
+# -- addresses ----------------------------------------------------------------
+
+
+def _public(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return ip.is_global and not ip.is_multicast
+
+
+def _loopback(address: str) -> bool:
+    return ipaddress.ip_address(address).is_loopback
+
+
+def check_url(url: str, settings: Settings, resolve: bool = True) -> list[str]:
+    """The addresses ``url`` may be delivered to, or a ValidationError naming ``url``.
+
+    https to a public address; http or a loopback address only with
+    ``ALERT_ALLOW_LOOPBACK``, and then only loopback. Without ``resolve`` (when
+    a URL is set and its name may not resolve yet) only literal addresses are checked.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise ValidationError("url must be an absolute https URL", field="url")
+    if parts.username or parts.password:
+        raise ValidationError("url must not carry credentials", field="url")
+    host = parts.hostname
+    try:
+        addresses = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        if not resolve:
+            if parts.scheme != "https":
+                raise ValidationError("url must be https", field="url") from None
+            return []
+        try:
+            infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise ValidationError(f"url's host does not resolve: {exc}", field="url") from exc
+        addresses = sorted({str(info[4][0]) for info in infos})
+    loopback = settings.alert_allow_loopback and all(_loopback(a) for a in addresses)
+    if not loopback and parts.scheme != "https":
+        raise ValidationError("url must be https", field="url")
+    if not loopback and not all(_public(a) for a in addresses):
+        raise ValidationError("url must not point at a private or internal address", field="url")
+    return addresses
+
+
+# -- signing ------------------------------------------------------------------
+
+
+def sign(secret: str, body: bytes, at: int) -> str:
+    digest = hmac.new(secret.encode(), f"{at}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={at},v1={digest}"
+
+
+def verify_signature(
+    secret: str, body: bytes, header: str, tolerance_seconds: int = 300, now: float | None = None
+) -> bool:
+    """What a receiver does: recompute the signature, and refuse a stale timestamp."""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        at = int(fields["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs((now if now is not None else time.time()) - at) > tolerance_seconds:
+        return False
+    return hmac.compare_digest(sign(secret, body, at), header)
+
+
+# -- delivering ---------------------------------------------------------------
+
+
+def _post(
+    url: str, addresses: list[str], body: bytes, headers: dict[str, str], timeout: float
+) -> int:
+    """POST to the first checked address that answers, naming the host for TLS and HTTP."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {**headers, "Host": parts.netloc}
+    last: Exception | None = None
+    for address in addresses:
+        if parts.scheme == "https":
+            pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
+                address,
+                port,
+                server_hostname=host,
+                assert_hostname=host,
+                timeout=timeout,
+                retries=False,
+            )
+        else:
+            pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
+        try:
+            return pool.urlopen("POST", path, body=body, headers=headers, redirect=False).status
+        except urllib3.exceptions.HTTPError as exc:
+            last = exc
+        finally:
+            pool.close()
+    raise ConnectionError(str(last))
+
+
+def _backoff(attempts: int) -> timedelta:
+    """30 s, 1 min, 2 min … up to an hour, with jitter, so a receiver that is down
+    for a while gets the alert soon after it is back, within the retry window."""
+    seconds = min(3600, 30 * 2 ** max(0, attempts - 1))
+    return timedelta(seconds=seconds * random.uniform(0.8, 1.2))
+
+
+def deliver(alert: BudgetAlert, settings: Settings, now: datetime) -> str:
+    """One attempt at one alert (locked by the caller); its status afterwards."""
+    customer = db.session.get(BillingCustomer, alert.customer_id)
+    if customer is None or not customer.alert_webhook_url or not customer.alert_webhook_secret:
+        alert.status = NO_WEBHOOK
+        return alert.status
+    url = customer.alert_webhook_url
+    body = json.dumps({"id": f"alert_{alert.id}", **alert.payload}, sort_keys=True).encode()
+    attempt = AlertDelivery(alert_id=alert.id, url=url, attempted_at=now)
+    alert.attempts += 1
+    try:
+        addresses = check_url(url, settings)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "usage-billing-alerts",
+            "Webhook-Id": f"alert_{alert.id}",
+            "Webhook-Signature": sign(customer.alert_webhook_secret, body, int(now.timestamp())),
+        }
+        attempt.status_code = _post(url, addresses, body, headers, settings.alert_timeout_seconds)
+    except (ValidationError, ConnectionError, OSError) as exc:
+        attempt.error = f"{type(exc).__name__}: {exc}"[:2000]
+    db.session.add(attempt)
+    if attempt.status_code is not None and 200 <= attempt.status_code < 300:
+        alert.status, alert.delivered_at = DELIVERED, now
+    elif now - alert.created_at >= timedelta(hours=settings.alert_retry_hours):
+        alert.status = ABANDONED
+        log.error("alert abandoned after %s attempts", alert.attempts, extra={"alert": alert.id})
+    else:
+        alert.next_attempt_at = now + _backoff(alert.attempts)
+    return alert.status
+
+
+def deliver_due(settings: Settings, now: datetime | None = None, limit: int = 100) -> int:
+    """Attempt every queued alert that is due, each under its row lock; how many."""
+    now = now or utcnow()
+    done = 0
+    while done < limit:
+        alert = db.session.scalar(
+            select(BudgetAlert)
+            .where(BudgetAlert.status == QUEUED, BudgetAlert.next_attempt_at <= now)
+            .order_by(BudgetAlert.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if alert is None:
+            break
+        deliver(alert, settings, now)
+        db.session.commit()
+        done += 1
+    db.session.rollback()
+    return done

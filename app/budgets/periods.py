@@ -1,0 +1,60 @@
+"""The period a budget counts over, at any instant: a UTC day, a calendar month, or the
+customer's billing period.
+
+Every period starts and ends at midnight UTC, so a period's spend is a sum of whole
+days of ``usage_daily``. The billing period is monthly from the customer's billing
+anchor: the day of the month it was created, as Stripe anchors a monthly
+subscription at its start; in a month without that day it starts on the month's
+last day.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Literal, NamedTuple
+
+PeriodKind = Literal["day", "month", "billing_period"]
+PERIODS: tuple[PeriodKind, ...] = ("day", "month", "billing_period")
+
+
+class Period(NamedTuple):
+    """[start, end) in UTC days: the first day counted and the first day not counted."""
+
+    start: date
+    end: date
+
+    @property
+    def ends_at(self) -> datetime:
+        return datetime.combine(self.end, time(), tzinfo=UTC)
+
+    @property
+    def days(self) -> tuple[date, date]:
+        """The first and the last day counted, for ``usage_daily.day BETWEEN``."""
+        return self.start, self.end - timedelta(days=1)
+
+
+def _anchored(year: int, month: int, anchor_day: int) -> date:
+    return date(year, month, min(anchor_day, calendar.monthrange(year, month)[1]))
+
+
+def _next_month(year: int, month: int) -> tuple[int, int]:
+    return (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+def _previous_month(year: int, month: int) -> tuple[int, int]:
+    return (year - 1, 12) if month == 1 else (year, month - 1)
+
+
+def period_at(kind: PeriodKind, now: datetime, anchor_day: int = 1) -> Period:
+    """The period of this kind holding ``now`` (``anchor_day`` for the billing period)."""
+    today = now.astimezone(UTC).date()
+    if kind == "day":
+        return Period(today, today + timedelta(days=1))
+    if kind == "month":
+        first = today.replace(day=1)
+        return Period(first, date(*_next_month(today.year, today.month), 1))
+    start = _anchored(today.year, today.month, anchor_day)
+    if start > today:
+        start = _anchored(*_previous_month(today.year, today.month), anchor_day)
+    return Period(start, _anchored(*_next_month(start.year, start.month), anchor_day))

@@ -1,0 +1,160 @@
+"""Setting budgets (admins), a customer's own lower limit and its alert webhook, and reading
+them back with what each has spent this period."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+
+from app.budgets.models import Budget, BudgetAlert
+from app.budgets.periods import Period, period_at
+from app.budgets.spend import spent_in
+from app.config import Settings
+from app.customers.models import ApiKey, BillingCustomer
+from app.errors import NotFound, ValidationError
+from app.extensions import db
+from app.models.types import money_str
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A budget as an admin sets it."""
+
+    metric: str
+    period: str
+    limit: Decimal
+    thresholds: tuple[int, ...]
+    hard_limit: bool
+    api_key_id: int | None = None
+
+
+def _customer(customer_id: int) -> BillingCustomer:
+    customer = db.session.get(BillingCustomer, customer_id)
+    if customer is None:
+        raise NotFound(f"no customer {customer_id}", field="customer_id")
+    return customer
+
+
+def budget_of(budget_id: int, customer_id: int | None = None) -> Budget:
+    """The budget; of this customer only, when one is named (a customer's own request)."""
+    budget = db.session.get(Budget, budget_id)
+    if budget is None or (customer_id is not None and budget.customer_id != customer_id):
+        raise NotFound(f"no budget {budget_id}", field="budget_id")
+    return budget
+
+
+def create_budget(customer_id: int, spec: BudgetSpec) -> Budget:
+    customer = _customer(customer_id)
+    if spec.api_key_id is not None:
+        key = db.session.get(ApiKey, spec.api_key_id)
+        if key is None or key.customer_id != customer.id:
+            raise ValidationError("api_key_id is not a key of this customer", field="api_key_id")
+    budget = Budget(
+        customer_id=customer.id,
+        api_key_id=spec.api_key_id,
+        metric=spec.metric,
+        period=spec.period,
+        limit_value=spec.limit,
+        thresholds=sorted(set(spec.thresholds)),
+        hard_limit=spec.hard_limit,
+    )
+    db.session.add(budget)
+    db.session.commit()
+    return budget
+
+
+def update_budget(
+    budget: Budget, limit: Decimal, thresholds: tuple[int, ...], hard: bool
+) -> Budget:
+    """A new limit, thresholds or hardness; a customer's own limit above the new one
+    stops counting (the lower of the two applies)."""
+    budget.limit_value = limit
+    budget.thresholds = sorted(set(thresholds))
+    budget.hard_limit = hard
+    db.session.commit()
+    return budget
+
+
+def set_customer_limit(budget: Budget, limit: Decimal | None) -> Budget:
+    """The customer's own limit: at most the admin's; None removes it."""
+    if limit is not None and limit > budget.limit_value:
+        raise ValidationError(
+            f"limit must not exceed the budget's limit ({money_str(budget.limit_value)})",
+            field="limit",
+        )
+    budget.customer_limit = limit
+    db.session.commit()
+    return budget
+
+
+def delete_budget(budget: Budget) -> None:
+    db.session.delete(budget)
+    db.session.commit()
+
+
+def budgets_of(customer_id: int) -> list[Budget]:
+    _customer(customer_id)
+    return list(
+        db.session.scalars(
+            select(Budget).where(Budget.customer_id == customer_id).order_by(Budget.id)
+        )
+    )
+
+
+def describe_budget(budget: Budget, now: datetime) -> dict[str, Any]:
+    """A budget with this period's spend, as admins and its customer read it."""
+    anchor = db.session.get(BillingCustomer, budget.customer_id).created_at.day  # type: ignore[union-attr]
+    period: Period = period_at(budget.period, now, anchor)  # type: ignore[arg-type]
+    spent, calls = spent_in(budget, period)
+    limit = budget.effective_limit
+    return {
+        "id": budget.id,
+        "customer_id": budget.customer_id,
+        "api_key_id": budget.api_key_id,
+        "metric": budget.metric,
+        "period": budget.period,
+        "limit": money_str(budget.limit_value),
+        "customer_limit": money_str(budget.customer_limit) if budget.customer_limit else None,
+        "effective_limit": money_str(limit),
+        "thresholds": budget.thresholds,
+        "hard_limit": budget.hard_limit,
+        "period_start": period.start.isoformat(),
+        "period_end": period.ends_at.isoformat(),
+        "spent": money_str(spent),
+        "calls": calls,
+        "used_percent": money_str((spent * 100 / limit).quantize(Decimal("0.01")))
+        if limit
+        else None,
+    }
+
+
+def set_webhook(customer: BillingCustomer, url: str | None, settings: Settings) -> str | None:
+    """Set (or, with None, remove) where alerts go; a new signing secret each time,
+    returned once. The URL is checked now, and again at every delivery."""
+    from app.budgets.alerts import check_url
+
+    if url is None:
+        customer.alert_webhook_url = customer.alert_webhook_secret = None
+        db.session.commit()
+        return None
+    check_url(url, settings, resolve=False)
+    customer.alert_webhook_url = url
+    customer.alert_webhook_secret = "whsec_" + secrets.token_urlsafe(32)
+    db.session.commit()
+    return customer.alert_webhook_secret
+
+
+def alerts_of(customer_id: int, limit: int = 100) -> list[BudgetAlert]:
+    return list(
+        db.session.scalars(
+            select(BudgetAlert)
+            .where(BudgetAlert.customer_id == customer_id)
+            .order_by(BudgetAlert.id.desc())
+            .limit(limit)
+        )
+    )

@@ -1,0 +1,140 @@
+"""What a budget has spent, from PostgreSQL (the truth), and keeping Redis in step with it.
+
+``sync_customer`` publishes a customer's keys and budget rules after any change;
+``rebuild`` does it for everyone, with every budget's current spend, when Redis
+lost its state. ``settle_batch`` runs in the worker after a batch is committed:
+for each budget the batch's keys fall under, the period's spend is summed from
+``usage_daily`` and mirrored, the recorded calls' reservations released, and any
+threshold reached raises its alert (``app.budgets.alerts``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+
+from app.budgets.counters import Counters, KeyRecord, Rule, to_units
+from app.budgets.models import USD, Budget
+from app.budgets.periods import Period
+from app.customers.models import ApiKey, BillingCustomer
+from app.extensions import db
+from app.ingest.models import UsageDaily
+
+log = logging.getLogger("usage_billing.budgets")
+
+
+def rule_of(budget: Budget, anchor_day: int) -> Rule:
+    limit = to_units(budget.metric, budget.effective_limit, rounding=ROUND_FLOOR)
+    return Rule(budget.id, budget.metric, budget.period, limit, budget.hard_limit, anchor_day)  # type: ignore[arg-type]
+
+
+def spent_in(budget: Budget, period: Period) -> tuple[Decimal, int]:
+    """The budget's spend (USD or tokens) and calls in ``period``, from the daily rollup."""
+    keys = select(ApiKey.key_hash).where(ApiKey.customer_id == budget.customer_id)
+    if budget.api_key_id is not None:
+        keys = keys.where(ApiKey.id == budget.api_key_id)
+    column = UsageDaily.cost_total if budget.metric == USD else UsageDaily.tokens_total
+    first, last = period.days
+    total, calls = db.session.execute(
+        select(
+            func.coalesce(func.sum(column), 0), func.coalesce(func.sum(UsageDaily.events), 0)
+        ).where(UsageDaily.api_key_hash.in_(keys), UsageDaily.day.between(first, last))
+    ).one()
+    return Decimal(total), int(calls)
+
+
+def _records(customers: Iterable[BillingCustomer]) -> dict[str, KeyRecord]:
+    by_id = {c.id: c for c in customers}
+    budgets: dict[int, list[Budget]] = defaultdict(list)
+    for budget in db.session.scalars(select(Budget).where(Budget.customer_id.in_(by_id))):
+        budgets[budget.customer_id].append(budget)
+    records = {}
+    for key in db.session.scalars(select(ApiKey).where(ApiKey.customer_id.in_(by_id))):
+        customer = by_id[key.customer_id]
+        anchor = customer.created_at.day
+        rules = tuple(
+            rule_of(b, anchor)
+            for b in budgets[key.customer_id]
+            if b.api_key_id is None or b.api_key_id == key.id
+        )
+        revoked = key.revoked_at is not None or not customer.is_active
+        records[key.key_hash] = KeyRecord(customer.id, revoked, rules)
+    return records
+
+
+def sync_customer(counters: Counters, customer_id: int) -> None:
+    """Publish one customer's keys and rules, after a change to either."""
+    customer = db.session.get(BillingCustomer, customer_id)
+    if customer is not None:
+        counters.publish(_records([customer]))
+
+
+def rebuild(counters: Counters, now: datetime) -> int:
+    """Publish every key and every budget's current spend; then mark the state loaded."""
+    customers = db.session.scalars(select(BillingCustomer)).all()
+    counters.publish(_records(customers))
+    anchors = {c.id: c.created_at.day for c in customers}
+    budgets = db.session.scalars(select(Budget)).all()
+    for budget in budgets:
+        rule = rule_of(budget, anchors[budget.customer_id])
+        period = rule.period_at(now)
+        spent, calls = spent_in(budget, period)
+        counters.settle(rule, period, spent, calls, (), now)
+    counters.mark_loaded()
+    return len(budgets)
+
+
+def budgets_touched(key_hashes: Iterable[str]) -> list[tuple[Budget, int, list[str]]]:
+    """The budgets these keys fall under: (budget, anchor day, the batch keys under it)."""
+    hashes = set(key_hashes)
+    if not hashes:
+        return []
+    rows = db.session.execute(
+        select(Budget, ApiKey.key_hash, BillingCustomer.created_at)
+        .join(ApiKey, ApiKey.customer_id == Budget.customer_id)
+        .join(BillingCustomer, BillingCustomer.id == Budget.customer_id)
+        .where(
+            ApiKey.key_hash.in_(hashes),
+            (Budget.api_key_id.is_(None)) | (Budget.api_key_id == ApiKey.id),
+        )
+    ).all()
+    touched: dict[int, tuple[Budget, int, list[str]]] = {}
+    for budget, key_hash, created in rows:
+        touched.setdefault(budget.id, (budget, created.day, []))[2].append(key_hash)
+    return list(touched.values())
+
+
+def settle_batch(counters: Counters, events: Iterable[Any], now: datetime) -> list[int]:
+    """After a batch is recorded: mirror each touched budget's spend, release the
+    recorded calls' reservations, raise alerts for thresholds reached. The budgets' ids.
+
+    Each settle sums the whole period from PostgreSQL, so a settle that failed (Redis
+    away) is made good by the next batch of the same customer, or by the minute's
+    ``budgets.rebuild`` job."""
+    from app.budgets.alerts import raise_alerts
+
+    calls_by_key: dict[str, list[str]] = defaultdict(list)
+    for event in events:
+        if not isinstance(event, dict) or not isinstance(event.get("api_key_hash"), str):
+            continue
+        calls = calls_by_key[event["api_key_hash"]]  # the key counts, reserved or not
+        metadata = event.get("metadata")
+        if isinstance(metadata, dict) and isinstance(metadata.get("budget_call"), str):
+            calls.append(metadata["budget_call"])
+    settled = []
+    for budget, anchor, key_hashes in budgets_touched(calls_by_key):
+        rule = rule_of(budget, anchor)
+        period = rule.period_at(now)
+        spent, calls = spent_in(budget, period)
+        call_ids = [call for key in key_hashes for call in calls_by_key[key]]
+        counters.settle(rule, period, spent, calls, call_ids, now)
+        raise_alerts(budget, period, spent)
+        settled.append(budget.id)
+    db.session.commit()
+    return settled

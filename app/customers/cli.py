@@ -1,0 +1,91 @@
+"""``flask billing customers …`` and ``flask billing keys …``: onboarding and API keys."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from app.customers.keys import IssuedKey, describe_key, issue_key, keys_of, revoke_key, rotate_key
+from app.customers.services import PENDING, link_state, link_stripe_customer, register_customer
+from app.errors import BillingRejected, BillingUnavailable, Conflict, NotFound
+from app.security import hash_api_key
+
+customers_cli = AppGroup("customers", help="Billing customers.")
+
+
+@customers_cli.command("create")
+@click.option("--email", required=True)
+@click.option("--name", required=True)
+@click.option("--api-key", required=True, help="Hashed at once; never stored or printed.")
+@click.option("--company", default=None)
+def customers_create(email: str, name: str, api_key: str, company: str | None) -> None:
+    """Create the customer here, then link it to Stripe now (when a key is set)."""
+    customer = register_customer(email, name, hash_api_key(api_key), company=company)
+    settings = current_app.config["SETTINGS"]
+    if link_state(customer, settings) == PENDING:
+        try:
+            link_stripe_customer(customer)
+        except (BillingUnavailable, BillingRejected) as exc:
+            click.echo(f"not linked to Stripe yet (the daily report retries): {exc}", err=True)
+    click.echo(
+        json.dumps(
+            {
+                "id": customer.id,
+                "stripe_customer_id": customer.stripe_customer_id,
+                "stripe_link": link_state(customer, settings),
+            }
+        )
+    )
+
+
+keys_cli = AppGroup("keys", help="A customer's API keys.")
+
+
+def _echo_issued(issued: IssuedKey) -> None:
+    click.echo(json.dumps({**describe_key(issued.key), "key": issued.raw}))
+    click.echo("the key is shown only now: hand it over and do not store it", err=True)
+
+
+@keys_cli.command("create")
+@click.option("--customer", "customer_id", type=int, required=True)
+@click.option("--label", required=True, help="For people to tell keys apart.")
+def keys_create(customer_id: int, label: str) -> None:
+    """Issue a key; it is printed once and never stored."""
+    try:
+        _echo_issued(issue_key(customer_id, label))
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+@keys_cli.command("list")
+@click.option("--customer", "customer_id", type=int, required=True)
+def keys_list(customer_id: int) -> None:
+    """Every key of the customer, by id, label and prefix."""
+    try:
+        keys = keys_of(customer_id)
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    for key in keys:
+        click.echo(json.dumps(describe_key(key)))
+
+
+@keys_cli.command("revoke")
+@click.argument("key_id", type=int)
+def keys_revoke(key_id: int) -> None:
+    try:
+        click.echo(json.dumps(describe_key(revoke_key(key_id))))
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+@keys_cli.command("rotate")
+@click.argument("key_id", type=int)
+def keys_rotate(key_id: int) -> None:
+    """A new key with the same label; the old one is revoked at once."""
+    try:
+        _echo_issued(rotate_key(key_id))
+    except (NotFound, Conflict) as exc:
+        raise click.ClickException(exc.message) from exc
