@@ -16,6 +16,7 @@ from app.ingest.batch_store import BatchStore, batch_store
 from app.ingest.ledger import recorded_batches
 from app.ingest.recording import record_events
 from app.ingest.validation import EventLimits
+from app.schedule import ALERTS_TASK
 
 log = logging.getLogger("usage_billing.ingest")
 
@@ -71,7 +72,8 @@ def _settle_budgets(events: list[dict[str, Any]]) -> None:
     if counters is None:
         return
     try:
-        settle_batch(counters, events, datetime.now(UTC))
+        if settle_batch(counters, events, datetime.now(UTC)):
+            current_app.extensions["celery"].send_task(ALERTS_TASK)  # deliver them now
     except Exception:  # noqa: BLE001 - the batch stands; the budgets catch up later
         db.session.rollback()
         log.exception("budgets not settled for a recorded batch; the next settle catches up")

@@ -110,6 +110,7 @@ def settings(
         stripe_retry_base_ms=5,
         stripe_timeout_seconds=0.5,  # fake_stripe's "slow" answers after 1.5 s
         stripe_max_requests_per_second=1000,
+        alert_allow_loopback=True,  # the tests' webhook receivers listen on 127.0.0.1
     )
     if not SERVICES_UP:
         yield base
@@ -157,6 +158,14 @@ def clean_tables(app: Flask) -> Iterator[None]:
             for name in names:
                 db.session.execute(text(f"DELETE FROM {name}"))
         db.session.commit()
+    if SERVICES_UP:  # budget ids restart with the tables: so must their counters
+        import redis
+
+        from app.budgets.counters import PREFIX
+
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(PREFIX + "*"):
+            client.delete(key)
 
 
 @pytest.fixture()

@@ -4,13 +4,15 @@ Raising is exactly once: ``budget_alerts`` is unique on (budget, threshold,
 period), and every worker that sees the threshold crossed inserts with ON
 CONFLICT DO NOTHING; only the insert that created the row delivers it.
 
-Delivery is at least once, with a stable id, as Stripe's webhooks are: a queued
-alert is claimed under a row lock (``FOR UPDATE SKIP LOCKED``), so two workers never
-send it at once; every attempt is recorded in ``alert_deliveries``; a failure is
-retried with backoff until ``ALERT_RETRY_HOURS`` after the alert, then abandoned.
-A worker killed in the middle of a request cannot know whether the receiver got
-it, so the next attempt sends it again with the same ``Webhook-Id``: a receiver
-that keeps the ids it has seen handles each alert once.
+Delivery is at least once, with a stable id, as Stripe's webhooks are. A due
+alert is claimed under a row lock (``FOR UPDATE SKIP LOCKED``): the attempt is
+recorded and the alert leased for one attempt's length before anything is sent,
+so two workers never send it at once. A failure is retried with backoff until
+``ALERT_RETRY_HOURS`` after the alert, then abandoned; every attempt and its
+outcome stays in ``alert_deliveries``. A worker killed during the request cannot
+know whether the receiver got it: its attempt stays recorded without an outcome,
+and once the lease ends the alert is sent again with the same ``Webhook-Id``, so
+a receiver that keeps the ids it has seen acts on each alert once.
 
 Signature: ``Webhook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">``
 with the customer's secret; a receiver recomputes it and refuses a timestamp
@@ -55,7 +57,7 @@ from app.customers.models import BillingCustomer
 from app.errors import ValidationError
 from app.extensions import db
 from app.models.dialect import insert_for
-from app.models.types import money_str, utcnow
+from app.models.types import amount_str, utcnow
 
 log = logging.getLogger("usage_billing.alerts")
 
@@ -84,8 +86,8 @@ def raise_alerts(budget: Budget, period: Period, spent: Decimal) -> list[int]:
             "period_start": period.start.isoformat(),
             "period_end": period.ends_at.isoformat(),
             "threshold_percent": threshold,
-            "limit": money_str(limit),
-            "spent": money_str(spent),
+            "limit": amount_str(limit),
+            "spent": amount_str(spent),
             "hard_limit": budget.hard_limit,
         }
         row = db.session.execute(
@@ -225,43 +227,15 @@ def _backoff(attempts: int) -> timedelta:
     return timedelta(seconds=seconds * random.uniform(0.8, 1.2))
 
 
-def deliver(alert: BudgetAlert, settings: Settings, now: datetime) -> str:
-    """One attempt at one alert (locked by the caller); its status afterwards."""
-    customer = db.session.get(BillingCustomer, alert.customer_id)
-    if customer is None or not customer.alert_webhook_url or not customer.alert_webhook_secret:
-        alert.status = NO_WEBHOOK
-        return alert.status
-    url = customer.alert_webhook_url
-    body = json.dumps({"id": f"alert_{alert.id}", **alert.payload}, sort_keys=True).encode()
-    attempt = AlertDelivery(alert_id=alert.id, url=url, attempted_at=now)
-    alert.attempts += 1
-    try:
-        addresses = check_url(url, settings)
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "usage-billing-alerts",
-            "Webhook-Id": f"alert_{alert.id}",
-            "Webhook-Signature": sign(customer.alert_webhook_secret, body, int(now.timestamp())),
-        }
-        attempt.status_code = _post(url, addresses, body, headers, settings.alert_timeout_seconds)
-    except (ValidationError, ConnectionError, OSError) as exc:
-        attempt.error = f"{type(exc).__name__}: {exc}"[:2000]
-    db.session.add(attempt)
-    if attempt.status_code is not None and 200 <= attempt.status_code < 300:
-        alert.status, alert.delivered_at = DELIVERED, now
-    elif now - alert.created_at >= timedelta(hours=settings.alert_retry_hours):
-        alert.status = ABANDONED
-        log.error("alert abandoned after %s attempts", alert.attempts, extra={"alert": alert.id})
-    else:
-        alert.next_attempt_at = now + _backoff(alert.attempts)
-    return alert.status
+UNFINISHED = "no outcome: the worker stopped during the attempt"
 
 
-def deliver_due(settings: Settings, now: datetime | None = None, limit: int = 100) -> int:
-    """Attempt every queued alert that is due, each under its row lock; how many."""
-    now = now or utcnow()
-    done = 0
-    while done < limit:
+def _claim(settings: Settings, now: datetime) -> int | None:
+    """Take the next due alert: record the attempt and lease the alert for the length
+    of one attempt, in one transaction, so no other worker sends it meanwhile and a
+    worker that dies mid-attempt leaves a trace and a retry after the lease.
+    Returns the attempt's id; None when nothing is due."""
+    while True:
         alert = db.session.scalar(
             select(BudgetAlert)
             .where(BudgetAlert.status == QUEUED, BudgetAlert.next_attempt_at <= now)
@@ -270,9 +244,64 @@ def deliver_due(settings: Settings, now: datetime | None = None, limit: int = 10
             .with_for_update(skip_locked=True)
         )
         if alert is None:
-            break
-        deliver(alert, settings, now)
+            db.session.rollback()
+            return None
+        customer = db.session.get(BillingCustomer, alert.customer_id)
+        if customer is None or not customer.alert_webhook_url:
+            alert.status = NO_WEBHOOK  # readable through the API; nowhere to send it
+            db.session.commit()
+            continue
+        alert.attempts += 1
+        alert.next_attempt_at = now + timedelta(seconds=settings.alert_timeout_seconds + 5)
+        attempt = AlertDelivery(
+            alert_id=alert.id, url=customer.alert_webhook_url, attempted_at=now, error=UNFINISHED
+        )
+        db.session.add(attempt)
         db.session.commit()
+        return attempt.id
+
+
+def _attempt(attempt_id: int, settings: Settings, now: datetime) -> str:
+    """Send the claimed attempt, record its outcome; the alert's status afterwards."""
+    attempt = db.session.get(AlertDelivery, attempt_id)
+    assert attempt is not None
+    alert = db.session.get(BudgetAlert, attempt.alert_id)
+    customer = db.session.get(BillingCustomer, alert.customer_id)  # type: ignore[union-attr]
+    assert alert is not None and customer is not None
+    db.session.commit()  # no transaction held open across the request
+    body = json.dumps({"id": f"alert_{alert.id}", **alert.payload}, sort_keys=True).encode()
+    status_code: int | None = None
+    error: str | None = None
+    try:
+        addresses = check_url(attempt.url, settings)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "usage-billing-alerts",
+            "Webhook-Id": f"alert_{alert.id}",
+            "Webhook-Signature": sign(
+                customer.alert_webhook_secret or "", body, int(now.timestamp())
+            ),
+        }
+        status_code = _post(attempt.url, addresses, body, headers, settings.alert_timeout_seconds)
+    except (ValidationError, ConnectionError, OSError) as exc:
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+    attempt.status_code, attempt.error = status_code, error
+    if status_code is not None and 200 <= status_code < 300:
+        alert.status, alert.delivered_at = DELIVERED, now
+    elif now - alert.created_at >= timedelta(hours=settings.alert_retry_hours):
+        alert.status = ABANDONED
+        log.error("alert abandoned after %s attempts", alert.attempts, extra={"alert": alert.id})
+    else:
+        alert.next_attempt_at = now + _backoff(alert.attempts)
+    db.session.commit()
+    return alert.status
+
+
+def deliver_due(settings: Settings, now: datetime | None = None, limit: int = 100) -> int:
+    """Attempt every queued alert that is due (at most ``limit``); how many were attempted."""
+    now = now or utcnow()
+    done = 0
+    while done < limit and (attempt_id := _claim(settings, now)) is not None:
+        _attempt(attempt_id, settings, now)
         done += 1
-    db.session.rollback()
     return done

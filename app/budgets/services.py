@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from app.budgets.alerts import check_url
 from app.budgets.models import Budget, BudgetAlert
 from app.budgets.periods import Period, period_at
 from app.budgets.spend import spent_in
@@ -18,7 +19,7 @@ from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
 from app.errors import NotFound, ValidationError
 from app.extensions import db
-from app.models.types import money_str
+from app.models.types import amount_str, money_str
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def set_customer_limit(budget: Budget, limit: Decimal | None) -> Budget:
     """The customer's own limit: at most the admin's; None removes it."""
     if limit is not None and limit > budget.limit_value:
         raise ValidationError(
-            f"limit must not exceed the budget's limit ({money_str(budget.limit_value)})",
+            f"limit must not exceed the budget's limit ({amount_str(budget.limit_value)})",
             field="limit",
         )
     budget.customer_limit = limit
@@ -118,14 +119,14 @@ def describe_budget(budget: Budget, now: datetime) -> dict[str, Any]:
         "api_key_id": budget.api_key_id,
         "metric": budget.metric,
         "period": budget.period,
-        "limit": money_str(budget.limit_value),
-        "customer_limit": money_str(budget.customer_limit) if budget.customer_limit else None,
-        "effective_limit": money_str(limit),
+        "limit": amount_str(budget.limit_value),
+        "customer_limit": amount_str(budget.customer_limit) if budget.customer_limit else None,
+        "effective_limit": amount_str(limit),
         "thresholds": budget.thresholds,
         "hard_limit": budget.hard_limit,
         "period_start": period.start.isoformat(),
         "period_end": period.ends_at.isoformat(),
-        "spent": money_str(spent),
+        "spent": amount_str(spent),
         "calls": calls,
         "used_percent": money_str((spent * 100 / limit).quantize(Decimal("0.01")))
         if limit
@@ -136,8 +137,6 @@ def describe_budget(budget: Budget, now: datetime) -> dict[str, Any]:
 def set_webhook(customer: BillingCustomer, url: str | None, settings: Settings) -> str | None:
     """Set (or, with None, remove) where alerts go; a new signing secret each time,
     returned once. The URL is checked now, and again at every delivery."""
-    from app.budgets.alerts import check_url
-
     if url is None:
         customer.alert_webhook_url = customer.alert_webhook_secret = None
         db.session.commit()

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from app.budgets.alerts import raise_alerts
 from app.budgets.counters import Counters, KeyRecord, Rule, to_units
 from app.budgets.models import USD, Budget
 from app.budgets.periods import Period
@@ -112,13 +113,12 @@ def budgets_touched(key_hashes: Iterable[str]) -> list[tuple[Budget, int, list[s
 
 def settle_batch(counters: Counters, events: Iterable[Any], now: datetime) -> list[int]:
     """After a batch is recorded: mirror each touched budget's spend, release the
-    recorded calls' reservations, raise alerts for thresholds reached. The budgets' ids.
+    recorded calls' reservations, raise alerts for thresholds reached. The ids of the
+    alerts raised.
 
     Each settle sums the whole period from PostgreSQL, so a settle that failed (Redis
     away) is made good by the next batch of the same customer, or by the minute's
     ``budgets.rebuild`` job."""
-    from app.budgets.alerts import raise_alerts
-
     calls_by_key: dict[str, list[str]] = defaultdict(list)
     for event in events:
         if not isinstance(event, dict) or not isinstance(event.get("api_key_hash"), str):
@@ -127,14 +127,13 @@ def settle_batch(counters: Counters, events: Iterable[Any], now: datetime) -> li
         metadata = event.get("metadata")
         if isinstance(metadata, dict) and isinstance(metadata.get("budget_call"), str):
             calls.append(metadata["budget_call"])
-    settled = []
+    raised = []
     for budget, anchor, key_hashes in budgets_touched(calls_by_key):
         rule = rule_of(budget, anchor)
         period = rule.period_at(now)
         spent, calls = spent_in(budget, period)
         call_ids = [call for key in key_hashes for call in calls_by_key[key]]
         counters.settle(rule, period, spent, calls, call_ids, now)
-        raise_alerts(budget, period, spent)
-        settled.append(budget.id)
+        raised.extend(raise_alerts(budget, period, spent))
     db.session.commit()
-    return settled
+    return raised

@@ -35,7 +35,7 @@ from app.budgets.services import (
 )
 from app.customers.services import authenticate_customer
 from app.extensions import db
-from app.models.types import money_str, utcnow
+from app.models.types import amount_str, utcnow
 from app.security import require_token
 from app.shapes import MAX_ID, json_body, parse, path_id, text
 
@@ -107,8 +107,8 @@ def _alert(alert: BudgetAlert) -> dict[str, Any]:
         "budget_id": alert.budget_id,
         "threshold_percent": alert.threshold,
         "period_start": alert.period_start.isoformat(),
-        "spent": money_str(alert.spent),
-        "limit": money_str(alert.limit_value),
+        "spent": amount_str(alert.spent),
+        "limit": amount_str(alert.limit_value),
         "status": alert.status,
         "created_at": alert.created_at.isoformat(),
         "delivered_at": alert.delivered_at.isoformat() if alert.delivered_at else None,

@@ -31,6 +31,11 @@ def money_str(value: Decimal) -> str:
     return format(value, "f")
 
 
+def amount_str(value: Decimal) -> str:
+    """A limit or a spend as people write it: no trailing zeros ("1500", "0.01")."""
+    return format(value.normalize(), "f")
+
+
 class Money(TypeDecorator[Decimal]):
     impl = Numeric(24, MONEY_SCALE)
     cache_ok = True
