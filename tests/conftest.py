@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from app import create_app
 from app.config import Settings
@@ -145,6 +147,21 @@ def celery_worker(app: Flask) -> Iterator[Any]:
         yield worker
 
 
+def _truncate(names: list[str]) -> None:
+    """TRUNCATE, again if it deadlocked with a batch the in-thread worker was still
+    recording or settling for the test that just ended (PostgreSQL aborts one of the two;
+    the worker retries its own)."""
+    for attempt in range(5):
+        try:
+            db.session.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
+            return
+        except OperationalError:
+            db.session.rollback()
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
+
+
 @pytest.fixture(autouse=True)
 def clean_tables(app: Flask) -> Iterator[None]:
     yield
@@ -153,7 +170,7 @@ def clean_tables(app: Flask) -> Iterator[None]:
         tables = reversed(db.metadata.sorted_tables)
         names = [t.name for t in tables if t.name not in SESSION_TABLES]
         if db.engine.dialect.name == "postgresql":
-            db.session.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
+            _truncate(names)
         else:
             for name in names:
                 db.session.execute(text(f"DELETE FROM {name}"))

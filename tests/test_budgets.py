@@ -83,6 +83,13 @@ def _rule(app: Flask, budget_id: int) -> tuple[Rule, Period]:
         return rule, period
 
 
+def _reservations(app: Flask, budget_id: int) -> dict[str, int]:
+    """The budget's reservations this period: call id -> amount, and their ``_sum``."""
+    rule, period = _rule(app, budget_id)
+    held = counters_for(app).redis.hgetall(rule.keys(period)[2])
+    return {k.decode(): int(v) for k, v in held.items()}
+
+
 def _stored_tokens(app: Flask, key: str) -> int:
     with app.app_context():
         total = db.session.scalar(
@@ -138,6 +145,7 @@ def test_concurrent_calls_never_pass_a_hard_limit_on_a_stale_figure(
         f"spent={spent} limit={10 * CALL_TOKENS} overshoot={max(0, spent - 10 * CALL_TOKENS)}"
     )
     assert served == 8 and spent == 10 * CALL_TOKENS
+    wait_for(lambda: _reservations(app, budget["id"]) == {"_sum": 0})  # every call settled
     refused = _call(warm, "key-budgeted")
     error = refused.get_json()["error"]
     assert refused.status_code == 402 and error["code"] == "budget_exceeded"
@@ -212,6 +220,8 @@ def test_a_budget_per_key_leaves_the_customers_other_keys_alone(
     caller = enforcing.test_client()
     assert _call(caller, intern["key"]).status_code == 200
     _settled(app, enforcing, budget["id"], intern["key"], 1)
+    # The first call of a period reserved nothing (no mean yet) and was released.
+    wait_for(lambda: _reservations(app, budget["id"]) == {"_sum": 0})
     assert _call(caller, intern["key"]).status_code == 402
     assert _call(caller, "key-main").status_code == 200
 

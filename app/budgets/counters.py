@@ -46,7 +46,7 @@ for i = 0, n - 1 do
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', at, '-inf', now)) do
     local amount = tonumber(redis.call('HGET', resv, id) or '0')
     redis.call('HDEL', resv, id)
-    redis.call('HINCRBY', resv, '_sum', -amount)
+    redis.call('HINCRBY', resv, '_sum', 0 - amount)  -- never "-0", which Redis refuses
     redis.call('ZREM', at, id)
   end
 end
@@ -79,7 +79,7 @@ for i = 0, #KEYS / 2 - 1 do
     local amount = redis.call('HGET', resv, id)
     if amount then
       redis.call('HDEL', resv, id)
-      redis.call('HINCRBY', resv, '_sum', -tonumber(amount))
+      redis.call('HINCRBY', resv, '_sum', 0 - tonumber(amount))
       redis.call('ZREM', at, id)
     end
   end
