@@ -4,7 +4,8 @@ Runs on this machine against PostgreSQL and Redis (``BENCH_DATABASE_ADMIN_URL``,
 ``BENCH_REDIS_URL``), in a database it creates and drops. Sizes come from the
 environment so a quick run is possible: ``BENCH_EVENTS`` (default 1,000,000),
 ``BENCH_SCALE_EVENTS`` (10,000,000; 0 skips the scenarios at scale),
-``BENCH_CUSTOMERS`` (10,000). Each run gets a fresh database and instance
+``BENCH_CUSTOMERS`` (10,000); ``BENCH_SCENARIOS`` (names, comma-separated) runs
+only those. Each run gets a fresh database and instance
 directory, both removed at the end.
 
 Prints a table; writes the figures as JSON with the machine's description, and
@@ -44,8 +45,11 @@ from bench.stack import (
 )
 
 FULL_RUN = not any(
-    name in os.environ for name in ("BENCH_EVENTS", "BENCH_SCALE_EVENTS", "BENCH_CUSTOMERS")
+    name in os.environ
+    for name in ("BENCH_EVENTS", "BENCH_SCALE_EVENTS", "BENCH_CUSTOMERS", "BENCH_SCENARIOS")
 )
+# BENCH_SCENARIOS=budgets,overhead runs only those (a quick run).
+ONLY = {name for name in os.environ.get("BENCH_SCENARIOS", "").split(",") if name}
 
 
 def describe() -> dict[str, Any]:
@@ -90,7 +94,8 @@ def measure(results: dict[str, Any]) -> None:
             check=True,
         )
         for scenario in scenarios():
-            if getattr(scenario, "ENABLED", True):
+            chosen = not ONLY or scenario.__name__.rsplit(".", 1)[1] in ONLY
+            if chosen and getattr(scenario, "ENABLED", True):
                 scenario.run(run, results)
     finally:
         for stack in Stack.started:

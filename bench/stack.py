@@ -37,6 +37,7 @@ EVENTS = int(os.environ.get("BENCH_EVENTS", "1000000"))
 SCALE_EVENTS = int(os.environ.get("BENCH_SCALE_EVENTS", "10000000"))
 CUSTOMERS = int(os.environ.get("BENCH_CUSTOMERS", "10000"))
 SERVICE_TOKEN = "bench-" + uuid.uuid4().hex
+ADMIN_TOKEN = "bench-admin-" + uuid.uuid4().hex
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class Stack:
 
     started: list[Stack] = []
 
-    def __init__(self, run: Run, middleware: bool = False, port: int = 0) -> None:
+    def __init__(self, run: Run, middleware: bool = False, port: int = 0, **settings: str) -> None:
         self.env = {
             **os.environ,
             "DATABASE_URL": run.db_url,
@@ -148,6 +149,8 @@ class Stack:
             "ENABLE_PRICING_MIDDLEWARE": "true" if middleware else "false",
             "DEMO_EXECUTE_ENDPOINT": "true",
             "MAX_EVENT_AGE_DAYS": "35",
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            **settings,  # what a scenario compares (ENFORCE_BUDGETS on and off)
         }
         self.port = port
         self.instance = run.instance

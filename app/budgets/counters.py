@@ -10,10 +10,13 @@ budgets that apply to it (the customer's and the key's own). Per budget and peri
 - ``resv``: the reservations of calls admitted and not yet recorded (a hash of call
   id to amount, with ``_sum``) and ``resv:at`` (when each lapses).
 
-Admission is one Lua script over those keys: it drops lapsed reservations, refuses
-the call when a hard budget's spend plus reservations plus this call's estimate
-passes the limit (or spend alone reached it), and otherwise reserves the estimate
-on every budget, atomically, so concurrent calls cannot pass on one stale figure.
+Admission is one Lua script, one round trip: it reads the key's record, finds
+each budget's current period (the API passes today's date; the script applies
+the billing anchor), drops lapsed reservations, refuses the call when a hard
+budget's spend plus reservations plus this call's estimate passes the limit (or
+spend alone reached it), and otherwise reserves the estimate on every budget,
+atomically, so concurrent calls cannot pass on one stale figure. (The script
+names keys it builds itself: fine on one Redis, not on a Redis Cluster.)
 A recorded event releases its call's reservation (once: ``HDEL``); a call that
 produced no event releases it at the response.
 
@@ -22,54 +25,80 @@ Amounts are integers: micro-USD (spend rounded up, limits down) or tokens.
 
 from __future__ import annotations
 
+import calendar
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import redis
 
 from app.budgets.periods import Period, PeriodKind, period_at
 
 PREFIX = "ub:budget:"
+_VERDICTS: dict[int, Verdict] = {-1: "not_loaded", -2: "unknown_key", -3: "revoked"}
+# Reservations live at most a period (31 days) past their last use.
+_KEEP_RESERVATIONS = 32 * 86400
 LOADED = PREFIX + "loaded"  # absent: Redis lost the state and it must be rebuilt
 REBUILDING = PREFIX + "rebuilding"  # held while a rebuild is queued or running
 _MICRO = Decimal("0.000001")
 
 _ADMIT = """
-local now, call, lapses = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local n = #KEYS / 4
-for i = 0, n - 1 do
-  local at, resv = KEYS[i * 4 + 2], KEYS[i * 4 + 3]
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', at, '-inf', now)) do
-    local amount = tonumber(redis.call('HGET', resv, id) or '0')
-    redis.call('HDEL', resv, id)
-    redis.call('HINCRBY', resv, '_sum', 0 - amount)  -- never "-0", which Redis refuses
-    redis.call('ZREM', at, id)
+local now, call, lapses, keep = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local today, y, m, d = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local this_month, last_month = tonumber(ARGV[9]), tonumber(ARGV[10])
+if redis.call('EXISTS', KEYS[2]) == 0 then return {-1} end
+local record = redis.call('HMGET', KEYS[1], 'revoked', 'rules')
+if not record[1] then return {-2} end
+if record[1] == '1' then return {-3} end
+local rules = cjson.decode(record[2])
+if #rules == 0 then return {0} end
+local function start_of(kind, anchor)
+  if kind == 'day' then return today end
+  if kind == 'month' then return string.format('%04d%02d01', y, m) end
+  local day = math.min(anchor, this_month)
+  if d >= day then return string.format('%04d%02d%02d', y, m, day) end
+  if m == 1 then return string.format('%04d12%02d', y - 1, math.min(anchor, last_month)) end
+  return string.format('%04d%02d%02d', y, m - 1, math.min(anchor, last_month))
+end
+local keys = {}
+for i, rule in ipairs(rules) do
+  local base = '__PREFIX__' .. string.format('%d', rule[1]) .. ':' .. start_of(rule[3], rule[6])
+  keys[i] = {base .. ':spend', base .. ':resv:at', base .. ':resv', base .. ':avg'}
+end
+for _, k in ipairs(keys) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k[2], '-inf', now)) do
+    local amount = tonumber(redis.call('HGET', k[3], id) or '0')
+    redis.call('HDEL', k[3], id)
+    redis.call('HINCRBY', k[3], '_sum', 0 - amount)  -- never "-0", which Redis refuses
+    redis.call('ZREM', k[2], id)
   end
 end
-for i = 0, n - 1 do
-  if ARGV[4 + i * 2 + 1] == '1' then
-    local limit = tonumber(ARGV[4 + i * 2])
-    local spent = tonumber(redis.call('GET', KEYS[i * 4 + 1]) or '0')
-    local reserved = tonumber(redis.call('HGET', KEYS[i * 4 + 3], '_sum') or '0')
-    local estimate = tonumber(redis.call('GET', KEYS[i * 4 + 4]) or '0')
-    if spent >= limit or spent + reserved + estimate > limit then
-      return i + 1
+local estimates = {}
+for i, k in ipairs(keys) do
+  estimates[i] = tonumber(redis.call('GET', k[4]) or '0')
+  if rules[i][5] then
+    local limit = rules[i][4]
+    local spent = tonumber(redis.call('GET', k[1]) or '0')
+    local reserved = tonumber(redis.call('HGET', k[3], '_sum') or '0')
+    if spent >= limit or spent + reserved + estimates[i] > limit then
+      return {i, record[2]}
     end
   end
 end
-for i = 0, n - 1 do
-  local estimate = tonumber(redis.call('GET', KEYS[i * 4 + 4]) or '0')
-  redis.call('ZADD', KEYS[i * 4 + 2], lapses, call)
-  redis.call('HSET', KEYS[i * 4 + 3], call, estimate)
-  redis.call('HINCRBY', KEYS[i * 4 + 3], '_sum', estimate)
-  redis.call('EXPIRE', KEYS[i * 4 + 2], ARGV[4 + n * 2])
-  redis.call('EXPIRE', KEYS[i * 4 + 3], ARGV[4 + n * 2])
+local held = {0}
+for i, k in ipairs(keys) do
+  redis.call('ZADD', k[2], lapses, call)
+  redis.call('HSET', k[3], call, estimates[i])
+  redis.call('HINCRBY', k[3], '_sum', estimates[i])
+  redis.call('EXPIRE', k[2], keep)
+  redis.call('EXPIRE', k[3], keep)
+  table.insert(held, k[2])
+  table.insert(held, k[3])
 end
-return 0
+return held
 """
 
 _RELEASE = """
@@ -147,40 +176,39 @@ class Counters:
     def __init__(self, client: redis.Redis, reservation_ttl_seconds: int) -> None:
         self.redis = client
         self.ttl = reservation_ttl_seconds
-        self._admit = client.register_script(_ADMIT)
+        self._admit = client.register_script(_ADMIT.replace("__PREFIX__", PREFIX))
         self._release = client.register_script(_RELEASE)
         self._raise = client.register_script(_RAISE)
 
     # -- the request path ------------------------------------------------------
 
     def admit(self, key_hash: str, call_id: str, now: datetime) -> Admission:
-        """Decide one metered call: two round trips, the second one atomic."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(PREFIX + "key:" + key_hash)
-        pipe.exists(LOADED)
-        record, loaded = pipe.execute()
-        if not loaded:
-            return Admission("not_loaded")
-        if not record:
-            return Admission("unknown_key")
-        parsed = _parse(record)
-        if parsed.revoked:
-            return Admission("revoked")
-        if not parsed.rules:
-            return Admission("admitted")
-        keys: list[str] = []
-        argv: list[Any] = [now.timestamp(), call_id, now.timestamp() + self.ttl]
-        periods = [rule.period_at(now) for rule in parsed.rules]
-        for rule, period in zip(parsed.rules, periods, strict=True):
-            keys.extend(rule.keys(period))
-            argv.extend([rule.limit_units, "1" if rule.hard else "0"])
-        longest = max(int((p.ends_at - now).total_seconds()) for p in periods)
-        argv.append(longest + self.ttl)
-        refused = int(self._admit(keys=keys, args=argv))
-        if refused:
-            return Admission("refused", parsed.rules[refused - 1], periods[refused - 1])
-        held = tuple(k for i in range(0, len(keys), 4) for k in keys[i + 1 : i + 3])
-        return Admission("admitted", reserved=held)
+        """Decide one metered call in one round trip: the script reads the key's record,
+        finds each budget's current period, and checks and reserves atomically."""
+        today = now.astimezone(UTC).date()
+        previous = (today.replace(day=1) - timedelta(days=1)).day
+        result = self._admit(
+            keys=[PREFIX + "key:" + key_hash, LOADED],
+            args=[
+                now.timestamp(),
+                call_id,
+                now.timestamp() + self.ttl,
+                _KEEP_RESERVATIONS + self.ttl,
+                f"{today:%Y%m%d}",
+                today.year,
+                today.month,
+                today.day,
+                calendar.monthrange(today.year, today.month)[1],
+                previous,
+            ],
+        )
+        code = int(result[0])
+        if code < 0:
+            return Admission(_VERDICTS[code])
+        if code == 0:
+            return Admission("admitted", reserved=tuple(k.decode() for k in result[1:]))
+        rule = _rules(result[1])[code - 1]
+        return Admission("refused", rule, rule.period_at(now))
 
     def release(self, reserved: Sequence[str], call_ids: Sequence[str]) -> None:
         """Drop these calls' reservations (pairs of keys: lapse times, amounts); once."""
@@ -228,6 +256,5 @@ class Counters:
         self.redis.set(LOADED, "1")
 
 
-def _parse(record: dict[bytes, bytes]) -> KeyRecord:
-    rules = tuple(Rule(*values) for values in json.loads(record[b"rules"]))
-    return KeyRecord(int(record[b"customer"]), record[b"revoked"] == b"1", rules)
+def _rules(encoded: bytes) -> tuple[Rule, ...]:
+    return tuple(Rule(*values) for values in json.loads(encoded))

@@ -1,0 +1,252 @@
+"""Budgets: what admission adds to a metered call, and how far concurrent calls overshoot
+a hard limit, ours against a naive check-then-add.
+
+Overhead: ``/v1/execute`` with metering on, enforcement off and on, one client on
+a kept-alive connection, the caller under a hard budget it never reaches.
+
+Overshoot: a limit that fits ten calls, two spent and recorded; then 64 calls at
+once. Ours goes through the stack (``ENFORCE_BUDGETS=true``). The naive check
+(LiteLLM's: read the spend, serve if below the limit, add the cost when the call
+is done) runs here against the same Redis, each call taking the stack's measured
+median time, so both meet the same 64-at-once load.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import statistics
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from app.progress import progress_bar
+from bench.stack import ADMIN_TOKEN, REDIS_URL, Run, Stack, log
+
+ORDER = 35
+REQUESTS = 5000
+CONCURRENT = 64
+FITS = 10  # calls the limit fits
+CALL_TOKENS = 4 + 256  # the demo /v1/execute's usage for a one-word prompt
+_BODY = b'{"prompt": "fizzbuzz"}'
+
+
+def _admin(port: int, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(
+        method,
+        path,
+        json.dumps(body),
+        {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+    )
+    response = conn.getresponse()
+    answer = json.loads(response.read())
+    if response.status >= 300:
+        raise RuntimeError(f"{path} answered {response.status}: {answer}")
+    return answer
+
+
+def _budgeted(port: int, key: str, limit: int) -> int:
+    """A customer with this key and a hard daily token budget; the budget's id."""
+    customer = _admin(
+        port,
+        "POST",
+        "/v1/billing/customers",
+        {"email": f"{key}@example.com", "name": "bench", "api_key": key},
+    )
+    budget = _admin(
+        port,
+        "POST",
+        f"/v1/billing/customers/{customer['id']}/budgets",
+        {
+            "metric": "tokens",
+            "period": "day",
+            "limit": str(limit),
+            "hard_limit": True,
+            "thresholds": [],
+        },
+    )
+    return int(budget["id"])
+
+
+def _status(port: int, key: str) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            (
+                "POST /v1/execute HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(_BODY)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            + _BODY
+        )
+        head = sock.recv(64)
+        while sock.recv(65536):
+            pass
+    return int(head.split(b" ", 2)[1])
+
+
+def _latencies(port: int, key: str, n: int, label: str) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    out = []
+    with progress_bar(label) as progress:
+        for done in range(n):
+            t0 = time.perf_counter()
+            conn.request("POST", "/v1/execute", body=_BODY, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"/v1/execute answered {response.status}")
+            out.append(time.perf_counter() - t0)
+            if done % 100 == 0:
+                progress(done, n)
+    return out
+
+
+def _loaded(r: redis.Redis) -> None:
+    """Wait for the worker's rebuild the first call asked for (Beat is not running)."""
+    deadline = time.monotonic() + 60
+    while not r.exists("ub:budget:loaded"):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the budgets' state was not rebuilt")
+        time.sleep(0.2)
+
+
+def _at_once(action: Any) -> list[Any]:
+    barrier = threading.Barrier(CONCURRENT)
+    results: list[Any] = []
+
+    def run() -> None:
+        barrier.wait()
+        results.append(action())
+
+    threads = [threading.Thread(target=run) for _ in range(CONCURRENT)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def _spend_of(r: redis.Redis, budget_id: int) -> int:
+    keys = list(r.scan_iter(f"ub:budget:{budget_id}:*:spend"))
+    return int(r.get(keys[0]) or 0) if keys else 0
+
+
+def run(run: Run, results: dict[str, Any]) -> None:
+    r = redis.Redis.from_url(REDIS_URL)
+    figures: dict[str, Any] = {}
+    median_call_s = 0.0
+    for enforce, port in ((False, 8716), (True, 8717)):
+        side = "on" if enforce else "off"
+        log(f"budgets: /v1/execute with admission {side}")
+        stack = Stack(
+            run, middleware=True, port=port, ENFORCE_BUDGETS="true" if enforce else "false"
+        )
+        stack.start_api(workers=1)
+        stack.start_worker()
+        key = f"bench-budget-{side}-{uuid.uuid4().hex}"
+        _budgeted(port, key, limit=10**11)  # never reached
+        _status(port, key)  # with enforcement: asks for the rebuild of the state
+        if enforce:
+            _loaded(r)
+        _latencies(port, key, 500, f"warming up, admission {side}")
+        lat = _latencies(port, key, REQUESTS, f"requests, admission {side}")
+        median_call_s = statistics.median(lat)
+        figures[side] = {
+            "p50_ms": round(statistics.median(lat) * 1000, 3),
+            "p99_ms": round(statistics.quantiles(lat, n=100)[98] * 1000, 3),
+        }
+        if enforce:
+            figures["overshoot"] = _ours(port, r)
+        stack.stop()
+    figures["admission_p99_overhead_ms"] = round(
+        figures["on"]["p99_ms"] - figures["off"]["p99_ms"], 3
+    )
+    figures["admission_p50_overhead_ms"] = round(
+        figures["on"]["p50_ms"] - figures["off"]["p50_ms"], 3
+    )
+    figures["overshoot"]["naive"] = _naive(r, median_call_s)
+    results["budgets"] = figures
+
+
+def _ours(port: int, r: redis.Redis) -> dict[str, Any]:
+    log(f"budgets: {CONCURRENT} calls at once against a limit that fits {FITS - 2} more")
+    key = f"bench-overshoot-{uuid.uuid4().hex}"
+    budget_id = _budgeted(port, key, limit=FITS * CALL_TOKENS)
+    assert [_status(port, key) for _ in range(2)] == [200, 200]
+    deadline = time.monotonic() + 60
+    while _spend_of(r, budget_id) < 2 * CALL_TOKENS:  # recorded and mirrored
+        if time.monotonic() > deadline:
+            raise RuntimeError("the warm-up calls were not settled")
+        time.sleep(0.1)
+    statuses = _at_once(lambda: _status(port, key))
+    served = statuses.count(200)
+    return {
+        "ours": {
+            "served": served,
+            "refused": statuses.count(402),
+            "overshoot_calls": max(0, served - (FITS - 2)),
+        }
+    }
+
+
+def _naive(r: redis.Redis, call_s: float) -> dict[str, Any]:
+    """Check-then-add: read the spend, serve if below the limit, add when done."""
+    counter = f"bench:naive:{uuid.uuid4().hex}"
+    r.set(counter, 2 * CALL_TOKENS)
+    limit = FITS * CALL_TOKENS
+
+    def call() -> bool:
+        if int(r.get(counter) or 0) >= limit:
+            return False
+        time.sleep(call_s)  # the call is served meanwhile
+        r.incrby(counter, CALL_TOKENS)
+        return True
+
+    served = _at_once(call).count(True)
+    r.delete(counter)
+    return {"served": served, "overshoot_calls": max(0, served - (FITS - 2))}
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    budgets = results.get("budgets", {})
+    overshoot = budgets.get("overshoot", {})
+    return {
+        "admission_p99_overhead_ms": budgets.get("admission_p99_overhead_ms"),
+        "budget_overshoot_calls": {
+            side: overshoot[side]["overshoot_calls"] for side in ("ours", "naive")
+        }
+        if overshoot
+        else None,
+    }
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    budgets = results.get("budgets")
+    if not budgets:
+        return []
+    ours, naive = budgets["overshoot"]["ours"], budgets["overshoot"]["naive"]
+    return [
+        (
+            "execute p50 / p99, admission off → on (ms)",
+            f"{budgets['off']['p50_ms']} / {budgets['off']['p99_ms']} → "
+            f"{budgets['on']['p50_ms']} / {budgets['on']['p99_ms']}",
+            "",
+        ),
+        ("admission overhead p99 (ms)", budgets["admission_p99_overhead_ms"], "<= 0.3"),
+        (
+            f"{CONCURRENT} calls at once, {FITS - 2} fit: served ours / naive",
+            f"{ours['served']} / {naive['served']}",
+            "",
+        ),
+        (
+            "overshoot in calls, ours / naive",
+            f"{ours['overshoot_calls']} / {naive['overshoot_calls']}",
+            "ours 0",
+        ),
+    ]
