@@ -52,6 +52,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     outbox_for(app)  # made here, so no two request threads race to make it
     if settings.enable_pricing_middleware:
+        if settings.enforce_budgets:  # admission runs before the metered view
+            from app.budgets.admission import admit
+
+            app.before_request(admit)
         UsageMeter(app)
     if settings.uses_redis:
         from app.budgets.admission import watch_key_changes

@@ -134,8 +134,11 @@ class Settings:
             raise ValueError(
                 f"BUDGET_REDIS_DOWN must be open or closed, not {self.budget_redis_down!r}"
             )
-        if self.enforce_budgets and not self.redis_url:
-            raise ValueError("ENFORCE_BUDGETS needs REDIS_URL: admission is decided in Redis")
+        if self.enforce_budgets and not (self.redis_url and self.enable_pricing_middleware):
+            raise ValueError(
+                "ENFORCE_BUDGETS needs REDIS_URL (admission is decided in Redis) and "
+                "ENABLE_PRICING_MIDDLEWARE (it admits the metered calls)"
+            )
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -7,6 +7,7 @@ generator (which shares the API's two cores) about three times the CPU
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 import time
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
+from app.progress import progress_bar
 from app.security import hash_api_key
 from bench.stack import CUSTOMERS, SERVICE_TOKEN
 
@@ -109,3 +111,22 @@ def one_request(port: int, request: bytes) -> None:
             chunks.append(chunk)
     if not b"".join(chunks).startswith(b"HTTP/1.1 200"):
         raise RuntimeError(f"/v1/execute answered {b''.join(chunks)[:60]!r}")
+
+
+def execute_latencies(port: int, key: str, n: int, label: str) -> list[float]:
+    """``n`` calls of ``/v1/execute`` in a row on one kept-alive connection; their latencies."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    out = []
+    with progress_bar(label) as progress:
+        for done in range(n):
+            t0 = time.perf_counter()
+            conn.request("POST", "/v1/execute", body=b'{"prompt": "fizzbuzz"}', headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"/v1/execute answered {response.status}")
+            out.append(time.perf_counter() - t0)
+            if done % 100 == 0:
+                progress(done, n)
+    return out

@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,9 +38,11 @@ from tests.helpers import (
     SERVICE_TOKEN,
     WEBHOOK_SECRET,
     create_database,
+    create_extra_app,
     drop_database,
     execute_blueprint,
 )
+from tests.processes import RedisServer, free_port
 
 REQUIRE_SERVICES = (
     os.environ.get("CI", "").lower() == "true" or os.environ.get("REQUIRE_SERVICES") == "1"
@@ -202,3 +205,26 @@ def make_customer(app: Flask) -> Callable[..., BillingCustomer]:
             return customer
 
     return make
+
+
+@pytest.fixture()
+def stack(
+    app: Flask, settings: Settings, tmp_path: Path
+) -> Iterator[tuple[Flask, RedisServer, Settings]]:
+    """A private Redis (to break), the session's database, and an app producing into
+    them: (producer, the Redis server, their settings) for ``shipped_worker``."""
+    redis_server = RedisServer(free_port(), tmp_path)
+    redis_server.start()
+    local = settings.replace(
+        redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
+        meter_spool_dir=str(tmp_path / "spool"),
+        instance_dir=tmp_path,
+        auto_migrate=False,
+        # Re-send a published batch with no receipt after 5 s instead of 15 min, so a
+        # batch Redis handed to a killed worker is recovered within the test.
+        meter_redeliver_after_seconds=5,
+    )
+    producer = create_extra_app(local, app)
+    yield producer, redis_server, local
+    producer.extensions["usage_outbox"].close()
+    redis_server.stop()

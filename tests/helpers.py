@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app
+from flask.testing import FlaskClient
 from sqlalchemy import create_engine, func, select, text
 
 from app import create_app
@@ -139,3 +140,14 @@ def parked_events(app: Flask, event_ids: list[str] | None = None) -> list[tuple[
         rows = [(row.event_id, row.field) for row in db.session.execute(stmt)]
         db.session.rollback()
         return rows
+
+
+def issue_key(client: FlaskClient, customer_id: int, label: str = "issued") -> dict[str, Any]:
+    """A new key of the customer through the admin endpoint: its description and ``key``."""
+    resp = client.post(
+        f"/v1/billing/customers/{customer_id}/keys",
+        json={"label": label},
+        headers=auth(ADMIN_TOKEN),
+    )
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json()

@@ -270,3 +270,10 @@ class PrivatePostgres:
             self._run("pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def shipped_worker(local: Settings, tmp_path: Path, **overrides: str) -> ShippedStack:
+    """``make worker`` with its defaults against this test's database and Redis."""
+    stack = ShippedStack(local.database_url, local.redis_url, tmp_path, overrides)
+    stack.start_worker()
+    return stack

@@ -73,9 +73,26 @@ def _subscribe(client: FlaskClient, key: str, url: str) -> str:
     return resp.get_json()["secret"]
 
 
-def _spend(client: FlaskClient, key: str, events: list[dict]) -> None:
+def _alerted(
+    client: FlaskClient, make_customer: Any, key: str, url: str, **budget: Any
+) -> tuple[Any, str]:
+    """A customer whose alerts go to ``url``, with this budget: it, and its secret."""
+    customer = make_customer(key)
+    secret = _subscribe(client, key, url)
+    resp = client.post(
+        f"/v1/billing/customers/{customer.id}/budgets",
+        json={"period": "day", **budget},
+        headers=auth(ADMIN_TOKEN),
+    )
+    assert resp.status_code == 201, resp.get_json()
+    return customer, secret
+
+
+def _spend(app: Flask, client: FlaskClient, events: list[dict]) -> None:
+    """Send events through the ingest endpoint and on to the workers."""
     resp = client.post("/v1/usage/events", json={"events": events}, headers=auth(SERVICE_TOKEN))
     assert resp.status_code == 202
+    app.extensions["usage_outbox"].flush()
 
 
 def _alerts(app: Flask) -> list[BudgetAlert]:
@@ -91,18 +108,19 @@ def test_crossing_thresholds_sends_exactly_one_signed_webhook_each(
 ) -> None:
     """$0.01 a month, alerts at 50 % and 80 %: three batches of one $0.0045 event (45 %,
     90 %, 135 %), the second one sent twice: one webhook for 50 %, one for 80 %."""
-    customer = make_customer("key-alerted")
-    secret = _subscribe(client, "key-alerted", receiver.url)
-    resp = client.post(
-        f"/v1/billing/customers/{customer.id}/budgets",
-        json={"metric": "usd", "period": "month", "limit": "0.01", "thresholds": [50, 80]},
-        headers=auth(ADMIN_TOKEN),
+    _, secret = _alerted(
+        client,
+        make_customer,
+        "key-alerted",
+        receiver.url,
+        metric="usd",
+        period="month",
+        limit="0.01",
+        thresholds=[50, 80],
     )
-    assert resp.status_code == 201
     first, second, third = (event("key-alerted") for _ in range(3))
     for batch in ([first], [second], [second], [third]):
-        _spend(client, "key-alerted", batch)
-        app.extensions["usage_outbox"].flush()
+        _spend(app, client, batch)
     wait_for(lambda: len(receiver.requests) >= 2)
     with app.app_context():
         deliver_due(app.config["SETTINGS"])  # nothing is due twice
@@ -127,16 +145,17 @@ def test_crossing_thresholds_sends_exactly_one_signed_webhook_each(
 def test_a_receiver_down_for_a_while_gets_the_alert_once_later_and_every_attempt_is_kept(
     app: Flask, client: FlaskClient, celery_worker, make_customer, receiver: Receiver
 ) -> None:
-    customer = make_customer("key-patient")
-    _subscribe(client, "key-patient", receiver.url)
-    client.post(
-        f"/v1/billing/customers/{customer.id}/budgets",
-        json={"metric": "usd", "period": "day", "limit": "0.004", "thresholds": [100]},
-        headers=auth(ADMIN_TOKEN),
+    customer, _ = _alerted(
+        client,
+        make_customer,
+        "key-patient",
+        receiver.url,
+        metric="usd",
+        limit="0.004",
+        thresholds=[100],
     )
     receiver.answers = [503, 503]
-    _spend(client, "key-patient", [event("key-patient")])
-    app.extensions["usage_outbox"].flush()
+    _spend(app, client, [event("key-patient")])
     wait_for(lambda: len(receiver.requests) == 1)
     now = utcnow()
     with app.app_context():
@@ -157,16 +176,17 @@ def test_a_receiver_down_for_a_while_gets_the_alert_once_later_and_every_attempt
 def test_an_alert_is_abandoned_after_the_retry_window(
     app: Flask, client: FlaskClient, celery_worker, make_customer, receiver: Receiver
 ) -> None:
-    customer = make_customer("key-gone")
-    _subscribe(client, "key-gone", receiver.url)
-    client.post(
-        f"/v1/billing/customers/{customer.id}/budgets",
-        json={"metric": "tokens", "period": "day", "limit": "100", "thresholds": [100]},
-        headers=auth(ADMIN_TOKEN),
+    _alerted(
+        client,
+        make_customer,
+        "key-gone",
+        receiver.url,
+        metric="tokens",
+        limit="100",
+        thresholds=[100],
     )
     receiver.answers = [500] * 10
-    _spend(client, "key-gone", [event("key-gone")])
-    app.extensions["usage_outbox"].flush()
+    _spend(app, client, [event("key-gone")])
     wait_for(lambda: len(receiver.requests) == 1)
     with app.app_context():
         deliver_due(app.config["SETTINGS"], utcnow() + timedelta(hours=25))
@@ -254,11 +274,14 @@ def test_several_workers_settling_at_once_raise_each_alert_once(
     from app.budgets.admission import counters_for
     from app.budgets.spend import settle_batch
 
-    customer = make_customer("key-raced")
-    client.post(
-        f"/v1/billing/customers/{customer.id}/budgets",
-        json={"metric": "tokens", "period": "day", "limit": "100", "thresholds": [50, 100]},
-        headers=auth(ADMIN_TOKEN),
+    _alerted(
+        client,
+        make_customer,
+        "key-raced",
+        "https://hooks.example.com/budget",
+        metric="tokens",
+        limit="100",
+        thresholds=[50, 100],
     )
     spent = event("key-raced")
     with app.app_context():
@@ -284,7 +307,7 @@ def test_several_workers_settling_at_once_raise_each_alert_once(
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_delivery_leaves_one_alert_sent_again_with_its_id(
-    app: Flask, settings: Settings, tmp_path, make_customer
+    app: Flask, stack, tmp_path, make_customer
 ) -> None:
     """``make worker`` (defaults) raises the alert and is SIGKILLed while the receiver
     holds its request. The alert stays one; the attempt is on record without an
@@ -293,45 +316,33 @@ def test_a_worker_killed_mid_delivery_leaves_one_alert_sent_again_with_its_id(
     has seen acts once: the killed worker cannot know whether its request arrived.)"""
     import signal
 
-    from tests.helpers import create_extra_app
-    from tests.processes import RedisServer, ShippedStack, free_port
+    from tests.processes import shipped_worker
 
     receiver = Receiver(hold_first_seconds=30)
-    redis_server = RedisServer(free_port(), tmp_path)
-    redis_server.start()
-    local = settings.replace(
-        redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
-        meter_spool_dir=str(tmp_path / "spool"),
-        auto_migrate=False,
-    )
-    producer = create_extra_app(local, app)
+    producer, _, local = stack
     client = producer.test_client()
     # The one setting given: the receiver listens on loopback, which production
     # refuses (test_loopback_receivers_only_with_the_development_setting).
-    overrides = {"ALERT_ALLOW_LOOPBACK": "true"}
-
-    def worker() -> ShippedStack:
-        stack = ShippedStack(local.database_url, local.redis_url, tmp_path, overrides)
-        stack.start_worker()
-        return stack
+    loopback = {"ALERT_ALLOW_LOOPBACK": "true"}
 
     try:
-        customer = make_customer("key-killed")
-        _subscribe(client, "key-killed", receiver.url)
-        client.post(
-            f"/v1/billing/customers/{customer.id}/budgets",
-            json={"metric": "tokens", "period": "day", "limit": "100", "thresholds": [100]},
-            headers=auth(ADMIN_TOKEN),
+        _alerted(
+            client,
+            make_customer,
+            "key-killed",
+            receiver.url,
+            metric="tokens",
+            limit="100",
+            thresholds=[100],
         )
-        first = worker()
-        _spend(client, "key-killed", [event("key-killed")])
-        producer.extensions["usage_outbox"].flush()
+        first = shipped_worker(local, tmp_path, **loopback)
+        _spend(producer, client, [event("key-killed")])
         wait_for(receiver.arrived.is_set, timeout=60)  # the worker's request is held
         first.stop_worker(signal.SIGKILL)
         receiver.release.set()
         [alert] = _alerts(app)
         assert alert.status == "queued"
-        second = worker()
+        second = shipped_worker(local, tmp_path, **loopback)
         try:
             # Beat runs the delivery each minute; here the test asks for it.
             wait_for(lambda: _delivered_after_asking(producer, app), timeout=90, interval=1)
@@ -349,9 +360,7 @@ def test_a_worker_killed_mid_delivery_leaves_one_alert_sent_again_with_its_id(
         assert ids == {f"alert_{alert.id}"} and len(bodies) == 1
         assert outcomes[0] is None and outcomes[-1] == 200
     finally:
-        producer.extensions["usage_outbox"].close()
         receiver.server.shutdown()
-        redis_server.stop()
 
 
 def _delivered_after_asking(producer: Flask, app: Flask) -> bool:

@@ -4,6 +4,7 @@ end, and Redis being away is answered by the setting, both ways."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,18 +21,20 @@ from app.budgets.admission import counters_for
 from app.budgets.counters import LOADED, Counters, KeyRecord, Rule
 from app.budgets.models import Budget
 from app.budgets.periods import Period, period_at
-from app.budgets.spend import rebuild, rule_of
+from app.budgets.spend import rebuild, rule_of, settle_batch
 from app.config import Settings
 from app.customers.models import BillingCustomer
 from app.extensions import db
 from app.ingest.models import UsageEvent
 from app.models.types import utcnow
 from app.security import hash_api_key
+from tests.factories import event
 from tests.helpers import (
     ADMIN_TOKEN,
     auth,
     create_extra_app,
     execute_blueprint,
+    issue_key,
     measured,
     wait_for,
 )
@@ -175,9 +178,7 @@ def test_a_revoked_key_is_refused_before_the_view_runs(
     app: Flask, client: FlaskClient, enforcing: Flask, make_customer
 ) -> None:
     customer = make_customer("key-kept")
-    issued = client.post(
-        f"/v1/billing/customers/{customer.id}/keys", json={"label": "l"}, headers=auth(ADMIN_TOKEN)
-    ).get_json()
+    issued = issue_key(client, customer.id, "l")
     caller = enforcing.test_client()
     assert _call(caller, issued["key"]).status_code == 200
     client.post(f"/v1/billing/keys/{issued['id']}/revoke", headers=auth(ADMIN_TOKEN))
@@ -189,7 +190,7 @@ def test_a_revoked_key_is_refused_before_the_view_runs(
 
 
 def test_a_customers_own_lower_limit_applies_and_never_exceeds_the_admins(
-    app: Flask, client: FlaskClient, enforcing: Flask, make_customer
+    app: Flask, client: FlaskClient, enforcing: Flask, make_customer, caplog
 ) -> None:
     customer = make_customer("key-careful")
     budget = _budget(client, customer.id, limit=str(10 * CALL_TOKENS))
@@ -203,8 +204,14 @@ def test_a_customers_own_lower_limit_applies_and_never_exceeds_the_admins(
     assert lower.status_code == 200 and lower.get_json()["effective_limit"] == str(CALL_TOKENS)
     caller = enforcing.test_client()
     assert _call(caller, "key-careful").status_code == 200
+    caplog.set_level(logging.ERROR, logger="usage_billing.budgets")
     _settled(app, enforcing, budget["id"], "key-careful", 1)
     assert _call(caller, "key-careful").status_code == 402
+    # Operators hear of a hard limit reached, once a period however often it is settled.
+    with app.app_context():
+        settle_batch(counters_for(app), [event("key-careful")], utcnow())
+    reached = [r for r in caplog.records if r.getMessage() == "hard budget limit reached"]
+    assert len(reached) == 1 and reached[0].customer_id == customer.id
     own = client.get("/v1/billing/budgets", headers=auth("key-careful")).get_json()["budgets"]
     assert [(b["spent"], b["used_percent"]) for b in own] == [(str(CALL_TOKENS), "100.00")]
 
@@ -213,9 +220,7 @@ def test_a_budget_per_key_leaves_the_customers_other_keys_alone(
     app: Flask, client: FlaskClient, enforcing: Flask, make_customer
 ) -> None:
     customer = make_customer("key-main")
-    intern = client.post(
-        f"/v1/billing/customers/{customer.id}/keys", json={"label": "i"}, headers=auth(ADMIN_TOKEN)
-    ).get_json()
+    intern = issue_key(client, customer.id, "i")
     budget = _budget(client, customer.id, limit=str(CALL_TOKENS), api_key_id=intern["id"])
     caller = enforcing.test_client()
     assert _call(caller, intern["key"]).status_code == 200

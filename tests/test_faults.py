@@ -21,7 +21,7 @@ from app.extensions import db
 from app.ingest.models import UsageEvent
 from tests.factories import event
 from tests.helpers import SERVICE_TOKEN, auth, create_extra_app, measured, wait_for
-from tests.processes import PrivatePostgres, RedisServer, ShippedStack, free_port
+from tests.processes import PrivatePostgres, shipped_worker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -47,34 +47,6 @@ def assert_stored_exactly_once(name: str, app: Flask, event_ids: set[str]) -> No
         f"{name}: sent={sent} stored={stored} duplicated={stored - distinct} lost={sent - distinct}"
     )
     assert stored == distinct == sent
-
-
-@pytest.fixture()
-def stack(
-    app: Flask, settings: Settings, tmp_path: Path
-) -> Iterator[tuple[Flask, RedisServer, Settings]]:
-    redis_server = RedisServer(free_port(), tmp_path)
-    redis_server.start()
-    local = settings.replace(
-        redis_url=f"redis://127.0.0.1:{redis_server.port}/0",
-        meter_spool_dir=str(tmp_path / "spool"),
-        instance_dir=tmp_path,
-        auto_migrate=False,
-        # Re-send a published batch with no receipt after 5 s instead of 15 min, so a
-        # batch Redis handed to a killed worker is recovered within the test.
-        meter_redeliver_after_seconds=5,
-    )
-    producer = create_extra_app(local, app)
-    yield producer, redis_server, local
-    producer.extensions["usage_outbox"].close()
-    redis_server.stop()
-
-
-def shipped_worker(local: Settings, tmp_path: Path, **overrides: str) -> ShippedStack:
-    """``make worker`` with its defaults against this test's database and Redis."""
-    stack = ShippedStack(local.database_url, local.redis_url, tmp_path, overrides)
-    stack.start_worker()
-    return stack
 
 
 def _send(client, batches: int, size: int, prefix: str) -> set[str]:

@@ -26,20 +26,11 @@ from tests.helpers import (
     create_database,
     create_extra_app,
     drop_database,
+    issue_key,
     record,
 )
 
 YESTERDAY = datetime.now(UTC).date() - timedelta(days=1)
-
-
-def _issue(client: FlaskClient, customer_id: int, label: str) -> dict:
-    resp = client.post(
-        f"/v1/billing/customers/{customer_id}/keys",
-        json={"label": label},
-        headers=auth(ADMIN_TOKEN),
-    )
-    assert resp.status_code == 201, resp.get_json()
-    return resp.get_json()
 
 
 def _usage(client: FlaskClient, key: str, query: str = "") -> tuple[int, dict]:
@@ -62,7 +53,7 @@ def test_an_issued_key_is_shown_once_stored_as_its_hash_and_authenticates(
     app: Flask, client: FlaskClient, make_customer
 ) -> None:
     customer = make_customer("key-registered")
-    issued = _issue(client, customer.id, "ci deploys")
+    issued = issue_key(client, customer.id, "ci deploys")
     raw = issued["key"]
     # 256 random bits after a recognisable prefix.
     assert raw.startswith("ubk_") and len(raw) == 4 + 43 and issued["prefix"] == raw[:12]
@@ -93,7 +84,7 @@ def test_a_revoked_key_gets_401_on_every_customer_endpoint_and_the_others_still_
     client: FlaskClient, stripe_server: FakeStripe, make_customer
 ) -> None:
     customer = make_customer("key-kept", stripe_customer_id=stripe_server.add_customer())
-    leaked = _issue(client, customer.id, "laptop")
+    leaked = issue_key(client, customer.id, "laptop")
     revoked = client.post(f"/v1/billing/keys/{leaked['id']}/revoke", headers=auth(ADMIN_TOKEN))
     assert revoked.status_code == 200 and revoked.get_json()["revoked_at"]
     portal = {"return_url": "https://app.example.com/"}
@@ -111,7 +102,7 @@ def test_rotation_issues_a_new_key_with_the_label_and_revokes_the_old_at_once(
     client: FlaskClient, make_customer
 ) -> None:
     customer = make_customer("key-first")
-    old = _issue(client, customer.id, "production")
+    old = issue_key(client, customer.id, "production")
     resp = client.post(f"/v1/billing/keys/{old['id']}/rotate", headers=auth(ADMIN_TOKEN))
     assert resp.status_code == 201
     new = resp.get_json()
@@ -151,7 +142,7 @@ def test_usage_adds_up_every_key_and_breaks_down_by_key_by_id_and_label(
     app: Flask, client: FlaskClient, make_customer
 ) -> None:
     customer = make_customer("key-one")
-    second = _issue(client, customer.id, "batch jobs")
+    second = issue_key(client, customer.id, "batch jobs")
     make_customer("key-other")
     _use(app, "key-one", 1000)
     _use(app, second["key"], 300)
@@ -172,7 +163,7 @@ def test_the_report_bills_all_of_a_customers_keys_once(
     app: Flask, client: FlaskClient, stripe_server: FakeStripe, make_customer
 ) -> None:
     customer = make_customer("key-main", stripe_customer_id=stripe_server.add_customer())
-    extra = _issue(client, customer.id, "extra")
+    extra = issue_key(client, customer.id, "extra")
     _use(app, "key-main", 600_000)
     _use(app, extra["key"], 400_000)
     client.post(f"/v1/billing/keys/{extra['id']}/revoke", headers=auth(ADMIN_TOKEN))

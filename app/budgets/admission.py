@@ -1,6 +1,6 @@
 """Admission of metered calls: before the metered view runs, with no database work.
 
-Installed by ``UsageMeter`` when ``ENFORCE_BUDGETS`` is on. For a call whose key
+Installed by ``create_app`` with ``UsageMeter`` when ``ENFORCE_BUDGETS`` is on. For a call whose key
 the service knows: a revoked key gets 401; a call that would pass a hard budget
 gets 402 (``budget_exceeded``, with the limit and the period's end, and
 ``Retry-After`` until it resets); otherwise the call reserves its estimated cost
@@ -19,12 +19,16 @@ import logging
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import partial
 
 import redis
 from flask import Flask, Response, current_app, g, jsonify, request
 
 from app.budgets.counters import REBUILDING, Admission, Counters
+from app.budgets.spend import sync_customer
+from app.customers.keys import keys_changed
 from app.errors import AuthenticationError, BudgetExceeded, ServiceError, ServiceUnavailable
+from app.ingest.meter import METERED_PREFIX, api_key_of
 from app.schedule import BUDGETS_REBUILD_TASK
 from app.security import hash_api_key
 
@@ -87,8 +91,6 @@ def _refused(admission: Admission, now: datetime) -> Response:
 
 def admit() -> Response | None:
     """``before_request`` of the metered routes: None to serve the call, or the refusal."""
-    from app.ingest.meter import METERED_PREFIX, api_key_of
-
     if not request.path.startswith(METERED_PREFIX):
         return None
     api_key = api_key_of(request)
@@ -109,27 +111,23 @@ def admit() -> Response | None:
     if admission.verdict == "refused":
         return _refused(admission, now)
     if admission.reserved:
-        g.budget_call, g.budget_reserved = call, admission.reserved
+        # UsageMeter tags the call's event with its id, or calls back if there is none.
+        g.budget_call = call
+        g.release_unmetered = partial(_release, counters, admission.reserved, call)
     return None
 
 
-def release_unmetered() -> None:
+def _release(counters: Counters, reserved: tuple[str, ...], call: str) -> None:
     """The call produced no event: its reservation goes now (the worker never sees it)."""
-    reserved = g.pop("budget_reserved", None)
-    call = g.pop("budget_call", None)
-    counters = counters_for(current_app._get_current_object())  # type: ignore[attr-defined]
-    if reserved and call and counters is not None:
-        try:
-            counters.release(reserved, [call])
-        except redis.RedisError as exc:  # it lapses after BUDGET_RESERVATION_TTL_SECONDS
-            log.warning("reservation of call %s not released: %s", call, exc)
+    try:
+        counters.release(reserved, [call])
+    except redis.RedisError as exc:  # it lapses after BUDGET_RESERVATION_TTL_SECONDS
+        log.warning("reservation of call %s not released: %s", call, exc)
 
 
 def publish_customer(customer_id: int) -> None:
     """Publish a customer's keys and budgets to Redis now, after a change; should Redis
     be away, the minute's rebuild job publishes them."""
-    from app.budgets.spend import sync_customer
-
     counters = counters_for(current_app._get_current_object())  # type: ignore[attr-defined]
     if counters is None:
         return
@@ -141,8 +139,6 @@ def publish_customer(customer_id: int) -> None:
 
 def watch_key_changes() -> None:
     """Publish a customer's keys whenever they change (a revoked key is refused at once)."""
-    from app.customers.keys import keys_changed
-
     keys_changed.connect(_keys_changed, weak=False)
 
 

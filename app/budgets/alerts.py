@@ -111,11 +111,6 @@ def raise_alerts(budget: Budget, period: Period, spent: Decimal) -> list[int]:
         if row is None:
             continue
         created.append(row[0])
-        if budget.hard_limit and threshold >= 100:
-            log.error(
-                "hard budget limit reached",
-                extra={"budget_id": budget.id, "customer_id": budget.customer_id},
-            )
     return created
 
 

@@ -234,6 +234,12 @@ class Counters:
         self._raise(keys=[spend, avg], args=[spent_units, mean, max(ttl, 60)])
         self.release([at, resv], list(call_ids))
 
+    def first_time(self, rule: Rule, period: Period, what: str, now: datetime) -> bool:
+        """True once per budget, period and ``what``: a notice given exactly once."""
+        ttl = int((period.ends_at - now).total_seconds()) + self.ttl
+        flag = rule.keys(period)[0].removesuffix(":spend") + ":" + what
+        return bool(self.redis.set(flag, "1", nx=True, ex=max(ttl, 60)))
+
     def spent_units(self, rule: Rule, period: Period) -> int | None:
         value = self.redis.get(rule.keys(period)[0])
         return None if value is None else int(value)

@@ -11,6 +11,7 @@ threshold reached raises its alert (``app.budgets.alerts``).
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
@@ -26,8 +27,10 @@ from app.budgets.periods import Period
 from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
 from app.ingest.models import UsageDaily
+from app.models.dialect import one_of
 
 log = logging.getLogger("usage_billing.budgets")
+_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 def rule_of(budget: Budget, anchor_day: int) -> Rule:
@@ -92,18 +95,21 @@ def rebuild(counters: Counters, now: datetime) -> int:
 
 
 def budgets_touched(key_hashes: Iterable[str]) -> list[tuple[Budget, int, list[str]]]:
-    """The budgets these keys fall under: (budget, anchor day, the batch keys under it)."""
-    hashes = set(key_hashes)
-    if not hashes:
+    """The budgets these keys fall under: (budget, anchor day, the batch keys under it).
+
+    A deployment without budgets pays one probe of the empty budgets table per batch."""
+    hashes = sorted(set(key_hashes))
+    if not hashes or db.session.scalar(select(Budget.id).limit(1)) is None:
         return []
     rows = db.session.execute(
         select(Budget, ApiKey.key_hash, BillingCustomer.created_at)
         .join(ApiKey, ApiKey.customer_id == Budget.customer_id)
         .join(BillingCustomer, BillingCustomer.id == Budget.customer_id)
         .where(
-            ApiKey.key_hash.in_(hashes),
+            one_of(ApiKey.key_hash, "hashes"),
             (Budget.api_key_id.is_(None)) | (Budget.api_key_id == ApiKey.id),
-        )
+        ),
+        {"hashes": hashes},
     ).all()
     touched: dict[int, tuple[Budget, int, list[str]]] = {}
     for budget, key_hash, created in rows:
@@ -121,8 +127,8 @@ def settle_batch(counters: Counters, events: Iterable[Any], now: datetime) -> li
     ``budgets.rebuild`` job."""
     calls_by_key: dict[str, list[str]] = defaultdict(list)
     for event in events:
-        if not isinstance(event, dict) or not isinstance(event.get("api_key_hash"), str):
-            continue
+        if not isinstance(event, dict) or not _HASH.fullmatch(str(event.get("api_key_hash"))):
+            continue  # parked as invalid: it counts nowhere
         calls = calls_by_key[event["api_key_hash"]]  # the key counts, reserved or not
         metadata = event.get("metadata")
         if isinstance(metadata, dict) and isinstance(metadata.get("budget_call"), str):
@@ -135,5 +141,12 @@ def settle_batch(counters: Counters, events: Iterable[Any], now: datetime) -> li
         call_ids = [call for key in key_hashes for call in calls_by_key[key]]
         counters.settle(rule, period, spent, calls, call_ids, now)
         raised.extend(raise_alerts(budget, period, spent))
+        reached = budget.hard_limit and spent >= budget.effective_limit
+        if reached and counters.first_time(rule, period, "limit-reached", now):
+            # For operators: a customer's calls are being refused from now on.
+            log.error(
+                "hard budget limit reached",
+                extra={"budget_id": budget.id, "customer_id": budget.customer_id},
+            )
     db.session.commit()
     return raised

@@ -136,10 +136,6 @@ class UsageMeter:
 
     def init_app(self, app: Flask) -> None:
         outbox_for(app)
-        if app.config["SETTINGS"].enforce_budgets:
-            from app.budgets.admission import admit
-
-            app.before_request(admit)
         app.after_request(self._meter)
 
     @staticmethod
@@ -149,10 +145,8 @@ class UsageMeter:
         try:
             event = event_from_response(request, resp, datetime.now(UTC))
             if event is None:
-                if "budget_call" in g:
-                    from app.budgets.admission import release_unmetered
-
-                    release_unmetered()
+                if "release_unmetered" in g:  # what admission held for a call now unbilled
+                    g.release_unmetered()
             else:
                 if "budget_call" in g:  # the worker releases the call's reservation by it
                     event["metadata"]["budget_call"] = g.budget_call

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from app.progress import progress_bar
+from bench.load import execute_latencies
 from bench.stack import ADMIN_TOKEN, REDIS_URL, Run, Stack, log
 
 ORDER = 35
@@ -89,24 +89,6 @@ def _status(port: int, key: str) -> int:
     return int(head.split(b" ", 2)[1])
 
 
-def _latencies(port: int, key: str, n: int, label: str) -> list[float]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
-    out = []
-    with progress_bar(label) as progress:
-        for done in range(n):
-            t0 = time.perf_counter()
-            conn.request("POST", "/v1/execute", body=_BODY, headers=headers)
-            response = conn.getresponse()
-            response.read()
-            if response.status != 200:
-                raise RuntimeError(f"/v1/execute answered {response.status}")
-            out.append(time.perf_counter() - t0)
-            if done % 100 == 0:
-                progress(done, n)
-    return out
-
-
 def _loaded(r: redis.Redis) -> None:
     """Wait for the worker's rebuild the first call asked for (Beat is not running)."""
     deadline = time.monotonic() + 60
@@ -154,8 +136,8 @@ def run(run: Run, results: dict[str, Any]) -> None:
         _status(port, key)  # with enforcement: asks for the rebuild of the state
         if enforce:
             _loaded(r)
-        _latencies(port, key, 500, f"warming up, admission {side}")
-        lat = _latencies(port, key, REQUESTS, f"requests, admission {side}")
+        execute_latencies(port, key, 500, f"warming up, admission {side}")
+        lat = execute_latencies(port, key, REQUESTS, f"requests, admission {side}")
         median_call_s = statistics.median(lat)
         figures[side] = {
             "p50_ms": round(statistics.median(lat) * 1000, 3),

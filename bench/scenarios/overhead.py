@@ -3,35 +3,18 @@ off and on, one API process, one client on a kept-alive connection."""
 
 from __future__ import annotations
 
-import http.client
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 from matplotlib.ticker import ScalarFormatter
 
-from app.progress import progress_bar
+from bench.load import execute_latencies
 from bench.plots import figure
 from bench.stack import Run, Stack, log
 
 ORDER = 30
 REQUESTS = 5000
-
-
-def _latencies(port: int, n: int, label: str) -> list[float]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers = {"Content-Type": "application/json", "Authorization": "Bearer bench-key-1"}
-    out = []
-    with progress_bar(label) as progress:
-        for done in range(n):
-            t0 = time.perf_counter()
-            conn.request("POST", "/v1/execute", body=b'{"prompt": "fizzbuzz"}', headers=headers)
-            conn.getresponse().read()
-            out.append(time.perf_counter() - t0)
-            if done % 100 == 0:
-                progress(done, n)
-    return out
 
 
 def run(run: Run, results: dict[str, Any]) -> None:
@@ -43,8 +26,8 @@ def run(run: Run, results: dict[str, Any]) -> None:
         stack.start_api(workers=1)
         if middleware:
             stack.start_worker()
-        _latencies(port, 500, f"warming up, middleware {side}")
-        lat = _latencies(port, REQUESTS, f"requests, middleware {side}")
+        execute_latencies(port, "bench-key-1", 500, f"warming up, middleware {side}")
+        lat = execute_latencies(port, "bench-key-1", REQUESTS, f"requests, middleware {side}")
         figures[side] = {
             "p50_ms": round(statistics.median(lat) * 1000, 3),
             "p99_ms": round(statistics.quantiles(lat, n=100)[98] * 1000, 3),
