@@ -35,6 +35,7 @@ TABLE_MODULES = (
     "app.ingest.models",
     "app.customers.models",
     "app.budgets.models",
+    "app.plans.models",
 )
 
 

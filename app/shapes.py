@@ -7,12 +7,15 @@ is declared once and ``/openapi.json`` renders the same declarations.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
 from flask import Request
 from pydantic import (
     AfterValidator,
     BaseModel,
+    Field,
+    PlainSerializer,
     StrictStr,
     StringConstraints,
     TypeAdapter,
@@ -84,3 +87,13 @@ def path_id(value: str, field: str) -> int:
     if not value.isascii() or not value.isdigit() or not 0 < int(value) <= MAX_ID:
         raise NotFound(f"no such {field.removesuffix('_id')}", field=field)
     return int(value)
+
+
+Amount = Annotated[
+    StrictStr,
+    StringConstraints(pattern=r"^\d{1,12}(\.\d{1,12})?$"),
+    AfterValidator(Decimal),
+    PlainSerializer(lambda value: format(value, "f"), return_type=str),
+    Field(description="a decimal string, at least zero, at most 12 places"),
+]
+"""Money and quantities as people write them: a decimal string, read as an exact Decimal."""

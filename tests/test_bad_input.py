@@ -179,9 +179,9 @@ NO_INPUT_PATHS = {"/healthz", "/readyz", "/openapi.json"}
 def _auth_for(path: str) -> dict[str, str]:
     if path == "/v1/usage/events":
         return auth(SERVICE_TOKEN)
-    if path.startswith(("/v1/billing/customers", "/v1/billing/keys")) or path == (
-        "/v1/billing/budgets/{budget_id}"
-    ):
+    if path.startswith(
+        ("/v1/billing/customers", "/v1/billing/keys", "/v1/billing/plans")
+    ) or path == ("/v1/billing/budgets/{budget_id}"):
         return auth(ADMIN_TOKEN)
     return auth(FUZZ_KEY)
 

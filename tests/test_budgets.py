@@ -20,13 +20,13 @@ from sqlalchemy import func, select
 from app.budgets.admission import counters_for
 from app.budgets.counters import LOADED, Counters, KeyRecord, Rule
 from app.budgets.models import Budget
-from app.budgets.periods import Period, period_at
 from app.budgets.spend import rebuild, rule_of, settle_batch
 from app.config import Settings
 from app.customers.models import BillingCustomer
 from app.extensions import db
 from app.ingest.models import UsageEvent
 from app.models.types import utcnow
+from app.periods import Period, period_at
 from app.security import hash_api_key
 from tests.factories import event
 from tests.helpers import (

@@ -80,8 +80,9 @@ def register_api(app: Flask) -> None:
     from app.budgets.views import budgets
     from app.customers.views import customers
     from app.ingest.views import ingest
+    from app.plans.views import plans
 
-    for blueprint in (ingest, usage, customers, budgets, billing, health, openapi):
+    for blueprint in (ingest, usage, customers, budgets, plans, billing, health, openapi):
         app.register_blueprint(blueprint)
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(HTTPException, _http_error)

@@ -18,6 +18,7 @@ from app.billing.stripe_gateway import StripeEvent
 from app.budgets.views import BudgetCreate, BudgetFields, CustomerLimit, WebhookSet
 from app.customers.views import CustomerCreate, KeyCreate
 from app.ingest.validation import EVENT_SCHEMA, EVENT_SHAPE, EventBatch
+from app.plans.views import PlanAssign, PlanCreate
 
 openapi = Blueprint("openapi", __name__)
 
@@ -45,6 +46,8 @@ _MODELS: dict[str, type[BaseModel]] = {
     "BudgetUpdate": BudgetFields,
     "CustomerLimit": CustomerLimit,
     "WebhookSet": WebhookSet,
+    "PlanCreate": PlanCreate,
+    "PlanAssign": PlanAssign,
     "PortalRequest": PortalRequest,
     "UsageQuery": UsageQuery,
     "StripeEvent": StripeEvent,
@@ -243,6 +246,43 @@ SPEC: dict[str, Any] = {
                 "summary": "The caller's alerts and every delivery attempt",
                 "security": [{"apiKey": []}],
                 "responses": {"200": _ok("alerts"), **_errors(401)},
+            }
+        },
+        "/v1/billing/plans": {
+            "post": {
+                "summary": "A new version of a plan (admin); versions are never edited",
+                "security": [{"adminToken": []}],
+                "requestBody": _json_body(_ref("PlanCreate")),
+                "responses": {"201": _ok("the version"), **_errors(400, 401, 403, 415)},
+            },
+            "get": {
+                "summary": "Every plan version (admin)",
+                "security": [{"adminToken": []}],
+                "responses": {"200": _ok("plans"), **_errors(401, 403)},
+            },
+        },
+        "/v1/billing/customers/{customer_id}/plan": {
+            "post": {
+                "summary": "Put a customer on a plan from a day's start, UTC (admin)",
+                "security": [{"adminToken": []}],
+                "parameters": _path_id("customer_id"),
+                "requestBody": _json_body(_ref("PlanAssign")),
+                "responses": {"201": _ok("assigned"), **_errors(400, 401, 403, 404, 415)},
+            }
+        },
+        "/v1/billing/customers/{customer_id}/invoice/upcoming": {
+            "get": {
+                "summary": "A customer's period so far, with our cost and the margin (admin)",
+                "security": [{"adminToken": []}],
+                "parameters": _path_id("customer_id"),
+                "responses": {"200": _ok("invoice"), **_errors(401, 403, 404)},
+            }
+        },
+        "/v1/billing/invoice/upcoming": {
+            "get": {
+                "summary": "The caller's billing period so far, line by line",
+                "security": [{"apiKey": []}],
+                "responses": {"200": _ok("invoice"), **_errors(401)},
             }
         },
         "/v1/billing/webhooks/stripe": {

@@ -51,13 +51,13 @@ from app.budgets.models import (
     Budget,
     BudgetAlert,
 )
-from app.budgets.periods import Period
 from app.config import Settings
 from app.customers.models import BillingCustomer
 from app.errors import ValidationError
 from app.extensions import db
 from app.models.dialect import insert_for
 from app.models.types import amount_str, utcnow
+from app.periods import Period
 
 log = logging.getLogger("usage_billing.alerts")
 

@@ -35,7 +35,7 @@ from typing import Literal, NamedTuple
 
 import redis
 
-from app.budgets.periods import Period, PeriodKind, period_at
+from app.periods import Period, PeriodKind, period_at
 
 PREFIX = "ub:budget:"
 _VERDICTS: dict[int, Verdict] = {-1: "not_loaded", -2: "unknown_key", -3: "revoked"}

@@ -13,13 +13,13 @@ from sqlalchemy import select
 
 from app.budgets.alerts import check_url
 from app.budgets.models import Budget, BudgetAlert
-from app.budgets.periods import Period, period_at
 from app.budgets.spend import spent_in
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
 from app.errors import NotFound, ValidationError
 from app.extensions import db
 from app.models.types import amount_str, money_str
+from app.periods import Period, period_at
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ from sqlalchemy import func, select
 from app.budgets.alerts import raise_alerts
 from app.budgets.counters import Counters, KeyRecord, Rule, to_units
 from app.budgets.models import USD, Budget
-from app.budgets.periods import Period
 from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.models.dialect import one_of
+from app.periods import Period
 
 log = logging.getLogger("usage_billing.budgets")
 _HASH = re.compile(r"[0-9a-f]{64}")

@@ -9,14 +9,11 @@ from typing import Annotated, Any, Literal
 
 from flask import Blueprint, current_app, request
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StrictBool,
     StrictInt,
-    StrictStr,
-    StringConstraints,
 )
 
 from app.budgets.admission import publish_customer
@@ -37,17 +34,11 @@ from app.customers.services import authenticate_customer
 from app.extensions import db
 from app.models.types import amount_str, utcnow
 from app.security import require_token
-from app.shapes import MAX_ID, json_body, parse, path_id, text
+from app.shapes import MAX_ID, Amount, json_body, parse, path_id, text
 
 log = logging.getLogger("usage_billing.budgets")
 budgets = Blueprint("budgets", __name__)
 
-Amount = Annotated[
-    StrictStr,
-    StringConstraints(pattern=r"^\d{1,12}(\.\d{1,12})?$"),
-    AfterValidator(Decimal),
-    Field(description="a positive decimal string: USD, or whole tokens"),
-]
 Threshold = Annotated[StrictInt, Field(ge=1, le=100)]
 
 

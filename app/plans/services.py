@@ -1,0 +1,190 @@
+"""Plans over time: versions, which customer is on which from when, and what a customer
+owes for its billing period so far (the upcoming invoice)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from app.customers.models import ApiKey, BillingCustomer
+from app.errors import NotFound, ValidationError
+from app.extensions import db
+from app.ingest.models import UsageDaily
+from app.periods import Period, period_at
+from app.plans.charges import Charge, Usage, charge_segment, merged, units_of
+from app.plans.models import DEFAULT_PLAN, PlanAssignment, PricePlan
+from app.plans.terms import PlanTerms, terms_of
+
+
+def create_version(code: str, name: str, terms: PlanTerms) -> PricePlan:
+    """A new version of plan ``code`` (its first, if new); versions are never edited."""
+    latest = db.session.scalar(select(func.max(PricePlan.version)).where(PricePlan.code == code))
+    plan = PricePlan(
+        code=code,
+        version=(latest or 0) + 1,
+        name=name,
+        terms=terms.checked().model_dump(mode="json"),
+    )
+    db.session.add(plan)
+    db.session.commit()
+    return plan
+
+
+def plan_version(code: str, version: int | None = None) -> PricePlan:
+    if code == DEFAULT_PLAN and version is None:
+        return default_plan()
+    query = select(PricePlan).where(PricePlan.code == code)
+    if version is not None:
+        query = query.where(PricePlan.version == version)
+    plan = db.session.scalar(query.order_by(PricePlan.version.desc()).limit(1))
+    if plan is None:
+        raise NotFound(f"no plan {code}" + (f" version {version}" if version else ""), field="code")
+    return plan
+
+
+def _latest(code: str) -> PricePlan | None:
+    return db.session.scalar(
+        select(PricePlan).where(PricePlan.code == code).order_by(PricePlan.version.desc()).limit(1)
+    )
+
+
+def default_plan() -> PricePlan:
+    """The standard plan (provider cost): seeded by migration 0007, made again if gone."""
+    plan = _latest(DEFAULT_PLAN)
+    if plan is not None:
+        return plan
+    try:
+        return create_version(DEFAULT_PLAN, "Standard: provider cost", PlanTerms())
+    except IntegrityError:  # made meanwhile by a concurrent request
+        db.session.rollback()
+        made = _latest(DEFAULT_PLAN)
+        assert made is not None
+        return made
+
+
+def all_plans() -> list[PricePlan]:
+    return list(db.session.scalars(select(PricePlan).order_by(PricePlan.code, PricePlan.version)))
+
+
+def assign_plan(customer_id: int, plan: PricePlan, effective_from: date) -> PlanAssignment:
+    """Put a customer on ``plan`` from midnight UTC of ``effective_from`` (a change in the
+    middle of a period splits it there); a second assignment for that day replaces it."""
+    if db.session.get(BillingCustomer, customer_id) is None:
+        raise NotFound(f"no customer {customer_id}", field="customer_id")
+    assignment = db.session.scalar(
+        select(PlanAssignment).where(
+            PlanAssignment.customer_id == customer_id,
+            PlanAssignment.effective_from == effective_from,
+        )
+    ) or PlanAssignment(customer_id=customer_id, effective_from=effective_from)
+    assignment.plan_id = plan.id
+    db.session.add(assignment)
+    db.session.commit()
+    return assignment
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Days [start, end) of a period, priced by one plan version."""
+
+    plan: PricePlan
+    start: date
+    end: date
+
+
+def segments(customer_id: int, period: Period) -> list[Segment]:
+    """The plan versions in force over ``period``, in order."""
+    assignments = db.session.execute(
+        select(PlanAssignment.effective_from, PricePlan)
+        .join(PricePlan, PricePlan.id == PlanAssignment.plan_id)
+        .where(PlanAssignment.customer_id == customer_id)
+        .order_by(PlanAssignment.effective_from)
+    ).all()
+    current = default_plan()
+    changes: list[tuple[date, PricePlan]] = []
+    for effective, plan in assignments:
+        if effective <= period.start:
+            current = plan
+        elif effective < period.end:
+            changes.append((effective, plan))
+    cuts = [period.start, *(day for day, _ in changes), period.end]
+    plans = [current, *(plan for _, plan in changes)]
+    return [
+        Segment(plan, cuts[i], cuts[i + 1]) for i, plan in enumerate(plans) if cuts[i] < cuts[i + 1]
+    ]
+
+
+def usage_of(customer_id: int, first: date, last: date) -> list[Usage]:
+    """The customer's usage per day and model, all its keys together."""
+    keys = select(ApiKey.key_hash).where(ApiKey.customer_id == customer_id)
+    rows = db.session.execute(
+        select(
+            UsageDaily.day,
+            UsageDaily.provider,
+            UsageDaily.model,
+            func.sum(UsageDaily.tokens_input),
+            func.sum(UsageDaily.tokens_output),
+            func.sum(UsageDaily.tokens_cache_read),
+            func.sum(UsageDaily.cost_total),
+        )
+        .where(UsageDaily.api_key_hash.in_(keys), UsageDaily.day.between(first, last))
+        .group_by(UsageDaily.day, UsageDaily.provider, UsageDaily.model)
+    ).all()
+    return [
+        Usage(day, provider, model, int(i), int(o), int(c), Decimal(cost))
+        for day, provider, model, i, o, c, cost in rows
+    ]
+
+
+@dataclass(frozen=True)
+class Invoice:
+    """A period's charge so far, segment by segment (a plan change splits it)."""
+
+    customer_id: int
+    period: Period
+    through: date  # the last day counted
+    parts: list[tuple[PricePlan, Charge]]
+
+    @property
+    def total(self) -> Decimal:
+        return sum((charge.total for _, charge in self.parts), Decimal(0))
+
+    @property
+    def cost(self) -> Decimal:
+        return sum((charge.cost for _, charge in self.parts), Decimal(0))
+
+    @property
+    def included_used(self) -> Decimal:
+        return sum((charge.included_used for _, charge in self.parts), Decimal(0))
+
+
+def owed(customer: BillingCustomer, period: Period, through: date) -> Invoice:
+    """What ``customer`` owes for ``period`` up to and including day ``through``."""
+    last = min(through, period.end - timedelta(days=1))
+    usage = usage_of(customer.id, period.start, last) if last >= period.start else []
+    parts = []
+    for segment in segments(customer.id, period):
+        before = [u for u in usage if u.day < segment.start]
+        inside = [u for u in usage if segment.start <= u.day < segment.end]
+        terms = terms_of(segment.plan.terms)
+        # Volume prices every unit at the tier the whole period (so far) reaches.
+        period_units = sum((units_of(terms, u) for u in usage), Decimal(0))
+        charge = charge_segment(terms, before, inside, period_units)
+        parts.append((segment.plan, merged(charge)))
+    return Invoice(customer.id, period, last, parts)
+
+
+def upcoming_invoice(customer: BillingCustomer, now: datetime) -> Invoice:
+    """The customer's current billing period so far."""
+    period = period_at("billing_period", now, customer.created_at.day)
+    return owed(customer, period, now.date())
+
+
+def check_effective(day: date, today: date) -> date:
+    if day < today - timedelta(days=366):
+        raise ValidationError("effective_from is more than a year back", field="effective_from")
+    return day

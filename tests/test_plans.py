@@ -1,0 +1,289 @@
+"""Price plans' arithmetic against direct computations, over random plans and usage
+(hypothesis): graduated and volume tiers at every edge, included units used once
+across a mid-period change, a period's daily figures adding up to its charge,
+every amount an exact Decimal."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.customers.models import BillingCustomer
+from app.extensions import db
+from app.models.types import utcnow
+from app.plans.charges import (
+    ZERO,
+    Override,
+    Terms,
+    Tier,
+    Usage,
+    charge_segment,
+    units_of,
+    with_minimum,
+)
+from tests.factories import event
+from tests.helpers import ADMIN_TOKEN, auth, record
+
+DAY = date(2026, 11, 1)
+prices = st.decimals(min_value=Decimal("0.000001"), max_value=Decimal("5"), places=6)
+amounts = st.decimals(min_value=Decimal(0), max_value=Decimal("50"), places=2)
+
+
+@st.composite
+def tiered_terms(draw: st.DrawFn, mode: str) -> Terms:
+    edges = sorted(draw(st.sets(st.integers(1, 5000), min_size=1, max_size=4)))
+    tiers = [Tier(Decimal(e), draw(prices), draw(amounts)) for e in edges]
+    tiers.append(Tier(None, draw(prices), draw(amounts)))
+    included = Decimal(draw(st.integers(0, 3000)))
+    return Terms(unit="tokens", mode=mode, tiers=tuple(tiers), included=included)  # type: ignore[arg-type]
+
+
+def _usage(tokens: int, day: date = DAY, model: str = "m") -> Usage:
+    return Usage(day, "p", model, tokens, 0, 0, Decimal(tokens) * Decimal("0.000003"))
+
+
+def _direct_graduated(terms: Terms, n: int) -> Fraction:
+    """Each unit at its tier's price; a tier's flat once its first charged unit is used."""
+    total, start = Fraction(0), 0
+    for tier in terms.tiers:
+        end = n if tier.up_to is None else int(tier.up_to)
+        first = max(start, int(terms.included))
+        charged = max(0, min(n, end) - first)
+        total += charged * Fraction(tier.unit_price)
+        if charged > 0:
+            total += Fraction(tier.flat_amount)
+        if tier.up_to is None:
+            break
+        start = int(tier.up_to)
+    return total
+
+
+def _direct_volume(terms: Terms, n: int) -> Fraction:
+    for tier in terms.tiers:
+        if tier.up_to is None or n <= tier.up_to:
+            charged = max(0, n - int(terms.included))
+            return charged * Fraction(tier.unit_price) + (
+                Fraction(tier.flat_amount) if charged else 0
+            )
+    raise AssertionError("the last tier has no end")
+
+
+def _edges(terms: Terms) -> list[int]:
+    points = [int(t.up_to) for t in terms.tiers if t.up_to is not None] + [int(terms.included)]
+    return sorted({max(0, p + d) for p in points for d in (-1, 0, 1)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(terms=tiered_terms("graduated"))
+def test_graduated_tiers_agree_with_a_direct_computation_at_every_edge(terms: Terms) -> None:
+    for n in _edges(terms):
+        charge = charge_segment(terms, [], [_usage(n)] if n else [])
+        assert Fraction(charge.total) == _direct_graduated(terms, n), n
+        assert isinstance(charge.total, Decimal)
+
+
+@settings(max_examples=300, deadline=None)
+@given(terms=tiered_terms("volume"))
+def test_volume_tiers_agree_with_a_direct_computation_at_every_edge(terms: Terms) -> None:
+    for n in _edges(terms):
+        charge = charge_segment(terms, [], [_usage(n)] if n else [])
+        assert Fraction(charge.total) == _direct_volume(terms, n), n
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    terms=tiered_terms("graduated"),
+    days=st.lists(st.integers(0, 2000), min_size=2, max_size=12),
+    cut=st.integers(1, 11),
+)
+def test_included_units_are_used_once_across_a_change_of_plan(
+    terms: Terms, days: list[int], cut: int
+) -> None:
+    """A period cut in two at a change to the same plan costs what it costs uncut: the
+    second segment's allowance is what the first left, its tiers continue."""
+    usage = [_usage(n, DAY + timedelta(days=i)) for i, n in enumerate(days)]
+    cut = min(cut, len(usage) - 1)
+    whole = charge_segment(terms, [], usage)
+    first = charge_segment(terms, [], usage[:cut])
+    second = charge_segment(terms, usage[:cut], usage[cut:])
+    assert first.total + second.total == whole.total
+    assert first.included_used + second.included_used == min(
+        terms.included, sum((Decimal(n) for n in days), ZERO)
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    terms=tiered_terms("graduated"), days=st.lists(st.integers(0, 2000), min_size=1, max_size=15)
+)
+def test_a_periods_daily_figures_add_up_to_its_charge(terms: Terms, days: list[int]) -> None:
+    """What is owed to date, day after day: the differences (what each day's report
+    sends) add up to the closed period's charge."""
+    usage = [_usage(n, DAY + timedelta(days=i)) for i, n in enumerate(days)]
+    owed = [charge_segment(terms, [], usage[: i + 1]).total for i in range(len(usage))]
+    reports = [owed[0]] + [later - earlier for earlier, later in zip(owed, owed[1:], strict=False)]
+    assert sum(reports, ZERO) == charge_segment(terms, [], usage).total
+    assert all(r >= 0 for r in reports)  # graduated: a day never lowers what is owed
+
+
+def test_markup_overrides_and_the_minimum() -> None:
+    usage = [
+        Usage(DAY, "openai", "gpt-4o", 1_000_000, 100_000, 200_000, Decimal("3.5")),
+        Usage(DAY, "anthropic", "claude", 10, 10, 0, Decimal("0.000180")),
+    ]
+    plan = Terms(
+        markup_percent=Decimal("20"),
+        overrides=(Override("anthropic", None, Decimal("0.00001"), Decimal("0.00002")),),
+        minimum=Decimal("10"),
+    )
+    assert units_of(plan, usage[0]) == Decimal("4.2")  # $3.50 cost + 20 %
+    assert units_of(plan, usage[1]) == Decimal("0.0003")  # our own prices
+    charge = charge_segment(plan, [], usage)
+    assert charge.total == Decimal("4.2003") and charge.cost == Decimal("3.500180")
+    closed = with_minimum(charge, plan.minimum)
+    assert closed.total == Decimal("10") and closed.lines[-1].kind == "minimum"
+
+
+# -- plans in the service ----------------------------------------------------------
+
+
+PRO = {
+    "unit": "usd",
+    "markup_percent": "25",
+    "overrides": [
+        {
+            "provider": "openai",
+            "model": "gpt-4o",
+            "input_per_token": "0.000004",
+            "output_per_token": "0.00002",
+        }
+    ],
+    "tiers": [{"up_to": "0.01", "unit_price": "1"}, {"up_to": None, "unit_price": "0.5"}],
+    "included": "0.002",
+}
+
+
+def _create(client: FlaskClient, code: str, terms: dict, name: str = "plan") -> dict:
+    resp = client.post(
+        "/v1/billing/plans",
+        json={"code": code, "name": name, "terms": terms},
+        headers=auth(ADMIN_TOKEN),
+    )
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json()
+
+
+def _customer_billed_from(app: Flask, make_customer, key: str, day: date) -> BillingCustomer:
+    """A customer whose billing period began on ``day`` (created then)."""
+    customer = make_customer(key)
+    with app.app_context():
+        row = db.session.get(BillingCustomer, customer.id)
+        row.created_at = row.created_at.replace(year=day.year, month=day.month, day=day.day)
+        db.session.commit()
+    return customer
+
+
+def _at(day: date) -> str:
+    return f"{day.isoformat()}T12:00:00+00:00"
+
+
+def test_a_plan_is_versioned_never_edited(client: FlaskClient) -> None:
+    first = _create(client, "pro", PRO)
+    second = _create(client, "pro", {**PRO, "markup_percent": "30"})
+    assert (first["version"], second["version"]) == (1, 2)
+    listed = client.get("/v1/billing/plans", headers=auth(ADMIN_TOKEN)).get_json()["plans"]
+    assert [(p["version"], p["terms"]["markup_percent"]) for p in listed if p["code"] == "pro"] == [
+        (1, "25"),
+        (2, "30"),
+    ]
+    bad = client.post(
+        "/v1/billing/plans",
+        json={
+            "code": "x",
+            "name": "x",
+            "terms": {
+                "tiers": [{"up_to": None, "unit_price": "1"}, {"up_to": "5", "unit_price": "1"}]
+            },
+        },
+        headers=auth(ADMIN_TOKEN),
+    )
+    assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "tiers"
+
+
+def test_the_upcoming_invoice_prices_the_period_under_each_plan_in_force(
+    app: Flask, client: FlaskClient, make_customer
+) -> None:
+    """A customer on the standard plan until today, on "pro" from today: yesterday's
+    usage at provider cost, today's under pro (our gpt-4o prices, 25 % on the rest,
+    the included $0.002 and the first tier counted from yesterday's usage)."""
+    today = utcnow().date()
+    yesterday = today - timedelta(days=1)
+    customer = _customer_billed_from(app, make_customer, "key-planned", yesterday)
+    _create(client, "pro", PRO)
+    resp = client.post(
+        f"/v1/billing/customers/{customer.id}/plan",
+        json={"code": "pro", "effective_from": today.isoformat()},
+        headers=auth(ADMIN_TOKEN),
+    )
+    assert resp.status_code == 201
+    now = utcnow().isoformat()  # today's events: now (the future is refused)
+    gpt = {"provider": "openai", "model": "gpt-4o", "tokens_input": 1000, "tokens_output": 100}
+    with app.app_context():
+        # Claude 3.5 Sonnet, $3 / $15 per million: $0.0045 a call.
+        yesterdays = [event("key-planned", timestamp=_at(yesterday)) for _ in range(2)]
+        assert record(yesterdays).inserted == 2
+        # Today: claude again ($0.0045, + 25 % under pro), and gpt-4o at our prices
+        # under pro (1000 × $0.000004 + 100 × $0.00002).
+        todays = [event("key-planned", timestamp=now), event("key-planned", timestamp=now, **gpt)]
+        assert record(todays).inserted == 2
+    invoice = client.get("/v1/billing/invoice/upcoming", headers=auth("key-planned")).get_json()
+    assert "cost" not in invoice and "margin" not in invoice
+    before = Decimal("0.009")  # yesterday, on the standard plan: the cost
+    # Under pro, yesterday's usage measured in pro's unit: 2 × $0.0045 × 1.25.
+    pro_before = before * Decimal("1.25")
+    pro_units = [Decimal("0.005625"), Decimal("0.006")]  # anthropic (+25 %), openai (ours)
+    position, free_left, expected = pro_before, max(ZERO, Decimal("0.002") - pro_before), ZERO
+    for units in pro_units:  # the order charges take: provider, then model
+        free = min(units, free_left)
+        free_left -= free
+        rest_start, rest = position + free, units - free
+        first_tier = max(ZERO, min(rest, Decimal("0.01") - rest_start))
+        expected += first_tier * 1 + (rest - first_tier) * Decimal("0.5")
+        position += units
+    assert Decimal(invoice["total"]) == before + expected
+    assert [p["code"] for p in invoice["plans"]] == (
+        ["standard", "pro"] if today.day > 1 else ["pro"]
+    )
+    admin = client.get(
+        f"/v1/billing/customers/{customer.id}/invoice/upcoming", headers=auth(ADMIN_TOKEN)
+    ).get_json()
+    cost = before + Decimal("0.0045") + Decimal("0.0035")  # gpt-4o: 1000 × 2.5e-6 + 100 × 1e-5
+    assert Decimal(admin["cost"]) == cost
+    assert Decimal(admin["margin"]) == Decimal(admin["total"]) - cost
+    assert admin["lines"] == invoice["lines"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"code": "nope", "effective_from": "2026-11-01"}, "code"),
+        ({"code": "standard", "version": 9, "effective_from": "2026-11-01"}, "code"),
+        ({"code": "standard", "effective_from": "2020-01-01"}, "effective_from"),
+        ({"code": "standard", "effective_from": "2026-13-01"}, "effective_from"),
+    ],
+)
+def test_assigning_refuses_by_name(
+    client: FlaskClient, make_customer, body: dict, field: str
+) -> None:
+    customer = make_customer("key-assign")
+    resp = client.post(
+        f"/v1/billing/customers/{customer.id}/plan", json=body, headers=auth(ADMIN_TOKEN)
+    )
+    assert 400 <= resp.status_code < 500 and resp.get_json()["error"]["field"] == field
