@@ -5,7 +5,7 @@ every amount an exact Decimal."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
@@ -14,6 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from app.customers.models import BillingCustomer
 from app.extensions import db
@@ -287,3 +288,101 @@ def test_assigning_refuses_by_name(
         f"/v1/billing/customers/{customer.id}/plan", json=body, headers=auth(ADMIN_TOKEN)
     )
     assert 400 <= resp.status_code < 500 and resp.get_json()["error"]["field"] == field
+
+
+def test_two_customers_on_plans_with_a_change_of_plan_and_of_price_are_reported_to_the_cent(
+    app: Flask, client: FlaskClient, stripe_server, make_customer
+) -> None:
+    """BILLING_QUANTITY=cost in micro-dollars (tokens mode: test_billing). One event a day
+    for a week, each $0.001 until a price change on day 3, $0.002 after. A is on "pro"
+    (+50 %, $0.005 included): 0.011 × 1.5 − 0.005 = $0.0115. B is on "cheap" (+10 %)
+    until day 5, then on pro (its allowance already used by days 0-4, counted in pro's
+    unit): 0.007 × 1.1 + 0.004 × 1.5 = $0.0137. Reported every day, the meter events add
+    up to exactly that; a plan corrected upwards afterwards sends the difference, one
+    corrected downwards records a credit for an operator and sends nothing."""
+    from app.models import UsageReport
+    from app.pricing.book import SEED_EFFECTIVE_FROM, price_book, price_row
+    from app.pricing.cost import TokenPrice
+    from app.services.scheduled import run_report
+
+    settings = app.config["SETTINGS"].replace(
+        billing_quantity="cost", billing_cost_unit=Decimal("0.000001")
+    )
+    today = utcnow().date()
+    start = today - timedelta(days=10)
+    days = [start + timedelta(days=n) for n in range(7)]
+    with app.app_context():
+        for price, since in (("0.000001", SEED_EFFECTIVE_FROM), ("0.000002", _midnight(days[3]))):
+            per_token = TokenPrice(Decimal(price), ZERO, None, since, "test")
+            db.session.add(price_row("acme", "m1", per_token, since))
+        db.session.commit()
+        price_book.invalidate()
+    _create(client, "pro", {"markup_percent": "50", "included": "0.005"})
+    _create(client, "cheap", {"markup_percent": "10"})
+    customers = {}
+    for key, plans in (("key-a", [("pro", 0)]), ("key-b", [("cheap", 0), ("pro", 5)])):
+        customer = _customer_billed_from(app, make_customer, key, start)
+        with app.app_context():
+            row = db.session.get(BillingCustomer, customer.id)
+            row.stripe_customer_id = stripe_server.add_customer()
+            db.session.commit()
+        for code, n in plans:
+            _assign(client, customer.id, code, days[n])
+        with app.app_context():
+            one_a_day = [
+                event(
+                    key,
+                    provider="acme",
+                    model="m1",
+                    tokens_input=1000,
+                    tokens_output=0,
+                    timestamp=_at(d),
+                )
+                for d in days
+            ]
+            assert record(one_a_day).inserted == 7
+        customers[key] = customer
+    with app.app_context():
+        for day in days:
+            run_report(settings, day)
+
+    def billed(customer) -> int:
+        return sum(
+            int(e["payload"]["value"])
+            for e in stripe_server.state.meter_events
+            if e["payload"]["stripe_customer_id"] == _stripe_id(app, customer.id)
+        )
+
+    assert billed(customers["key-a"]) == 11_500  # $0.0115
+    assert billed(customers["key-b"]) == 13_700  # $0.0137
+    # A corrected onto "cheap" from the start: 0.011 × 1.1 = $0.0121, 600 more.
+    _assign(client, customers["key-a"].id, "cheap", days[0])
+    with app.app_context():
+        run_report(settings, days[-1])
+    assert billed(customers["key-a"]) == 12_100
+    # Then onto the standard plan (cost): $0.011, 1,100 less: a credit, never sent.
+    _assign(client, customers["key-a"].id, "standard", days[0])
+    sent = len(stripe_server.state.meter_events)
+    with app.app_context():
+        run_report(settings, days[-1])
+        [credit] = db.session.scalars(select(UsageReport).where(UsageReport.quantity < 0)).all()
+        assert (credit.quantity, credit.status) == (-1_100, "needs_manual")
+    assert len(stripe_server.state.meter_events) == sent
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def _assign(client: FlaskClient, customer_id: int, code: str, day: date) -> None:
+    resp = client.post(
+        f"/v1/billing/customers/{customer_id}/plan",
+        json={"code": code, "effective_from": day.isoformat()},
+        headers=auth(ADMIN_TOKEN),
+    )
+    assert resp.status_code == 201, resp.get_json()
+
+
+def _stripe_id(app: Flask, customer_id: int) -> str:
+    with app.app_context():
+        return db.session.get(BillingCustomer, customer_id).stripe_customer_id

@@ -26,12 +26,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import Decimal
-from typing import Literal
+from decimal import Decimal, localcontext
+from typing import Any, Literal
 
 Unit = Literal["usd", "tokens"]
 Mode = Literal["graduated", "volume"]
 ZERO = Decimal(0)
+PRECISION = 80  # digits: far past any product of our prices and amounts
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,12 @@ class Charge:
 
     @property
     def total(self) -> Decimal:
-        return sum((line.amount for line in self.lines), ZERO)
+        return exact_sum(line.amount for line in self.lines)
+
+
+def exact_sum(values: Iterable[Decimal]) -> Decimal:
+    with localcontext(prec=PRECISION):
+        return sum(values, ZERO)
 
 
 def units_of(terms: Terms, usage: Usage) -> Decimal:
@@ -182,7 +188,14 @@ def _flats_entered(terms: Terms, usage: Usage, start: Decimal, units: Decimal) -
     return lines
 
 
-def charge_segment(
+def charge_segment(*args: Any, **kwargs: Any) -> Charge:
+    """``_charge_segment`` with the precision exact arithmetic needs: a price of 12
+    places times an amount of 24 stays exact (Decimal's default keeps 28 digits)."""
+    with localcontext(prec=PRECISION):
+        return _charge_segment(*args, **kwargs)
+
+
+def _charge_segment(
     terms: Terms,
     before: Sequence[Usage],
     usages: Sequence[Usage],
@@ -231,6 +244,11 @@ def charge_segment(
 
 def merged(charge: Charge) -> Charge:
     """The same charge with one line per (kind, model, tier, price): what an invoice shows."""
+    with localcontext(prec=PRECISION):
+        return _merged(charge)
+
+
+def _merged(charge: Charge) -> Charge:
     totals: dict[tuple[str, str, str, int, Decimal], list[Decimal]] = {}
     for line in charge.lines:
         key = (line.kind, line.provider, line.model, line.tier, line.unit_price)
@@ -242,7 +260,8 @@ def merged(charge: Charge) -> Charge:
 
 def with_minimum(charge: Charge, minimum: Decimal) -> Charge:
     """A closed period's charge, topped up to the plan's minimum."""
-    short = minimum - charge.total
+    with localcontext(prec=PRECISION):
+        short = minimum - charge.total
     if short <= 0:
         return charge
     top_up = Line("minimum", "", "", 0, ZERO, ZERO, short)

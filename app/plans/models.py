@@ -42,3 +42,22 @@ class PlanAssignment(db.Model):
     plan_id: Mapped[int] = mapped_column(ForeignKey("price_plans.id"))
     effective_from: Mapped[date] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PeriodCharge(db.Model):
+    """A closed billing period's charge, frozen once no event can still arrive for it
+    (``MAX_EVENT_AGE_DAYS`` after its end): the daily report then adds it up instead of
+    pricing the period again, so its cost does not grow with the history. The total is
+    the exact decimal string (it may hold more places than a money column)."""
+
+    __tablename__ = "period_charges"
+    __table_args__ = (UniqueConstraint("customer_id", "period_start"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(
+        ForeignKey("billing_customers.id", ondelete="CASCADE"), index=True
+    )
+    period_start: Mapped[date] = mapped_column(Date)
+    period_end: Mapped[date] = mapped_column(Date)
+    total: Mapped[str] = mapped_column(String(80))
+    frozen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

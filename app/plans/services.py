@@ -15,7 +15,7 @@ from app.errors import NotFound, ValidationError
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.periods import Period, period_at
-from app.plans.charges import Charge, Usage, charge_segment, merged, units_of
+from app.plans.charges import Charge, Usage, charge_segment, exact_sum, merged, units_of
 from app.plans.models import DEFAULT_PLAN, PlanAssignment, PricePlan
 from app.plans.terms import PlanTerms, terms_of
 
@@ -151,15 +151,15 @@ class Invoice:
 
     @property
     def total(self) -> Decimal:
-        return sum((charge.total for _, charge in self.parts), Decimal(0))
+        return exact_sum(charge.total for _, charge in self.parts)
 
     @property
     def cost(self) -> Decimal:
-        return sum((charge.cost for _, charge in self.parts), Decimal(0))
+        return exact_sum(charge.cost for _, charge in self.parts)
 
     @property
     def included_used(self) -> Decimal:
-        return sum((charge.included_used for _, charge in self.parts), Decimal(0))
+        return exact_sum(charge.included_used for _, charge in self.parts)
 
 
 def owed(customer: BillingCustomer, period: Period, through: date) -> Invoice:
@@ -172,7 +172,7 @@ def owed(customer: BillingCustomer, period: Period, through: date) -> Invoice:
         inside = [u for u in usage if segment.start <= u.day < segment.end]
         terms = terms_of(segment.plan.terms)
         # Volume prices every unit at the tier the whole period (so far) reaches.
-        period_units = sum((units_of(terms, u) for u in usage), Decimal(0))
+        period_units = exact_sum(units_of(terms, u) for u in usage)
         charge = charge_segment(terms, before, inside, period_units)
         parts.append((segment.plan, merged(charge)))
     return Invoice(customer.id, period, last, parts)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import ROUND_FLOOR, Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, localcontext
 
 from sqlalchemy import func, select
 
@@ -32,7 +32,9 @@ from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.models import UsageReport
 from app.models.billing import FAILED, NEEDS_MANUAL, PENDING, RESOLVED, SENT
-from app.models.types import utcnow
+from app.models.types import MONEY_SCALE, utcnow
+from app.plans.charges import PRECISION
+from app.plans.owed import owed_through
 from app.progress import Progress, unwatched
 
 log = logging.getLogger("usage_billing.report")
@@ -40,6 +42,7 @@ MODE = "meter_events"
 STRIPE_MAX_EVENT_AGE = timedelta(days=35)
 # Stripe dedupes a meter event's identifier (and an idempotency key) for ~24 hours.
 STRIPE_DEDUPE_WINDOW = timedelta(hours=23)
+_STORED = Decimal(1).scaleb(-MONEY_SCALE)
 
 
 @dataclass
@@ -81,6 +84,13 @@ def cumulative_usage(settings: Settings, day: date) -> dict[int, Decimal]:
         .group_by(ApiKey.customer_id)
     )
     return {customer_id: Decimal(total or 0) / unit for customer_id, total in rows}
+
+
+def _owed(settings: Settings, customer: BillingCustomer, day: date) -> Decimal:
+    """What the customer owes through ``day`` under its plans, in report units, exactly."""
+    owed = owed_through(customer, day, settings.max_event_age_days)
+    with localcontext(prec=PRECISION):
+        return owed / settings.billing_cost_unit
 
 
 def _event_timestamp(day: date, now: datetime) -> int:
@@ -152,8 +162,28 @@ def report_customer(
     )
     target = int(exact.to_integral_value(rounding=ROUND_FLOOR))
     delta = target - int(already)
-    if delta <= 0:
+    if delta < 0:
+        # Owed less than was sent (a plan or price corrected down): a credit an
+        # operator gives by hand, never a negative meter event.
+        report = _ledger_row(settings, customer, day, exact, target, delta)
+        _needs_manual(report, f"credit of {-delta} {report.quantity_unit}: owed less than was sent")
+        return _outcome([*outcomes, NEEDS_MANUAL])
+    if delta == 0:
         return _outcome(outcomes)
+    report = _ledger_row(settings, customer, day, exact, target, delta)
+    outcomes.append(_send(report, customer, now))
+    return _outcome(outcomes)
+
+
+def _ledger_row(
+    settings: Settings,
+    customer: BillingCustomer,
+    day: date,
+    exact: Decimal,
+    target: int,
+    delta: int,
+) -> UsageReport:
+    """The day's next row of the ledger, committed before anything is sent."""
     seq = db.session.scalar(
         select(func.coalesce(func.max(UsageReport.seq) + 1, 0)).where(
             UsageReport.customer_id == customer.id, UsageReport.day == day
@@ -168,7 +198,8 @@ def report_customer(
         mode=MODE,
         quantity=delta,
         quantity_unit=unit_name,
-        cumulative_exact=exact,
+        # What was owed, to the money column's 12 places (the floor is what is billed).
+        cumulative_exact=exact.quantize(_STORED, rounding=ROUND_HALF_EVEN),
         cumulative_units=target,
         identifier=identifier,
         idempotency_key=identifier,
@@ -178,8 +209,7 @@ def report_customer(
     )
     db.session.add(report)
     db.session.commit()
-    outcomes.append(_send(report, customer, now))
-    return _outcome(outcomes)
+    return report
 
 
 def _outcome(statuses: list[str]) -> str:
@@ -194,7 +224,8 @@ def report_day(
     """Report ``day`` for every active Stripe customer; one customer's failure stops no other."""
     now = now or utcnow()
     summary = ReportSummary(day=day)
-    usage = cumulative_usage(settings, day)
+    # Tokens are reported as used; cost, as owed under each customer's plan.
+    usage = cumulative_usage(settings, day) if settings.billing_quantity == "tokens" else None
     customers = db.session.scalars(
         select(BillingCustomer)
         .where(BillingCustomer.is_active.is_(True), BillingCustomer.stripe_customer_id.is_not(None))
@@ -202,7 +233,11 @@ def report_day(
     ).all()
     for done, customer in enumerate(customers):
         progress(done, len(customers))
-        exact = usage.get(customer.id, Decimal(0))
+        exact = (
+            usage.get(customer.id, Decimal(0))
+            if usage is not None
+            else _owed(settings, customer, day)
+        )
         summary.customers += 1
         try:
             outcome = report_customer(settings, customer, day, exact, now)

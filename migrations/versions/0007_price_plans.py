@@ -1,4 +1,4 @@
-"""price_plans and plan_assignments; the standard plan (provider cost, no markup)
+"""price_plans, plan_assignments, period_charges; the standard plan (provider cost)
 
 New tables only. Every customer without an assignment is on the standard plan,
 which charges what the usage cost: what it owed before plans existed.
@@ -47,6 +47,19 @@ def upgrade():
         sa.UniqueConstraint("customer_id", "effective_from"),
     )
     op.create_index("ix_plan_assignments_customer_id", "plan_assignments", ["customer_id"])
+    op.create_table(
+        "period_charges",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("customer_id", sa.Integer(), nullable=False),
+        sa.Column("period_start", sa.Date(), nullable=False),
+        sa.Column("period_end", sa.Date(), nullable=False),
+        sa.Column("total", sa.String(length=80), nullable=False),
+        sa.Column("frozen_at", UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["customer_id"], ["billing_customers.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("customer_id", "period_start"),
+    )
+    op.create_index("ix_period_charges_customer_id", "period_charges", ["customer_id"])
     op.bulk_insert(
         plans,
         [
@@ -62,5 +75,6 @@ def upgrade():
 
 
 def downgrade():
+    op.drop_table("period_charges")
     op.drop_table("plan_assignments")
     op.drop_table("price_plans")
