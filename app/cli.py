@@ -16,6 +16,7 @@ from app.errors import JobAlreadyRunning, NotFound
 from app.ingest.recording import replay_rejected
 from app.ingest.validation import EventLimits
 from app.models.types import utcnow
+from app.plans.cli import plans_cli
 from app.progress import progress_bar
 from app.schedule import REPORT_TASK
 from app.services.jobs import JobFailed
@@ -33,6 +34,7 @@ from app.services.scheduled import (
 billing_cli = AppGroup("billing", help="Billing operations.")
 billing_cli.add_command(customers_cli)
 billing_cli.add_command(keys_cli)
+billing_cli.add_command(plans_cli)
 
 
 def _settings() -> Settings:

@@ -5,6 +5,7 @@ every amount an exact Decimal."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -386,3 +387,48 @@ def _assign(client: FlaskClient, customer_id: int, code: str, day: date) -> None
 def _stripe_id(app: Flask, customer_id: int) -> str:
     with app.app_context():
         return db.session.get(BillingCustomer, customer_id).stripe_customer_id
+
+
+def test_plan_commands_create_versions_list_and_assign(app: Flask, make_customer, tmp_path) -> None:
+    customer = make_customer("key-cli-plan")
+    terms = tmp_path / "pro.json"
+    terms.write_text('{"markup_percent": "20", "included": "1"}')
+    runner = app.test_cli_runner()
+    args = ["billing", "plans", "create", "--code", "pro", "--name", "Pro", "--terms", str(terms)]
+    assert [json.loads(runner.invoke(args=args).output)["version"] for _ in range(2)] == [1, 2]
+    listed = runner.invoke(args=["billing", "plans", "list"]).output.splitlines()
+    assert {(json.loads(line)["code"], json.loads(line)["version"]) for line in listed} >= {
+        ("pro", 1),
+        ("pro", 2),
+    }
+    day = utcnow().date().isoformat()
+    assigned = runner.invoke(
+        args=[
+            "billing",
+            "plans",
+            "assign",
+            "--customer",
+            str(customer.id),
+            "--code",
+            "pro",
+            "--version",
+            "1",
+            "--from",
+            day,
+        ]
+    )
+    assert json.loads(assigned.output) == {
+        "customer_id": customer.id,
+        "code": "pro",
+        "version": 1,
+        "from": day,
+    }
+    terms.write_text(
+        '{"tiers": [{"up_to": null, "unit_price": "1"}, {"up_to": "5", "unit_price": "1"}]}'
+    )
+    bad = runner.invoke(args=args)
+    assert bad.exit_code != 0 and "tiers" in bad.output
+    missing = runner.invoke(
+        args=["billing", "plans", "assign", "--customer", "999999", "--code", "pro", "--from", day]
+    )
+    assert missing.exit_code != 0 and "no customer 999999" in missing.output
