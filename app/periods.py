@@ -1,5 +1,5 @@
-"""The period a budget counts over, at any instant: a UTC day, a calendar month, or the
-customer's billing period.
+"""The periods budgets count over and plans bill by, at any instant: a UTC day, a calendar
+month, or the customer's billing period.
 
 Every period starts and ends at midnight UTC, so a period's spend is a sum of whole
 days of ``usage_daily``. The billing period is monthly from the customer's billing

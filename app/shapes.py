@@ -7,6 +7,7 @@ is declared once and ``/openapi.json`` renders the same declarations.
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
@@ -20,6 +21,7 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationInfo,
+    WithJsonSchema,
 )
 from pydantic import ValidationError as PydanticError
 
@@ -97,3 +99,14 @@ Amount = Annotated[
     Field(description="a decimal string, at least zero, at most 12 places"),
 ]
 """Money and quantities as people write them: a decimal string, read as an exact Decimal."""
+
+
+def _calendar_date(value: str) -> date:
+    return date.fromisoformat(value)
+
+
+CalendarDate = Annotated[
+    Annotated[StrictStr, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")],  # not ISO weeks
+    AfterValidator(_calendar_date),
+    WithJsonSchema({"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"}),
+]

@@ -432,3 +432,65 @@ def test_plan_commands_create_versions_list_and_assign(app: Flask, make_customer
         args=["billing", "plans", "assign", "--customer", "999999", "--code", "pro", "--from", day]
     )
     assert missing.exit_code != 0 and "no customer 999999" in missing.output
+
+
+def test_a_period_no_event_can_reach_is_priced_once_and_frozen(
+    app: Flask, client: FlaskClient, stripe_server, make_customer
+) -> None:
+    """A customer billed from 100 days ago: the periods that ended more than
+    MAX_EVENT_AGE_DAYS ago are frozen by the first report with their minimum, and a
+    later change to the plan of those days no longer changes them."""
+    from app.plans.models import PeriodCharge
+    from app.services.reporting import owed_in_units
+
+    settings = app.config["SETTINGS"].replace(
+        billing_quantity="cost", billing_cost_unit=Decimal("0.000001")
+    )
+    today = utcnow().date()
+    start = today - timedelta(days=100)
+    customer = _customer_billed_from(app, make_customer, "key-old", start)
+    _create(client, "floor", {"minimum": "1"})
+    _assign(client, customer.id, "floor", start)
+    with app.app_context():
+        old = event("key-old", timestamp=_at(today - timedelta(days=30)))  # a recent day
+        assert record([old]).inserted == 1
+        # Rollups of long ago, as they stand after their events were cleaned up.
+        from app.ingest.models import UsageDaily
+        from app.security import hash_api_key
+
+        for n in (0, 40):
+            db.session.add(
+                UsageDaily(
+                    api_key_hash=hash_api_key("key-old"),
+                    day=start + timedelta(days=n),
+                    provider="anthropic",
+                    model="claude-3-5-sonnet-20241022",
+                    events=1,
+                    unpriced_events=0,
+                    tokens_input=1000,
+                    tokens_output=100,
+                    tokens_cache_read=0,
+                    tokens_total=1100,
+                    cost_total=Decimal("0.0045"),
+                    updated_at=utcnow(),
+                )
+            )
+        db.session.commit()
+        row = db.session.get(BillingCustomer, customer.id)
+        first = owed_in_units(settings, [row], today)[customer.id]
+        db.session.commit()
+        frozen = db.session.scalars(select(PeriodCharge).order_by(PeriodCharge.period_start)).all()
+        # Two whole periods ended more than 35 days ago: each topped up to $1.
+        assert [(f.period_start, Decimal(f.total)) for f in frozen] == [
+            (start, Decimal(1)),
+            (frozen[1].period_start, Decimal(1)),
+        ]
+    _assign(client, customer.id, "standard", start)  # would charge the old periods less
+    with app.app_context():
+        row = db.session.get(BillingCustomer, customer.id)
+        again = owed_in_units(settings, [row], today)[customer.id]
+    # Only the recent periods follow the change: $1 + $1 frozen, then $0.0045 at cost
+    # instead of the $1 minimum for the period holding the recent event.
+    assert first - again == Decimal("1") / Decimal("0.000001") - Decimal("0.0045") / Decimal(
+        "0.000001"
+    )

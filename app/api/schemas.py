@@ -5,20 +5,15 @@ Each is declared once: the views parse with it and ``/openapi.json`` renders it.
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    StrictStr,
-    StringConstraints,
-    WithJsonSchema,
 )
 
-from app.shapes import text
+from app.shapes import CalendarDate, text
 
 
 class PortalRequest(BaseModel):
@@ -28,17 +23,6 @@ class PortalRequest(BaseModel):
         description="an absolute http(s) URL on an allowed origin",
         json_schema_extra={"format": "uri"},
     )
-
-
-def _calendar_date(value: str) -> date:
-    return date.fromisoformat(value)
-
-
-CalendarDate = Annotated[
-    Annotated[StrictStr, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")],  # not ISO weeks
-    AfterValidator(_calendar_date),
-    WithJsonSchema({"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"}),
-]
 
 
 class UsageQuery(BaseModel):

@@ -1,17 +1,21 @@
-"""What a customer owes in all, up to a day: what the daily Stripe report sends (in
-``BILLING_QUANTITY=cost``), from every billing period since its first usage.
+"""What customers owe in all, up to a day: what the daily Stripe report sends (in
+``BILLING_QUANTITY=cost``), from every billing period since their first usage.
 
 A period closed long enough ago that no event can still arrive for it
 (``MAX_EVENT_AGE_DAYS``) is priced once, topped up to its plan's minimum and
-frozen (``period_charges``); the newer ones are priced from the rollups each
-time. So a report costs a couple of periods' pricing per customer, whatever the
-history, and a correction to a plan or a price of a recent period changes what
-is owed, and so what the next report sends (or, below what was sent, the
-credit an operator must give).
+frozen (``period_charges``); the newer ones are priced each time from the
+rollups, summed per customer, segment and model in a query per window (a
+plan's units add up whatever their order, so the totals are those of pricing
+day by day). A report thus costs a few queries for all customers and a couple
+of periods' arithmetic for each, whatever the history; and a correction to a
+plan or a price of a recent period changes what is owed, and so what the next
+report sends (or, below what was sent, the credit an operator must give).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
@@ -22,64 +26,103 @@ from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.periods import Period, period_at
-from app.plans.charges import exact_sum
+from app.plans.charges import Usage, exact_sum
 from app.plans.models import PeriodCharge
-from app.plans.services import owed, segments
+from app.plans.services import Segment, assignments_of, default_plan, price_period, segments_of
 from app.plans.terms import terms_of
 
-
-def _first_usage(customer_id: int) -> date | None:
-    keys = select(ApiKey.key_hash).where(ApiKey.customer_id == customer_id)
-    return db.session.scalar(
-        select(func.min(UsageDaily.day)).where(UsageDaily.api_key_hash.in_(keys))
-    )
+Window = tuple[date, date]  # first and last day, inclusive
 
 
-def periods_through(customer: BillingCustomer, day: date) -> list[Period]:
-    """The customer's billing periods from its first usage to the one holding ``day``."""
-    first = _first_usage(customer.id)
-    if first is None or first > day:
-        return []
-    anchor = customer.created_at.day
-    at = datetime.combine(first, time(), tzinfo=UTC)
-    periods = [period_at("billing_period", at, anchor)]
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def periods_between(first: date, day: date, anchor_day: int) -> list[Period]:
+    """The billing periods from the one holding ``first`` to the one holding ``day``."""
+    periods = [period_at("billing_period", _midnight(first), anchor_day)]
     while periods[-1].end <= day:
-        periods.append(
-            period_at(
-                "billing_period", datetime.combine(periods[-1].end, time(), tzinfo=UTC), anchor
-            )
-        )
+        periods.append(period_at("billing_period", _midnight(periods[-1].end), anchor_day))
     return periods
 
 
-def closed_charge(customer: BillingCustomer, period: Period) -> Decimal:
-    """A whole period's charge, with the minimum of the plan in force at its end."""
-    invoice = owed(customer, period, period.end - timedelta(days=1))
-    minimum = terms_of(segments(customer.id, period)[-1].plan.terms).minimum
-    return max(invoice.total, minimum)
+def _first_usage(customer_ids: Sequence[int]) -> dict[int, date]:
+    rows = db.session.execute(
+        select(ApiKey.customer_id, func.min(UsageDaily.day))
+        .join(ApiKey, ApiKey.key_hash == UsageDaily.api_key_hash)
+        .where(ApiKey.customer_id.in_(customer_ids))
+        .group_by(ApiKey.customer_id)
+    ).all()
+    return dict(rows)
 
 
-def owed_through(customer: BillingCustomer, day: date, max_event_age_days: int) -> Decimal:
-    """Everything the customer owes for its usage up to the end of ``day``, in USD."""
-    frozen = {
-        row.period_start: Decimal(row.total)
-        for row in db.session.scalars(
-            select(PeriodCharge).where(PeriodCharge.customer_id == customer.id)
-        )
-    }
+def _frozen(customer_ids: Sequence[int]) -> dict[tuple[int, date], Decimal]:
+    rows = db.session.scalars(
+        select(PeriodCharge).where(PeriodCharge.customer_id.in_(customer_ids))
+    ).all()
+    return {(row.customer_id, row.period_start): Decimal(row.total) for row in rows}
+
+
+def _summed(windows: dict[Window, list[int]]) -> dict[tuple[int, Window], list[Usage]]:
+    """Each customer's usage per window, per model, dated the window's first day."""
+    found: dict[tuple[int, Window], list[Usage]] = defaultdict(list)
+    for (first, last), customer_ids in windows.items():
+        rows = db.session.execute(
+            select(
+                ApiKey.customer_id,
+                UsageDaily.provider,
+                UsageDaily.model,
+                func.sum(UsageDaily.tokens_input),
+                func.sum(UsageDaily.tokens_output),
+                func.sum(UsageDaily.tokens_cache_read),
+                func.sum(UsageDaily.cost_total),
+            )
+            .join(ApiKey, ApiKey.key_hash == UsageDaily.api_key_hash)
+            .where(ApiKey.customer_id.in_(customer_ids), UsageDaily.day.between(first, last))
+            .group_by(ApiKey.customer_id, UsageDaily.provider, UsageDaily.model)
+        ).all()
+        for customer_id, provider, model, i, o, c, cost in rows:
+            usage = Usage(first, provider, model, int(i), int(o), int(c), Decimal(cost))
+            found[(customer_id, (first, last))].append(usage)
+    return found
+
+
+def owed_through(
+    customers: Sequence[BillingCustomer], day: date, max_event_age_days: int
+) -> dict[int, Decimal]:
+    """Everything each customer owes for its usage up to the end of ``day``, in USD."""
+    ids = [c.id for c in customers]
+    first_usage, frozen = _first_usage(ids), _frozen(ids)
+    assignments, default = assignments_of(ids), default_plan()
+    jobs: list[tuple[BillingCustomer, Period, list[Segment], list[Window]]] = []
+    windows: dict[Window, list[int]] = defaultdict(list)
+    totals: dict[int, list[Decimal]] = {c.id: [] for c in customers}
+    for customer in customers:
+        first = first_usage.get(customer.id)
+        if first is None or first > day:
+            continue
+        for period in periods_between(first, day, customer.created_at.day):
+            if (customer.id, period.start) in frozen:
+                totals[customer.id].append(frozen[(customer.id, period.start)])
+                continue
+            last = min(day, period.end - timedelta(days=1))
+            parts = segments_of(assignments.get(customer.id, []), default, period)
+            spans = [(s.start, min(last, s.end - timedelta(days=1))) for s in parts]
+            spans = [(a, b) for a, b in spans if a <= b]
+            for span in spans:
+                windows[span].append(customer.id)
+            jobs.append((customer, period, parts, spans))
+    usage = _summed(windows)
     settled_before = day - timedelta(days=max_event_age_days)
-    totals = []
-    for period in periods_through(customer, day):
-        if period.start in frozen:
-            totals.append(frozen[period.start])
-        elif period.end <= day:  # closed: the whole period, with its minimum
-            total = closed_charge(customer, period)
-            totals.append(total)
+    for customer, period, parts, spans in jobs:
+        summed = [u for span in spans for u in usage.get((customer.id, span), [])]
+        total = price_period(customer.id, period, day, summed, parts).total
+        if period.end <= day:  # closed: the whole period, with its plan's minimum
+            total = max(total, terms_of(parts[-1].plan.terms).minimum)
             if period.end <= settled_before:
                 _freeze(customer.id, period, total)
-        else:  # the current period, through ``day``: no minimum yet
-            totals.append(owed(customer, period, day).total)
-    return exact_sum(totals)
+        totals[customer.id].append(total)
+    return {customer_id: exact_sum(values) for customer_id, values in totals.items()}
 
 
 def _freeze(customer_id: int, period: Period, total: Decimal) -> None:

@@ -3,6 +3,7 @@ owes for its billing period so far (the upcoming invoice)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -96,16 +97,27 @@ class Segment:
     end: date
 
 
-def segments(customer_id: int, period: Period) -> list[Segment]:
-    """The plan versions in force over ``period``, in order."""
-    assignments = db.session.execute(
-        select(PlanAssignment.effective_from, PricePlan)
+Assignments = list[tuple[date, PricePlan]]
+
+
+def assignments_of(customer_ids: Iterable[int]) -> dict[int, Assignments]:
+    """Each customer's plan assignments, oldest first, in one query."""
+    found: dict[int, Assignments] = {}
+    rows = db.session.execute(
+        select(PlanAssignment.customer_id, PlanAssignment.effective_from, PricePlan)
         .join(PricePlan, PricePlan.id == PlanAssignment.plan_id)
-        .where(PlanAssignment.customer_id == customer_id)
+        .where(PlanAssignment.customer_id.in_(list(customer_ids)))
         .order_by(PlanAssignment.effective_from)
     ).all()
-    current = default_plan()
-    changes: list[tuple[date, PricePlan]] = []
+    for customer_id, effective, plan in rows:
+        found.setdefault(customer_id, []).append((effective, plan))
+    return found
+
+
+def segments_of(assignments: Assignments, default: PricePlan, period: Period) -> list[Segment]:
+    """The plan versions in force over ``period``, in order."""
+    current = default
+    changes: Assignments = []
     for effective, plan in assignments:
         if effective <= period.start:
             current = plan
@@ -116,6 +128,10 @@ def segments(customer_id: int, period: Period) -> list[Segment]:
     return [
         Segment(plan, cuts[i], cuts[i + 1]) for i, plan in enumerate(plans) if cuts[i] < cuts[i + 1]
     ]
+
+
+def segments(customer_id: int, period: Period) -> list[Segment]:
+    return segments_of(assignments_of([customer_id]).get(customer_id, []), default_plan(), period)
 
 
 def usage_of(customer_id: int, first: date, last: date) -> list[Usage]:
@@ -162,20 +178,31 @@ class Invoice:
         return exact_sum(charge.included_used for _, charge in self.parts)
 
 
-def owed(customer: BillingCustomer, period: Period, through: date) -> Invoice:
-    """What ``customer`` owes for ``period`` up to and including day ``through``."""
+def price_period(
+    customer_id: int, period: Period, through: date, usage: list[Usage], parts: list[Segment]
+) -> Invoice:
+    """Price ``period`` through day ``through`` from its usage, each segment by its plan.
+
+    ``usage`` is by day, or summed per segment (dated the segment's first day): the
+    totals are the same, since a plan's units add up whatever their order."""
     last = min(through, period.end - timedelta(days=1))
-    usage = usage_of(customer.id, period.start, last) if last >= period.start else []
-    parts = []
-    for segment in segments(customer.id, period):
+    priced = []
+    for segment in parts:
         before = [u for u in usage if u.day < segment.start]
-        inside = [u for u in usage if segment.start <= u.day < segment.end]
+        inside = [u for u in usage if segment.start <= u.day < segment.end and u.day <= last]
         terms = terms_of(segment.plan.terms)
         # Volume prices every unit at the tier the whole period (so far) reaches.
-        period_units = exact_sum(units_of(terms, u) for u in usage)
+        period_units = exact_sum(units_of(terms, u) for u in usage if u.day <= last)
         charge = charge_segment(terms, before, inside, period_units)
-        parts.append((segment.plan, merged(charge)))
-    return Invoice(customer.id, period, last, parts)
+        priced.append((segment.plan, merged(charge)))
+    return Invoice(customer_id, period, last, priced)
+
+
+def owed(customer: BillingCustomer, period: Period, through: date) -> Invoice:
+    """What ``customer`` owes for ``period`` up to and including day ``through``, by day."""
+    last = min(through, period.end - timedelta(days=1))
+    usage = usage_of(customer.id, period.start, last) if last >= period.start else []
+    return price_period(customer.id, period, through, usage, segments(customer.id, period))
 
 
 def upcoming_invoice(customer: BillingCustomer, now: datetime) -> Invoice:

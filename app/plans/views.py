@@ -9,7 +9,6 @@ from typing import Annotated, Any
 from flask import Blueprint, current_app, request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 
-from app.api.schemas import CalendarDate
 from app.customers.models import BillingCustomer
 from app.customers.services import authenticate_customer
 from app.errors import NotFound
@@ -27,7 +26,7 @@ from app.plans.services import (
 )
 from app.plans.terms import PlanTerms
 from app.security import require_token
-from app.shapes import MAX_ID, json_body, parse, path_id, text
+from app.shapes import MAX_ID, CalendarDate, json_body, parse, path_id, text
 
 plans = Blueprint("plans", __name__)
 Code = Annotated[StrictStr, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]

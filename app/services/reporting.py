@@ -18,6 +18,7 @@ what makes reports exactly-once across days.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, localcontext
@@ -86,11 +87,15 @@ def cumulative_usage(settings: Settings, day: date) -> dict[int, Decimal]:
     return {customer_id: Decimal(total or 0) / unit for customer_id, total in rows}
 
 
-def _owed(settings: Settings, customer: BillingCustomer, day: date) -> Decimal:
-    """What the customer owes through ``day`` under its plans, in report units, exactly."""
-    owed = owed_through(customer, day, settings.max_event_age_days)
+def owed_in_units(
+    settings: Settings, customers: Sequence[BillingCustomer], day: date
+) -> dict[int, Decimal]:
+    """What each customer owes through ``day`` under its plans, in report units, exactly."""
+    owed = owed_through(customers, day, settings.max_event_age_days)
     with localcontext(prec=PRECISION):
-        return owed / settings.billing_cost_unit
+        return {
+            customer_id: total / settings.billing_cost_unit for customer_id, total in owed.items()
+        }
 
 
 def _event_timestamp(day: date, now: datetime) -> int:
@@ -224,20 +229,20 @@ def report_day(
     """Report ``day`` for every active Stripe customer; one customer's failure stops no other."""
     now = now or utcnow()
     summary = ReportSummary(day=day)
-    # Tokens are reported as used; cost, as owed under each customer's plan.
-    usage = cumulative_usage(settings, day) if settings.billing_quantity == "tokens" else None
     customers = db.session.scalars(
         select(BillingCustomer)
         .where(BillingCustomer.is_active.is_(True), BillingCustomer.stripe_customer_id.is_not(None))
         .order_by(BillingCustomer.id)
     ).all()
+    # Tokens are reported as used; cost, as owed under each customer's plan.
+    if settings.billing_quantity == "tokens":
+        usage = cumulative_usage(settings, day)
+    else:
+        usage = owed_in_units(settings, customers, day)
+        db.session.commit()  # the periods it froze
     for done, customer in enumerate(customers):
         progress(done, len(customers))
-        exact = (
-            usage.get(customer.id, Decimal(0))
-            if usage is not None
-            else _owed(settings, customer, day)
-        )
+        exact = usage.get(customer.id, Decimal(0))
         summary.customers += 1
         try:
             outcome = report_customer(settings, customer, day, exact, now)
