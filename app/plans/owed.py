@@ -28,8 +28,14 @@ from app.ingest.models import UsageDaily
 from app.periods import Period, period_at
 from app.plans.charges import Usage, exact_sum
 from app.plans.models import PeriodCharge
-from app.plans.services import Segment, assignments_of, default_plan, price_period, segments_of
-from app.plans.terms import terms_of
+from app.plans.services import (
+    Segment,
+    assignments_of,
+    default_plan,
+    plan_terms,
+    price_period,
+    segments_of,
+)
 
 Window = tuple[date, date]  # first and last day, inclusive
 
@@ -92,19 +98,27 @@ def owed_through(
 ) -> dict[int, Decimal]:
     """Everything each customer owes for its usage up to the end of ``day``, in USD."""
     ids = [c.id for c in customers]
-    first_usage, frozen = _first_usage(ids), _frozen(ids)
+    frozen = _frozen(ids)
+    # Everything before a customer's last frozen period is frozen too: only customers
+    # with none need their first usage looked up (a scan of their rollups).
+    resume: dict[int, date] = {}
+    for customer_id, period_start in frozen:
+        resume[customer_id] = max(resume.get(customer_id, period_start), period_start)
+    first_usage = _first_usage([i for i in ids if i not in resume])
+    first_usage.update(resume)
     assignments, default = assignments_of(ids), default_plan()
     jobs: list[tuple[BillingCustomer, Period, list[Segment], list[Window]]] = []
     windows: dict[Window, list[int]] = defaultdict(list)
     totals: dict[int, list[Decimal]] = {c.id: [] for c in customers}
+    for (customer_id, _), total in frozen.items():
+        totals[customer_id].append(total)
     for customer in customers:
         first = first_usage.get(customer.id)
         if first is None or first > day:
             continue
         for period in periods_between(first, day, customer.created_at.day):
             if (customer.id, period.start) in frozen:
-                totals[customer.id].append(frozen[(customer.id, period.start)])
-                continue
+                continue  # counted above
             last = min(day, period.end - timedelta(days=1))
             parts = segments_of(assignments.get(customer.id, []), default, period)
             spans = [(s.start, min(last, s.end - timedelta(days=1))) for s in parts]
@@ -118,7 +132,7 @@ def owed_through(
         summed = [u for span in spans for u in usage.get((customer.id, span), [])]
         total = price_period(customer.id, period, day, summed, parts).total
         if period.end <= day:  # closed: the whole period, with its plan's minimum
-            total = max(total, terms_of(parts[-1].plan.terms).minimum)
+            total = max(total, plan_terms(parts[-1].plan).minimum)
             if period.end <= settled_before:
                 _freeze(customer.id, period, total)
         totals[customer.id].append(total)

@@ -16,7 +16,7 @@ from app.errors import NotFound, ValidationError
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.periods import Period, period_at
-from app.plans.charges import Charge, Usage, charge_segment, exact_sum, merged, units_of
+from app.plans.charges import Charge, Terms, Usage, charge_segment, exact_sum, merged, units_of
 from app.plans.models import DEFAULT_PLAN, PlanAssignment, PricePlan
 from app.plans.terms import PlanTerms, terms_of
 
@@ -178,6 +178,18 @@ class Invoice:
         return exact_sum(charge.included_used for _, charge in self.parts)
 
 
+_TERMS: dict[tuple[int, datetime], Terms] = {}
+
+
+def plan_terms(plan: PricePlan) -> Terms:
+    """A version's terms, converted once per process: a version is never edited (the
+    key holds its creation time too, should a database be restored over the process)."""
+    key = (plan.id, plan.created_at)
+    if key not in _TERMS:
+        _TERMS[key] = terms_of(plan.terms)
+    return _TERMS[key]
+
+
 def price_period(
     customer_id: int, period: Period, through: date, usage: list[Usage], parts: list[Segment]
 ) -> Invoice:
@@ -190,7 +202,7 @@ def price_period(
     for segment in parts:
         before = [u for u in usage if u.day < segment.start]
         inside = [u for u in usage if segment.start <= u.day < segment.end and u.day <= last]
-        terms = terms_of(segment.plan.terms)
+        terms = plan_terms(segment.plan)
         # Volume prices every unit at the tier the whole period (so far) reaches.
         period_units = exact_sum(units_of(terms, u) for u in usage if u.day <= last)
         charge = charge_segment(terms, before, inside, period_units)
