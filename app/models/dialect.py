@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Dialect, String, Table, any_, bindparam, func
+from sqlalchemy import ColumnElement, Dialect, Integer, String, Table, any_, bindparam, func
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import TypeDecorator
 
 from app.extensions import db
@@ -45,3 +46,11 @@ def one_of(column: Any, name: str) -> ColumnElement[bool]:
     if db.engine.dialect.name == "postgresql":
         return column == any_(func.string_to_array(bindparam(name, type_=_Joined()), ","))
     return column.in_(bindparam(name, expanding=True))
+
+
+def in_ids(column: Any, ids: list[int]) -> ColumnElement[bool]:
+    """``column IN ids`` for thousands of ids (a report's customers): on PostgreSQL one
+    array parameter (``= ANY``), not one bound parameter per id."""
+    if db.engine.dialect.name == "postgresql":
+        return column == any_(bindparam(None, value=list(ids), type_=ARRAY(Integer)))
+    return column.in_(ids)

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from functools import lru_cache
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -25,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
 from app.ingest.models import UsageDaily
+from app.models.dialect import in_ids
 from app.periods import Period, period_at
 from app.plans.charges import Usage, exact_sum
 from app.plans.models import PeriodCharge
@@ -44,19 +46,20 @@ def _midnight(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
-def periods_between(first: date, day: date, anchor_day: int) -> list[Period]:
+@lru_cache(maxsize=4096)
+def periods_between(first: date, day: date, anchor_day: int) -> tuple[Period, ...]:
     """The billing periods from the one holding ``first`` to the one holding ``day``."""
     periods = [period_at("billing_period", _midnight(first), anchor_day)]
     while periods[-1].end <= day:
         periods.append(period_at("billing_period", _midnight(periods[-1].end), anchor_day))
-    return periods
+    return tuple(periods)
 
 
 def _first_usage(customer_ids: Sequence[int]) -> dict[int, date]:
     rows = db.session.execute(
         select(ApiKey.customer_id, func.min(UsageDaily.day))
         .join(ApiKey, ApiKey.key_hash == UsageDaily.api_key_hash)
-        .where(ApiKey.customer_id.in_(customer_ids))
+        .where(in_ids(ApiKey.customer_id, list(customer_ids)))
         .group_by(ApiKey.customer_id)
     ).all()
     return dict(rows)
@@ -64,7 +67,7 @@ def _first_usage(customer_ids: Sequence[int]) -> dict[int, date]:
 
 def _frozen(customer_ids: Sequence[int]) -> dict[tuple[int, date], Decimal]:
     rows = db.session.scalars(
-        select(PeriodCharge).where(PeriodCharge.customer_id.in_(customer_ids))
+        select(PeriodCharge).where(in_ids(PeriodCharge.customer_id, list(customer_ids)))
     ).all()
     return {(row.customer_id, row.period_start): Decimal(row.total) for row in rows}
 
@@ -84,7 +87,7 @@ def _summed(windows: dict[Window, list[int]]) -> dict[tuple[int, Window], list[U
                 func.sum(UsageDaily.cost_total),
             )
             .join(ApiKey, ApiKey.key_hash == UsageDaily.api_key_hash)
-            .where(ApiKey.customer_id.in_(customer_ids), UsageDaily.day.between(first, last))
+            .where(in_ids(ApiKey.customer_id, customer_ids), UsageDaily.day.between(first, last))
             .group_by(ApiKey.customer_id, UsageDaily.provider, UsageDaily.model)
         ).all()
         for customer_id, provider, model, i, o, c, cost in rows:
@@ -130,7 +133,7 @@ def owed_through(
     settled_before = day - timedelta(days=max_event_age_days)
     for customer, period, parts, spans in jobs:
         summed = [u for span in spans for u in usage.get((customer.id, span), [])]
-        total = price_period(customer.id, period, day, summed, parts).total
+        total = price_period(customer.id, period, day, summed, parts, lines=False).total
         if period.end <= day:  # closed: the whole period, with its plan's minimum
             total = max(total, plan_terms(parts[-1].plan).minimum)
             if period.end <= settled_before:

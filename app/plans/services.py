@@ -15,6 +15,7 @@ from app.customers.models import ApiKey, BillingCustomer
 from app.errors import NotFound, ValidationError
 from app.extensions import db
 from app.ingest.models import UsageDaily
+from app.models.dialect import in_ids
 from app.periods import Period, period_at
 from app.plans.charges import Charge, Terms, Usage, charge_segment, exact_sum, merged, units_of
 from app.plans.models import DEFAULT_PLAN, PlanAssignment, PricePlan
@@ -106,7 +107,7 @@ def assignments_of(customer_ids: Iterable[int]) -> dict[int, Assignments]:
     rows = db.session.execute(
         select(PlanAssignment.customer_id, PlanAssignment.effective_from, PricePlan)
         .join(PricePlan, PricePlan.id == PlanAssignment.plan_id)
-        .where(PlanAssignment.customer_id.in_(list(customer_ids)))
+        .where(in_ids(PlanAssignment.customer_id, list(customer_ids)))
         .order_by(PlanAssignment.effective_from)
     ).all()
     for customer_id, effective, plan in rows:
@@ -191,12 +192,18 @@ def plan_terms(plan: PricePlan) -> Terms:
 
 
 def price_period(
-    customer_id: int, period: Period, through: date, usage: list[Usage], parts: list[Segment]
+    customer_id: int,
+    period: Period,
+    through: date,
+    usage: list[Usage],
+    parts: list[Segment],
+    lines: bool = True,
 ) -> Invoice:
     """Price ``period`` through day ``through`` from its usage, each segment by its plan.
 
     ``usage`` is by day, or summed per segment (dated the segment's first day): the
-    totals are the same, since a plan's units add up whatever their order."""
+    totals are the same, since a plan's units add up whatever their order. Without
+    ``lines``, only the totals are meant to be read."""
     last = min(through, period.end - timedelta(days=1))
     priced = []
     for segment in parts:
@@ -206,7 +213,8 @@ def price_period(
         # Volume prices every unit at the tier the whole period (so far) reaches.
         period_units = exact_sum(units_of(terms, u) for u in usage if u.day <= last)
         charge = charge_segment(terms, before, inside, period_units)
-        priced.append((segment.plan, merged(charge)))
+        # An invoice shows a line per model and tier; a total needs no merging.
+        priced.append((segment.plan, merged(charge) if lines else charge))
     return Invoice(customer_id, period, last, priced)
 
 
