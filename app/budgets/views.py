@@ -31,6 +31,7 @@ from app.budgets.services import (
     update_budget,
 )
 from app.customers.services import authenticate_customer
+from app.errors import ValidationError
 from app.extensions import db
 from app.models.types import amount_str, utcnow
 from app.security import require_token
@@ -76,8 +77,6 @@ class WebhookSet(BaseModel):
 
 
 def _limit(value: Decimal, metric: str) -> Decimal:
-    from app.errors import ValidationError
-
     if value <= 0:
         raise ValidationError("limit must be above zero", field="limit")
     if metric == "tokens" and value != value.to_integral_value():
