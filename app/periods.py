@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import calendar
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import Literal, NamedTuple
 
 PeriodKind = Literal["day", "month", "billing_period"]
@@ -58,3 +59,17 @@ def period_at(kind: PeriodKind, now: datetime, anchor_day: int = 1) -> Period:
     if start > today:
         start = _anchored(*_previous_month(today.year, today.month), anchor_day)
     return Period(start, _anchored(*_next_month(start.year, start.month), anchor_day))
+
+
+@lru_cache(maxsize=4096)
+def billing_periods(first: date, last: date, anchor_day: int) -> tuple[Period, ...]:
+    """The billing periods from the one holding ``first`` to the one holding ``last``
+    (shared by every customer with the same anchor, hence cached)."""
+    periods = [period_at("billing_period", _midnight(first), anchor_day)]
+    while periods[-1].end <= last:
+        periods.append(period_at("billing_period", _midnight(periods[-1].end), anchor_day))
+    return tuple(periods)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)

@@ -494,3 +494,30 @@ def test_a_period_no_event_can_reach_is_priced_once_and_frozen(
     assert first - again == Decimal("1") / Decimal("0.000001") - Decimal("0.0045") / Decimal(
         "0.000001"
     )
+
+
+def test_the_usage_endpoint_shows_what_each_day_added_to_the_charge(
+    app: Flask, client: FlaskClient, make_customer
+) -> None:
+    """Under pro (+25 %, $0.002 included): yesterday's $0.009 of cost is charged
+    $0.01125 − $0.002; today's $0.0045 adds $0.005625. Days add up to the total."""
+    today = utcnow().date()
+    yesterday = today - timedelta(days=1)
+    customer = _customer_billed_from(app, make_customer, "key-daily", yesterday)
+    _create(client, "pro", {"markup_percent": "25", "included": "0.002"})
+    _assign(client, customer.id, "pro", yesterday)
+    with app.app_context():
+        assert (
+            record([event("key-daily", timestamp=_at(yesterday)) for _ in range(2)]).inserted == 2
+        )
+        assert record([event("key-daily", timestamp=utcnow().isoformat())]).inserted == 1
+    resp = client.get(
+        f"/v1/billing/usage?start_date={yesterday.isoformat()}&end_date={today.isoformat()}",
+        headers=auth("key-daily"),
+    )
+    body = resp.get_json()
+    assert [(d["date"], d["cost"], d["charge"]) for d in body["days"]] == [
+        (yesterday.isoformat(), "0.009000000000", "0.00925"),
+        (today.isoformat(), "0.004500000000", "0.005625"),
+    ]
+    assert body["totals"]["charge"] == "0.014875"

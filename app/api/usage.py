@@ -1,4 +1,5 @@
-"""``GET /v1/billing/usage``: the caller's own usage, totals and per day and model."""
+"""``GET /v1/billing/usage``: the caller's own usage, totals and per day and model, with
+what each day added to its charge under its plan."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from app.api.schemas import UsageQuery
 from app.customers.keys import keys_of
 from app.customers.services import authenticate_customer
 from app.errors import ValidationError
+from app.plans.services import daily_charges
 from app.services.usage import usage_between
 from app.shapes import parse
 
@@ -35,5 +37,6 @@ def get_usage() -> dict[str, Any]:
     limit = current_app.config["SETTINGS"].max_usage_range_days
     if (end - start).days + 1 > limit:
         raise ValidationError(f"the range is longer than {limit} days", field="end_date")
-    keys = keys_of(customer.id)
-    return usage_between(keys, start, end, by_key=query.group_by == "key").as_json()
+    summary = usage_between(keys_of(customer.id), start, end, by_key=query.group_by == "key")
+    summary.charges.update(daily_charges(customer, start, end))
+    return summary.as_json()

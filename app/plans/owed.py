@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
-from functools import lru_cache
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +26,7 @@ from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.models.dialect import in_ids
-from app.periods import Period, period_at
+from app.periods import Period, billing_periods
 from app.plans.charges import Usage, exact_sum
 from app.plans.models import PeriodCharge
 from app.plans.services import (
@@ -40,19 +39,6 @@ from app.plans.services import (
 )
 
 Window = tuple[date, date]  # first and last day, inclusive
-
-
-def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time(), tzinfo=UTC)
-
-
-@lru_cache(maxsize=4096)
-def periods_between(first: date, day: date, anchor_day: int) -> tuple[Period, ...]:
-    """The billing periods from the one holding ``first`` to the one holding ``day``."""
-    periods = [period_at("billing_period", _midnight(first), anchor_day)]
-    while periods[-1].end <= day:
-        periods.append(period_at("billing_period", _midnight(periods[-1].end), anchor_day))
-    return tuple(periods)
 
 
 def _first_usage(customer_ids: Sequence[int]) -> dict[int, date]:
@@ -119,7 +105,7 @@ def owed_through(
         first = first_usage.get(customer.id)
         if first is None or first > day:
             continue
-        for period in periods_between(first, day, customer.created_at.day):
+        for period in billing_periods(first, day, customer.created_at.day):
             if (customer.id, period.start) in frozen:
                 continue  # counted above
             last = min(day, period.end - timedelta(days=1))

@@ -16,8 +16,17 @@ from app.errors import NotFound, ValidationError
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.models.dialect import in_ids
-from app.periods import Period, period_at
-from app.plans.charges import Charge, Terms, Usage, charge_segment, exact_sum, merged, units_of
+from app.periods import Period, billing_periods, period_at
+from app.plans.charges import (
+    ZERO,
+    Charge,
+    Terms,
+    Usage,
+    charge_segment,
+    exact_sum,
+    merged,
+    units_of,
+)
 from app.plans.models import DEFAULT_PLAN, PlanAssignment, PricePlan
 from app.plans.terms import PlanTerms, terms_of
 
@@ -223,6 +232,38 @@ def owed(customer: BillingCustomer, period: Period, through: date) -> Invoice:
     last = min(through, period.end - timedelta(days=1))
     usage = usage_of(customer.id, period.start, last) if last >= period.start else []
     return price_period(customer.id, period, through, usage, segments(customer.id, period))
+
+
+def daily_charges(customer: BillingCustomer, first: date, last: date) -> dict[date, Decimal]:
+    """What each day from ``first`` to ``last`` added to the customer's charge under its
+    plans: what is owed through the day less what was owed through the day before, in
+    its billing period (a minimum is charged when the period closes, on no day)."""
+    charges: dict[date, Decimal] = {}
+    keys = select(ApiKey.key_hash).where(ApiKey.customer_id == customer.id)
+    used_first, used_last = db.session.execute(
+        select(func.min(UsageDaily.day), func.max(UsageDaily.day)).where(
+            UsageDaily.api_key_hash.in_(keys), UsageDaily.day.between(first, last)
+        )
+    ).one()
+    if used_first is None:  # no usage in the range: every day added nothing
+        return charges
+    first, last = used_first, used_last  # the days that can add anything
+    for period in billing_periods(first, last, customer.created_at.day):
+        through = min(last, period.end - timedelta(days=1))
+        usage = usage_of(customer.id, period.start, through)
+        parts = segments(customer.id, period)
+        used_on = {u.day for u in usage}
+        owed_before, day = ZERO, period.start
+        while day <= through:
+            added = ZERO
+            if day in used_on:  # a day without usage adds nothing
+                so_far = [u for u in usage if u.day <= day]
+                owed_now = price_period(customer.id, period, day, so_far, parts, lines=False).total
+                added, owed_before = owed_now - owed_before, owed_now
+            if day >= first:
+                charges[day] = added
+            day += timedelta(days=1)
+    return charges
 
 
 def upcoming_invoice(customer: BillingCustomer, now: datetime) -> Invoice:

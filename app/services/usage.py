@@ -7,7 +7,7 @@ a few hundred rows however many events there are.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -17,7 +17,8 @@ from sqlalchemy import select
 from app.customers.models import ApiKey
 from app.extensions import db
 from app.ingest.models import UsageDaily
-from app.models.types import money_str
+from app.models.types import amount_str, money_str
+from app.plans.charges import exact_sum
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class UsageSummary:
     start: date
     end: date
     days: dict[date, list[ModelDay]]
+    # What each day added to the charge under the customer's plans (USD).
+    charges: dict[date, Decimal] = field(default_factory=dict)
 
     @property
     def totals(self) -> Usage:
@@ -89,6 +92,7 @@ class UsageSummary:
                 {
                     "date": day.isoformat(),
                     "cost": money_str(total.cost),
+                    "charge": amount_str(self.charges.get(day, Decimal(0))),
                     "tokens_total": total.tokens_total,
                     "models": [m.as_json() for m in models],
                 }
@@ -97,7 +101,10 @@ class UsageSummary:
             "start_date": self.start.isoformat(),
             "end_date": self.end.isoformat(),
             "currency": "usd",
-            "totals": self.totals.as_json(),
+            "totals": {
+                **self.totals.as_json(),
+                "charge": amount_str(exact_sum(self.charges.values())),
+            },
             "days": days,
         }
 
