@@ -30,12 +30,14 @@ from app.periods import Period, billing_periods
 from app.plans.charges import Usage, exact_sum
 from app.plans.models import PeriodCharge
 from app.plans.services import (
+    USAGE_SUMS,
     Segment,
     assignments_of,
     default_plan,
     plan_terms,
     price_period,
     segments_of,
+    usage_from,
 )
 
 Window = tuple[date, date]  # first and last day, inclusive
@@ -63,22 +65,13 @@ def _summed(windows: dict[Window, list[int]]) -> dict[tuple[int, Window], list[U
     found: dict[tuple[int, Window], list[Usage]] = defaultdict(list)
     for (first, last), customer_ids in windows.items():
         rows = db.session.execute(
-            select(
-                ApiKey.customer_id,
-                UsageDaily.provider,
-                UsageDaily.model,
-                func.sum(UsageDaily.tokens_input),
-                func.sum(UsageDaily.tokens_output),
-                func.sum(UsageDaily.tokens_cache_read),
-                func.sum(UsageDaily.cost_total),
-            )
+            select(ApiKey.customer_id, UsageDaily.provider, UsageDaily.model, *USAGE_SUMS)
             .join(ApiKey, ApiKey.key_hash == UsageDaily.api_key_hash)
             .where(in_ids(ApiKey.customer_id, customer_ids), UsageDaily.day.between(first, last))
             .group_by(ApiKey.customer_id, UsageDaily.provider, UsageDaily.model)
         ).all()
-        for customer_id, provider, model, i, o, c, cost in rows:
-            usage = Usage(first, provider, model, int(i), int(o), int(c), Decimal(cost))
-            found[(customer_id, (first, last))].append(usage)
+        for customer_id, *sums in rows:
+            found[(customer_id, (first, last))].append(usage_from(first, *sums))
     return found
 
 

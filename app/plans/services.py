@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -144,26 +145,37 @@ def segments(customer_id: int, period: Period) -> list[Segment]:
     return segments_of(assignments_of([customer_id]).get(customer_id, []), default_plan(), period)
 
 
+# A model's usage summed from the rollup: what ``usage_from`` reads after provider and model.
+USAGE_SUMS = (
+    func.sum(UsageDaily.tokens_input),
+    func.sum(UsageDaily.tokens_output),
+    func.sum(UsageDaily.tokens_cache_read),
+    func.sum(UsageDaily.cost_total),
+)
+
+
+def usage_from(day: date, provider: str, model: str, *sums: Any) -> Usage:
+    tokens_input, tokens_output, tokens_cache_read, cost = sums
+    return Usage(
+        day,
+        provider,
+        model,
+        int(tokens_input),
+        int(tokens_output),
+        int(tokens_cache_read),
+        Decimal(cost),
+    )
+
+
 def usage_of(customer_id: int, first: date, last: date) -> list[Usage]:
     """The customer's usage per day and model, all its keys together."""
     keys = select(ApiKey.key_hash).where(ApiKey.customer_id == customer_id)
     rows = db.session.execute(
-        select(
-            UsageDaily.day,
-            UsageDaily.provider,
-            UsageDaily.model,
-            func.sum(UsageDaily.tokens_input),
-            func.sum(UsageDaily.tokens_output),
-            func.sum(UsageDaily.tokens_cache_read),
-            func.sum(UsageDaily.cost_total),
-        )
+        select(UsageDaily.day, UsageDaily.provider, UsageDaily.model, *USAGE_SUMS)
         .where(UsageDaily.api_key_hash.in_(keys), UsageDaily.day.between(first, last))
         .group_by(UsageDaily.day, UsageDaily.provider, UsageDaily.model)
     ).all()
-    return [
-        Usage(day, provider, model, int(i), int(o), int(c), Decimal(cost))
-        for day, provider, model, i, o, c, cost in rows
-    ]
+    return [usage_from(*row) for row in rows]
 
 
 @dataclass(frozen=True)
