@@ -18,13 +18,12 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
-from decimal import Decimal
 from functools import partial
 
 import redis
 from flask import Flask, Response, current_app, g, jsonify, request
 
-from app.budgets.counters import REBUILDING, Admission, Counters
+from app.budgets.counters import REBUILDING, Admission, Counters, from_units
 from app.budgets.spend import sync_customer
 from app.customers.keys import keys_changed
 from app.errors import AuthenticationError, BudgetExceeded, ServiceError, ServiceUnavailable
@@ -78,7 +77,7 @@ def _unavailable(why: str) -> Response | None:
 def _refused(admission: Admission, now: datetime) -> Response:
     rule, period = admission.rule, admission.period
     assert rule is not None and period is not None
-    limit = Decimal(rule.limit_units).scaleb(-6) if rule.metric == "usd" else rule.limit_units
+    limit = from_units(rule.metric, rule.limit_units)
     error = BudgetExceeded(
         f"the {rule.period} budget ({rule.metric}) is used up until {period.ends_at.isoformat()}",
         limit=str(limit),
@@ -139,8 +138,4 @@ def publish_customer(customer_id: int) -> None:
 
 def watch_key_changes() -> None:
     """Publish a customer's keys whenever they change (a revoked key is refused at once)."""
-    keys_changed.connect(_keys_changed, weak=False)
-
-
-def _keys_changed(customer_id: int) -> None:
-    publish_customer(customer_id)
+    keys_changed.connect(publish_customer, weak=False)

@@ -133,6 +133,11 @@ def to_units(metric: str, amount: Decimal, rounding: str = ROUND_CEILING) -> int
     return int(amount.to_integral_value(rounding=rounding))
 
 
+def from_units(metric: str, units: int) -> Decimal:
+    """What ``to_units`` counted, as an amount again: USD or tokens."""
+    return Decimal(units) * _MICRO if metric == "usd" else Decimal(units)
+
+
 class Rule(NamedTuple):
     """What admission needs of one budget."""
 
@@ -228,17 +233,19 @@ class Counters:
     ) -> None:
         """Mirror the period's spend from PostgreSQL, and release the recorded calls."""
         spend, at, resv, avg = rule.keys(period)
-        ttl = int((period.ends_at - now).total_seconds()) + self.ttl
         spent_units = to_units(rule.metric, spent)
         mean = -(-spent_units // calls) if calls else 0  # rounded up
-        self._raise(keys=[spend, avg], args=[spent_units, mean, max(ttl, 60)])
+        self._raise(keys=[spend, avg], args=[spent_units, mean, self._expiry(period, now)])
         self.release([at, resv], list(call_ids))
 
     def first_time(self, rule: Rule, period: Period, what: str, now: datetime) -> bool:
         """True once per budget, period and ``what``: a notice given exactly once."""
-        ttl = int((period.ends_at - now).total_seconds()) + self.ttl
         flag = rule.keys(period)[0].removesuffix(":spend") + ":" + what
-        return bool(self.redis.set(flag, "1", nx=True, ex=max(ttl, 60)))
+        return bool(self.redis.set(flag, "1", nx=True, ex=self._expiry(period, now)))
+
+    def _expiry(self, period: Period, now: datetime) -> int:
+        """Seconds a period's figures are kept: to its end, and a reservation's life on."""
+        return max(60, int((period.ends_at - now).total_seconds()) + self.ttl)
 
     def spent_units(self, rule: Rule, period: Period) -> int | None:
         value = self.redis.get(rule.keys(period)[0])

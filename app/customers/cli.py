@@ -45,7 +45,7 @@ keys_cli = AppGroup("keys", help="A customer's API keys.")
 
 
 def _echo_issued(issued: IssuedKey) -> None:
-    click.echo(json.dumps({**describe_key(issued.key), "key": issued.raw}))
+    click.echo(json.dumps(issued.as_json()))
     click.echo("the key is shown only now: hand it over and do not store it", err=True)
 
 

@@ -34,6 +34,10 @@ class IssuedKey:
     key: ApiKey
     raw: str
 
+    def as_json(self) -> dict[str, object]:
+        """The key's description with the key itself: the only time it is shown."""
+        return {**describe_key(self.key), "key": self.raw}
+
 
 def _customer(customer_id: int) -> BillingCustomer:
     customer = db.session.get(BillingCustomer, customer_id)

@@ -55,7 +55,7 @@ def _admin() -> None:
 
 
 def _issued(issued: IssuedKey) -> tuple[dict[str, Any], int]:
-    return {**describe_key(issued.key), "key": issued.raw}, 201
+    return issued.as_json(), 201
 
 
 @customers.post("/v1/billing/customers")

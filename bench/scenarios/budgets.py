@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import statistics
 import threading
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 import redis
 
-from bench.load import execute_latencies
+from bench.load import execute_latencies, execute_request, one_request
 from bench.stack import ADMIN_TOKEN, REDIS_URL, Run, Stack, log
 
 ORDER = 35
@@ -74,19 +73,7 @@ def _budgeted(port: int, key: str, limit: int) -> int:
 
 
 def _status(port: int, key: str) -> int:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(
-            (
-                "POST /v1/execute HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(_BODY)}\r\nConnection: close\r\n\r\n"
-            ).encode()
-            + _BODY
-        )
-        head = sock.recv(64)
-        while sock.recv(65536):
-            pass
-    return int(head.split(b" ", 2)[1])
+    return one_request(port, execute_request(key, _BODY))
 
 
 def _loaded(r: redis.Redis) -> None:

@@ -15,7 +15,7 @@ import redis
 
 from app.progress import progress_bar
 from app.security import hash_api_key
-from bench.load import one_request
+from bench.load import execute_request, one_request
 from bench.stack import REDIS_URL, Run, Stack, log, pg
 
 ORDER = 40
@@ -50,13 +50,11 @@ def _sustained(port: int, db_url: str) -> dict[str, Any]:
     depth: list[int] = []
 
     def client(k: int) -> None:
-        request = (
-            "POST /v1/execute HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: Bearer {keys[k]}\r\nContent-Type: application/json\r\n"
-            "Content-Length: 2\r\nConnection: close\r\n\r\n{}"
-        ).encode()
+        request = execute_request(keys[k])
         while time.monotonic() < stop:
-            one_request(port, request)
+            status = one_request(port, request)
+            if status != 200:
+                raise RuntimeError(f"/v1/execute answered {status}")
             sent[k] += 1
 
     clients = [threading.Thread(target=client, args=(k,)) for k in range(THREADS)]
