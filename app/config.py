@@ -110,6 +110,9 @@ class Settings:
 
     # Jobs
     usage_retention_days: int = 90
+    # The hourly rollup (analytics by hour, task type and status, latency) is
+    # kept this long; the daily rollup keeps the whole history.
+    usage_hourly_retention_days: int = 400
     cleanup_batch_size: int = 5000
     # Share of its time the cleanup spends deleting; it rests the remainder so
     # ingest keeps up while a week of events goes.

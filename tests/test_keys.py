@@ -150,8 +150,8 @@ def test_usage_adds_up_every_key_and_breaks_down_by_key_by_id_and_label(
     status, body = _usage(client, second["key"])
     assert status == 200 and body["totals"]["tokens_input"] == 1300
     status, body = _usage(client, "key-one", "&group_by=key")
-    [day] = body["days"]
-    by_label = {m["key"]["label"]: m["tokens_input"] for m in day["models"]}
+    [day] = body["periods"]
+    by_label = {g["key"]["label"]: g["tokens_input"] for g in day["groups"]}
     assert by_label == {"registered": 1000, "batch jobs": 300}
     assert body["totals"]["tokens_input"] == 1300
     assert second["key"] not in json.dumps(body)

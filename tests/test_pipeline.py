@@ -276,8 +276,8 @@ def test_usage_is_isolated_per_key(app: Flask, client: FlaskClient, make_custome
     assert body_b["totals"]["tokens_input"] == 5000 and body_b["totals"]["events"] == 1
     # claude-3-5-sonnet: $3 / $15 per MTok
     assert Decimal(body_a["totals"]["cost"]) == 300 * Decimal("0.000003") + 30 * Decimal("0.000015")
-    [day_a] = body_a["days"]
-    assert day_a["date"] == start and day_a["models"][0]["model"] == "claude-3-5-sonnet-20241022"
+    [day_a] = body_a["periods"]
+    assert day_a["period"] == start and day_a["groups"][0]["model"] == "claude-3-5-sonnet-20241022"
 
 
 def test_usage_bad_parameters_are_400_naming_the_parameter(

@@ -516,7 +516,7 @@ def test_the_usage_endpoint_shows_what_each_day_added_to_the_charge(
         headers=auth("key-daily"),
     )
     body = resp.get_json()
-    assert [(d["date"], d["cost"], d["charge"]) for d in body["days"]] == [
+    assert [(d["period"], d["cost"], d["charge"]) for d in body["periods"]] == [
         (yesterday.isoformat(), "0.009000000000", "0.00925"),
         (today.isoformat(), "0.004500000000", "0.005625"),
     ]

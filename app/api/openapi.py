@@ -13,7 +13,8 @@ from typing import Any
 from flask import Blueprint
 from pydantic import BaseModel
 
-from app.api.schemas import PortalRequest, UsageQuery
+from app.analytics.queries import UsageQuery
+from app.api.schemas import PortalRequest
 from app.billing.stripe_gateway import StripeEvent
 from app.budgets.views import BudgetCreate, BudgetFields, CustomerLimit, WebhookSet
 from app.customers.views import CustomerCreate, KeyCreate
@@ -121,7 +122,7 @@ SPEC: dict[str, Any] = {
         },
         "/v1/billing/usage": {
             "get": {
-                "summary": "The caller's usage, totals and per day and model",
+                "summary": "The caller's usage by hour, day or month, grouped and filtered",
                 "security": [{"apiKey": []}],
                 "parameters": _query_parameters(UsageQuery),
                 "responses": {"200": _ok("usage"), **_errors(400, 401, 503)},

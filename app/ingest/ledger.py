@@ -1,8 +1,9 @@
-"""Bulk writes to the usage ledger: a priced batch into ``usage_events`` and ``usage_daily``.
+"""Bulk writes to the usage ledger: a priced batch into ``usage_events`` and its rollups.
 
-An event is stored once by its unique ``event_id`` and the daily rollup is
-bumped only from the rows that were really new, in the caller's transaction, so
-a redelivered batch changes nothing and the rollup never counts an event twice.
+An event is stored once by its unique ``event_id`` and the daily and hourly
+rollups are bumped only from the rows that were really new, in the caller's
+transaction, so a redelivered batch changes nothing and no rollup ever counts
+an event twice.
 
 On PostgreSQL the batch goes by COPY into a temporary staging table, then is
 appended from it and rolled up from it, or, when it holds an event stored
@@ -23,7 +24,7 @@ import io
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -36,7 +37,15 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.database import quick_read
 from app.extensions import db
-from app.ingest.models import UNPRICED, IngestBatch, UsageDaily, UsageEvent
+from app.ingest.latency import LATENCY_COLUMNS, bucket_of, bucket_sql
+from app.ingest.models import (
+    NO_TASK_TYPE,
+    UNPRICED,
+    IngestBatch,
+    UsageDaily,
+    UsageEvent,
+    UsageHourly,
+)
 from app.models.dialect import insert_for, one_of
 from app.models.types import utcnow
 
@@ -44,6 +53,15 @@ from app.models.types import utcnow
 ROLLUP_SUMS = ("tokens_input", "tokens_output", "tokens_cache_read", "tokens_total", "cost_total")
 _ROLLUP_KEY = ("api_key_hash", "day", "provider", "model")
 _ROLLUP_ADDED = ("events", "unpriced_events", *ROLLUP_SUMS)  # what a new row adds to its day
+_HOURLY_KEY = ("api_key_hash", "hour", "provider", "model", "task_type", "status")
+# What a new row adds to its hour: the daily sums, its duration, and one latency bucket.
+_HOURLY_ADDED = (
+    *_ROLLUP_ADDED,
+    "timed_events",
+    "execution_ms",
+    "timed_tokens_output",
+    *LATENCY_COLUMNS,
+)
 
 
 @dataclass(frozen=True)
@@ -148,8 +166,54 @@ class _Statements(NamedTuple):
     stage: str  # creates the connection's staging table
     copy: str  # fills it
     append: TextClause  # inserts every staged row, no conflict allowed
-    roll_up: TextClause  # adds every staged row to usage_daily
+    roll_up: TextClause  # adds every staged row to usage_daily and usage_hourly
     merge: TextClause  # inserts the staged rows not stored yet and rolls those up
+
+
+def _upsert_sql(table: str, key: tuple[str, ...], added: tuple[str, ...], select_sql: str) -> str:
+    """INSERT a rollup's grouped rows, adding to the rows already there.
+
+    Ordered by the key so every worker locks rollup rows in one order: no deadlocks.
+    """
+    columns = ", ".join((*key, *added, "updated_at"))
+    keys = ", ".join(key)
+    order = ", ".join(str(i) for i in range(1, len(key) + 1))
+    updates = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in added)
+    return f"""
+        INSERT INTO {table} ({columns})
+        {select_sql}
+        GROUP BY {order} ORDER BY {order}
+        ON CONFLICT ({keys}) DO UPDATE SET {updates}, updated_at = excluded.updated_at
+    """
+
+
+def daily_rollup_sql(source: str, created_at: str) -> str:
+    """Roll the rows of ``source`` up into ``usage_daily``."""
+    sums = ", ".join(f"coalesce(sum({name}), 0)" for name in ROLLUP_SUMS)
+    select_sql = f"""
+        SELECT api_key_hash, ({created_at} AT TIME ZONE 'UTC')::date, provider, model,
+               count(*), count(*) FILTER (WHERE pricing_status = '{UNPRICED}'), {sums}, now()
+        FROM {source}
+    """
+    return _upsert_sql("usage_daily", _ROLLUP_KEY, _ROLLUP_ADDED, select_sql)
+
+
+def hourly_rollup_sql(source: str, created_at: str) -> str:
+    """Roll the rows of ``source`` up into ``usage_hourly`` (also the migration's backfill)."""
+    sums = ", ".join(f"coalesce(sum({name}), 0)" for name in ROLLUP_SUMS)
+    buckets = ", ".join(
+        f"count(*) FILTER (WHERE bucket = {index})" for index in range(len(LATENCY_COLUMNS))
+    )
+    select_sql = f"""
+        SELECT api_key_hash, date_trunc('hour', {created_at}, 'UTC'), provider, model,
+               coalesce(task_type, '{NO_TASK_TYPE}'), status,
+               count(*), count(*) FILTER (WHERE pricing_status = '{UNPRICED}'), {sums},
+               count(execution_time), coalesce(sum(round(execution_time * 1000)), 0)::bigint,
+               coalesce(sum(tokens_output) FILTER (WHERE execution_time IS NOT NULL), 0),
+               {buckets}, now()
+        FROM (SELECT *, {bucket_sql("execution_time")} AS bucket FROM {source}) AS timed
+    """
+    return _upsert_sql("usage_hourly", _HOURLY_KEY, _HOURLY_ADDED, select_sql)
 
 
 @lru_cache(maxsize=1)
@@ -166,31 +230,15 @@ def _postgresql_sql() -> _Statements:
         for name in _COPIED
     )
     values = ", ".join(_instant(name) if name in _TIMESTAMPS else name for name in _COPIED)
-    sums = ", ".join(f"coalesce(sum({name}), 0)" for name in ROLLUP_SUMS)
-    updates = ", ".join(f"{name} = usage_daily.{name} + excluded.{name}" for name in _ROLLUP_ADDED)
-    key = ", ".join(_ROLLUP_KEY)
-
-    def roll_up(source: str, created_at: str) -> str:
-        return f"""
-            INSERT INTO usage_daily ({key}, events, unpriced_events,
-                                     {", ".join(ROLLUP_SUMS)}, updated_at)
-            SELECT api_key_hash, ({created_at} AT TIME ZONE 'UTC')::date, provider, model,
-                   count(*), count(*) FILTER (WHERE pricing_status = '{UNPRICED}'),
-                   {sums}, now()
-            FROM {source}
-            GROUP BY 1, 2, 3, 4
-            ORDER BY 1, 2, 3, 4  -- one lock order for every worker: no deadlocks
-            ON CONFLICT ({key}) DO UPDATE SET {updates}, updated_at = excluded.updated_at
-        """
-
     append = f"INSERT INTO usage_events ({names}) SELECT {values} FROM {_STAGED}"
     merge = f"""
         WITH new AS (
             {append}
             ON CONFLICT (event_id) DO NOTHING
-            RETURNING api_key_hash, created_at, provider, model, pricing_status,
-                      {", ".join(ROLLUP_SUMS)}
-        ), rolled AS ({roll_up("new", "created_at")})
+            RETURNING api_key_hash, created_at, provider, model, task_type, status,
+                      pricing_status, execution_time, {", ".join(ROLLUP_SUMS)}
+        ), daily AS ({daily_rollup_sql("new", "created_at")}),
+        hourly AS ({hourly_rollup_sql("new", "created_at")})
         SELECT count(*) AS inserted,
                count(*) FILTER (WHERE pricing_status = '{UNPRICED}') AS unpriced
         FROM new
@@ -200,7 +248,11 @@ def _postgresql_sql() -> _Statements:
         stage=f"CREATE TEMP TABLE IF NOT EXISTS {_STAGED} ({record}) ON COMMIT DELETE ROWS",
         copy=f"COPY {_STAGED} ({names}) FROM STDIN",
         append=text(append),
-        roll_up=text(roll_up(_STAGED, _instant("created_at"))),
+        roll_up=text(
+            daily_rollup_sql(_STAGED, _instant("created_at"))
+            + ";"
+            + hourly_rollup_sql(_STAGED, _instant("created_at"))
+        ),
         merge=text(merge),
     )
 
@@ -303,7 +355,7 @@ def _insert_postgresql(rows: list[EventRow]) -> Written:
     return Written(inserted=appended, unpriced=sum(row.pricing_status == UNPRICED for row in rows))
 
 
-# -- Any database: INSERT … RETURNING, rollup summed here -----------------------------------
+# -- Any database: INSERT … RETURNING, rollups summed here ----------------------------------
 def insert_rows(rows: list[EventRow]) -> Written:
     """``insert_events`` on any database, without COPY: the embedded default's path,
     and PostgreSQL's for a row at a time (its staging table lives until commit)."""
@@ -312,48 +364,94 @@ def insert_rows(rows: list[EventRow]) -> Written:
         insert_for(table)
         .on_conflict_do_nothing(index_elements=["event_id"])
         .returning(
-            table.c.api_key_hash,
-            table.c.created_at,
-            table.c.provider,
-            table.c.model,
-            table.c.pricing_status,
+            *(
+                table.c[name]
+                for name in ("api_key_hash", "created_at", "provider", "model", "task_type")
+            ),
+            *(table.c[name] for name in ("status", "pricing_status", "execution_time")),
             *(table.c[name] for name in ROLLUP_SUMS),
         )
     )
     inserted = db.session.execute(stmt, [row._asdict() for row in rows]).all()
-    _upsert_rollups(_rollup(inserted))
+    roll_up_rows(inserted)
     return Written(
         inserted=len(inserted), unpriced=sum(1 for r in inserted if r.pricing_status == UNPRICED)
     )
 
 
-def _rollup(rows: Iterable[Any]) -> list[dict[str, Any]]:
-    totals: dict[tuple[str, date, str, str], dict[str, Any]] = defaultdict(
-        lambda: dict.fromkeys(_ROLLUP_ADDED, 0)
+def _daily_key(row: Any) -> tuple[Any, ...]:
+    return (row.api_key_hash, row.created_at.astimezone(UTC).date(), row.provider, row.model)
+
+
+def _hourly_key(row: Any) -> tuple[Any, ...]:
+    hour = row.created_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return (
+        row.api_key_hash,
+        hour,
+        row.provider,
+        row.model,
+        row.task_type or NO_TASK_TYPE,
+        row.status,
     )
+
+
+def _add_timing(totals: dict[str, Any], row: Any) -> None:
+    if row.execution_time is None:
+        return
+    totals["timed_events"] += 1
+    totals["execution_ms"] += int(row.execution_time * 1000)
+    totals["timed_tokens_output"] += row.tokens_output
+    totals[LATENCY_COLUMNS[bucket_of(row.execution_time)]] += 1
+
+
+def _rollup(
+    rows: Iterable[Any],
+    key_names: tuple[str, ...],
+    key_of: Any,
+    added: tuple[str, ...],
+) -> list[dict[str, Any]]:
+    totals: dict[tuple[Any, ...], dict[str, Any]] = defaultdict(lambda: dict.fromkeys(added, 0))
+    timed = "timed_events" in added
     for row in rows:
-        key = (row.api_key_hash, row.created_at.astimezone(UTC).date(), row.provider, row.model)
-        bucket = totals[key]
+        bucket = totals[key_of(row)]
         bucket["events"] += 1
         bucket["unpriced_events"] += row.pricing_status == UNPRICED
         for name in ROLLUP_SUMS:
             bucket[name] += getattr(row, name) or 0
+        if timed:
+            _add_timing(bucket, row)
     now = utcnow()
     # Sorted so concurrent workers lock rollup rows in one order and never deadlock.
     return [
-        {**dict(zip(_ROLLUP_KEY, key, strict=True)), "updated_at": now, **values}
+        {**dict(zip(key_names, key, strict=True)), "updated_at": now, **values}
         for key, values in sorted(totals.items())
     ]
 
 
-def _upsert_rollups(rollups: list[dict[str, Any]]) -> None:
+def roll_up_rows(rows: list[Any]) -> None:
+    """Add stored events (rows with the rollups' columns) to both rollups."""
+    _upsert(
+        db.session,
+        UsageDaily.__table__,
+        _ROLLUP_ADDED,
+        _rollup(rows, _ROLLUP_KEY, _daily_key, _ROLLUP_ADDED),
+    )
+    roll_up_hourly(rows, db.session)
+
+
+def roll_up_hourly(rows: list[Any], into: Any) -> None:
+    """Add stored events to the hourly rollup, through a session or a connection."""
+    rollups = _rollup(rows, _HOURLY_KEY, _hourly_key, _HOURLY_ADDED)
+    _upsert(into, UsageHourly.__table__, _HOURLY_ADDED, rollups)
+
+
+def _upsert(into: Any, table: Any, added: tuple[str, ...], rollups: list[dict[str, Any]]) -> None:
     if not rollups:
         return
-    table = UsageDaily.__table__
     stmt = insert_for(table)
-    update = {name: table.c[name] + stmt.excluded[name] for name in _ROLLUP_ADDED}
+    update = {name: table.c[name] + stmt.excluded[name] for name in added}
     update["updated_at"] = stmt.excluded.updated_at
-    db.session.execute(
+    into.execute(
         stmt.on_conflict_do_update(index_elements=list(table.primary_key.columns), set_=update),
         rollups,
     )

@@ -1,9 +1,9 @@
 """The usage ledger: one row per metered call, its daily rollup, and rejects.
 
-``usage_events`` is the record of truth; ``usage_daily`` is maintained in the
-same transaction as each insert (only for rows that were really new), so the
-usage endpoint and the daily report read a few thousand rollup rows instead of
-millions of events.
+``usage_events`` is the record of truth; ``usage_daily`` and ``usage_hourly``
+are maintained in the same transaction as each insert (only for rows that were
+really new), so the usage endpoints and the daily report read a few thousand
+rollup rows instead of millions of events.
 """
 
 from __future__ import annotations
@@ -16,15 +16,18 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Column,
     Date,
     Index,
     Integer,
     Numeric,
     String,
+    Table,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
+from app.ingest.latency import LATENCY_COLUMNS
 from app.models.types import AnyJSON, Money, UTCDateTime, utcnow
 
 PRICED = "priced"
@@ -96,6 +99,47 @@ class UsageDaily(db.Model):
 
     # Free room on each page keeps the rollup's updates HOT (migration 0003).
     __table_args__ = (Index("ix_usage_daily_day", "day"), {"postgresql_with": {"fillfactor": 70}})
+
+
+# The hourly rollup's dimensions beyond the daily one's; "no task type" is stored as
+# "" (a key column cannot be NULL) and shown as null.
+NO_TASK_TYPE = ""
+
+
+class UsageHourly(db.Model):
+    """Per key, UTC hour, provider, model, task type and status: what analytics read.
+
+    Besides the daily rollup's sums it keeps what performance figures need:
+    the calls that reported a duration, their summed milliseconds and output
+    tokens (for tokens per second), and a count per latency bucket
+    (``app/ingest/latency.py``) from which percentiles are estimated. Kept for
+    ``USAGE_HOURLY_RETENTION_DAYS``; the daily rollup keeps the whole history.
+    """
+
+    __table__ = Table(
+        "usage_hourly",
+        db.metadata,
+        Column("api_key_hash", String(64), primary_key=True),
+        Column("hour", UTCDateTime, primary_key=True),
+        Column("provider", String(64), primary_key=True),
+        Column("model", String(128), primary_key=True),
+        Column("task_type", String(64), primary_key=True),
+        Column("status", String(32), primary_key=True),
+        Column("events", BigInteger, nullable=False),
+        Column("unpriced_events", BigInteger, nullable=False),
+        Column("tokens_input", BigInteger, nullable=False),
+        Column("tokens_output", BigInteger, nullable=False),
+        Column("tokens_cache_read", BigInteger, nullable=False),
+        Column("tokens_total", BigInteger, nullable=False),
+        Column("cost_total", Money, nullable=False),
+        Column("timed_events", BigInteger, nullable=False),
+        Column("execution_ms", BigInteger, nullable=False),
+        Column("timed_tokens_output", BigInteger, nullable=False),
+        *(Column(name, BigInteger, nullable=False) for name in LATENCY_COLUMNS),
+        Column("updated_at", UTCDateTime, nullable=False, default=utcnow),
+        Index("ix_usage_hourly_hour", "hour"),
+        postgresql_with={"fillfactor": 70},
+    )
 
 
 class IngestBatch(db.Model):

@@ -8,7 +8,8 @@ that no Stripe-linked customer holds were never reported, and stay.
 Deletes go in bounded batches (one short transaction each, by an index on the
 time column), with rests between them (``CLEANUP_DUTY_CYCLE``), so deleting a
 week of events never holds locks long or takes the CPU ingest needs. The daily
-rollups stay: they are the billing history.
+rollups stay: they are the billing history. The hourly rollup's detail goes
+after ``USAGE_HOURLY_RETENTION_DAYS``, a day of hours per transaction.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sqlalchemy import Column, ColumnElement, delete, func, select
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
-from app.ingest.models import IngestBatch, UsageEvent
+from app.ingest.models import IngestBatch, UsageEvent, UsageHourly
 from app.models import UsageReport
 from app.models.billing import FAILED, NEEDS_MANUAL, PENDING
 from app.progress import Progress, unwatched
@@ -126,3 +127,19 @@ def delete_events_before(
 
 def delete_receipts_before(cutoff: datetime, pace: Pace) -> int:
     return _delete_before(IngestBatch.batch_id, IngestBatch.recorded_at, cutoff, pace)
+
+
+def delete_hours_before(cutoff: datetime, pace: Pace) -> int:
+    """Delete the hourly rollup's rows before ``cutoff``, one day of hours at a time."""
+    first = db.session.scalar(select(func.min(UsageHourly.hour)))
+    deleted = 0
+    while first is not None and first < cutoff:
+        started = time.monotonic()
+        until = min(first + timedelta(days=1), cutoff)
+        result = db.session.execute(delete(UsageHourly).where(UsageHourly.hour < until))
+        db.session.commit()
+        deleted += result.rowcount or 0
+        first = until if until < cutoff else None
+        busy = time.monotonic() - started
+        time.sleep(busy * (1 - pace.duty_cycle) / pace.duty_cycle)
+    return deleted

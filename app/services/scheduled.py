@@ -22,6 +22,7 @@ from app.services.cleanup import (
     cleanup_pace,
     customer_cutoffs,
     delete_events_before,
+    delete_hours_before,
     delete_receipts_before,
 )
 from app.services.jobs import JobFailed, last_runs, last_success, run_job
@@ -92,6 +93,9 @@ def run_cleanup(
         pace = cleanup_pace(settings)
         deleted = delete_events_before(cutoffs, pace, progress)
         receipts = delete_receipts_before(now - RECEIPT_RETENTION, pace)
+        hours = delete_hours_before(
+            now - timedelta(days=settings.usage_hourly_retention_days), pace
+        )
         overall = cleanup_cutoff(now, settings.usage_retention_days, last_day)
         return {
             "deleted": deleted,
@@ -100,6 +104,7 @@ def run_cleanup(
                 len(keys) for cutoff, keys in cutoffs.items() if overall and cutoff < overall
             ),
             "receipts_deleted": receipts,
+            "hourly_rows_deleted": hours,
         }
 
     return run_job(CLEANUP_JOB, now.date().isoformat(), work, _stale_after(settings))

@@ -1,0 +1,104 @@
+"""The analytics endpoints' query strings, each declared once (views parse with them,
+``/openapi.json`` renders them)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
+
+from app.shapes import MAX_ID, CalendarDate, text
+
+Dimension = Literal["model", "provider", "task_type", "status", "key"]
+Granularity = Literal["hour", "day", "month"]
+
+
+def _split(value: Any) -> Any:
+    """``a,b`` → ``["a", "b"]``; an empty string is an empty list."""
+    if not isinstance(value, str):
+        return value
+    return [part.strip() for part in value.split(",")] if value.strip() else []
+
+
+def comma_list(item: Any, description: str) -> Any:
+    """A comma-separated list in one query parameter: at most 50 distinct items."""
+    return Annotated[
+        list[item],
+        BeforeValidator(_split),
+        Field(max_length=50),
+        WithJsonSchema({"type": "string", "description": description}),
+    ]
+
+
+KeyId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+class DateRange(BaseModel):
+    """Two calendar days, the second not before the first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start_date: CalendarDate
+    end_date: CalendarDate
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DateRange:
+        from app.errors import ValidationError
+
+        if self.end_date < self.start_date:
+            raise ValidationError("end_date is before start_date", field="end_date")
+        return self
+
+
+class Filters(BaseModel):
+    """Keep only the usage whose field is one of the listed values."""
+
+    model: comma_list(text(128), "only these models (comma-separated)") | None = None
+    provider: comma_list(text(64), "only these providers (comma-separated)") | None = None
+    task_type: comma_list(text(64), "only these task types (comma-separated)") | None = None
+    status: comma_list(text(32), "only these call statuses (comma-separated)") | None = None
+    key: comma_list(KeyId, "only these API keys, by id (comma-separated)") | None = None
+
+    def given(self) -> dict[str, tuple[Any, ...]]:
+        return {
+            name: tuple(dict.fromkeys(values))
+            for name in Filters.model_fields
+            if (values := getattr(self, name)) is not None
+        }
+
+
+class UsageQuery(DateRange, Filters):
+    """``GET /v1/billing/usage``: each parameter once."""
+
+    granularity: Granularity = Field(default="day", description="hour, day or month")
+    group_by: comma_list(Dimension, "any of model, provider, task_type, status, key") = Field(
+        default=["provider", "model"]
+    )
+
+
+class PerformanceQuery(DateRange, Filters):
+    """``GET /v1/billing/performance``: per provider and model."""
+
+
+class RecommendationQuery(BaseModel):
+    """``GET /v1/billing/recommendations``: over the last ``days`` full days."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    days: int = Field(default=30, ge=1, le=366)
+
+
+class ExportQuery(DateRange):
+    """``GET /v1/billing/usage/export``."""
+
+    format: Literal["csv", "jsonl"] = "csv"
+    customer_id: Annotated[int, Field(ge=1, le=MAX_ID)] | None = Field(
+        default=None, description="admin only: one customer's events (default: all)"
+    )
