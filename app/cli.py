@@ -10,6 +10,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from app.analytics.cli import export_command
 from app.config import Settings
 from app.customers.cli import customers_cli, keys_cli
 from app.errors import JobAlreadyRunning, NotFound
@@ -35,6 +36,7 @@ billing_cli = AppGroup("billing", help="Billing operations.")
 billing_cli.add_command(customers_cli)
 billing_cli.add_command(keys_cli)
 billing_cli.add_command(plans_cli)
+billing_cli.add_command(export_command)
 
 
 def _settings() -> Settings:

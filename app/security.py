@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
 from flask import Request
 
@@ -34,3 +35,10 @@ def require_token(request: Request, expected: str, what: str) -> None:
     supplied = bearer_token(request)
     if not expected or not hmac.compare_digest(supplied.encode(), expected.encode()):
         raise PermissionDenied(f"a valid {what} token is required", field="Authorization")
+
+
+def is_admin(request: Request, settings: Any) -> bool:
+    """Whether the bearer token is the admin token (set, and equal in constant time)."""
+    supplied = request.headers.get("Authorization", "").partition(" ")[2].strip()
+    expected = settings.admin_token
+    return bool(expected) and hmac.compare_digest(supplied.encode(), expected.encode())

@@ -228,3 +228,13 @@ def stack(
     yield producer, redis_server, local
     producer.extensions["usage_outbox"].close()
     redis_server.stop()
+
+
+@pytest.fixture(scope="module")
+def sqlite_app(app: Flask, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    """The embedded default (a SQLite file of its own), one per test module."""
+    embedded = create_extra_app(Settings(instance_dir=tmp_path_factory.mktemp("embedded")), app)
+    assert embedded.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
+    yield embedded
+    with embedded.app_context():
+        db.engine.dispose()

@@ -200,6 +200,8 @@ def _fuzz(operation, mode) -> int:
         response = case.call()
         sent += 1
         assert response.status_code < 500, (case.path, response.status_code, response.text[:500])
+        if response.status_code == 200 and case.path == "/v1/billing/usage/export":
+            return  # a CSV or JSON-lines file, not a JSON answer
         body = json.loads(response.text)
         if 400 <= response.status_code < 500:
             assert isinstance(body["error"]["field"], str), (case.path, body)

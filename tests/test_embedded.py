@@ -12,30 +12,18 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from app.config import Settings
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from tests.factories import event
-from tests.helpers import count_events, create_extra_app, project_root, record, wait_for
+from tests.helpers import count_events, project_root, record, wait_for
 from tests.processes import free_port
-
-
-@pytest.fixture(scope="module")
-def sqlite_app(app: Flask, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
-    embedded = create_extra_app(Settings(instance_dir=tmp_path_factory.mktemp("embedded")), app)
-    assert embedded.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///")
-    yield embedded
-    with embedded.app_context():
-        db.engine.dispose()
 
 
 def test_embedded_default_records_each_event_once_and_rolls_it_up(sqlite_app: Flask) -> None:

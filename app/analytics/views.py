@@ -6,26 +6,45 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Any, TypeVar
 
-from flask import Blueprint, current_app, request
-from pydantic import BaseModel
+from flask import Blueprint, Response, current_app, request, stream_with_context
+from pydantic import BaseModel, ConfigDict
 
+from app.analytics.export import ExportRequest, export_chunks
+from app.analytics.forecast import forecast
+from app.analytics.performance import performance
 from app.analytics.queries import (
     DateRange,
+    ExportQuery,
+    PerformanceQuery,
+    RecommendationQuery,
     UsageQuery,
 )
+from app.analytics.recommendations import recommendations
 from app.analytics.usage import UsageRequest, usage_between
+from app.budgets.services import budgets_of
 from app.config import Settings
 from app.customers.keys import keys_of
-from app.customers.models import ApiKey
+from app.customers.models import ApiKey, BillingCustomer
 from app.customers.services import authenticate_customer
-from app.errors import ValidationError
+from app.errors import NotFound, ValidationError
+from app.extensions import db
 from app.models.types import utcnow
 from app.plans.services import daily_charges
+from app.pricing.book import price_book
+from app.security import is_admin
 from app.shapes import parse
 
 analytics = Blueprint("analytics", __name__)
 
 Query = TypeVar("Query", bound=BaseModel)
+
+
+class NoQuery(BaseModel):
+    """An endpoint that takes no query parameters: any is a 400 naming it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 # Hours are many: an hourly answer covers at most this many days.
 MAX_HOURLY_RANGE_DAYS = 31
 
@@ -96,3 +115,61 @@ def get_usage() -> dict[str, Any]:
     if not wanted.filters and wanted.granularity != "hour":
         charges = daily_charges(customer, wanted.start, wanted.end)
     return usage_between(keys, wanted, charges).as_json()
+
+
+@analytics.get("/v1/billing/performance")
+def get_performance() -> dict[str, Any]:
+    customer = authenticate_customer(request)
+    query = parse_query(PerformanceQuery)
+    check_range(query, _settings(), hours=True)
+    wanted = UsageRequest(query.start_date, query.end_date, "day", (), query.given())
+    keys = _keys(customer.id, wanted.filters.get("key"))
+    return {
+        "start_date": query.start_date.isoformat(),
+        "end_date": query.end_date.isoformat(),
+        "percentiles": "estimated from log-spaced latency buckets, within ±19 %",
+        "models": performance(keys, wanted),
+    }
+
+
+@analytics.get("/v1/billing/forecast")
+def get_forecast() -> dict[str, Any]:
+    customer = authenticate_customer(request)
+    parse_query(NoQuery)
+    return forecast(customer, keys_of(customer.id), budgets_of(customer.id), utcnow())
+
+
+@analytics.get("/v1/billing/recommendations")
+def get_recommendations() -> dict[str, Any]:
+    customer = authenticate_customer(request)
+    query = parse_query(RecommendationQuery)
+    book = price_book.get()
+    return recommendations(keys_of(customer.id), book, utcnow(), query.days)
+
+
+@analytics.get("/v1/billing/usage/export")
+def export_usage() -> Response:
+    """Stream raw events: a customer's own, or (admin token) one customer's or all."""
+    query = parse_query(ExportQuery)
+    settings = _settings()
+    check_range(query, settings, hours=False)
+    if is_admin(request, settings):
+        customer_id = query.customer_id
+        if customer_id is not None and db.session.get(BillingCustomer, customer_id) is None:
+            raise NotFound("no such customer", field="customer_id")
+    else:
+        if query.customer_id is not None:
+            raise ValidationError("only an admin may name a customer", field="customer_id")
+        customer_id = authenticate_customer(request).id
+    wanted = ExportRequest(query.start_date, query.end_date, query.format, customer_id)
+    return export_response(wanted)
+
+
+def export_response(wanted: ExportRequest) -> Response:
+    """The export as a download, streamed as it is read."""
+    media = "text/csv" if wanted.format == "csv" else "application/x-ndjson"
+    return Response(
+        stream_with_context(export_chunks(wanted)),
+        mimetype=media,
+        headers={"Content-Disposition": f'attachment; filename="{wanted.filename}"'},
+    )

@@ -13,7 +13,12 @@ from typing import Any
 from flask import Blueprint
 from pydantic import BaseModel
 
-from app.analytics.queries import UsageQuery
+from app.analytics.queries import (
+    ExportQuery,
+    PerformanceQuery,
+    RecommendationQuery,
+    UsageQuery,
+)
 from app.api.schemas import PortalRequest
 from app.billing.stripe_gateway import StripeEvent
 from app.budgets.views import BudgetCreate, BudgetFields, CustomerLimit, WebhookSet
@@ -73,7 +78,12 @@ def _ref(name: str) -> dict[str, str]:
 def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     schema = model.model_json_schema()
     return [
-        {"name": name, "in": "query", "required": name in schema["required"], "schema": prop}
+        {
+            "name": name,
+            "in": "query",
+            "required": name in schema.get("required", []),
+            "schema": prop,
+        }
         for name, prop in schema["properties"].items()
     ]
 
@@ -126,6 +136,46 @@ SPEC: dict[str, Any] = {
                 "security": [{"apiKey": []}],
                 "parameters": _query_parameters(UsageQuery),
                 "responses": {"200": _ok("usage"), **_errors(400, 401, 503)},
+            }
+        },
+        "/v1/billing/performance": {
+            "get": {
+                "summary": "Calls, error rate, latency percentiles and tokens/s per model",
+                "security": [{"apiKey": []}],
+                "parameters": _query_parameters(PerformanceQuery),
+                "responses": {"200": _ok("per provider and model"), **_errors(400, 401, 503)},
+            }
+        },
+        "/v1/billing/forecast": {
+            "get": {
+                "summary": "This month against the last, the month-end projection and budgets'",
+                "security": [{"apiKey": []}],
+                "responses": {"200": _ok("trend and forecast"), **_errors(400, 401, 503)},
+            }
+        },
+        "/v1/billing/recommendations": {
+            "get": {
+                "summary": "Cheaper models for the caller's token mix, and caching's saving",
+                "security": [{"apiKey": []}],
+                "parameters": _query_parameters(RecommendationQuery),
+                "responses": {"200": _ok("a price comparison"), **_errors(400, 401, 503)},
+            }
+        },
+        "/v1/billing/usage/export": {
+            "get": {
+                "summary": "Raw events as CSV or JSON lines, streamed (admins: any customer's)",
+                "security": [{"apiKey": []}, {"adminToken": []}],
+                "parameters": _query_parameters(ExportQuery),
+                "responses": {
+                    "200": {
+                        "description": "the file",
+                        "content": {
+                            "text/csv": {"schema": {"type": "string"}},
+                            "application/x-ndjson": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(400, 401, 404, 503),
+                },
             }
         },
         "/v1/billing/portal": {

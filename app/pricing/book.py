@@ -168,6 +168,10 @@ class PriceBook:
     def load(cls, version: int = 0) -> PriceBook:
         return cls(list(db.session.scalars(select(ModelPrice))), version)
 
+    def models(self) -> list[tuple[str, str]]:
+        """Every (provider, model) the book has a price version for."""
+        return sorted(self._versions)
+
     def price_at(self, provider: str, model: str, when: datetime) -> TokenPrice | None:
         key = canonical_model(provider, model)
         starts = self._starts.get(key)

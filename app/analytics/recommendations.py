@@ -1,0 +1,138 @@
+"""Cost recommendations: for the models a customer spends most on, the models of the
+price book that would have cost less for its actual token mix, and what caching
+would save. A price comparison, not a quality claim: it says nothing of whether
+another model would do the work as well.
+
+The mix is each model's calls over the range: their input (of it, cache reads)
+and output tokens. It is priced at today's prices, per average call (so a price
+tiered by prompt size takes the tier of the average prompt), times the calls;
+the current model is priced the same way, so the two compare like for like.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from app.analytics.usage import UsageRequest, rollup_rows
+from app.customers.models import ApiKey
+from app.models.types import money_str
+from app.pricing.book import PriceBook
+
+TOP_MODELS = 3
+ALTERNATIVES = 5
+# What caching is assumed to reach, stated in the answer: half of the input not read
+# from cache today would be.
+CACHE_SHARE = Decimal("0.5")
+NOTE = (
+    "A price comparison at today's list prices for the same tokens, not a quality "
+    "claim: it says nothing about whether another model would do the work as well."
+)
+_SUMS = ("events", "tokens_input", "tokens_output", "tokens_cache_read", "cost_total")
+
+
+@dataclass
+class Mix:
+    calls: int = 0
+    tokens_input: int = 0
+    tokens_output: int = 0
+    tokens_cache_read: int = 0
+    cost: Decimal = Decimal(0)
+
+    def add(self, row: Any) -> None:
+        self.calls += int(row.events)
+        self.tokens_input += int(row.tokens_input)
+        self.tokens_output += int(row.tokens_output)
+        self.tokens_cache_read += int(row.tokens_cache_read)
+        self.cost += Decimal(row.cost_total or 0)
+
+    def priced(
+        self, book: PriceBook, provider: str, model: str, when: datetime, cached: int
+    ) -> Decimal | None:
+        """The mix's cost on this model, ``cached`` of its input tokens read from cache."""
+        average = book.cost(
+            provider,
+            model,
+            when,
+            round(self.tokens_input / self.calls),
+            round(self.tokens_output / self.calls),
+            round(cached / self.calls),
+        )
+        return None if average is None else average.total * self.calls
+
+
+def _caching(mix: Mix, book: PriceBook, provider: str, model: str, now: datetime) -> dict[str, Any]:
+    price = book.price_at(provider, model, now)
+    uncached = mix.tokens_input - mix.tokens_cache_read
+    if price is None or price.cache_read is None:
+        return {"available": False, "saving": None}
+    more = mix.tokens_cache_read + int(uncached * CACHE_SHARE)
+    base = mix.priced(book, provider, model, now, mix.tokens_cache_read)
+    cached = mix.priced(book, provider, model, now, more)
+    saving = None if base is None or cached is None else max(base - cached, Decimal(0))
+    return {
+        "available": True,
+        "cache_read_share": float(round(mix.tokens_cache_read / mix.tokens_input, 4))
+        if mix.tokens_input
+        else None,
+        "assumption": f"{CACHE_SHARE:%} of the input not read from cache today would be",
+        "saving": None if saving is None else money_str(saving),
+    }
+
+
+def recommendations(
+    keys: list[ApiKey], book: PriceBook, now: datetime, days: int
+) -> dict[str, Any]:
+    """The top models by cost over the last ``days`` complete days, each with cheaper
+    models for its mix and what caching would save."""
+    last = now.astimezone(UTC).date() - timedelta(days=1)
+    first = last - timedelta(days=days - 1)
+    mixes: dict[tuple[str, str], Mix] = defaultdict(Mix)
+    for row in rollup_rows(keys, UsageRequest(first, last, "day", ("provider", "model")), _SUMS):
+        mixes[(row.provider, row.model)].add(row)
+    top = sorted(mixes.items(), key=lambda item: (-item[1].cost, item[0]))[:TOP_MODELS]
+    models = []
+    for (provider, model), mix in top:
+        current = mix.priced(book, provider, model, now, mix.tokens_cache_read)
+        cheaper = []
+        if current is not None:
+            for other in book.models():
+                if other == (provider, model):
+                    continue
+                cost = mix.priced(book, *other, now, mix.tokens_cache_read)
+                if cost is not None and cost < current:
+                    cheaper.append((cost, other))
+        cheaper.sort()
+        models.append(
+            {
+                "provider": provider,
+                "model": model,
+                "calls": mix.calls,
+                "tokens_input": mix.tokens_input,
+                "tokens_cache_read": mix.tokens_cache_read,
+                "tokens_output": mix.tokens_output,
+                "cost": money_str(mix.cost),
+                "cost_at_today_prices": None if current is None else money_str(current),
+                "cheaper_models": [
+                    {
+                        "provider": other[0],
+                        "model": other[1],
+                        "cost": money_str(cost),
+                        "saving": money_str(current - cost),  # type: ignore[operator]
+                    }
+                    for cost, other in cheaper[:ALTERNATIVES]
+                ],
+                "caching": _caching(mix, book, provider, model, now),
+            }
+        )
+    return {
+        "kind": "price_comparison",
+        "note": NOTE,
+        "start_date": first.isoformat(),
+        "end_date": last.isoformat(),
+        "currency": "usd",
+        "models": models,
+    }
