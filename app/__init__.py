@@ -46,6 +46,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     celery_init_app(app, settings)
     register_api(app)
+    from app.dashboard import register_pages
+
+    register_pages(app, settings)
     app.cli.add_command(billing_cli)
 
     from app.ingest.meter import UsageMeter, outbox_for

@@ -74,6 +74,15 @@ class Settings:
     max_event_future_seconds: int = 300
     demo_execute_endpoint: bool = False
 
+    # Pages (/dashboard, /admin). Sessions are signed with SECRET_KEY; unset, a random
+    # key is made once and kept in the instance folder (one host's processes share it).
+    secret_key: str = ""
+    session_hours: int = 8
+    # Behind a proxy that terminates https: trust its X-Forwarded-Proto/-For (one hop),
+    # so the session cookie is marked Secure and links stay https.
+    trust_proxy: bool = False
+    flower_url: str = "http://localhost:5555"
+
     # Pricing
     pricing_source_url: str = ""
 

@@ -17,7 +17,7 @@ from pydantic import (
 from app.shapes import MAX_ID, CalendarDate, text
 
 Dimension = Literal["model", "provider", "task_type", "status", "key"]
-Granularity = Literal["hour", "day", "month"]
+Granularity = Literal["hour", "day", "month", "total"]
 
 
 def _split(value: Any) -> Any:
@@ -77,7 +77,9 @@ class Filters(BaseModel):
 class UsageQuery(DateRange, Filters):
     """``GET /v1/billing/usage``: each parameter once."""
 
-    granularity: Granularity = Field(default="day", description="hour, day or month")
+    granularity: Granularity = Field(
+        default="day", description="hour, day, month, or total (the whole range as one)"
+    )
     group_by: comma_list(Dimension, "any of model, provider, task_type, status, key") = Field(
         default=["provider", "model"]
     )

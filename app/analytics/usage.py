@@ -174,11 +174,14 @@ class UsageSummary:
         }
 
 
-def period_label(moment: date | datetime, granularity: str) -> str:
-    """The period a rollup row falls in, as the answer names it."""
-    if granularity == "month":
+def period_label(moment: date | datetime, request: UsageRequest) -> str:
+    """The period a rollup row falls in, as the answer names it; "total" is the whole
+    range, as an ISO 8601 interval of days."""
+    if request.granularity == "total":
+        return f"{request.start.isoformat()}/{request.end.isoformat()}"
+    if request.granularity == "month":
         return f"{moment.year:04d}-{moment.month:02d}"
-    if granularity == "hour":
+    if request.granularity == "hour":
         assert isinstance(moment, datetime)
         return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:00:00Z")
     return (moment.date() if isinstance(moment, datetime) else moment).isoformat()
@@ -239,14 +242,14 @@ def usage_between(
     cells: dict[tuple[str, tuple[Any, ...]], Usage] = defaultdict(Usage)
     for row in rollup_rows(keys, request):
         values = tuple(getattr(row, name) for name in request.group_by)
-        cell = (period_label(row.moment, request.granularity), values)
+        cell = (period_label(row.moment, request), values)
         cells[cell] += usage_of_row(row)
     periods: dict[str, list[Group]] = defaultdict(list)
     for (label, values), usage in sorted(cells.items(), key=lambda cell: _order(cell[0])):
         periods[label].append(Group(values, usage))
     summed: dict[str, Decimal] = defaultdict(Decimal)
     for day, charge in (charges or {}).items():
-        summed[period_label(day, request.granularity)] += charge
+        summed[period_label(day, request)] += charge
     return UsageSummary(request, dict(periods), by_hash, dict(summed))
 
 

@@ -106,9 +106,8 @@ def usage_request(query: UsageQuery, settings: Settings) -> UsageRequest:
     return wanted
 
 
-@analytics.get("/v1/billing/usage")
-def get_usage() -> dict[str, Any]:
-    customer = authenticate_customer(request)
+def usage_answer(customer: BillingCustomer) -> dict[str, Any]:
+    """``GET /v1/billing/usage``'s answer to this request's query, for ``customer``."""
     wanted = usage_request(parse_query(UsageQuery), _settings())
     keys = _keys(customer.id, wanted.filters.get("key"))
     charges: dict[date, Any] = {}
@@ -117,9 +116,7 @@ def get_usage() -> dict[str, Any]:
     return usage_between(keys, wanted, charges).as_json()
 
 
-@analytics.get("/v1/billing/performance")
-def get_performance() -> dict[str, Any]:
-    customer = authenticate_customer(request)
+def performance_answer(customer: BillingCustomer) -> dict[str, Any]:
     query = parse_query(PerformanceQuery)
     check_range(query, _settings(), hours=True)
     wanted = UsageRequest(query.start_date, query.end_date, "day", (), query.given())
@@ -132,19 +129,45 @@ def get_performance() -> dict[str, Any]:
     }
 
 
-@analytics.get("/v1/billing/forecast")
-def get_forecast() -> dict[str, Any]:
-    customer = authenticate_customer(request)
+def forecast_answer(customer: BillingCustomer) -> dict[str, Any]:
     parse_query(NoQuery)
     return forecast(customer, keys_of(customer.id), budgets_of(customer.id), utcnow())
 
 
-@analytics.get("/v1/billing/recommendations")
-def get_recommendations() -> dict[str, Any]:
-    customer = authenticate_customer(request)
+def recommendations_answer(customer: BillingCustomer) -> dict[str, Any]:
     query = parse_query(RecommendationQuery)
     book = price_book.get()
     return recommendations(keys_of(customer.id), book, utcnow(), query.days)
+
+
+# Each answer above, for the customer whose key is the request's bearer token. The
+# pages (app/dashboard) serve the same answers to a signed-in customer.
+ANSWERS = {
+    "usage": usage_answer,
+    "performance": performance_answer,
+    "forecast": forecast_answer,
+    "recommendations": recommendations_answer,
+}
+
+
+@analytics.get("/v1/billing/usage")
+def get_usage() -> dict[str, Any]:
+    return usage_answer(authenticate_customer(request))
+
+
+@analytics.get("/v1/billing/performance")
+def get_performance() -> dict[str, Any]:
+    return performance_answer(authenticate_customer(request))
+
+
+@analytics.get("/v1/billing/forecast")
+def get_forecast() -> dict[str, Any]:
+    return forecast_answer(authenticate_customer(request))
+
+
+@analytics.get("/v1/billing/recommendations")
+def get_recommendations() -> dict[str, Any]:
+    return recommendations_answer(authenticate_customer(request))
 
 
 @analytics.get("/v1/billing/usage/export")

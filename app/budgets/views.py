@@ -30,6 +30,7 @@ from app.budgets.services import (
     set_webhook,
     update_budget,
 )
+from app.customers.models import BillingCustomer
 from app.customers.services import authenticate_customer
 from app.errors import ValidationError
 from app.extensions import db
@@ -179,7 +180,11 @@ def alerts_for_admin(customer_id: str) -> dict[str, Any]:
 
 @budgets.get("/v1/billing/budgets")
 def own_budgets() -> dict[str, Any]:
-    customer = authenticate_customer(request)
+    return budgets_answer(authenticate_customer(request))
+
+
+def budgets_answer(customer: BillingCustomer) -> dict[str, Any]:
+    """The customer's budgets with this period's spend (its own, as the API answers)."""
     now = utcnow()
     return {"budgets": [describe_budget(b, now) for b in budgets_of(customer.id)]}
 
@@ -205,5 +210,9 @@ def own_webhook() -> dict[str, Any]:
 
 @budgets.get("/v1/billing/alerts")
 def own_alerts() -> dict[str, Any]:
-    customer = authenticate_customer(request)
+    return alerts_answer(authenticate_customer(request))
+
+
+def alerts_answer(customer: BillingCustomer) -> dict[str, Any]:
+    """The customer's alerts and every delivery attempt (its own, as the API answers)."""
     return {"alerts": [_alert(a) for a in alerts_of(customer.id)]}

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -98,7 +99,17 @@ class UsageDaily(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     # Free room on each page keeps the rollup's updates HOT (migration 0003).
-    __table_args__ = (Index("ix_usage_daily_day", "day"), {"postgresql_with": {"fillfactor": 70}})
+    __table_args__ = (
+        Index("ix_usage_daily_day", "day"),
+        # Only the rows with unpriced events: what the operators' page lists (migration 0008).
+        Index(
+            "ix_usage_daily_unpriced",
+            "day",
+            postgresql_where=text("unpriced_events > 0"),
+            sqlite_where=text("unpriced_events > 0"),
+        ),
+        {"postgresql_with": {"fillfactor": 70}},
+    )
 
 
 # The hourly rollup's dimensions beyond the daily one's; "no task type" is stored as

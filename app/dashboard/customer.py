@@ -1,0 +1,168 @@
+"""``/dashboard``: a customer's usage, spend, forecast, latency and alerts, signed in with
+an API key. The page's figures come from ``/dashboard/data/<name>``, which answers
+with exactly what the API answers for the signed-in customer."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, Response, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as BaseResponse
+
+from app.analytics.export import ExportRequest
+from app.analytics.usage import UsageRequest, usage_between
+from app.analytics.views import (
+    export_response,
+    forecast_answer,
+    performance_answer,
+    recommendations_answer,
+    usage_answer,
+)
+from app.budgets.views import alerts_answer, budgets_answer
+from app.customers.keys import keys_of
+from app.customers.models import BillingCustomer
+from app.dashboard.session import (
+    check_csrf,
+    csrf_token,
+    page_headers,
+    sign_in_customer,
+    sign_out,
+    signed_in_customer,
+)
+from app.errors import AuthenticationError, NotFound
+from app.models.types import money_str, utcnow
+
+dashboard = Blueprint(
+    "dashboard",
+    __name__,
+    url_prefix="/dashboard",
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+dashboard.after_request(page_headers)
+
+# What each /dashboard/data/<name> answers: the API's own answer for the customer.
+DATA = {
+    "usage": usage_answer,
+    "performance": performance_answer,
+    "forecast": forecast_answer,
+    "recommendations": recommendations_answer,
+    "budgets": budgets_answer,
+    "alerts": alerts_answer,
+}
+RANGES = (7, 30, 90)  # the days the page can show
+BREAKDOWN_COLUMNS = (
+    "provider",
+    "model",
+    "events",
+    "tokens_input",
+    "tokens_output",
+    "tokens_cache_read",
+    "cost",
+)
+
+
+def _customer() -> BillingCustomer:
+    customer = signed_in_customer()
+    if customer is None:
+        raise AuthenticationError("sign in first", field="session")
+    return customer
+
+
+def _days() -> int:
+    days = request.args.get("days", "30")
+    return int(days) if days in {str(d) for d in RANGES} else 30
+
+
+@dashboard.get("/")
+def page() -> Any:
+    customer = signed_in_customer()
+    if customer is None:
+        return redirect(url_for("dashboard.sign_in_page"))
+    days = _days()
+    today = utcnow().date()
+    return render_template(
+        "dashboard.html",
+        customer=customer,
+        csrf=csrf_token(),
+        days=days,
+        ranges=RANGES,
+        start=(today - timedelta(days=days - 1)).isoformat(),
+        end=today.isoformat(),
+    )
+
+
+@dashboard.get("/sign-in")
+def sign_in_page() -> Any:
+    return render_template("sign_in.html", csrf=csrf_token(), who="customer", error=None)
+
+
+@dashboard.post("/sign-in")
+def sign_in() -> Any:
+    check_csrf()
+    if sign_in_customer(request.form.get("api_key", "").strip()) is None:
+        error = "That key is unknown, revoked or its account inactive."
+        return render_template("sign_in.html", csrf=csrf_token(), who="customer", error=error), 401
+    return redirect(url_for("dashboard.page"))
+
+
+@dashboard.post("/sign-out")
+def sign_out_customer() -> BaseResponse:
+    check_csrf()
+    sign_out()
+    return redirect(url_for("dashboard.sign_in_page"))
+
+
+@dashboard.get("/data/<name>")
+def data(name: str) -> dict[str, Any]:
+    customer = _customer()
+    if name not in DATA:
+        raise NotFound(f"no data named {name}", field="name")
+    return DATA[name](customer)
+
+
+@dashboard.get("/breakdown.csv")
+def breakdown_csv() -> Response:
+    """The page's breakdown table (per model over the range) as a CSV file."""
+    customer = _customer()
+    days = _days()
+    today = utcnow().date()
+    first = today - timedelta(days=days - 1)
+    summary = usage_between(
+        keys_of(customer.id), UsageRequest(first, today, "total", ("provider", "model"))
+    )
+    groups = next(iter(summary.periods.values()), [])
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(BREAKDOWN_COLUMNS)
+    for group in sorted(groups, key=lambda g: -g.usage.cost):
+        usage = group.usage
+        writer.writerow(
+            [
+                *group.values,
+                usage.events,
+                usage.tokens_input,
+                usage.tokens_output,
+                usage.tokens_cache_read,
+                money_str(usage.cost),
+            ]
+        )
+    filename = f"usage-breakdown-{first}-{today}.csv"
+    return Response(
+        out.getvalue(),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@dashboard.get("/events.csv")
+def events_csv() -> Response:
+    """The range's raw events, as ``GET /v1/billing/usage/export`` streams them."""
+    customer = _customer()
+    today = utcnow().date()
+    first = today - timedelta(days=_days() - 1)
+    return export_response(ExportRequest(first, today, "csv", customer.id))

@@ -1,0 +1,27 @@
+// The operators' page: one read of /admin/data, written into cards and tables.
+"use strict";
+
+function when(value) {
+  return value ? value.slice(0, 19).replace("T", " ") : null;
+}
+
+pages.data("/admin/data").then((body) => {
+  const status = body.status;
+  pages.figure("healthy", status.healthy ? "healthy" : "needs attention");
+  pages.figure("manual_reports", pages.count(status.manual_reports.count));
+  pages.figure("parked_events", pages.count(body.parked_events.count));
+  const lag = body.ingest_lag;
+  pages.figure("ingest_lag", lag.sample ? `${lag.p50_seconds} s / ${lag.p99_seconds} s` : "no events");
+  pages.figure("last_stored", lag.sample ? `${when(lag.last_stored)} (${lag.seconds_since_last_stored} s ago)` : "never");
+  pages.fill("jobs", Object.entries(status.jobs).map(([job, run]) => [
+    job, run.period, run.status, when(run.finished_at), run.last_success_period,
+    run.overdue ? "yes" : "no", run.error,
+  ]));
+  pages.fill("manual", status.manual_reports.reports.map((r) => [r.identifier, r.day, r.reason]), "None.");
+  pages.fill("unpriced", body.unpriced_models.map((m) => [m.provider, m.model, pages.count(m.events), m.last_day]), "None.");
+  pages.fill("parked", body.parked_events.latest.map((p) => [p.event_id, p.field, p.reason, when(p.parked_at)]), "None.");
+  pages.fill("top", body.top_customers.map((c) => [c.customer_id, c.name, pages.money(c.cost)]), "No usage this month.");
+  const flower = document.getElementById("flower");
+  if (/^https?:\/\//.test(body.flower_url)) flower.href = body.flower_url;
+  document.body.setAttribute("data-loaded", "true");
+}).catch((error) => pages.status(`Could not load the overview: ${error.message}`));

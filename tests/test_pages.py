@@ -1,0 +1,315 @@
+"""The pages: /dashboard (customers) and /admin (operators), driven in headless Chromium.
+
+Each browser test signs in through the form, waits for the page to load its data,
+reads the figures as a person sees them and compares them with what the API
+answers, downloads the CSV and parses it, fails on any console error or script
+dialog, and saves a screenshot under ``test-output/screenshots``. Without
+Chromium the browser tests skip, except in CI, where they fail.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.serving import make_server
+
+from app.customers.models import BillingCustomer
+from app.extensions import db
+from app.ingest.models import RejectedEvent
+from app.security import hash_api_key
+from app.services.overview import overview
+from tests.factories import event
+from tests.helpers import ADMIN_TOKEN, auth, issue_key, measured, project_root, record
+
+CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
+HAS_CHROMIUM = Path(CHROMIUM).exists()
+SCREENSHOTS = project_root() / "test-output" / "screenshots"
+HOSTILE = '<img src=x onerror="alert(1)">'  # a model name is user input
+NOW = datetime.now(UTC)
+
+browser = pytest.mark.skipif(
+    not HAS_CHROMIUM and os.environ.get("CI", "").lower() != "true",
+    reason="needs chromium (apt-get install chromium chromium-driver)",
+)
+
+
+@pytest.fixture(scope="module")
+def live_server(app: Flask) -> Iterator[str]:
+    """The session's app on a real port, for the browser."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield launched
+        launched.close()
+
+
+class Page:
+    """A browser page that fails the test on a console error or a script dialog."""
+
+    def __init__(self, chromium: Any, base: str) -> None:
+        self.context = chromium.new_context(accept_downloads=True)
+        self.page = self.context.new_page()
+        self.base = base
+        self.problems: list[str] = []
+        self.page.on(
+            "console",
+            lambda m: (
+                self.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None
+            ),
+        )
+        self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
+        self.page.on(
+            "dialog", lambda d: (self.problems.append(f"dialog: {d.message}"), d.dismiss())
+        )
+
+    def open(self, path: str) -> None:
+        self.page.goto(self.base + path)
+
+    def sign_in(self, field: str, secret: str) -> None:
+        self.page.fill(f"#{field}", secret)
+        self.page.click("button[type=submit]")
+        self.page.wait_for_selector("body[data-loaded=true]", timeout=15_000)
+
+    def figure(self, name: str) -> str:
+        return self.page.text_content(f'[data-figure="{name}"]') or ""
+
+    def table(self, table_id: str) -> list[list[str]]:
+        return self.page.eval_on_selector_all(
+            f"#{table_id} tbody tr",
+            "rows => rows.map(r => [...r.cells].map(c => c.textContent))",
+        )
+
+    def screenshot(self, name: str) -> None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        measured(f"screenshot: {path.relative_to(project_root())}")
+
+    def close(self) -> None:
+        self.context.close()
+        assert not self.problems, self.problems
+
+
+def _money(text: str) -> Decimal:
+    return Decimal(text.removeprefix("$").replace(",", ""))
+
+
+def _api(client: FlaskClient, key: str, path: str) -> Any:
+    resp = client.get(path, headers=auth(key))
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()
+
+
+@pytest.fixture()
+def customer_with_usage(
+    app: Flask, client: FlaskClient, make_customer: Callable[..., BillingCustomer]
+) -> tuple[BillingCustomer, str]:
+    customer = make_customer("key-page")
+    second = issue_key(client, customer.id, "ci")
+    events = []
+    for back in range(0, 6):
+        at = max(NOW - timedelta(days=back, hours=1), NOW - timedelta(days=back)).isoformat()
+        for model, n in (("claude-3-5-sonnet-20241022", 3), ("claude-3-haiku-20240307", 2)):
+            events += [
+                event("key-page", timestamp=at, model=model, execution_time="1.5") for _ in range(n)
+            ]
+        events.append(event(second["key"], timestamp=at, model=HOSTILE, task_type=HOSTILE))
+    with app.app_context():
+        record(events)
+    resp = client.post(
+        f"/v1/billing/customers/{customer.id}/budgets",
+        json={"metric": "usd", "period": "month", "limit": "1"},
+        headers=auth(ADMIN_TOKEN),
+    )
+    assert resp.status_code == 201
+    return customer, "key-page"
+
+
+@browser
+def test_the_customer_dashboard_shows_what_the_api_answers(
+    chromium: Any, live_server: str, client: FlaskClient, customer_with_usage: Any
+) -> None:
+    _, key = customer_with_usage
+    page = Page(chromium, live_server)
+    page.open("/dashboard/")
+    assert page.page.url.endswith("/dashboard/sign-in")
+    page.sign_in("api_key", key)
+    assert key not in page.page.url and key not in page.page.content()
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "ub_session"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    assert key not in cookie["value"] and hash_api_key(key) not in cookie["value"]
+
+    today = NOW.date()
+    start = (today - timedelta(days=29)).isoformat()
+    between = f"start_date={start}&end_date={today}"
+    forecast = _api(client, key, "/v1/billing/forecast")
+    assert _money(page.figure("month_to_date")) == Decimal(forecast["cost"]["month_to_date"])
+    assert _money(page.figure("projected_month")) == Decimal(forecast["cost"]["projected_month"])
+    usage = _api(client, key, f"/v1/billing/usage?{between}&group_by=model")
+    assert _money(page.figure("range_cost")) == Decimal(usage["totals"]["cost"])
+    assert int(page.figure("range_tokens").replace(",", "")) == usage["totals"]["tokens_total"]
+
+    total = _api(client, key, f"/v1/billing/usage?{between}&granularity=total")
+    api_rows = {(g["provider"], g["model"]): g for g in total["periods"][0]["groups"]}
+    shown = page.table("breakdown")
+    assert {(r[0], r[1]) for r in shown} == set(api_rows)  # the hostile name, as text
+    for provider, model, calls, tokens_in, _, _, cost in shown:
+        group = api_rows[(provider, model)]
+        assert (
+            int(calls) == group["events"]
+            and int(tokens_in.replace(",", "")) == group["tokens_input"]
+        )
+        assert _money(cost) == Decimal(group["cost"])
+
+    performance = _api(client, key, f"/v1/billing/performance?{between}")
+    by_model = {r[1]: r for r in page.table("performance")}
+    for model in performance["models"]:
+        p50 = model["latency_seconds"]["p50"]
+        assert by_model[model["model"]][4] == ("–" if p50 is None else str(p50))
+    [budget] = page.table("budgets")
+    assert _money(budget[4]) == Decimal(forecast["budgets"][0]["projected"])
+
+    with page.page.expect_download() as download:
+        page.page.click("#breakdown-csv")
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert {(r["provider"], r["model"]) for r in rows} == set(api_rows)
+    for row in rows:
+        assert Decimal(row["cost"]) == Decimal(api_rows[(row["provider"], row["model"])]["cost"])
+    page.screenshot("dashboard")
+
+    page.page.click("#sign-out")
+    page.page.wait_for_url("**/dashboard/sign-in")
+    # The browser's own cookies, outside the page (a 401 there is no page error).
+    assert page.context.request.get(f"{live_server}/dashboard/data/forecast").status == 401
+    page.close()
+
+
+@browser
+def test_the_operators_page_shows_the_overview(
+    app: Flask, chromium: Any, live_server: str, client: FlaskClient, customer_with_usage: Any
+) -> None:
+    customer, _ = customer_with_usage
+    with app.app_context():
+        record([event("key-page", model="no-such-model"), {"event_id": "bad", "api_key_hash": 1}])
+        parked = db.session.query(RejectedEvent).count()
+        db.session.rollback()
+    page = Page(chromium, live_server)
+    page.open("/admin/")
+    assert page.page.url.endswith("/admin/sign-in")
+    page.sign_in("token", ADMIN_TOKEN)
+    assert ADMIN_TOKEN not in page.page.content()
+    assert int(page.figure("parked_events")) == parked > 0
+    with app.app_context():
+        expected = overview(app.config["SETTINGS"], datetime.now(UTC))
+        db.session.rollback()
+    unpriced = [row[:3] for row in page.table("unpriced")]
+    assert unpriced == [
+        [m["provider"], m["model"], str(m["events"])] for m in expected["unpriced_models"]
+    ]
+    assert ["anthropic", HOSTILE] in [row[:2] for row in unpriced]  # shown as text, not markup
+    assert ["anthropic", "no-such-model"] in [row[:2] for row in unpriced]
+    top = page.table("top")
+    assert top[0][0] == str(customer.id)
+    assert _money(top[0][2]) == Decimal(expected["top_customers"][0]["cost"])
+    assert {row[0] for row in page.table("jobs")} == set(expected["status"]["jobs"])
+    assert page.page.get_attribute("#flower", "href") == app.config["SETTINGS"].flower_url
+    page.screenshot("admin")
+    page.close()
+
+
+# -- Without a browser: sessions, CSRF, headers --------------------------------------------
+def _csrf(client: FlaskClient, path: str) -> str:
+    html = client.get(path).get_data(as_text=True)
+    return html.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+
+
+def test_a_form_without_its_csrf_token_is_refused(
+    client: FlaskClient, make_customer: Callable[..., BillingCustomer]
+) -> None:
+    make_customer("key-csrf")
+    resp = client.post("/dashboard/sign-in", data={"api_key": "key-csrf"})
+    assert resp.status_code == 400
+    resp = client.post("/dashboard/sign-in", data={"api_key": "key-csrf", "csrf_token": "forged"})
+    assert resp.status_code == 400
+    token = _csrf(client, "/dashboard/sign-in")
+    resp = client.post("/dashboard/sign-in", data={"api_key": "key-csrf", "csrf_token": token})
+    assert resp.status_code == 302
+    assert client.post("/dashboard/sign-out", data={}).status_code == 400  # no token: stays in
+    assert client.get("/dashboard/data/forecast").status_code == 200
+
+
+def test_a_wrong_key_or_token_signs_no_one_in(client: FlaskClient) -> None:
+    token = _csrf(client, "/dashboard/sign-in")
+    resp = client.post("/dashboard/sign-in", data={"api_key": "nope", "csrf_token": token})
+    assert resp.status_code == 401 and "nope" not in resp.get_data(as_text=True)
+    assert client.get("/dashboard/data/usage").status_code == 401
+    token = _csrf(client, "/admin/sign-in")
+    resp = client.post("/admin/sign-in", data={"token": "wrong", "csrf_token": token})
+    assert resp.status_code == 401
+    assert client.get("/admin/data").status_code == 401
+
+
+def test_revoking_the_key_ends_its_session(
+    client: FlaskClient, make_customer: Callable[..., BillingCustomer]
+) -> None:
+    customer = make_customer("key-rev")
+    issued = issue_key(client, customer.id, "temp")
+    token = _csrf(client, "/dashboard/sign-in")
+    client.post("/dashboard/sign-in", data={"api_key": issued["key"], "csrf_token": token})
+    assert client.get("/dashboard/data/alerts").status_code == 200
+    client.post(f"/v1/billing/keys/{issued['id']}/revoke", headers=auth(ADMIN_TOKEN))
+    assert client.get("/dashboard/data/alerts").status_code == 401
+
+
+def test_the_session_cookie_is_secure_over_https_and_pages_forbid_foreign_scripts(
+    app: Flask, make_customer: Callable[..., BillingCustomer]
+) -> None:
+    make_customer("key-https")
+    secure = app.test_client()
+    html = secure.get("/dashboard/sign-in", base_url="https://billing.example.com")
+    cookie = html.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    plain = app.test_client().get("/dashboard/sign-in").headers["Set-Cookie"]
+    assert "Secure" not in plain
+    policy = html.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    page = html.get_data(as_text=True)
+    assert "<script>" not in page and "https://cdn" not in page
+
+
+def test_the_dashboard_data_is_the_api_answer(
+    client: FlaskClient, customer_with_usage: Any
+) -> None:
+    _, key = customer_with_usage
+    token = _csrf(client, "/dashboard/sign-in")
+    client.post("/dashboard/sign-in", data={"api_key": key, "csrf_token": token})
+    today = NOW.date()
+    query = f"start_date={today - timedelta(days=6)}&end_date={today}&group_by=model,status"
+    for path in (f"usage?{query}", f"performance?{query[: query.index('&group_by')]}", "budgets"):
+        api = f"/v1/billing/{path}"
+        assert client.get(f"/dashboard/data/{path}").get_json() == _api(client, key, api)
+    bad = client.get("/dashboard/data/usage?start_date=2026-13-01&end_date=2026-01-01")
+    assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "start_date"
+    assert client.get("/dashboard/data/nothing").status_code == 404
