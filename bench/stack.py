@@ -282,3 +282,18 @@ class Sampler:
             "growth_pct": {k: round((second[k] - first[k]) / first[k] * 100, 1) for k in first},
             "samples": self.samples,
         }
+
+
+def in_process_app(run: Run, **environment: str) -> Any:
+    """The app in this process on the run's database, as the scale scenarios read it
+    (migrated already), with ``environment``'s settings on top of the defaults."""
+    os.environ.update(
+        DATABASE_URL=run.db_url,
+        REDIS_URL=REDIS_URL,
+        INSTANCE_DIR=str(run.instance),
+        AUTO_MIGRATE="false",
+        **environment,
+    )
+    from app import create_app
+
+    return create_app()

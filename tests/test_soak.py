@@ -143,6 +143,7 @@ def test_restarts_of_worker_and_redis_under_load_lose_and_duplicate_nothing(ship
         rolled_events, rolled_tokens = conn.execute(
             text("SELECT sum(events), sum(tokens_total) FROM usage_daily")
         ).one()
+        hourly = conn.execute(text("SELECT sum(events), sum(tokens_total) FROM usage_hourly")).one()
         parked = conn.execute(text("SELECT count(*) FROM rejected_events")).scalar_one()
     stored = set(stored_ids)
     measured(
@@ -157,5 +158,6 @@ def test_restarts_of_worker_and_redis_under_load_lose_and_duplicate_nothing(ship
     # Events posted while a response was lost are stored though not acknowledged.
     assert stored - accepted == set() or clients.errors
     assert (rolled_events, rolled_tokens) == (len(stored_ids), tokens), "the rollup double-counted"
+    assert tuple(hourly) == (len(stored_ids), tokens), "the hourly rollup is off"
     assert parked == 0
     assert stack.worker is not None and stack.worker.poll() is None, "the worker died"

@@ -18,7 +18,8 @@ from typing import Any
 
 from app.analytics.usage import UsageRequest, rollup_rows
 from app.budgets.models import USD, Budget
-from app.customers.models import ApiKey, BillingCustomer
+from app.budgets.services import describe_budget
+from app.customers.models import ApiKey
 from app.models.types import amount_str
 from app.periods import Period, period_at
 
@@ -90,35 +91,29 @@ def _trend(days: dict[date, Decimal], month: Period, today: date, metric: str) -
     }
 
 
-def _budget_projection(
-    budget: Budget, keys: list[ApiKey], anchor: int, now: datetime
-) -> dict[str, Any]:
+def _budget_projection(budget: Budget, keys: list[ApiKey], now: datetime) -> dict[str, Any]:
+    """The budget as its customer reads it, with its period's projected spend."""
+    described = describe_budget(budget, now)
     today = now.astimezone(UTC).date()
-    period = period_at(budget.period, now, anchor)  # type: ignore[arg-type]
+    period = Period(date.fromisoformat(described["period_start"]), period_end(described))
     scope = [k for k in keys if budget.api_key_id in (None, k.id)]
     first = min(period.start, today - timedelta(days=BASIS_DAYS))
-    days = daily(scope, first, today).of(budget.metric)
-    spent = _between(days, period.start, today)
-    projected = project(days, period, today)
+    projected = project(daily(scope, first, today).of(budget.metric), period, today)
     limit = budget.effective_limit
     return {
-        "id": budget.id,
-        "api_key_id": budget.api_key_id,
-        "metric": budget.metric,
-        "period": budget.period,
-        "period_start": period.start.isoformat(),
-        "period_end": period.ends_at.isoformat(),
-        "limit": amount_str(limit),
-        "spent": _shown(spent, budget.metric),
+        **described,
         "projected": _shown(projected, budget.metric),
         "projected_percent": float((projected * 100 / limit).quantize(_CENT)) if limit else None,
         "projected_over": projected > limit,
     }
 
 
-def forecast(
-    customer: BillingCustomer, keys: list[ApiKey], budgets: Iterable[Budget], now: datetime
-) -> dict[str, Any]:
+def period_end(described: dict[str, Any]) -> date:
+    """The first day after a described budget's period (its end is midnight UTC)."""
+    return datetime.fromisoformat(described["period_end"]).astimezone(UTC).date()
+
+
+def forecast(keys: list[ApiKey], budgets: Iterable[Budget], now: datetime) -> dict[str, Any]:
     """This month against the last, the month-end projection, and each budget's."""
     today = now.astimezone(UTC).date()
     month = period_at("month", now)
@@ -132,7 +127,5 @@ def forecast(
         "basis_days": BASIS_DAYS,
         "cost": _trend(seen.cost, month, today, USD),
         "tokens": _trend(seen.tokens, month, today, "tokens"),
-        "budgets": [
-            _budget_projection(budget, keys, customer.created_at.day, now) for budget in budgets
-        ],
+        "budgets": [_budget_projection(budget, keys, now) for budget in budgets],
     }

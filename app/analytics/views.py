@@ -131,7 +131,7 @@ def performance_answer(customer: BillingCustomer) -> dict[str, Any]:
 
 def forecast_answer(customer: BillingCustomer) -> dict[str, Any]:
     parse_query(NoQuery)
-    return forecast(customer, keys_of(customer.id), budgets_of(customer.id), utcnow())
+    return forecast(keys_of(customer.id), budgets_of(customer.id), utcnow())
 
 
 def recommendations_answer(customer: BillingCustomer) -> dict[str, Any]:

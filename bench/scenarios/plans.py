@@ -6,12 +6,11 @@ no event can reach any more; the second is a day's report in steady state."""
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.stack import REDIS_URL, SCALE_EVENTS, Run, log
+from bench.stack import SCALE_EVENTS, Run, in_process_app, log
 
 ORDER = 55  # after reads, which loads the rollups
 ENABLED = SCALE_EVENTS > 0
@@ -27,23 +26,15 @@ TERMS = {
 
 
 def run(run: Run, results: dict[str, Any]) -> None:
-    os.environ.update(
-        DATABASE_URL=run.db_url,
-        REDIS_URL=REDIS_URL,
-        INSTANCE_DIR=str(run.instance),
-        AUTO_MIGRATE="false",
-        BILLING_QUANTITY="cost",
-    )
+    app = in_process_app(run, BILLING_QUANTITY="cost")
     from sqlalchemy import select
 
-    from app import create_app
     from app.customers.models import BillingCustomer
     from app.extensions import db
     from app.plans.services import assign_plan, create_version
     from app.plans.terms import PlanTerms
     from app.services.reporting import owed_in_units
 
-    app = create_app()
     settings = app.config["SETTINGS"]
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     with app.app_context():

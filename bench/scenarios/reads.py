@@ -1,17 +1,18 @@
-"""Reads at scale: ``SCALE_EVENTS`` events over 90 days for ``CUSTOMERS`` customers,
-then the daily report's aggregation and ``GET /v1/billing/usage`` over 31 days."""
+"""Reads at scale: ``SCALE_EVENTS`` events over 90 days for ``CUSTOMERS`` customers
+(with their daily and hourly rollups), then the daily report's aggregation and
+``GET /v1/billing/usage`` over 31 days."""
 
 from __future__ import annotations
 
-import os
 import random
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.ingest.ledger import hourly_rollup_sql
 from app.progress import progress_bar
-from bench.stack import CUSTOMERS, REDIS_URL, SCALE_EVENTS, Run, log, pg
+from bench.stack import CUSTOMERS, SCALE_EVENTS, Run, in_process_app, log, pg
 
 ORDER = 50
 ENABLED = SCALE_EVENTS > 0
@@ -27,18 +28,21 @@ def load_scale(db_url: str) -> None:
     log(f"scale: loading {SCALE_EVENTS:,} events over 90 days for {CUSTOMERS:,} customers")
     conn = pg(db_url)
     with conn.cursor() as cur:
-        cur.execute("TRUNCATE usage_events, usage_daily")
+        cur.execute("TRUNCATE usage_events, usage_daily, usage_hourly")
         cur.execute(f"""
             INSERT INTO usage_events (event_id, api_key_hash, execution_id, task_type, tokens_input,
                 tokens_output, tokens_cache_read, tokens_total, provider, model, model_cost_input,
-                model_cost_output, cost_input, cost_output, cost_total, status, pricing_status,
-                created_at, received_at)
+                model_cost_output, cost_input, cost_output, cost_total, execution_time, status,
+                pricing_status, created_at, received_at)
             SELECT 's-' || g, encode(sha256(('bench-key-' || customer)::bytea), 'hex'), NULL,
-                'code_generation', 500 + g % 1000, 100 + g % 300, 0, 600 + g % 1000 + g % 300,
+                (ARRAY['code_generation','review'])[1 + g % 2], 500 + g % 1000, 100 + g % 300, 0,
+                600 + g % 1000 + g % 300,
                 (ARRAY['openai','anthropic','google'])[1 + model],
                 (ARRAY['gpt-4o','claude-3-5-sonnet','gemini-2.5-pro'])[1 + model],
                 0.0000025, 0.00001, (500 + g % 1000) * 0.0000025, (100 + g % 300) * 0.00001,
-                (500 + g % 1000) * 0.0000025 + (100 + g % 300) * 0.00001, 'success', 'priced',
+                (500 + g % 1000) * 0.0000025 + (100 + g % 300) * 0.00001,
+                0.2 + (g * 7 % 9000) / 1000.0, CASE WHEN g % 50 = 0 THEN 'error' ELSE 'success' END,
+                'priced',
                 now() - (day || ' days')::interval - ((g * 7919 % 86400) || ' seconds')::interval,
                 now()
             FROM (
@@ -52,6 +56,7 @@ def load_scale(db_url: str) -> None:
             SELECT api_key_hash, (created_at AT TIME ZONE 'UTC')::date, provider, model, count(*), 0,
                 sum(tokens_input), sum(tokens_output), 0, sum(tokens_total), sum(cost_total), now()
             FROM usage_events GROUP BY 1, 2, 3, 4""")
+        cur.execute(hourly_rollup_sql("usage_events", "created_at"))
         cur.execute(
             "INSERT INTO billing_customers (api_key_hash, stripe_customer_id, email, name, "
             "billing_interval, is_active, created_at, updated_at) "
@@ -66,6 +71,7 @@ def load_scale(db_url: str) -> None:
         )
         cur.execute("VACUUM ANALYZE usage_events")
         cur.execute("VACUUM ANALYZE usage_daily")
+        cur.execute("VACUUM ANALYZE usage_hourly")
     conn.close()
 
 
@@ -73,16 +79,9 @@ def run(run: Run, results: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     load_scale(run.db_url)
     results["scale_load_s"] = round(time.perf_counter() - t0, 1)
-    os.environ.update(
-        DATABASE_URL=run.db_url,
-        REDIS_URL=REDIS_URL,
-        INSTANCE_DIR=str(run.instance),
-        AUTO_MIGRATE="false",
-    )
-    from app import create_app
+    app = in_process_app(run)
     from app.services.reporting import cumulative_usage
 
-    app = create_app()
     settings = app.config["SETTINGS"]
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     with app.app_context():

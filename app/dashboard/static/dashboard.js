@@ -72,7 +72,7 @@ async function forecast() {
   pages.fill("budgets", body.budgets.map((b) => [
     `${b.metric === "usd" ? "USD" : "tokens"} per ${b.period.replace("_", " ")}${b.api_key_id ? ` (key ${b.api_key_id})` : ""}`,
     b.period_end.slice(0, 10),
-    b.metric === "usd" ? pages.money(b.limit) : pages.count(b.limit),
+    b.metric === "usd" ? pages.money(b.effective_limit) : pages.count(b.effective_limit),
     b.metric === "usd" ? pages.money(b.spent) : pages.count(b.spent),
     b.metric === "usd" ? pages.money(b.projected) : pages.count(b.projected),
     b.projected_percent === null ? null : `${b.projected_percent}%${b.projected_over ? " (over)" : ""}`,
