@@ -1,5 +1,5 @@
-"""The Beat schedule: three daily or weekly jobs, all in UTC, times from settings, and the
-budgets' minute jobs."""
+"""The Beat schedule: three daily or weekly jobs, all in UTC, times from settings, the
+budgets' minute jobs, and the operators' overview every five minutes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ REFRESH_TASK = "jobs.refresh_prices"
 CLEANUP_TASK = "jobs.cleanup_usage"
 BUDGETS_REBUILD_TASK = "budgets.rebuild"
 ALERTS_TASK = "alerts.deliver_due"
+OVERVIEW_TASK = "overview.refresh"
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -38,4 +39,5 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         },
         "budgets-rebuild": {"task": BUDGETS_REBUILD_TASK, "schedule": 60.0},
         "alerts-delivery": {"task": ALERTS_TASK, "schedule": 60.0},
+        "operators-overview": {"task": OVERVIEW_TASK, "schedule": 300.0},
     }

@@ -1,4 +1,4 @@
-"""Nightly price refresh and weekly retention cleanup."""
+"""Nightly price refresh, weekly retention cleanup, and the operators' overview."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ from celery import shared_task
 from flask import current_app
 
 from app.errors import JobAlreadyRunning
+from app.extensions import db, shared_redis
+from app.models.types import utcnow
+from app.schedule import OVERVIEW_TASK
+from app.services.overview import refresh_top_customers
 from app.services.scheduled import run_cleanup, run_price_refresh
 
 
@@ -24,3 +28,12 @@ def cleanup_usage() -> dict | None:
         return run_cleanup(current_app.config["SETTINGS"]).counts
     except JobAlreadyRunning:
         return None
+
+
+@shared_task(name=OVERVIEW_TASK)
+def refresh_overview() -> int:
+    """Keep the month's top customers fresh for the operators' page; returns how many."""
+    try:
+        return len(refresh_top_customers(shared_redis(current_app), utcnow())["customers"])
+    finally:
+        db.session.remove()

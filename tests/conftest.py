@@ -178,14 +178,17 @@ def clean_tables(app: Flask) -> Iterator[None]:
             for name in names:
                 db.session.execute(text(f"DELETE FROM {name}"))
         db.session.commit()
-    if SERVICES_UP:  # budget ids restart with the tables: so must their counters
+    if SERVICES_UP:  # budget ids restart with the tables: so must their counters (and
+        # the operators' snapshot of top customers must not outlive its rows)
         import redis
 
         from app.budgets.counters import PREFIX
+        from app.services.overview import TOP_KEY
 
         client = redis.Redis.from_url(REDIS_URL)
         for key in client.scan_iter(PREFIX + "*"):
             client.delete(key)
+        client.delete(TOP_KEY)
 
 
 @pytest.fixture()

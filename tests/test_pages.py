@@ -222,7 +222,7 @@ def test_the_operators_page_shows_the_overview(
     assert ADMIN_TOKEN not in page.page.content()
     assert int(page.figure("parked_events")) == parked > 0
     with app.app_context():
-        expected = overview(app.config["SETTINGS"], datetime.now(UTC))
+        expected = overview(app.config["SETTINGS"], datetime.now(UTC), None)
         db.session.rollback()
     unpriced = [row[:3] for row in page.table("unpriced")]
     assert unpriced == [
@@ -232,7 +232,7 @@ def test_the_operators_page_shows_the_overview(
     assert ["anthropic", "no-such-model"] in [row[:2] for row in unpriced]
     top = page.table("top")
     assert top[0][0] == str(customer.id)
-    assert _money(top[0][2]) == Decimal(expected["top_customers"][0]["cost"])
+    assert _money(top[0][2]) == Decimal(expected["top_customers"]["customers"][0]["cost"])
     assert {row[0] for row in page.table("jobs")} == set(expected["status"]["jobs"])
     assert page.page.get_attribute("#flower", "href") == app.config["SETTINGS"].flower_url
     page.screenshot("admin")
@@ -313,3 +313,30 @@ def test_the_dashboard_data_is_the_api_answer(
     bad = client.get("/dashboard/data/usage?start_date=2026-13-01&end_date=2026-01-01")
     assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "start_date"
     assert client.get("/dashboard/data/nothing").status_code == 404
+
+
+def test_the_top_customers_are_a_snapshot_that_beat_refreshes(
+    app: Flask, client: FlaskClient, make_customer: Callable[..., BillingCustomer]
+) -> None:
+    from app.schedule import beat_schedule
+    from tasks.jobs import refresh_overview
+
+    make_customer("key-top")
+    with app.app_context():
+        record([event("key-top", tokens_input=1000, tokens_output=0)])
+        assert refresh_overview() == 1
+    token = _csrf(client, "/admin/sign-in")
+    client.post("/admin/sign-in", data={"token": ADMIN_TOKEN, "csrf_token": token})
+    first = client.get("/admin/data").get_json()["top_customers"]
+    with app.app_context():
+        record([event("key-top", tokens_input=1000, tokens_output=0)])
+    assert client.get("/admin/data").get_json()["top_customers"] == first  # the snapshot
+    with app.app_context():
+        refresh_overview()
+    second = client.get("/admin/data").get_json()["top_customers"]
+    # claude-3-5-sonnet input: $3 per MTok
+    assert Decimal(first["customers"][0]["cost"]) == Decimal("0.003")
+    assert Decimal(second["customers"][0]["cost"]) == Decimal("0.006")
+    assert second["as_of"] > first["as_of"]
+    schedule = beat_schedule(app.config["SETTINGS"])["operators-overview"]
+    assert (schedule["task"], schedule["schedule"]) == ("overview.refresh", 300.0)

@@ -19,6 +19,7 @@ from app.dashboard.session import (
     signed_in_admin,
 )
 from app.errors import AuthenticationError
+from app.extensions import shared_redis
 from app.models.types import utcnow
 from app.services.overview import overview
 
@@ -63,4 +64,4 @@ def data() -> dict[str, Any]:
     settings = _settings()
     if not signed_in_admin(settings):
         raise AuthenticationError("sign in first", field="session")
-    return overview(settings, utcnow())
+    return overview(settings, utcnow(), shared_redis(current_app))

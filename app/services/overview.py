@@ -2,22 +2,24 @@
 need manual billing (``job_status``), unpriced models, parked events, the top
 customers of the month, and how far ingest lags.
 
-Each figure is one indexed read, so the page stays fast at any history. The month's
-top customers are the one sum over many rollup rows (every key's every day): the
-days before today are summed once per ``_CLOSED_DAYS_TTL`` per process and today's
-are added live, so a late event for a past day shows within ten minutes.
+Each figure is one indexed read, so the page stays fast at any history, but for the
+month's top customers: one sum over every key's every day of the month (a second
+or so at 10,000 customers). Beat computes it every five minutes and keeps it in
+Redis, where the page reads it with the time it was taken; without Redis (the
+embedded default, a few rows) the page computes it.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import statistics
-import threading
-import time
 from collections import defaultdict
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import redis
 from sqlalchemy import func, select
 
 from app.config import Settings
@@ -30,7 +32,11 @@ from app.services.scheduled import job_status
 UNPRICED_DAYS = 30
 TOP_CUSTOMERS = 10
 LAG_SAMPLE = 1000  # the latest events stored, for the ingest lag
-_CLOSED_DAYS_TTL = 600.0
+TOP_KEY = "ub:overview:top_customers"
+SNAPSHOT_REFRESH_SECONDS = 300  # Beat's period
+SNAPSHOT_TTL_SECONDS = 900  # three of Beat's periods: a missed run or two is not noticed
+
+log = logging.getLogger("usage_billing.overview")
 
 
 def unpriced_models(today: date) -> list[dict[str, Any]]:
@@ -78,28 +84,6 @@ def parked_events() -> dict[str, Any]:
     }
 
 
-class _ClosedDays:
-    """Each key's cost over the month's days before today, summed once per TTL."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cached: dict[tuple[date, date], tuple[float, dict[str, Decimal]]] = {}
-
-    def get(self, first: date, today: date) -> dict[str, Decimal]:
-        key = (first, today)
-        with self._lock:
-            hit = self._cached.get(key)
-            if hit is not None and time.monotonic() - hit[0] < _CLOSED_DAYS_TTL:
-                return hit[1]
-        costs = _cost_by_key(first, today - timedelta(days=1))
-        with self._lock:
-            self._cached = {key: (time.monotonic(), costs)}
-        return costs
-
-
-_closed_days = _ClosedDays()
-
-
 def _cost_by_key(first: date, last: date) -> dict[str, Decimal]:
     if last < first:
         return {}
@@ -112,21 +96,15 @@ def _cost_by_key(first: date, last: date) -> dict[str, Decimal]:
 
 
 def top_customers(today: date) -> list[dict[str, Any]]:
-    """The customers with the highest cost this month so far."""
-    first = today.replace(day=1)
-    by_key: dict[str, Decimal] = defaultdict(Decimal, _closed_days.get(first, today))
-    for key_hash, cost in _cost_by_key(today, today).items():
-        by_key[key_hash] += cost
-    by_customer: dict[int, Decimal] = defaultdict(Decimal)
-    owners = (
-        dict(
-            db.session.execute(
-                select(ApiKey.key_hash, ApiKey.customer_id).where(ApiKey.key_hash.in_(list(by_key)))
-            ).all()
-        )
-        if by_key
-        else {}
+    """The customers with the highest cost this month so far (one sum over every key's
+    every day of the month: the figure ``top_customers_snapshot`` keeps)."""
+    by_key = _cost_by_key(today.replace(day=1), today)
+    owners = dict(
+        db.session.execute(
+            select(ApiKey.key_hash, ApiKey.customer_id).where(ApiKey.key_hash.in_(list(by_key)))
+        ).all()
     )
+    by_customer: dict[int, Decimal] = defaultdict(Decimal)
     for key_hash, cost in by_key.items():
         if key_hash in owners:
             by_customer[owners[key_hash]] += cost
@@ -142,6 +120,37 @@ def top_customers(today: date) -> list[dict[str, Any]]:
         {"customer_id": customer_id, "name": names.get(customer_id), "cost": money_str(cost)}
         for customer_id, cost in top
     ]
+
+
+def refresh_top_customers(cache: redis.Redis | None, now: datetime) -> dict[str, Any]:
+    """Compute the month's top customers and keep them in ``cache`` (Beat, every
+    ``SNAPSHOT_REFRESH_SECONDS``)."""
+    snapshot = {
+        "as_of": now.isoformat(),
+        "month": now.date().isoformat()[:7],
+        "customers": top_customers(now.date()),
+    }
+    if cache is not None:
+        try:
+            cache.set(TOP_KEY, json.dumps(snapshot), ex=SNAPSHOT_TTL_SECONDS)
+        except redis.RedisError as exc:
+            log.warning("could not keep the top customers: %s", type(exc).__name__)
+    return snapshot
+
+
+def top_customers_snapshot(cache: redis.Redis | None, now: datetime) -> dict[str, Any]:
+    """The month's top customers as last computed (at most ``SNAPSHOT_TTL_SECONDS`` old),
+    computed now when there is none for this month (or no Redis to keep one)."""
+    if cache is not None:
+        try:
+            raw = cache.get(TOP_KEY)
+        except redis.RedisError:
+            raw = None
+        if raw:
+            snapshot = json.loads(raw)
+            if snapshot["month"] == now.date().isoformat()[:7]:
+                return snapshot
+    return refresh_top_customers(cache, now)
 
 
 def ingest_lag(now: datetime) -> dict[str, Any]:
@@ -165,14 +174,14 @@ def ingest_lag(now: datetime) -> dict[str, Any]:
     }
 
 
-def overview(settings: Settings, now: datetime) -> dict[str, Any]:
+def overview(settings: Settings, now: datetime, cache: redis.Redis | None) -> dict[str, Any]:
     today = now.date()
     return {
         "as_of": now.isoformat(),
         "status": job_status(settings, now),
         "unpriced_models": unpriced_models(today),
         "parked_events": parked_events(),
-        "top_customers": top_customers(today),
+        "top_customers": top_customers_snapshot(cache, now),
         "ingest_lag": ingest_lag(now),
         "flower_url": settings.flower_url,
     }

@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from app.extensions import shared_redis
+from app.services.overview import refresh_top_customers
 from bench.plots import figure
 from bench.stack import ADMIN_TOKEN, CUSTOMERS, SCALE_EVENTS, Run, in_process_app, log
 
@@ -102,6 +104,10 @@ def run(run: Run, results: dict[str, Any]) -> None:
             resp = client.get(path)
             latency[name].append(time.perf_counter() - t)
             assert resp.status_code == 200, (path, resp.get_json())
+    with app.app_context():  # what Beat does every five minutes, timed
+        t = time.perf_counter()
+        refresh_top_customers(shared_redis(app), datetime.now(UTC))
+        snapshot_s = round(time.perf_counter() - t, 3)
     admin = app.test_client()
     _sign_in(admin, "/admin/sign-in", "token", ADMIN_TOKEN)
     for _ in range(ADMIN_LOADS):
@@ -124,6 +130,7 @@ def run(run: Run, results: dict[str, Any]) -> None:
         "customers_signed_in": SIGNED_IN,
         "calls": figures,
         "admin_first_load_ms": cold_admin_ms,
+        "top_customers_snapshot_s": snapshot_s,
         "export": export,
     }
 
@@ -146,6 +153,13 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
         (f"dashboard: {name} p50 / p99 (ms)", f"{c['p50_ms']} / {c['p99_ms']}", "p99 <= 100")
         for name, c in board["calls"].items()
     ]
+    out.append(
+        (
+            "top customers of the month, Beat's snapshot every 5 min (s)",
+            board["top_customers_snapshot_s"],
+            "",
+        )
+    )
     export = board["export"]
     out.append(
         (

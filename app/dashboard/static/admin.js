@@ -20,7 +20,8 @@ pages.data("/admin/data").then((body) => {
   pages.fill("manual", status.manual_reports.reports.map((r) => [r.identifier, r.day, r.reason]), "None.");
   pages.fill("unpriced", body.unpriced_models.map((m) => [m.provider, m.model, pages.count(m.events), m.last_day]), "None.");
   pages.fill("parked", body.parked_events.latest.map((p) => [p.event_id, p.field, p.reason, when(p.parked_at)]), "None.");
-  pages.fill("top", body.top_customers.map((c) => [c.customer_id, c.name, pages.money(c.cost)]), "No usage this month.");
+  pages.fill("top", body.top_customers.customers.map((c) => [c.customer_id, c.name, pages.money(c.cost)]), "No usage this month.");
+  pages.figure("top_as_of", when(body.top_customers.as_of));
   const flower = document.getElementById("flower");
   if (/^https?:\/\//.test(body.flower_url)) flower.href = body.flower_url;
   document.body.setAttribute("data-loaded", "true");
