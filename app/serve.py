@@ -96,9 +96,10 @@ def main() -> int:
     # Double quotes: the shell expands $(date …) when the line is pasted as printed.
     print(
         f'  then: curl -s "http://{host}:{port}/v1/billing/usage?start_date=$(date -u +%F)'
-        f'&end_date=$(date -u +%F)" -H "Authorization: Bearer {api_key}"\n',
+        f'&end_date=$(date -u +%F)" -H "Authorization: Bearer {api_key}"',
         flush=True,
     )
+    print(f"  or see it at http://{host}:{port}/dashboard/ (sign in with that key)\n", flush=True)
     try:
         _Server(app, host, port).run()
     finally:

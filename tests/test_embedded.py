@@ -74,6 +74,9 @@ def test_demo_command_turns_a_metered_call_into_a_priced_row(tmp_path: Path) -> 
         [usage_line] = [line.split("then:", 1)[1] for line in printed if "then:" in line]
         call = json.loads(_shell(execute_line))
         usage = wait_for(lambda: _recorded(json.loads(_shell(usage_line))), 60)
+        [page_line] = [line for line in printed if "/dashboard/" in line]
+        api_key = execute_line.split("Bearer ", 1)[1].split("'", 1)[0]
+        shown = _dashboard_usage(page_line.split("at ", 1)[1].split(" ", 1)[0], api_key)
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=60)
@@ -85,6 +88,28 @@ def test_demo_command_turns_a_metered_call_into_a_priced_row(tmp_path: Path) -> 
     ] * Decimal("0.00001")
     assert Decimal(usage["totals"]["cost"]) == expected
     assert (tmp_path / "usage_billing.db").exists()
+    assert shown["totals"] == usage["totals"]  # the page's data is the API's, on SQLite too
+
+
+def _dashboard_usage(page: str, api_key: str) -> dict:
+    """Sign in to the printed page with the demo key, as a browser would (cookies, the
+    form's CSRF token), check the bundled chart library is served, and read the page's
+    usage data."""
+    import http.cookiejar
+    import urllib.parse
+
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    html = opener.open(page, timeout=10).read().decode()  # redirected to the sign-in form
+    token = html.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    form = urllib.parse.urlencode({"api_key": api_key, "csrf_token": token}).encode()
+    assert "data-start" in opener.open(f"{page}sign-in", form, timeout=10).read().decode()
+    chart = opener.open(f"{page}static/vendor/chart.umd.min.js", timeout=10).read()
+    assert b"Chart.js v4" in chart[:200]
+    today = datetime.now(UTC).date().isoformat()
+    data = f"{page}data/usage?start_date={today}&end_date={today}"
+    return json.loads(opener.open(data, timeout=10).read())
 
 
 def _shell(line: str) -> str:
