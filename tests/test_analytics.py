@@ -565,3 +565,43 @@ def test_the_cleanup_drops_hourly_detail_past_its_retention_and_keeps_the_days(
     assert deleted == hours - len(left) > 0
     assert min(left) >= oldest + timedelta(hours=2)
     assert days == 50
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/billing/performance?start_date=2026-11-02&end_date=2026-11-01", "end_date"),
+        ("/v1/billing/performance?end_date=2026-11-01", "start_date"),
+        ("/v1/billing/performance?start_date={today}&end_date={today}&key=abc", "key"),
+        ("/v1/billing/performance?start_date={today}&end_date={today}&group_by=model", "group_by"),
+        ("/v1/billing/performance?start_date=2020-01-01&end_date=2020-01-02", "start_date"),
+        ("/v1/billing/recommendations?days=367", "days"),
+        ("/v1/billing/recommendations?days=abc", "days"),
+        ("/v1/billing/recommendations?days=3&days=4", "days"),
+        ("/v1/billing/usage/export?start_date={today}&end_date={today}&format=xml", "format"),
+        ("/v1/billing/usage/export?start_date={today}", "end_date"),
+        ("/v1/billing/usage/export?start_date=2020-01-01&end_date={today}", "end_date"),
+        (
+            "/v1/billing/usage/export?start_date={today}&end_date={today}&customer_id=0",
+            "customer_id",
+        ),
+    ],
+)
+def test_the_other_analytics_endpoints_answer_bad_parameters_with_400s(
+    client: FlaskClient, make_customer: Callable[..., BillingCustomer], path: str, field: str
+) -> None:
+    make_customer("key-400")
+    status, body = _get(client, path.format(today=NOW.date().isoformat()), "key-400")
+    assert (status, body["error"]["field"]) == (400, field), body
+
+
+def test_the_analytics_endpoints_need_a_live_key(client: FlaskClient) -> None:
+    day = NOW.date().isoformat()
+    for path in (
+        f"/v1/billing/performance?start_date={day}&end_date={day}",
+        "/v1/billing/forecast",
+        "/v1/billing/recommendations",
+        f"/v1/billing/usage/export?start_date={day}&end_date={day}",
+    ):
+        status, body = _get(client, path, "no-such-key")
+        assert (status, body["error"]["field"]) == (401, "Authorization"), path
