@@ -29,6 +29,7 @@ from app.services.scheduled import (
     job_status,
     run_cleanup,
     run_price_refresh,
+    run_reconciliation,
     run_report,
 )
 
@@ -122,10 +123,17 @@ def replay_rejected_events(limit: int) -> None:
     )
 
 
+@billing_cli.command("reconcile")
+def reconcile_command() -> None:
+    """Compare what the ledger says was sent with Stripe's meter summaries, now."""
+    with progress_bar("reconciling customers") as progress:
+        _run("reconcile", lambda: run_reconciliation(_settings(), progress=progress))
+
+
 @billing_cli.command("status")
 def status() -> None:
-    """Last run of each job as JSON; exit 1 when one failed or is overdue, or a
-    report waits for manual billing."""
+    """Last run of each job as JSON; exit 1 when one failed or is overdue, a report
+    waits for manual billing, or Stripe holds other than the ledger says was sent."""
     status = job_status(_settings(), utcnow())
     click.echo(json.dumps(status, indent=2))
     sys.exit(0 if status["healthy"] else 1)

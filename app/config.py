@@ -131,6 +131,10 @@ class Settings:
     price_refresh_hour_utc: int = 1
     cleanup_weekday: int = 0  # Sunday in crontab terms
     cleanup_hour_utc: int = 3
+    # Reconciliation with Stripe's meter summaries: daily at this hour (after the
+    # report, so Stripe has aggregated its events), over this many days back.
+    reconcile_hour_utc: int = 4
+    reconcile_days: int = 7
     job_stale_after_seconds: int = 3600
 
     def __post_init__(self) -> None:

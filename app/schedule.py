@@ -12,6 +12,7 @@ from app.config import Settings
 REPORT_TASK = "billing.report_usage"
 REFRESH_TASK = "jobs.refresh_prices"
 CLEANUP_TASK = "jobs.cleanup_usage"
+RECONCILE_TASK = "billing.reconcile"
 BUDGETS_REBUILD_TASK = "budgets.rebuild"
 ALERTS_TASK = "alerts.deliver_due"
 OVERVIEW_TASK = "overview.refresh"
@@ -36,6 +37,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
                 hour=str(settings.cleanup_hour_utc),
                 day_of_week=str(settings.cleanup_weekday),
             ),
+        },
+        "daily-reconciliation": {
+            "task": RECONCILE_TASK,
+            "schedule": crontab(minute="0", hour=str(settings.reconcile_hour_utc)),
         },
         "budgets-rebuild": {"task": BUDGETS_REBUILD_TASK, "schedule": 60.0},
         "alerts-delivery": {"task": ALERTS_TASK, "schedule": 60.0},

@@ -11,8 +11,9 @@ from app.customers.models import BillingCustomer
 from app.customers.services import LINK_TASK, link_stripe_customer
 from app.errors import BillingUnavailable, JobAlreadyRunning
 from app.extensions import db
+from app.schedule import RECONCILE_TASK
 from app.services.jobs import JobFailed
-from app.services.scheduled import run_report
+from app.services.scheduled import run_reconciliation, run_report
 
 
 @shared_task(
@@ -58,5 +59,26 @@ def link_customer(customer_id: int) -> str | None:
         return None
     try:
         return link_stripe_customer(customer)
+    finally:
+        db.session.remove()
+
+
+@shared_task(
+    name=RECONCILE_TASK,
+    acks_late=True,
+    autoretry_for=(JobFailed, BillingUnavailable),
+    retry_backoff=300,
+    retry_backoff_max=3600,
+    max_retries=6,
+)
+def reconcile_with_stripe() -> dict | None:
+    """Compare what the ledger says was sent with Stripe's meter summaries (daily)."""
+    settings = current_app.config["SETTINGS"]
+    if not settings.stripe_api_key:
+        return None
+    try:
+        return run_reconciliation(settings).counts
+    except JobAlreadyRunning:
+        return None
     finally:
         db.session.remove()

@@ -4,7 +4,10 @@ It checks what Stripe would check for the calls we make: the secret key,
 idempotency keys (a replay returns the first answer; a reused key with other
 parameters is an error), meter-event identifiers (unique), timestamps (no
 older than 35 days, no more than 5 minutes ahead), that the customer exists,
-and that values are whole numbers. Failures can be scripted per path.
+and that values are whole numbers. It answers the meter's event summaries as
+Stripe does: the meter's events of one customer summed per window (`day` windows
+on UTC midnights), newest first, paged by ``limit`` and ``starting_after``.
+Failures can be scripted per path.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from urllib.parse import parse_qsl
 
 API_KEY = "sk_test_fake"
 METER_EVENT_NAME = "llm_usage"
+METER_ID = "mtr_test_fake"
 SLOW_SECONDS = 1.5
 
 
@@ -141,7 +145,67 @@ class FakeStripe:
             }
             self.state.portal_sessions.append(session)
             return 200, session
+        if method == "GET" and path == "/v1/billing/meters":
+            meter = {
+                "id": METER_ID,
+                "object": "billing.meter",
+                "event_name": METER_EVENT_NAME,
+                "status": "active",
+                "default_aggregation": {"formula": "sum"},
+            }
+            wanted = params.get("status")
+            data = [meter] if wanted in (None, "active") else []
+            return 200, {"object": "list", "data": data, "has_more": False, "url": path}
+        if method == "GET" and path == f"/v1/billing/meters/{METER_ID}/event_summaries":
+            return self._event_summaries(path, params)
         return 404, _error("invalid_request_error", f"Unrecognized request URL ({method}: {path})")
+
+    def _event_summaries(self, path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        customer = params.get("customer")
+        if customer not in self.state.customers:
+            return 400, _error("invalid_request_error", "No such customer", "customer")
+        try:
+            start, end = int(params["start_time"]), int(params["end_time"])
+        except (KeyError, ValueError):
+            return 400, _error("invalid_request_error", "start_time and end_time", "start_time")
+        window = {"day": 86400, "hour": 3600}.get(params.get("value_grouping_window", ""))
+        if start % 60 or end % 60 or (window and (start % window or end % window)):
+            return 400, _error("invalid_request_error", "not aligned to the window", "start_time")
+        windows = range(start, end, window) if window else range(start, start + 1)
+        summaries = []
+        for window_start in windows:
+            window_end = window_start + window if window else end
+            values = [
+                float(e["payload"]["value"])
+                for e in self.state.meter_events
+                if e["payload"]["stripe_customer_id"] == customer
+                and window_start <= e["timestamp"] < window_end
+            ]
+            if values:
+                summaries.append(
+                    {
+                        "id": f"mtrusg_{customer}_{window_start}",
+                        "object": "billing.meter_event_summary",
+                        "aggregated_value": sum(values),
+                        "start_time": window_start,
+                        "end_time": window_end,
+                        "meter": METER_ID,
+                        "livemode": False,
+                    }
+                )
+        summaries.reverse()  # newest first, as Stripe lists them
+        after = params.get("starting_after")
+        if after:
+            ids = [s["id"] for s in summaries]
+            summaries = summaries[ids.index(after) + 1 :] if after in ids else []
+        limit = int(params.get("limit", "10"))
+        page = summaries[:limit]
+        return 200, {
+            "object": "list",
+            "data": page,
+            "has_more": len(summaries) > limit,
+            "url": path,
+        }
 
     def _meter_event(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
         if params.get("event_name") != METER_EVENT_NAME:
@@ -191,14 +255,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        self._answer("GET", path, dict(parse_qsl(query, keep_blank_values=True)))
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length).decode()
-        params = dict(parse_qsl(raw, keep_blank_values=True))
+        self._answer("POST", self.path.split("?")[0], dict(parse_qsl(raw, keep_blank_values=True)))
+
+    def _answer(self, method: str, path: str, params: dict[str, str]) -> None:
         headers = {k.lower(): v for k, v in self.headers.items()}
-        path = self.path.split("?")[0]
         with self.fake.lock:
-            record = Request("POST", path, params, headers)
+            record = Request(method, path, params, headers)
             self.fake.state.requests.append(record)
             answer = self.fake.handle(record)
             record.status = 0 if answer == "drop" or record.slow else answer[0]

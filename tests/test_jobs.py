@@ -29,6 +29,7 @@ from app.pricing.catalog import PriceSourceError
 from app.services.jobs import run_job
 from app.services.scheduled import (
     CLEANUP_JOB,
+    RECONCILE_JOB,
     REFRESH_JOB,
     REPORT_JOB,
     days_to_report,
@@ -358,6 +359,7 @@ def test_status_exits_non_zero_when_the_report_is_overdue(app: Flask) -> None:
                 (REPORT_JOB, "2026-11-19"),
                 (REFRESH_JOB, "2026-11-20"),
                 (CLEANUP_JOB, "2026-11-16"),
+                (RECONCILE_JOB, "2026-11-20"),
             ):
                 db.session.add(
                     JobRun(

@@ -17,6 +17,8 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
 import stripe
@@ -126,6 +128,43 @@ class StripeGateway:
             ),
         )
         return event.identifier
+
+    def meter_id(self, event_name: str) -> str:
+        """The id of the active meter that takes ``event_name``'s events."""
+        meters = self._call(
+            "meter lookup", lambda: self._client.v1.billing.meters.list(params={"status": "active"})
+        )
+        for meter in meters.auto_paging_iter():
+            if meter.event_name == event_name:
+                return meter.id
+        raise BillingRejected(f"no active Stripe meter takes the event name {event_name!r}")
+
+    def daily_usage(
+        self, meter_id: str, stripe_customer_id: str, first: date, last: date
+    ) -> dict[date, Decimal]:
+        """What Stripe's meter holds for the customer on each UTC day from ``first`` to
+        ``last``: its event summaries, one per day (a day without events has none)."""
+        start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+        end = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+        summaries = self._call(
+            "meter event summaries",
+            lambda: self._client.v1.billing.meters.event_summaries.list(
+                meter_id,
+                params={
+                    "customer": stripe_customer_id,
+                    "start_time": int(start.timestamp()),
+                    "end_time": int(end.timestamp()),
+                    "value_grouping_window": "day",
+                    "limit": 100,
+                },
+            ),
+        )
+        usage: dict[date, Decimal] = {}
+        for summary in summaries.auto_paging_iter():
+            day = datetime.fromtimestamp(summary.start_time, UTC).date()
+            # A float in Stripe's JSON; the values we send are whole numbers.
+            usage[day] = usage.get(day, Decimal(0)) + Decimal(str(summary.aggregated_value))
+        return usage
 
     def create_portal_session(
         self, stripe_customer_id: str, return_url: str, idempotency_key: str

@@ -60,3 +60,25 @@ class StripeWebhookEvent(db.Model):
     type: Mapped[str] = mapped_column(String(100))
     created: Mapped[datetime] = mapped_column(UTCDateTime)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ReconciliationDifference(db.Model):
+    """A customer and day where Stripe's meter holds other than our ledger says was sent.
+
+    Found by the daily reconciliation (``app/services/reconciliation.py``); kept
+    open until a later run finds the two equal again (``resolved_at``), so
+    ``flask billing status`` fails while any is open.
+    """
+
+    __tablename__ = "reconciliation_differences"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("billing_customers.id"))
+    day: Mapped[date] = mapped_column(Date)
+    sent: Mapped[Decimal] = mapped_column(Money)  # our ledger, in reported units
+    in_stripe: Mapped[Decimal] = mapped_column(Money)  # Stripe's event summary
+    found_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("customer_id", "day"),)

@@ -1,4 +1,4 @@
-"""The three scheduled jobs, each run under its (job, period) lock.
+"""The scheduled jobs, each run under its (job, period) lock.
 
 Beat's tasks and the ``flask billing`` commands both call these, so a job run
 by hand is recorded, locked and idempotent exactly like a scheduled one.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from app.billing.stripe_gateway import gateway
 from app.config import Settings
 from app.customers.services import link_unlinked_customers
 from app.models import JobRun
@@ -26,12 +27,14 @@ from app.services.cleanup import (
     delete_receipts_before,
 )
 from app.services.jobs import JobFailed, last_runs, last_success, run_job
+from app.services.reconciliation import open_differences, reconcile
 from app.services.reporting import report_day, reports_needing_manual
 
 REPORT_JOB = "usage_report"
 REFRESH_JOB = "price_refresh"
 CLEANUP_JOB = "usage_cleanup"
-JOBS = (REPORT_JOB, REFRESH_JOB, CLEANUP_JOB)
+RECONCILE_JOB = "stripe_reconciliation"
+JOBS = (REPORT_JOB, REFRESH_JOB, CLEANUP_JOB, RECONCILE_JOB)
 MAX_CATCH_UP_DAYS = 35  # Stripe refuses meter events older than this
 
 
@@ -110,6 +113,32 @@ def run_cleanup(
     return run_job(CLEANUP_JOB, now.date().isoformat(), work, _stale_after(settings))
 
 
+def reconcile_window(settings: Settings, today: date) -> tuple[date, date]:
+    """The days a reconciliation on ``today`` checks: up to yesterday (reported hours
+    before), ``RECONCILE_DAYS`` of them."""
+    last = today - timedelta(days=1)
+    return last - timedelta(days=settings.reconcile_days - 1), last
+
+
+def run_reconciliation(
+    settings: Settings, now: datetime | None = None, progress: Progress = unwatched
+) -> JobRun:
+    now = now or utcnow()
+    first, last = reconcile_window(settings, now.date())
+
+    def work() -> dict[str, Any]:
+        result = reconcile(gateway(), settings.stripe_meter_event_name, first, last, now, progress)
+        return {
+            "first_day": first.isoformat(),
+            "last_day": last.isoformat(),
+            "customers": result.customers,
+            "open_differences": result.differences,
+            "resolved": result.resolved,
+        }
+
+    return run_job(RECONCILE_JOB, now.date().isoformat(), work, _stale_after(settings))
+
+
 def _describe(run: JobRun | None) -> dict[str, Any]:
     if run is None:
         return {"period": None, "status": None}
@@ -126,7 +155,8 @@ def _describe(run: JobRun | None) -> dict[str, Any]:
 def job_status(settings: Settings, now: datetime) -> dict[str, Any]:
     """Each job's last run and whether it is overdue, and the reports parked for an operator.
 
-    Healthy when no job failed or is late and no report waits for manual billing.
+    Healthy when no job failed or is late, no report waits for manual billing, and
+    Stripe holds what the ledger says was sent (no open reconciliation difference).
 
     The report is overdue once the schedule time (plus an hour of slack) has
     passed without yesterday being reported successfully; the others when their
@@ -135,7 +165,7 @@ def job_status(settings: Settings, now: datetime) -> dict[str, Any]:
     slack = timedelta(hours=2)
     newest = last_runs()
     jobs: dict[str, dict[str, Any]] = {}
-    for job in JOBS:
+    for job in scheduled_jobs(settings):
         entry = _describe(newest.get(job))
         success = last_success(job)
         if job == REPORT_JOB:
@@ -148,7 +178,12 @@ def job_status(settings: Settings, now: datetime) -> dict[str, Any]:
         entry["last_success_period"] = success.period if success else None
         jobs[job] = entry
     manual = reports_needing_manual()
-    healthy = not manual and all(not e["overdue"] and e["status"] != FAILED for e in jobs.values())
+    differences, latest = open_differences()
+    healthy = (
+        not manual
+        and not differences
+        and all(not e["overdue"] and e["status"] != FAILED for e in jobs.values())
+    )
     return {
         "healthy": healthy,
         "jobs": jobs,
@@ -159,4 +194,22 @@ def job_status(settings: Settings, now: datetime) -> dict[str, Any]:
                 for r in manual[:20]
             ],
         },
+        "reconciliation": {
+            "open_differences": differences,
+            "differences": [
+                {
+                    "customer_id": d.customer_id,
+                    "day": d.day.isoformat(),
+                    "sent": format(d.sent.normalize(), "f"),
+                    "in_stripe": format(d.in_stripe.normalize(), "f"),
+                    "found_at": d.found_at.isoformat(),
+                }
+                for d in latest
+            ],
+        },
     }
+
+
+def scheduled_jobs(settings: Settings) -> tuple[str, ...]:
+    """The jobs this deployment runs: reconciliation only where Stripe is configured."""
+    return JOBS if settings.stripe_api_key else tuple(j for j in JOBS if j != RECONCILE_JOB)

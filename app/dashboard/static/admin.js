@@ -18,6 +18,10 @@ pages.data("/admin/data").then((body) => {
     run.overdue ? "yes" : "no", run.error,
   ]));
   pages.fill("manual", status.manual_reports.reports.map((r) => [r.identifier, r.day, r.reason]), "None.");
+  pages.figure("open_differences", pages.count(status.reconciliation.open_differences));
+  pages.fill("differences", status.reconciliation.differences.map((d) => [
+    d.customer_id, d.day, d.sent, d.in_stripe, when(d.found_at),
+  ]), "None.");
   pages.fill("unpriced", body.unpriced_models.map((m) => [m.provider, m.model, pages.count(m.events), m.last_day]), "None.");
   pages.fill("parked", body.parked_events.latest.map((p) => [p.event_id, p.field, p.reason, when(p.parked_at)]), "None.");
   pages.fill("top", body.top_customers.customers.map((c) => [c.customer_id, c.name, pages.money(c.cost)]), "No usage this month.");
