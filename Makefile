@@ -13,7 +13,7 @@ test:
 	python3 scripts/dev.py test
 
 api:
-	exec $(PY) -m gunicorn --workers $${WEB_CONCURRENCY:-2} --worker-class gthread --threads $${WEB_THREADS:-2} \
+	exec $(PY) -m gunicorn -c python:app.observability.gunicorn_conf --workers $${WEB_CONCURRENCY:-2} --worker-class gthread --threads $${WEB_THREADS:-2} \
 		--bind 0.0.0.0:$${PORT:-8000} 'app:create_app_for_serving()'
 
 worker:
@@ -22,8 +22,11 @@ worker:
 beat:
 	exec $(CELERY) beat --loglevel=INFO
 
+# Flower listens on loopback unless FLOWER_ADDRESS says otherwise; with
+# FLOWER_BASIC_AUTH (user:password) it asks for it.
 flower:
-	exec $(CELERY) flower --port=$${FLOWER_PORT:-5555}
+	exec $(CELERY) flower --port=$${FLOWER_PORT:-5555} --address=$${FLOWER_ADDRESS:-127.0.0.1} \
+		$${FLOWER_BASIC_AUTH:+--basic-auth=$$FLOWER_BASIC_AUTH}
 
 bench:
 	$(PY) -m bench

@@ -24,6 +24,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.extensions import db, migrate
 
     settings = settings or Settings.from_env()
+    from app.observability.logs import configure_logging
+
+    configure_logging(settings)
     settings.instance_dir.mkdir(parents=True, exist_ok=True)
 
     app = Flask(__name__, instance_path=str(settings.instance_dir))

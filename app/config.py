@@ -83,6 +83,14 @@ class Settings:
     trust_proxy: bool = False
     flower_url: str = "http://localhost:5555"
 
+    # Observability. Metrics files of the multiprocess roles live under METRICS_DIR
+    # (default: instance/metrics); workers and Beat serve theirs on these ports (0: off).
+    metrics_dir: str = ""
+    metrics_token: str = ""
+    worker_metrics_port: int = 9101
+    beat_metrics_port: int = 9102
+    log_format: str = "text"  # or "json": one JSON object per line
+
     # Pricing
     pricing_source_url: str = ""
 
@@ -138,6 +146,8 @@ class Settings:
     job_stale_after_seconds: int = 3600
 
     def __post_init__(self) -> None:
+        if self.log_format not in {"text", "json"}:
+            raise ValueError("LOG_FORMAT must be text or json")
         if self.billing_quantity not in {"tokens", "cost"}:
             raise ValueError(
                 f"BILLING_QUANTITY must be tokens or cost, not {self.billing_quantity!r}"
@@ -165,6 +175,10 @@ class Settings:
     @property
     def uses_redis(self) -> bool:
         return bool(self.redis_url)
+
+    @property
+    def metrics_path(self) -> Path:
+        return Path(self.metrics_dir) if self.metrics_dir else self.instance_dir / "metrics"
 
     @property
     def spool_dir(self) -> Path:

@@ -98,6 +98,7 @@ class ShippedStack:
         overrides: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
+        self.worker_metrics_port = free_port()
         self.workdir = workdir
         self.env = {
             **{k: v for k, v in os.environ.items() if k not in _APP_SETTINGS},
@@ -107,6 +108,9 @@ class ShippedStack:
             "ADMIN_TOKEN": "stack-admin-" + uuid.uuid4().hex,
             "INSTANCE_DIR": str(workdir / "instance"),
             "PORT": str(self.port),
+            # Where the worker serves its metrics: a free port, as PORT is (several
+            # stacks run side by side in one test run).
+            "WORKER_METRICS_PORT": str(self.worker_metrics_port),
             # Only a test of what a setting changes passes one, and says why.
             **(overrides or {}),
         }

@@ -419,6 +419,8 @@ def test_workflow_and_compose_files_parse_and_run_commands_the_project_has(app: 
     assert {"postgres", "redis", "api", "worker", "beat", "flower"} <= set(compose["services"])
     redis_command = " ".join(compose["services"]["redis"]["command"])
     assert " ".join(REDIS_PERSISTENCE) in redis_command  # the fault tests' broker is production's
+    flower_env = compose["services"]["flower"]["environment"]
+    assert flower_env["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")  # never open
     makefile = (root / "Makefile").read_text()
     for name in ("api", "worker", "beat", "flower"):
         command = compose["services"][name]["command"]

@@ -76,13 +76,24 @@ def register_api(app: Flask) -> None:
     from app.analytics.views import analytics
     from app.api.billing import billing
     from app.api.health import health
+    from app.api.metrics import metrics
     from app.api.openapi import openapi
     from app.budgets.views import budgets
     from app.customers.views import customers
     from app.ingest.views import ingest
     from app.plans.views import plans
 
-    for blueprint in (ingest, analytics, customers, budgets, plans, billing, health, openapi):
+    for blueprint in (
+        ingest,
+        analytics,
+        customers,
+        budgets,
+        plans,
+        billing,
+        health,
+        metrics,
+        openapi,
+    ):
         app.register_blueprint(blueprint)
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(HTTPException, _http_error)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringC
 
 from app.config import Settings
 from app.errors import BillingRejected, BillingUnavailable, Conflict, ValidationError
+from app.observability.metrics import STRIPE_ERRORS, STRIPE_RETRIES
 from app.shapes import parse
 
 log = logging.getLogger("usage_billing.stripe")
@@ -70,14 +71,17 @@ class StripeGateway:
             try:
                 return request()
             except (stripe.RateLimitError, stripe.APIConnectionError) as exc:
+                STRIPE_ERRORS.labels(what, type(exc).__name__).inc()
                 error: Exception = exc
             except stripe.IdempotencyError as exc:
+                STRIPE_ERRORS.labels(what, type(exc).__name__).inc()
                 raise Conflict(
                     f"{what}: an earlier request with other details is still remembered by "
                     "Stripe (24 h); repeat it with the same details",
                     field=conflict_field,
                 ) from exc
             except stripe.StripeError as exc:
+                STRIPE_ERRORS.labels(what, type(exc).__name__).inc()
                 if (exc.http_status or 500) < 500:
                     raise BillingRejected(f"{what}: {exc.user_message or exc}") from exc
                 error = exc
@@ -85,6 +89,7 @@ class StripeGateway:
                 raise BillingUnavailable(
                     f"{what}: Stripe unavailable after {attempts} attempts: {error}"
                 )
+            STRIPE_RETRIES.labels(what).inc()
             cap = self._settings.stripe_retry_base_ms / 1000 * 2 ** (attempt - 1)
             delay = random.uniform(0, min(cap, 30.0))
             log.warning(

@@ -28,6 +28,7 @@ from app.budgets.spend import sync_customer
 from app.customers.keys import keys_changed
 from app.errors import AuthenticationError, BudgetExceeded, ServiceError, ServiceUnavailable
 from app.ingest.meter import METERED_PREFIX, api_key_of
+from app.observability.metrics import BUDGET_REFUSALS
 from app.schedule import BUDGETS_REBUILD_TASK
 from app.security import hash_api_key
 
@@ -68,6 +69,7 @@ def _unavailable(why: str) -> Response | None:
     """Redis cannot decide: serve (open) or refuse (closed), and say so in the log."""
     if current_app.config["SETTINGS"].budget_redis_down == "closed":
         log.error("budget check unavailable (%s): call refused", why)
+        BUDGET_REFUSALS.labels("unavailable").inc()
         error = ServiceUnavailable("budgets cannot be checked right now; retry shortly")
         return _error(error, {"Retry-After": str(error.retry_after_seconds)})
     log.warning("budget check unavailable (%s): call served unchecked", why)
@@ -85,6 +87,7 @@ def _refused(admission: Admission, now: datetime) -> Response:
         period_end=period.ends_at.isoformat(),
     )
     wait = max(1, int((period.ends_at - now).total_seconds()))
+    BUDGET_REFUSALS.labels("budget_exceeded").inc()
     return _error(error, {"Retry-After": str(wait)})
 
 
@@ -106,6 +109,7 @@ def admit() -> Response | None:
         _request_rebuild(counters)
         return _unavailable("state lost; rebuilding")
     if admission.verdict == "revoked":
+        BUDGET_REFUSALS.labels("revoked_key").inc()
         return _error(AuthenticationError("this API key is revoked", field="Authorization"))
     if admission.verdict == "refused":
         return _refused(admission, now)

@@ -57,6 +57,7 @@ from app.errors import ValidationError
 from app.extensions import db
 from app.models.dialect import insert_for
 from app.models.types import amount_str, utcnow
+from app.observability.metrics import ALERT_DELIVERIES
 from app.periods import Period
 
 log = logging.getLogger("usage_billing.alerts")
@@ -289,6 +290,7 @@ def _attempt(attempt_id: int, settings: Settings, now: datetime) -> str:
     else:
         alert.next_attempt_at = now + _backoff(alert.attempts)
     db.session.commit()
+    ALERT_DELIVERIES.labels("delivered" if alert.status == DELIVERED else "failed").inc()
     return alert.status
 
 

@@ -23,6 +23,7 @@ from app.ingest.recording import reject
 from app.ingest.validation import EventIn, EventLimits, validate_event
 from app.models.dialect import one_of
 from app.models.types import utcnow
+from app.observability.metrics import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_REJECTED
 
 log = logging.getLogger("usage_billing.ingest")
 
@@ -91,4 +92,9 @@ def accept_batch(raw_events: list[Any], outbox: Outbox, limits: EventLimits) -> 
         if valid:
             outbox.append([event.to_message() for _, event in valid.values()])
     statuses = Counter(r["status"] for r in results)
+    EVENTS_ACCEPTED.labels("batch").inc(statuses["accepted"])
+    EVENTS_DUPLICATE.inc(statuses["duplicate"])
+    for result in results:
+        if result["status"] == "rejected":
+            EVENTS_REJECTED.labels(result["error"]["field"] or "event").inc()
     return BatchAccepted(results, statuses["accepted"], statuses["duplicate"], statuses["rejected"])

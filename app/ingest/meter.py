@@ -20,6 +20,7 @@ from app.ingest import wire
 from app.ingest.batch_store import batch_store
 from app.ingest.ledger import recorded_batches
 from app.ingest.outbox import Outbox
+from app.observability.metrics import EVENTS_ACCEPTED
 from app.security import hash_api_key
 
 log = logging.getLogger("usage_billing.metering")
@@ -151,6 +152,7 @@ class UsageMeter:
                 if "budget_call" in g:  # the worker releases the call's reservation by it
                     event["metadata"]["budget_call"] = g.budget_call
                 outbox_for(current_app._get_current_object()).append([event])  # type: ignore[attr-defined]
+                EVENTS_ACCEPTED.labels("middleware").inc()
         except Exception:
             log.exception("metering failed; the request is served regardless")
         return resp

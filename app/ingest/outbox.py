@@ -293,6 +293,15 @@ class Outbox:
                 self._redeliver(path, recorded)
         return True
 
+    def backlog(self) -> tuple[int, float]:
+        """Segments on disk not yet confirmed recorded, and the age of the oldest (s)."""
+        paths = [*self._dir.glob("seg-*.jsonl"), *self._dir.glob("sent-*.jsonl")]
+        return len(paths), max((_age(path) for path in paths), default=0.0)
+
+    def queue_depth(self) -> int:
+        """Messages waiting in the broker's queue (raises while the broker is down)."""
+        return self._queue_depth()
+
     def _queue_is_empty(self) -> bool:
         try:
             return self._queue_depth() == 0

@@ -30,6 +30,13 @@ from app.ingest.ledger import (
 from app.ingest.models import PRICED, UNPRICED, RejectedEvent
 from app.ingest.validation import EventIn, EventLimits, validate_event
 from app.models.types import utcnow
+from app.observability.metrics import (
+    BATCHES_RECORDED,
+    EVENTS_PARKED,
+    EVENTS_RECORDED,
+    EVENTS_UNPRICED,
+    INGEST_LAG,
+)
 from app.pricing.book import PriceBook, price_book
 from app.progress import Progress, unwatched
 
@@ -146,12 +153,25 @@ def record_events(
         # stored before, and every one must be there before the receipt commits.
         _check_stored(batch_id, [row.event_id for row in rows if row.event_id not in failed])
     db.session.commit()
+    _count(result, rows, failed)
     if result.rejected or result.unpriced:
         log.warning(
             "events parked or unpriced",
             extra={"rejected": len(result.rejected), "unpriced": result.unpriced},
         )
     return result
+
+
+def _count(result: RecordResult, rows: list[EventRow], failed: dict[str, Exception]) -> None:
+    """The committed batch in the metrics: what it stored, and each event's lag."""
+    BATCHES_RECORDED.inc()
+    EVENTS_RECORDED.inc(result.inserted)
+    EVENTS_UNPRICED.inc(result.unpriced)
+    EVENTS_PARKED.inc(len(result.rejected))
+    committed = utcnow()
+    for row in rows:
+        if row.event_id not in failed:
+            INGEST_LAG.observe(max((committed - row.created_at).total_seconds(), 0.0))
 
 
 def _insert(rows: list[EventRow]) -> tuple[Written, dict[str, Exception]]:

@@ -15,6 +15,7 @@ from app.customers.services import link_unlinked_customers
 from app.models import JobRun
 from app.models.jobs import FAILED
 from app.models.types import utcnow
+from app.observability.metrics import REPORTS
 from app.pricing.book import price_book, refresh_prices
 from app.progress import Progress, unwatched
 from app.services.cleanup import (
@@ -65,6 +66,9 @@ def run_report(
 
         def work(each: date = each) -> dict[str, Any]:
             summary = report_day(settings, each, now, progress)
+            for outcome, customers in summary.as_counts().items():
+                if outcome != "customers":
+                    REPORTS.labels(outcome).inc(customers)
             if summary.failed:
                 raise JobFailed("; ".join(summary.failed)[:2000], summary.as_counts())
             return summary.as_counts()

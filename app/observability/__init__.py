@@ -1,0 +1,1 @@
+"""What operators watch: Prometheus metrics from every process, and the logs' format."""

@@ -1,0 +1,33 @@
+"""Every metric the service exports, declared once. Names start with ``ub_``.
+
+Counters are counted where their event happens (the API's accept, the worker's
+write, the report, the Stripe gateway, budget admission, alert delivery);
+figures that are a state rather than events (the spool, the queue, reports
+waiting for an operator, reconciliation differences, jobs' last success) are
+read when Prometheus scrapes (``app/observability/collectors.py``).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS_ACCEPTED = Counter(
+    "ub_events_accepted", "Events the API accepted and spooled", ["source"]
+)  # source: batch (POST /v1/usage/events) or middleware (/v1/execute)
+EVENTS_REJECTED = Counter("ub_events_rejected", "Events the API refused, by field", ["field"])
+EVENTS_DUPLICATE = Counter("ub_events_duplicate", "Events the API found already stored")
+BATCHES_RECORDED = Counter("ub_batches_recorded", "Batches a worker committed")
+EVENTS_RECORDED = Counter("ub_events_recorded", "Events a worker stored (new rows)")
+EVENTS_UNPRICED = Counter("ub_events_unpriced", "Events stored without a price for their model")
+EVENTS_PARKED = Counter("ub_events_parked", "Events a worker parked in rejected_events")
+INGEST_LAG = Histogram(
+    "ub_ingest_lag_seconds",
+    "From an event's time to its row committed",
+    buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600, 21600, 86400),
+)
+REPORTS = Counter("ub_reports", "Daily report outcomes, per customer and day", ["outcome"])
+STRIPE_ERRORS = Counter("ub_stripe_errors", "Stripe calls that failed", ["call", "kind"])
+STRIPE_RETRIES = Counter("ub_stripe_retries", "Stripe calls retried", ["call"])
+BUDGET_REFUSALS = Counter("ub_budget_refusals", "Metered calls refused at admission", ["reason"])
+ALERT_DELIVERIES = Counter("ub_alert_deliveries", "Alert webhook attempts", ["outcome"])
+BEAT_SENT = Counter("ub_beat_tasks_sent", "Tasks Beat sent on schedule", ["task"])
