@@ -224,7 +224,8 @@ def test_fuzzed_requests_never_5xx_and_every_rejection_names_its_field(
         re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)  # /x/<id> is /x/{id} in the document
         for rule in app.url_map.iter_rules()
         if rule.endpoint not in {"static", "openapi.spec"}  # the document itself is not fuzzed
-        and rule.endpoint.split(".")[0] not in {"dashboard", "admin"}  # pages: tests/test_pages.py
+        # pages (tests/test_pages.py) and the Prometheus exposition (tests/test_metrics.py)
+        and rule.endpoint.split(".")[0] not in {"dashboard", "admin", "metrics"}
         and not rule.endpoint.startswith("test_")  # the stand-in /v1/execute of the tests
     }
     assert {op.path for op in operations} == served

@@ -294,8 +294,13 @@ class Outbox:
         return True
 
     def backlog(self) -> tuple[int, float]:
-        """Segments on disk not yet confirmed recorded, and the age of the oldest (s)."""
-        paths = [*self._dir.glob("seg-*.jsonl"), *self._dir.glob("sent-*.jsonl")]
+        """Segments holding events not yet confirmed recorded, and the age of the oldest
+        (s): every sent one, and those not yet published that hold any event (a
+        process's open segment is empty between flushes)."""
+        paths = [
+            *(path for path in self._dir.glob("seg-*.jsonl") if _size(path)),
+            *self._dir.glob("sent-*.jsonl"),
+        ]
         return len(paths), max((_age(path) for path in paths), default=0.0)
 
     def queue_depth(self) -> int:
@@ -324,3 +329,10 @@ def _age(path: Path) -> float:
         return time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return 0.0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    ForeignKey,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
@@ -82,3 +91,20 @@ class ReconciliationDifference(db.Model):
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (UniqueConstraint("customer_id", "day"),)
+
+
+class FrozenUsage(db.Model):
+    """A customer's usage summed through a day no event can reach any more.
+
+    Events older than ``MAX_EVENT_AGE_DAYS`` are refused, so the rollup of such a
+    day never changes again: the daily report adds only the days after
+    ``through_day`` to this sum, and its cost depends on the days since the last
+    report, not on the length of the history.
+    """
+
+    __tablename__ = "frozen_usage"
+
+    customer_id: Mapped[int] = mapped_column(ForeignKey("billing_customers.id"), primary_key=True)
+    through_day: Mapped[date] = mapped_column(Date)
+    tokens_total: Mapped[Decimal] = mapped_column(Numeric(30, 0))
+    cost_total: Mapped[Decimal] = mapped_column(Money)

@@ -18,10 +18,12 @@ what makes reports exactly-once across days.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, localcontext
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -32,7 +34,7 @@ from app.errors import BillingRejected, BillingUnavailable, NotFound
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.models import UsageReport
-from app.models.billing import FAILED, NEEDS_MANUAL, PENDING, RESOLVED, SENT
+from app.models.billing import FAILED, NEEDS_MANUAL, PENDING, RESOLVED, SENT, FrozenUsage
 from app.models.types import MONEY_SCALE, utcnow
 from app.plans.charges import PRECISION
 from app.plans.owed import owed_through
@@ -71,20 +73,78 @@ def _units(settings: Settings) -> tuple[str, Decimal]:
     return f"usd/{settings.billing_cost_unit}", settings.billing_cost_unit
 
 
-def cumulative_usage(settings: Settings, day: date) -> dict[int, Decimal]:
+def cumulative_usage(
+    settings: Settings, day: date, today: date | None = None
+) -> dict[int, Decimal]:
     """Every customer's usage up to the end of ``day``, all its keys together, in report
-    units (exact, not rounded)."""
-    column = (
-        UsageDaily.tokens_total if settings.billing_quantity == "tokens" else UsageDaily.cost_total
-    )
+    units (exact, not rounded).
+
+    The days no event can reach any more (older than ``MAX_EVENT_AGE_DAYS``, with a
+    day's margin) come from ``frozen_usage``, first brought up to the latest such
+    day; only the days after it are summed from the rollup. So the report reads
+    about ``MAX_EVENT_AGE_DAYS`` days of rows whatever the length of the history.
+    """
+    today = today or utcnow().date()
+    closed: date | None = min(day, today - timedelta(days=settings.max_event_age_days + 2))
+    tokens = settings.billing_quantity == "tokens"
+    totals: dict[int, Decimal] = defaultdict(Decimal)
+    frozen_through = db.session.scalar(select(func.max(FrozenUsage.through_day)))
+    if frozen_through is not None and frozen_through > closed:
+        closed = None  # a day before the frozen sums (a report re-run by hand): all of it
+    else:
+        for row in freeze_usage_through(closed).values():  # type: ignore[arg-type]
+            totals[row.customer_id] = row.tokens_total if tokens else row.cost_total
+    for customer_id, tokens_total, cost_total in _sums(closed, day):
+        totals[customer_id] += Decimal((tokens_total if tokens else cost_total) or 0)
     _, unit = _units(settings)
-    rows = db.session.execute(
-        select(ApiKey.customer_id, func.sum(column))
+    return {customer_id: total / unit for customer_id, total in totals.items()}
+
+
+def _sums(after: date | None, through: date, customers: Sequence[int] | None = None) -> Any:
+    """Per customer, tokens and cost over the days after ``after`` through ``through``
+    (from the first day when ``after`` is None); only ``customers`` when given."""
+    query = (
+        select(
+            ApiKey.customer_id, func.sum(UsageDaily.tokens_total), func.sum(UsageDaily.cost_total)
+        )
         .join(ApiKey, ApiKey.key_hash == UsageDaily.api_key_hash)
-        .where(UsageDaily.day <= day)
+        .where(UsageDaily.day <= through)
         .group_by(ApiKey.customer_id)
     )
-    return {customer_id: Decimal(total or 0) / unit for customer_id, total in rows}
+    if after is not None:
+        query = query.where(UsageDaily.day > after)
+    if customers is not None:
+        query = query.where(ApiKey.customer_id.in_(customers))
+    return db.session.execute(query)
+
+
+def freeze_usage_through(closed: date) -> dict[int, FrozenUsage]:
+    """Bring every customer's frozen sum up to day ``closed``: the days after its
+    ``through_day``, or its whole history the first time (once)."""
+    frozen = {row.customer_id: row for row in db.session.scalars(select(FrozenUsage))}
+    owners = set(db.session.scalars(select(ApiKey.customer_id).distinct()))
+    new = sorted(owners - set(frozen))
+    for customer_id in new:
+        frozen[customer_id] = FrozenUsage(
+            customer_id=customer_id, through_day=date.min, tokens_total=0, cost_total=0
+        )
+        db.session.add(frozen[customer_id])
+    behind: dict[date, list[int]] = defaultdict(list)
+    for row in frozen.values():
+        if row.through_day < closed:
+            behind[row.through_day].append(row.customer_id)
+    for start, customers in behind.items():
+        # Everyone frozen through ``start`` at once; the new ones (whole history) by
+        # name, unless they are everyone (the first report after the upgrade).
+        named = customers if start == date.min and len(customers) < len(owners) else None
+        after = None if start == date.min else start
+        for customer_id, tokens_total, cost_total in _sums(after, closed, named):
+            if customer_id in frozen and frozen[customer_id].through_day == start:
+                frozen[customer_id].tokens_total += Decimal(tokens_total or 0)
+                frozen[customer_id].cost_total += Decimal(cost_total or 0)
+        for customer_id in customers:
+            frozen[customer_id].through_day = closed
+    return frozen
 
 
 def owed_in_units(

@@ -1,6 +1,8 @@
-"""reconciliation_differences: where Stripe's meter holds other than the ledger sent
+"""reconciliation_differences: where Stripe's meter holds other than the ledger sent;
+frozen_usage: each customer's usage through the days no event can reach any more
 
-New table only.
+New tables only. frozen_usage fills at the first daily report after the upgrade
+(one sum over the history, once).
 
 Revision ID: 0009
 Revises: 0008
@@ -36,5 +38,17 @@ def upgrade():
     )
 
 
+    op.create_table(
+        "frozen_usage",
+        sa.Column("customer_id", sa.Integer(), nullable=False),
+        sa.Column("through_day", sa.Date(), nullable=False),
+        sa.Column("tokens_total", sa.Numeric(30, 0), nullable=False),
+        sa.Column("cost_total", Money(), nullable=False),
+        sa.ForeignKeyConstraint(["customer_id"], ["billing_customers.id"]),
+        sa.PrimaryKeyConstraint("customer_id"),
+    )
+
+
 def downgrade():
+    op.drop_table("frozen_usage")
     op.drop_table("reconciliation_differences")
