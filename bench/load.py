@@ -53,7 +53,7 @@ def _received(sock: socket.socket) -> bytes:
     return chunk
 
 
-def _response(sock: socket.socket, buffer: bytearray) -> int:
+def response_status(sock: socket.socket, buffer: bytearray) -> int:
     """Read one response (with a Content-Length) off a kept-alive connection; its status.
 
     What follows it stays in ``buffer`` for the next call.
@@ -72,16 +72,21 @@ def _response(sock: socket.socket, buffer: bytearray) -> int:
     return int(head.split(" ", 2)[1])
 
 
+def ingest_head() -> bytes:
+    """A ``POST /v1/usage/events`` request up to its Content-Length's value."""
+    return (
+        "POST /v1/usage/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nAuthorization: Bearer {SERVICE_TOKEN}\r\n"
+        "Content-Length: "
+    ).encode()
+
+
 def post_batches(port: int, bodies: list[bytes], threads: int = 8) -> list[float]:
     """Send every body once over keep-alive connections; returns request latencies."""
     latencies: list[float] = []
     lock = threading.Lock()
     chunks = [bodies[i::threads] for i in range(threads)]
-    head = (
-        "POST /v1/usage/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nAuthorization: Bearer {SERVICE_TOKEN}\r\n"
-        "Content-Length: "
-    ).encode()
+    head = ingest_head()
 
     def send(chunk: list[bytes]) -> None:
         local = []
@@ -90,7 +95,7 @@ def post_batches(port: int, bodies: list[bytes], threads: int = 8) -> list[float
             for body in chunk:
                 t0 = time.perf_counter()
                 sock.sendall(b"%s%d\r\n\r\n%s" % (head, len(body), body))
-                status = _response(sock, buffer)
+                status = response_status(sock, buffer)
                 if status != 202:
                     raise RuntimeError(f"ingest answered {status}")
                 local.append(time.perf_counter() - t0)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 
 from app.budgets.alerts import check_url, deliver_due, sign, verify_signature
 from app.budgets.models import BudgetAlert
@@ -155,6 +156,7 @@ def test_a_receiver_down_for_a_while_gets_the_alert_once_later_and_every_attempt
         thresholds=[100],
     )
     receiver.answers = [503, 503]
+    before = {o: _deliveries(o) for o in ("delivered", "failed")}
     _spend(app, client, [event("key-patient")])
     wait_for(lambda: len(receiver.requests) == 1)
     now = utcnow()
@@ -169,6 +171,7 @@ def test_a_receiver_down_for_a_while_gets_the_alert_once_later_and_every_attempt
     [alert] = seen
     assert alert["status"] == "delivered"
     assert [a["status_code"] for a in alert["attempts"]] == [503, 503, 200]
+    assert {o: _deliveries(o) - n for o, n in before.items()} == {"delivered": 1, "failed": 2}
     admin = client.get(f"/v1/billing/customers/{customer.id}/alerts", headers=auth(ADMIN_TOKEN))
     assert admin.get_json()["alerts"] == seen
 
@@ -369,3 +372,7 @@ def _delivered_after_asking(producer: Flask, app: Flask) -> bool:
 
     producer.extensions["celery"].send_task(ALERTS_TASK)
     return _alerts(app)[0].status == "delivered"
+
+
+def _deliveries(outcome: str) -> float:
+    return REGISTRY.get_sample_value("ub_alert_deliveries_total", {"outcome": outcome}) or 0.0

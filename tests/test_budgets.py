@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from app.budgets.admission import counters_for
@@ -206,7 +207,12 @@ def test_a_customers_own_lower_limit_applies_and_never_exceeds_the_admins(
     assert _call(caller, "key-careful").status_code == 200
     caplog.set_level(logging.ERROR, logger="usage_billing.budgets")
     _settled(app, enforcing, budget["id"], "key-careful", 1)
+    refusals = REGISTRY.get_sample_value("ub_budget_refusals_total", {"reason": "budget_exceeded"})
     assert _call(caller, "key-careful").status_code == 402
+    assert (
+        REGISTRY.get_sample_value("ub_budget_refusals_total", {"reason": "budget_exceeded"})
+        == (refusals or 0) + 1
+    )
     # Operators hear of a hard limit reached, once a period however often it is settled.
     with app.app_context():
         settle_batch(counters_for(app), [event("key-careful")], utcnow())

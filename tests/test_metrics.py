@@ -91,6 +91,13 @@ def test_ingest_metrics_move_with_their_events(app: Flask, client: FlaskClient) 
     )
 
 
+def test_a_metered_call_counts_as_accepted_from_the_middleware(client: FlaskClient) -> None:
+    before = _value("ub_events_accepted_total", source="middleware")
+    resp = client.post("/v1/execute/code_generation", json={}, headers=auth("sk-metered-call"))
+    assert resp.status_code == 200
+    assert _value("ub_events_accepted_total", source="middleware") == before + 1
+
+
 def test_billing_metrics_and_the_states_read_at_the_scrape(
     app: Flask, client: FlaskClient, stripe_server: FakeStripe, make_customer: Any
 ) -> None:

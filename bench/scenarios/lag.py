@@ -16,8 +16,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from bench.load import BATCH, _response, make_events
-from bench.stack import SERVICE_TOKEN, Run, Stack, log, pg, recorded, wait_until
+from bench.load import BATCH, ingest_head, make_events, response_status
+from bench.stack import Run, Stack, log, pg, recorded, wait_until
 
 ORDER = 25  # after ingest, whose rate it halves
 SECONDS = 30
@@ -25,11 +25,7 @@ SENDERS = 4
 
 
 def _send_paced(port: int, bodies: list[tuple[int, bytes]], interval: float, acked: dict) -> None:
-    head = (
-        "POST /v1/usage/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nAuthorization: Bearer {SERVICE_TOKEN}\r\n"
-        "Content-Length: "
-    ).encode()
+    head = ingest_head()
     buffer = bytearray()
     start = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
@@ -38,7 +34,7 @@ def _send_paced(port: int, bodies: list[tuple[int, bytes]], interval: float, ack
             if delay > 0:
                 time.sleep(delay)
             sock.sendall(b"%s%d\r\n\r\n%s" % (head, len(body), body))
-            if _response(sock, buffer) != 202:
+            if response_status(sock, buffer) != 202:
                 raise RuntimeError("ingest refused a batch")
             acked[batch] = time.time()
 

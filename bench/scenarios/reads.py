@@ -55,7 +55,8 @@ def load_scale(db_url: str) -> None:
                 tokens_input, tokens_output, tokens_cache_read, tokens_total, cost_total, updated_at)
             SELECT api_key_hash, (created_at AT TIME ZONE 'UTC')::date, provider, model, count(*), 0,
                 sum(tokens_input), sum(tokens_output), 0, sum(tokens_total), sum(cost_total), now()
-            FROM usage_events GROUP BY 1, 2, 3, 4""")
+            FROM usage_events GROUP BY 1, 2, 3, 4
+            ORDER BY 2  -- day by day, as the worker writes them: each day's rows together""")
         cur.execute(hourly_rollup_sql("usage_events", "created_at"))
         cur.execute(
             "INSERT INTO billing_customers (api_key_hash, stripe_customer_id, email, name, "

@@ -27,8 +27,9 @@ def extend_to_a_year(db_url: str) -> int:
                 (ARRAY['openai','anthropic','google'])[1 + model],
                 (ARRAY['gpt-4o','claude-3-5-sonnet','gemini-2.5-pro'])[1 + model],
                 1, 0, 1000, 250, 0, 1250, 0.005, now()
-            FROM generate_series(0, {CUSTOMERS - 1}) AS customer,
-                 generate_series(90, 364) AS back, generate_series(0, 2) AS model
+            FROM generate_series(90, 364) AS back, generate_series(0, {CUSTOMERS - 1}) AS customer,
+                 generate_series(0, 2) AS model
+            ORDER BY back DESC  -- day by day, as the worker would have written them
             ON CONFLICT DO NOTHING""")
         added = cur.rowcount
         cur.execute("TRUNCATE frozen_usage")
