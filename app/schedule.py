@@ -16,6 +16,7 @@ RECONCILE_TASK = "billing.reconcile"
 BUDGETS_REBUILD_TASK = "budgets.rebuild"
 ALERTS_TASK = "alerts.deliver_due"
 OVERVIEW_TASK = "overview.refresh"
+OVERVIEW_EVERY_SECONDS = 300.0  # the operators' snapshot of the month's top customers
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -44,5 +45,5 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         },
         "budgets-rebuild": {"task": BUDGETS_REBUILD_TASK, "schedule": 60.0},
         "alerts-delivery": {"task": ALERTS_TASK, "schedule": 60.0},
-        "operators-overview": {"task": OVERVIEW_TASK, "schedule": 300.0},
+        "operators-overview": {"task": OVERVIEW_TASK, "schedule": OVERVIEW_EVERY_SECONDS},
     }

@@ -140,16 +140,8 @@ def recommendations_answer(customer: BillingCustomer) -> dict[str, Any]:
     return recommendations(keys_of(customer.id), book, utcnow(), query.days)
 
 
-# Each answer above, for the customer whose key is the request's bearer token. The
-# pages (app/dashboard) serve the same answers to a signed-in customer.
-ANSWERS = {
-    "usage": usage_answer,
-    "performance": performance_answer,
-    "forecast": forecast_answer,
-    "recommendations": recommendations_answer,
-}
-
-
+# Each answer above, for the customer whose key is the request's bearer token; the
+# pages (app/dashboard/customer.py) serve the same answers to a signed-in customer.
 @analytics.get("/v1/billing/usage")
 def get_usage() -> dict[str, Any]:
     return usage_answer(authenticate_customer(request))

@@ -18,8 +18,6 @@ import shutil
 import sys
 from pathlib import Path
 
-ROLES = ("api", "worker", "beat")
-
 
 def celery_role(argv: list[str]) -> str | None:
     """``worker`` or ``beat`` for those Celery commands; None for any other

@@ -27,14 +27,15 @@ from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
 from app.ingest.models import RejectedEvent, UsageDaily, UsageEvent
 from app.models.types import money_str
+from app.schedule import OVERVIEW_EVERY_SECONDS
 from app.services.scheduled import job_status
 
 UNPRICED_DAYS = 30
 TOP_CUSTOMERS = 10
 LAG_SAMPLE = 1000  # the latest events stored, for the ingest lag
 TOP_KEY = "ub:overview:top_customers"
-SNAPSHOT_REFRESH_SECONDS = 300  # Beat's period
-SNAPSHOT_TTL_SECONDS = 900  # three of Beat's periods: a missed run or two is not noticed
+# Three of Beat's periods: a missed run or two is not noticed.
+SNAPSHOT_TTL_SECONDS = int(3 * OVERVIEW_EVERY_SECONDS)
 
 log = logging.getLogger("usage_billing.overview")
 
@@ -124,7 +125,7 @@ def top_customers(today: date) -> list[dict[str, Any]]:
 
 def refresh_top_customers(cache: redis.Redis | None, now: datetime) -> dict[str, Any]:
     """Compute the month's top customers and keep them in ``cache`` (Beat, every
-    ``SNAPSHOT_REFRESH_SECONDS``)."""
+    ``OVERVIEW_EVERY_SECONDS``)."""
     snapshot = {
         "as_of": now.isoformat(),
         "month": now.date().isoformat()[:7],
