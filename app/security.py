@@ -30,15 +30,18 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
+def token_matches(supplied: str, expected: str) -> bool:
+    """Equal, compared in constant time; an unset ``expected`` matches nothing."""
+    return bool(expected) and hmac.compare_digest(supplied.encode(), expected.encode())
+
+
 def require_token(request: Request, expected: str, what: str) -> None:
     """Compare a shared token in constant time; an unset token locks the endpoint."""
-    supplied = bearer_token(request)
-    if not expected or not hmac.compare_digest(supplied.encode(), expected.encode()):
+    if not token_matches(bearer_token(request), expected):
         raise PermissionDenied(f"a valid {what} token is required", field="Authorization")
 
 
 def is_admin(request: Request, settings: Any) -> bool:
     """Whether the bearer token is the admin token (set, and equal in constant time)."""
     supplied = request.headers.get("Authorization", "").partition(" ")[2].strip()
-    expected = settings.admin_token
-    return bool(expected) and hmac.compare_digest(supplied.encode(), expected.encode())
+    return token_matches(supplied, settings.admin_token)

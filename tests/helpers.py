@@ -151,3 +151,26 @@ def issue_key(client: FlaskClient, customer_id: int, label: str = "issued") -> d
     )
     assert resp.status_code == 201, resp.get_json()
     return resp.get_json()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """A Prometheus exposition as (name, sorted labels) → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def scrape(port: int) -> Samples:
+    """The metrics a process serves on ``port`` (an API's, a worker's)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/metrics")
+    return metric_samples(conn.getresponse().read().decode())

@@ -14,7 +14,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.observability.logs import JsonLines
 from app.services.scheduled import run_reconciliation, run_report
@@ -22,10 +21,13 @@ from tests.factories import event
 from tests.fake_stripe import FakeStripe
 from tests.helpers import (
     SERVICE_TOKEN,
+    Samples,
     auth,
     create_database,
     drop_database,
+    metric_samples,
     record,
+    scrape,
     wait_for,
 )
 from tests.processes import ShippedStack
@@ -35,18 +37,10 @@ def _value(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def _scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def _metrics(client: FlaskClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _metrics(client: FlaskClient) -> Samples:
     resp = client.get("/metrics")
     assert resp.status_code == 200 and resp.mimetype == "text/plain"
-    return _scrape(resp.get_data(as_text=True))
+    return metric_samples(resp.get_data(as_text=True))
 
 
 def test_ingest_metrics_move_with_their_events(app: Flask, client: FlaskClient) -> None:
@@ -172,19 +166,13 @@ def test_the_shipped_stack_exports_the_api_and_worker_metrics(tmp_path: Path) ->
             sent += stack.post_events([event(f"key-st-{n % 3}") for _ in range(50)])
         assert len(sent) == 1000
 
-        def worker_metrics() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-            conn = http.client.HTTPConnection("127.0.0.1", stack.worker_metrics_port, timeout=5)
-            conn.request("GET", "/metrics")
-            return _scrape(conn.getresponse().read().decode())
-
         recorded = wait_for(
-            lambda: worker_metrics().get(("ub_events_recorded_total", ())) == 1000, timeout=60
+            lambda: scrape(stack.worker_metrics_port).get(("ub_events_recorded_total", ())) == 1000,
+            timeout=60,
         )
         assert recorded
-        lag = worker_metrics()[("ub_ingest_lag_seconds_count", ())]
-        conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=5)
-        conn.request("GET", "/metrics")
-        api = _scrape(conn.getresponse().read().decode())
+        lag = scrape(stack.worker_metrics_port)[("ub_ingest_lag_seconds_count", ())]
+        api = scrape(stack.port)
         assert api[("ub_events_accepted_total", (("source", "batch"),))] == 1000
         assert api[("ub_spool_segments", ())] >= 0 and ("ub_queue_depth", ()) in api
         assert lag == 1000

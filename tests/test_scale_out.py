@@ -8,18 +8,16 @@ describes a deployment past one machine.
 
 from __future__ import annotations
 
-import http.client
 import threading
 import uuid
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from app.config import with_driver
 from tests.factories import event
-from tests.helpers import create_database, drop_database, measured, wait_for
+from tests.helpers import create_database, drop_database, measured, scrape, wait_for
 from tests.processes import RedisServer, ShippedStack, free_port
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -112,10 +110,4 @@ def _spooled(host: ShippedStack) -> list[Path]:
 
 def _batches_recorded(host: ShippedStack) -> float:
     """What the host's worker says it committed (its metrics port)."""
-    conn = http.client.HTTPConnection("127.0.0.1", host.worker_metrics_port, timeout=5)
-    conn.request("GET", "/metrics")
-    for family in text_string_to_metric_families(conn.getresponse().read().decode()):
-        for sample in family.samples:
-            if sample.name == "ub_batches_recorded_total":
-                return sample.value
-    return 0.0
+    return scrape(host.worker_metrics_port).get(("ub_batches_recorded_total", ()), 0.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -128,16 +128,22 @@ def _text(name: str, value: Any) -> Any:
     return value
 
 
-def _csv(rows: list[Any]) -> str:
+def csv_text(rows: Iterable[Sequence[Any]]) -> str:
+    """Rows as CSV lines (``\n`` ends each, as the export's other lines)."""
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(rows)
     return out.getvalue()
 
 
+def download_headers(filename: str) -> dict[str, str]:
+    """What makes a browser save a response as ``filename``."""
+    return {"Content-Disposition": f'attachment; filename="{filename}"'}
+
+
 def export_chunks(request: ExportRequest) -> Iterator[str]:
     """The file, header first, in chunks of ``EXPORT_CHUNK`` rows."""
     if request.format == "csv":
-        yield _csv([COLUMNS])
+        yield csv_text([COLUMNS])
     postgresql = db.engine.dialect.name == "postgresql"
     columns = _postgresql_columns(request) if postgresql else [_column(n) for n in COLUMNS]
     with db.engine.connect() as conn:
@@ -148,7 +154,7 @@ def export_chunks(request: ExportRequest) -> Iterator[str]:
             if postgresql and request.format == "jsonl":
                 yield "".join(f"{line}\n" for (line,) in chunk)
             elif postgresql:
-                yield _csv(chunk)
+                yield csv_text(chunk)
             else:
                 yield from _sqlite_chunk(request, chunk)
 
@@ -156,7 +162,7 @@ def export_chunks(request: ExportRequest) -> Iterator[str]:
 def _sqlite_chunk(request: ExportRequest, chunk: list[Any]) -> Iterator[str]:
     rows = [[_text(name, value) for name, value in zip(COLUMNS, row, strict=True)] for row in chunk]
     if request.format == "csv":
-        yield _csv(rows)
+        yield csv_text(rows)
         return
     for row in rows:
         fields = {

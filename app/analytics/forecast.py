@@ -18,7 +18,7 @@ from typing import Any
 
 from app.analytics.usage import UsageRequest, rollup_rows
 from app.budgets.models import USD, Budget
-from app.budgets.services import describe_budget
+from app.budgets.services import budget_period, describe_budget
 from app.customers.models import ApiKey
 from app.models.types import amount_str
 from app.periods import Period, period_at
@@ -70,22 +70,24 @@ def _shown(value: Decimal, metric: str) -> str:
     return amount_str(value.quantize(_CENT) if metric == USD else value.to_integral_value())
 
 
+def _previous(month: Period) -> Period:
+    """The calendar month before ``month``."""
+    return Period((month.start - timedelta(days=1)).replace(day=1), month.start)
+
+
 def _trend(days: dict[date, Decimal], month: Period, today: date, metric: str) -> dict[str, Any]:
-    previous_start = (month.start - timedelta(days=1)).replace(day=1)
-    same_days_end = min(
-        previous_start + timedelta(days=(today - month.start).days), month.start - timedelta(1)
-    )
+    previous = _previous(month)
+    first, last = previous.days
+    same_days_end = min(first + timedelta(days=(today - month.start).days), last)
     to_date = _between(days, month.start, today)
-    previous_same = _between(days, previous_start, same_days_end)
+    previous_same = _between(days, first, same_days_end)
     change = None
     if previous_same:
         change = float(((to_date - previous_same) * 100 / previous_same).quantize(_CENT))
     return {
         "month_to_date": _shown(to_date, metric),
         "previous_month_same_days": _shown(previous_same, metric),
-        "previous_month": _shown(
-            _between(days, previous_start, month.start - timedelta(1)), metric
-        ),
+        "previous_month": _shown(_between(days, first, last), metric),
         "change_percent": change,
         "projected_month": _shown(project(days, month, today), metric),
     }
@@ -95,7 +97,7 @@ def _budget_projection(budget: Budget, keys: list[ApiKey], now: datetime) -> dic
     """The budget as its customer reads it, with its period's projected spend."""
     described = describe_budget(budget, now)
     today = now.astimezone(UTC).date()
-    period = Period(date.fromisoformat(described["period_start"]), period_end(described))
+    period = budget_period(budget, now)
     scope = [k for k in keys if budget.api_key_id in (None, k.id)]
     first = min(period.start, today - timedelta(days=BASIS_DAYS))
     projected = project(daily(scope, first, today).of(budget.metric), period, today)
@@ -108,17 +110,11 @@ def _budget_projection(budget: Budget, keys: list[ApiKey], now: datetime) -> dic
     }
 
 
-def period_end(described: dict[str, Any]) -> date:
-    """The first day after a described budget's period (its end is midnight UTC)."""
-    return datetime.fromisoformat(described["period_end"]).astimezone(UTC).date()
-
-
 def forecast(keys: list[ApiKey], budgets: Iterable[Budget], now: datetime) -> dict[str, Any]:
     """This month against the last, the month-end projection, and each budget's."""
     today = now.astimezone(UTC).date()
     month = period_at("month", now)
-    previous_start = (month.start - timedelta(days=1)).replace(day=1)
-    seen = daily(keys, min(previous_start, today - timedelta(days=BASIS_DAYS)), today)
+    seen = daily(keys, min(_previous(month).start, today - timedelta(days=BASIS_DAYS)), today)
     return {
         "as_of": now.isoformat(),
         "month": f"{month.start.year:04d}-{month.start.month:02d}",

@@ -97,7 +97,7 @@ def performance(keys: list[ApiKey], request: UsageRequest) -> list[dict[str, Any
     grouped = UsageRequest(
         request.start,
         request.end,
-        "day",
+        "total",
         ("provider", "model", "status"),
         request.filters,
     )

@@ -48,6 +48,11 @@ class DateRange(BaseModel):
     start_date: CalendarDate
     end_date: CalendarDate
 
+    @property
+    def days(self) -> int:
+        """How many days the range holds, both ends counted."""
+        return (self.end_date - self.start_date).days + 1
+
     @model_validator(mode="after")
     def _ordered(self) -> DateRange:
         from app.errors import ValidationError

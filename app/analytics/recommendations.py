@@ -64,13 +64,16 @@ class Mix:
         return None if average is None else average.total * self.calls
 
 
-def _caching(mix: Mix, book: PriceBook, provider: str, model: str, now: datetime) -> dict[str, Any]:
+def _caching(
+    mix: Mix, book: PriceBook, provider: str, model: str, now: datetime, base: Decimal | None
+) -> dict[str, Any]:
+    """What reading more of the input from cache would save, against ``base`` (the mix's
+    cost at today's prices, as it is cached today)."""
     price = book.price_at(provider, model, now)
     uncached = mix.tokens_input - mix.tokens_cache_read
     if price is None or price.cache_read is None:
         return {"available": False, "saving": None}
     more = mix.tokens_cache_read + int(uncached * CACHE_SHARE)
-    base = mix.priced(book, provider, model, now, mix.tokens_cache_read)
     cached = mix.priced(book, provider, model, now, more)
     saving = None if base is None or cached is None else max(base - cached, Decimal(0))
     return {
@@ -91,7 +94,7 @@ def recommendations(
     last = now.astimezone(UTC).date() - timedelta(days=1)
     first = last - timedelta(days=days - 1)
     mixes: dict[tuple[str, str], Mix] = defaultdict(Mix)
-    for row in rollup_rows(keys, UsageRequest(first, last, "day", ("provider", "model")), _SUMS):
+    for row in rollup_rows(keys, UsageRequest(first, last, "total", ("provider", "model")), _SUMS):
         mixes[(row.provider, row.model)].add(row)
     top = sorted(mixes.items(), key=lambda item: (-item[1].cost, item[0]))[:TOP_MODELS]
     models = []
@@ -125,7 +128,7 @@ def recommendations(
                     }
                     for cost, other in cheaper[:ALTERNATIVES]
                 ],
-                "caching": _caching(mix, book, provider, model, now),
+                "caching": _caching(mix, book, provider, model, now, current),
             }
         )
     return {

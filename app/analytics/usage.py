@@ -196,7 +196,8 @@ def rollup_rows(
 ) -> list[Any]:
     """The rollup rows of these keys in the range, summed by moment and ``group_by``.
 
-    Each row holds ``moment`` (a day, or an hour), the dimensions by name, then ``sums``.
+    Each row holds ``moment`` (a day, or an hour; none for the granularity
+    ``total``, whose one period is the range), the dimensions by name, then ``sums``.
     """
     table = (UsageHourly if request.needs_hours else UsageDaily).__table__
     hashes = [k.key_hash for k in keys]
@@ -218,14 +219,11 @@ def rollup_rows(
         for name, values in request.filters.items()
         if name != "key"
     ]
+    by = dimensions if request.granularity == "total" else [moment.label("moment"), *dimensions]
     query = (
-        select(
-            moment.label("moment"),
-            *dimensions,
-            *(func.sum(table.c[name]).label(name) for name in sums),
-        )
+        select(*by, *(func.sum(table.c[name]).label(name) for name in sums))
         .where(table.c.api_key_hash.in_(hashes), *in_range, *filters)
-        .group_by(moment, *dimensions)
+        .group_by(*by)
     )
     return list(db.session.execute(query))
 
@@ -242,7 +240,7 @@ def usage_between(
     cells: dict[tuple[str, tuple[Any, ...]], Usage] = defaultdict(Usage)
     for row in rollup_rows(keys, request):
         values = tuple(getattr(row, name) for name in request.group_by)
-        cell = (period_label(row.moment, request), values)
+        cell = (period_label(getattr(row, "moment", request.start), request), values)
         cells[cell] += usage_of_row(row)
     periods: dict[str, list[Group]] = defaultdict(list)
     for (label, values), usage in sorted(cells.items(), key=lambda cell: _order(cell[0])):

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, current_app, request, stream_with_context
 from pydantic import BaseModel, ConfigDict
 
-from app.analytics.export import ExportRequest, export_chunks
+from app.analytics.export import ExportRequest, download_headers, export_chunks
 from app.analytics.forecast import forecast
 from app.analytics.performance import performance
 from app.analytics.queries import (
@@ -64,8 +64,7 @@ def _settings() -> Settings:
 
 def check_range(query: DateRange, settings: Settings, hours: bool) -> None:
     """The range's length, and for hourly detail its length and age, within bounds."""
-    days = (query.end_date - query.start_date).days + 1
-    if days > settings.max_usage_range_days:
+    if query.days > settings.max_usage_range_days:
         raise ValidationError(
             f"the range is longer than {settings.max_usage_range_days} days", field="end_date"
         )
@@ -99,7 +98,7 @@ def usage_request(query: UsageQuery, settings: Settings) -> UsageRequest:
     )
     check_range(query, settings, wanted.needs_hours)
     if wanted.granularity == "hour":
-        if (query.end_date - query.start_date).days + 1 > MAX_HOURLY_RANGE_DAYS:
+        if query.days > MAX_HOURLY_RANGE_DAYS:
             raise ValidationError(
                 f"an hourly answer covers at most {MAX_HOURLY_RANGE_DAYS} days", field="end_date"
             )
@@ -186,5 +185,5 @@ def export_response(wanted: ExportRequest) -> Response:
     return Response(
         stream_with_context(export_chunks(wanted)),
         mimetype=media,
-        headers={"Content-Disposition": f'attachment; filename="{wanted.filename}"'},
+        headers=download_headers(wanted.filename),
     )

@@ -107,10 +107,15 @@ def budgets_of(customer_id: int) -> list[Budget]:
     )
 
 
+def budget_period(budget: Budget, now: datetime) -> Period:
+    """The budget's period holding ``now`` (a billing period is its customer's)."""
+    anchor = db.session.get(BillingCustomer, budget.customer_id).created_at.day  # type: ignore[union-attr]
+    return period_at(budget.period, now, anchor)  # type: ignore[arg-type]
+
+
 def describe_budget(budget: Budget, now: datetime) -> dict[str, Any]:
     """A budget with this period's spend, as admins and its customer read it."""
-    anchor = db.session.get(BillingCustomer, budget.customer_id).created_at.day  # type: ignore[union-attr]
-    period: Period = period_at(budget.period, now, anchor)  # type: ignore[arg-type]
+    period = budget_period(budget, now)
     spent, calls = spent_in(budget, period)
     limit = budget.effective_limit
     return {

@@ -15,6 +15,7 @@ from app.dashboard.session import (
     csrf_token,
     page_headers,
     sign_in_admin,
+    sign_in_form,
     sign_out,
     signed_in_admin,
 )
@@ -40,23 +41,20 @@ def page() -> Any:
 
 @admin.get("/sign-in")
 def sign_in_page() -> Any:
-    return render_template("sign_in.html", csrf=csrf_token(), who="admin", error=None)
+    return sign_in_form("admin")
 
 
 @admin.post("/sign-in")
 def sign_in() -> Any:
     check_csrf()
     if not sign_in_admin(request.form.get("token", "").strip(), _settings()):
-        error = "That is not the admin token."
-        return render_template("sign_in.html", csrf=csrf_token(), who="admin", error=error), 401
+        return sign_in_form("admin", "That is not the admin token.")
     return redirect(url_for("admin.page"))
 
 
 @admin.post("/sign-out")
 def sign_out_admin() -> BaseResponse:
-    check_csrf()
-    sign_out()
-    return redirect(url_for("admin.sign_in_page"))
+    return sign_out("admin.sign_in_page")
 
 
 @admin.get("/data")

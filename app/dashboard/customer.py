@@ -4,15 +4,13 @@ with exactly what the API answers for the signed-in customer."""
 
 from __future__ import annotations
 
-import csv
-import io
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
-from app.analytics.export import ExportRequest
+from app.analytics.export import ExportRequest, csv_text, download_headers
 from app.analytics.usage import UsageRequest, usage_between
 from app.analytics.views import (
     export_response,
@@ -29,6 +27,7 @@ from app.dashboard.session import (
     csrf_token,
     page_headers,
     sign_in_customer,
+    sign_in_form,
     sign_out,
     signed_in_customer,
 )
@@ -78,43 +77,46 @@ def _days() -> int:
     return int(days) if days in {str(d) for d in RANGES} else 30
 
 
+def _range(days: int) -> tuple[date, date]:
+    """The page's days: the last ``days`` up to today (UTC), first and last."""
+    today = utcnow().date()
+    return today - timedelta(days=days - 1), today
+
+
 @dashboard.get("/")
 def page() -> Any:
     customer = signed_in_customer()
     if customer is None:
         return redirect(url_for("dashboard.sign_in_page"))
     days = _days()
-    today = utcnow().date()
+    first, last = _range(days)
     return render_template(
         "dashboard.html",
         customer=customer,
         csrf=csrf_token(),
         days=days,
         ranges=RANGES,
-        start=(today - timedelta(days=days - 1)).isoformat(),
-        end=today.isoformat(),
+        start=first.isoformat(),
+        end=last.isoformat(),
     )
 
 
 @dashboard.get("/sign-in")
 def sign_in_page() -> Any:
-    return render_template("sign_in.html", csrf=csrf_token(), who="customer", error=None)
+    return sign_in_form("customer")
 
 
 @dashboard.post("/sign-in")
 def sign_in() -> Any:
     check_csrf()
     if sign_in_customer(request.form.get("api_key", "").strip()) is None:
-        error = "That key is unknown, revoked or its account inactive."
-        return render_template("sign_in.html", csrf=csrf_token(), who="customer", error=error), 401
+        return sign_in_form("customer", "That key is unknown, revoked or its account inactive.")
     return redirect(url_for("dashboard.page"))
 
 
 @dashboard.post("/sign-out")
 def sign_out_customer() -> BaseResponse:
-    check_csrf()
-    sign_out()
-    return redirect(url_for("dashboard.sign_in_page"))
+    return sign_out("dashboard.sign_in_page")
 
 
 @dashboard.get("/data/<name>")
@@ -129,33 +131,26 @@ def data(name: str) -> dict[str, Any]:
 def breakdown_csv() -> Response:
     """The page's breakdown table (per model over the range) as a CSV file."""
     customer = _customer()
-    days = _days()
-    today = utcnow().date()
-    first = today - timedelta(days=days - 1)
+    first, last = _range(_days())
     summary = usage_between(
-        keys_of(customer.id), UsageRequest(first, today, "total", ("provider", "model"))
+        keys_of(customer.id), UsageRequest(first, last, "total", ("provider", "model"))
     )
     groups = next(iter(summary.periods.values()), [])
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(BREAKDOWN_COLUMNS)
-    for group in sorted(groups, key=lambda g: -g.usage.cost):
-        usage = group.usage
-        writer.writerow(
-            [
-                *group.values,
-                usage.events,
-                usage.tokens_input,
-                usage.tokens_output,
-                usage.tokens_cache_read,
-                money_str(usage.cost),
-            ]
-        )
-    filename = f"usage-breakdown-{first}-{today}.csv"
+    rows = [
+        [
+            *group.values,
+            group.usage.events,
+            group.usage.tokens_input,
+            group.usage.tokens_output,
+            group.usage.tokens_cache_read,
+            money_str(group.usage.cost),
+        ]
+        for group in sorted(groups, key=lambda g: -g.usage.cost)
+    ]
     return Response(
-        out.getvalue(),
+        csv_text([BREAKDOWN_COLUMNS, *rows]),
         mimetype="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        headers=download_headers(f"usage-breakdown-{first}-{last}.csv"),
     )
 
 
@@ -163,6 +158,5 @@ def breakdown_csv() -> Response:
 def events_csv() -> Response:
     """The range's raw events, as ``GET /v1/billing/usage/export`` streams them."""
     customer = _customer()
-    today = utcnow().date()
-    first = today - timedelta(days=_days() - 1)
-    return export_response(ExportRequest(first, today, "csv", customer.id))
+    first, last = _range(_days())
+    return export_response(ExportRequest(first, last, "csv", customer.id))

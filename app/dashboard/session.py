@@ -11,20 +11,20 @@ CSRF token in a form field; a form without it is refused.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, Response, abort, request, session
+from flask import Flask, Response, abort, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
+from sqlalchemy import select
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wrappers import Response as BaseResponse
 
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
-from app.customers.services import customer_for_key_hash
 from app.extensions import db
-from app.security import hash_api_key
+from app.security import hash_api_key, token_matches
 
 CSRF_FIELD = "csrf_token"
 _SECURITY_HEADERS = {
@@ -83,9 +83,7 @@ def csrf_token() -> str:
 
 def check_csrf() -> None:
     """Refuse a POST whose form lacks the session's CSRF token (400, never a 5xx)."""
-    sent = request.form.get(CSRF_FIELD, "")
-    expected = session.get(CSRF_FIELD, "")
-    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+    if not token_matches(request.form.get(CSRF_FIELD, ""), session.get(CSRF_FIELD, "")):
         abort(400, description="the form has expired; reload the page and try again")
 
 
@@ -96,14 +94,20 @@ def _start(**who: object) -> None:
     session[CSRF_FIELD] = secrets.token_urlsafe(32)  # a new token for the new session
 
 
+def _holder(key: ApiKey | None) -> BillingCustomer | None:
+    """The active customer holding this live key; None for any other key."""
+    if key is None or key.is_revoked:
+        return None
+    customer = db.session.get(BillingCustomer, key.customer_id)
+    return customer if customer is not None and customer.is_active else None
+
+
 def sign_in_customer(api_key: str) -> BillingCustomer | None:
     """Start a customer's session from a live key; None (and no session) otherwise."""
-    key_hash = hash_api_key(api_key)
-    customer = customer_for_key_hash(key_hash, revoked=False)
-    if customer is None or not customer.is_active:
-        return None
-    key = db.session.query(ApiKey).filter_by(key_hash=key_hash).one()
-    _start(customer_id=customer.id, key_id=key.id)
+    key = db.session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_api_key(api_key)))
+    customer = _holder(key)
+    if customer is not None:
+        _start(customer_id=customer.id, key_id=key.id)  # type: ignore[union-attr]
     return customer
 
 
@@ -113,13 +117,9 @@ def signed_in_customer() -> BillingCustomer | None:
     if key_id is None:
         return None
     key = db.session.get(ApiKey, key_id)
-    if key is None or key.is_revoked or key.customer_id != session.get("customer_id"):
+    customer = _holder(key) if key and key.customer_id == session.get("customer_id") else None
+    if customer is None:
         session.clear()
-        return None
-    customer = db.session.get(BillingCustomer, key.customer_id)
-    if customer is None or not customer.is_active:
-        session.clear()
-        return None
     return customer
 
 
@@ -128,20 +128,26 @@ def _token_digest(token: str) -> str:
 
 
 def sign_in_admin(token: str, settings: Settings) -> bool:
-    expected = settings.admin_token
-    if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
+    if not token_matches(token, settings.admin_token):
         return False
-    _start(admin=_token_digest(expected))
+    _start(admin=_token_digest(settings.admin_token))
     return True
 
 
 def signed_in_admin(settings: Settings) -> bool:
     """Whether the session is the admin's, signed in with the admin token still in force."""
-    digest = session.get("admin")
-    if not digest or not settings.admin_token:
-        return False
-    return hmac.compare_digest(digest, _token_digest(settings.admin_token))
+    digest = session.get("admin", "")
+    return bool(settings.admin_token) and token_matches(digest, _token_digest(settings.admin_token))
 
 
-def sign_out() -> None:
+def sign_in_form(who: str, error: str | None = None) -> tuple[str, int]:
+    """The sign-in page (``who``: customer or admin), 401 with the error after a failed try."""
+    page = render_template("sign_in.html", csrf=csrf_token(), who=who, error=error)
+    return page, 401 if error else 200
+
+
+def sign_out(then: str) -> BaseResponse:
+    """End the session (a form carrying its CSRF token asked) and go to ``then``."""
+    check_csrf()
     session.clear()
+    return redirect(url_for(then))

@@ -25,7 +25,7 @@ from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.models.types import utcnow
 from app.services.jobs import last_success
-from app.services.reconciliation import open_differences
+from app.services.reconciliation import open_difference_count
 from app.services.reporting import reports_needing_manual
 from app.services.scheduled import scheduled_jobs
 
@@ -67,7 +67,7 @@ class StateCollector(Collector):
         yield _gauge(
             "ub_reconciliation_open_differences",
             "Customer-days where Stripe holds other than the ledger sent",
-            open_differences(limit=0)[0],
+            open_difference_count(),
         )
         unpriced = db.session.scalar(
             select(func.count(distinct(UsageDaily.model))).where(

@@ -117,14 +117,17 @@ def reconcile(
     return Reconciled(len(customers), len(days), open_count, resolved)
 
 
+def open_difference_count() -> int:
+    where = ReconciliationDifference.resolved_at.is_(None)
+    return db.session.scalar(select(func.count()).where(where)) or 0
+
+
 def open_differences(limit: int = 20) -> tuple[int, list[ReconciliationDifference]]:
     """How many differences are open, and the latest of them."""
-    where = ReconciliationDifference.resolved_at.is_(None)
-    count = db.session.scalar(select(func.count()).where(where)) or 0
     latest = db.session.scalars(
         select(ReconciliationDifference)
-        .where(where)
+        .where(ReconciliationDifference.resolved_at.is_(None))
         .order_by(ReconciliationDifference.day.desc(), ReconciliationDifference.customer_id)
         .limit(limit)
     )
-    return count, list(latest)
+    return open_difference_count(), list(latest)

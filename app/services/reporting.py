@@ -88,11 +88,11 @@ def cumulative_usage(
     closed: date | None = min(day, today - timedelta(days=settings.max_event_age_days + 2))
     tokens = settings.billing_quantity == "tokens"
     totals: dict[int, Decimal] = defaultdict(Decimal)
-    frozen_through = db.session.scalar(select(func.max(FrozenUsage.through_day)))
-    if frozen_through is not None and frozen_through > closed:
+    frozen = {row.customer_id: row for row in db.session.scalars(select(FrozenUsage))}
+    if any(row.through_day > closed for row in frozen.values()):  # type: ignore[operator]
         closed = None  # a day before the frozen sums (a report re-run by hand): all of it
     else:
-        for row in freeze_usage_through(closed).values():  # type: ignore[arg-type]
+        for row in freeze_usage_through(closed, frozen).values():  # type: ignore[arg-type]
             totals[row.customer_id] = row.tokens_total if tokens else row.cost_total
     for customer_id, tokens_total, cost_total in _sums(closed, day):
         totals[customer_id] += Decimal((tokens_total if tokens else cost_total) or 0)
@@ -118,10 +118,10 @@ def _sums(after: date | None, through: date, customers: Sequence[int] | None = N
     return db.session.execute(query)
 
 
-def freeze_usage_through(closed: date) -> dict[int, FrozenUsage]:
-    """Bring every customer's frozen sum up to day ``closed``: the days after its
-    ``through_day``, or its whole history the first time (once)."""
-    frozen = {row.customer_id: row for row in db.session.scalars(select(FrozenUsage))}
+def freeze_usage_through(closed: date, frozen: dict[int, FrozenUsage]) -> dict[int, FrozenUsage]:
+    """Bring every customer's frozen sum (``frozen``: the rows stored, by customer) up
+    to day ``closed``: the days after its ``through_day``, or its whole history the
+    first time (once)."""
     owners = set(db.session.scalars(select(ApiKey.customer_id).distinct()))
     new = sorted(owners - set(frozen))
     for customer_id in new:
