@@ -23,6 +23,7 @@ from tests.helpers import (
     SERVICE_TOKEN,
     Samples,
     auth,
+    count_events,
     create_database,
     drop_database,
     metric_samples,
@@ -43,14 +44,21 @@ def _metrics(client: FlaskClient) -> Samples:
     return metric_samples(resp.get_data(as_text=True))
 
 
-def test_ingest_metrics_move_with_their_events(app: Flask, client: FlaskClient) -> None:
+def test_ingest_metrics_move_with_their_events(
+    app: Flask, client: FlaskClient, celery_worker: Any
+) -> None:
     accepted = _value("ub_events_accepted_total", source="batch")
     rejected = _value("ub_events_rejected_total", field="tokens_input")
-    body = {"events": [event("key-mx"), event("key-mx"), event("key-mx", tokens_input=-1)]}
+    posted = [event("key-mx"), event("key-mx")]
+    body = {"events": [*posted, event("key-mx", tokens_input=-1)]}
     resp = client.post("/v1/usage/events", json=body, headers=auth(SERVICE_TOKEN))
     assert resp.status_code == 202
     assert _value("ub_events_accepted_total", source="batch") == accepted + 2
     assert _value("ub_events_rejected_total", field="tokens_input") == rejected + 1
+    # The session's in-thread worker records these two; once they are stored, nothing
+    # else moves the recording metrics while this thread measures its own batch.
+    for sent in posted:
+        wait_for(lambda sent=sent: count_events(app, event_id=sent["event_id"]) == 1)
 
     before = {
         name: _value(name)
