@@ -130,6 +130,10 @@ class Settings:
     # The hourly rollup (analytics by hour, task type and status, latency) is
     # kept this long; the daily rollup keeps the whole history.
     usage_hourly_retention_days: int = 400
+    # The ledger's weekly partitions (PostgreSQL) made ahead of time, beyond the
+    # current week; a daily job and every start-up keep them there.
+    partition_weeks_ahead: int = 4
+    partition_hour_utc: int = 0
     cleanup_batch_size: int = 5000
     # Share of its time the cleanup spends deleting; it rests the remainder so
     # ingest keeps up while a week of events goes.

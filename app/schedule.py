@@ -1,4 +1,4 @@
-"""The Beat schedule: three daily or weekly jobs, all in UTC, times from settings, the
+"""The Beat schedule: the daily and weekly jobs, all in UTC, times from settings, the
 budgets' minute jobs, and the operators' overview every five minutes."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from app.config import Settings
 REPORT_TASK = "billing.report_usage"
 REFRESH_TASK = "jobs.refresh_prices"
 CLEANUP_TASK = "jobs.cleanup_usage"
+PARTITIONS_TASK = "jobs.make_partitions"
 RECONCILE_TASK = "billing.reconcile"
 BUDGETS_REBUILD_TASK = "budgets.rebuild"
 ALERTS_TASK = "alerts.deliver_due"
@@ -38,6 +39,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
                 hour=str(settings.cleanup_hour_utc),
                 day_of_week=str(settings.cleanup_weekday),
             ),
+        },
+        "daily-ledger-partitions": {
+            "task": PARTITIONS_TASK,
+            "schedule": crontab(minute="0", hour=str(settings.partition_hour_utc)),
         },
         "daily-reconciliation": {
             "task": RECONCILE_TASK,

@@ -1,4 +1,5 @@
-"""Nightly price refresh, weekly retention cleanup, and the operators' overview."""
+"""Nightly price refresh, the ledger's partitions ahead, weekly retention cleanup, and
+the operators' overview."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from flask import current_app
 
 from app.errors import JobAlreadyRunning
 from app.extensions import db, shared_redis
+from app.ingest.partitions import make_partitions as make_ledger_partitions
 from app.models.types import utcnow
-from app.schedule import OVERVIEW_TASK
+from app.schedule import OVERVIEW_TASK, PARTITIONS_TASK
 from app.services.overview import refresh_top_customers
 from app.services.scheduled import run_cleanup, run_price_refresh
 
@@ -28,6 +30,16 @@ def cleanup_usage() -> dict | None:
         return run_cleanup(current_app.config["SETTINGS"]).counts
     except JobAlreadyRunning:
         return None
+
+
+@shared_task(name=PARTITIONS_TASK, acks_late=True)
+def make_partitions() -> list[str]:
+    """The weeks ahead of the ledger (PostgreSQL); idempotent, so a retry or a second
+    Beat is harmless. Returns the partitions it made."""
+    try:
+        return make_ledger_partitions(current_app.config["SETTINGS"], utcnow())
+    finally:
+        db.session.remove()
 
 
 @shared_task(name=OVERVIEW_TASK)

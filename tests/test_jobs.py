@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 
 from app.errors import JobAlreadyRunning
 from app.extensions import db
+from app.ingest.partitions import Partition, partitions, week_of
 from app.models import JobRun, ModelPrice, UsageReport
 from app.pricing.book import price_book
 from app.pricing.catalog import PriceSourceError
@@ -155,10 +156,13 @@ def test_a_second_concurrent_run_is_refused(app: Flask) -> None:
 def test_cleanup_removes_old_reported_events_and_keeps_unreported_ones(
     app: Flask, make_customer
 ) -> None:
+    """The reported week past retention goes whole (its partition dropped); a later
+    week past retention but not reported stays, and so does a recent one."""
     make_customer("key-a", stripe_customer_id="cus_reported")
     now = datetime.now(UTC)
-    old_reported = now - timedelta(days=100)
-    old_unreported = now - timedelta(days=92)
+    week = week_of(now - timedelta(days=110))
+    old_reported = week + timedelta(hours=1)
+    old_unreported = week + timedelta(days=14, hours=1)  # 96 to 102 days ago
     recent = now - timedelta(days=10)
     events = {}
     for name, at in (
@@ -170,10 +174,14 @@ def test_cleanup_removes_old_reported_events_and_keeps_unreported_ones(
         with app.app_context():
             record([events[name]], now=at)
     with app.app_context():
-        # Reports succeeded up to the day after old_reported, and stopped there.
-        _reports_succeeded_until(old_reported + timedelta(days=1), now)
+        # Reports succeeded up to the Tuesday after old_reported's week, and stopped there.
+        _reports_succeeded_until(week + timedelta(days=8), now)
         run = run_cleanup(app.config["SETTINGS"], now)
-    assert run.status == "succeeded" and run.counts["deleted"] == 1
+        assert run.status == "succeeded", run.error
+        assert Partition(week).name in run.counts["partitions_dropped"]
+        attached = partitions(db.session.connection())
+        db.session.rollback()
+    assert Partition(week) not in attached and Partition(week_of(old_unreported)) in attached
     assert count_events(app, event_id=events["old_reported"]["event_id"]) == 0
     assert count_events(app, event_id=events["old_unreported"]["event_id"]) == 1
     assert count_events(app, event_id=events["recent"]["event_id"]) == 1
@@ -191,24 +199,25 @@ def test_cleanup_keeps_the_events_of_a_customer_whose_days_were_not_reported(
 ) -> None:
     """The report job ran, but one customer's report of an old day waits for
     manual billing, and another customer was never linked to Stripe: only the
-    reported customer's old events go; the others keep every raw event."""
+    reported customer's old events go; the others keep every raw event. Their
+    two weeks (partitions) stay, and the events that may go are deleted from them."""
     reported = make_customer("key-reported", stripe_customer_id="cus_ok")
     held = make_customer("key-held", stripe_customer_id="cus_held")
     make_customer("key-unlinked")
     now = datetime.now(UTC)
-    old = now - timedelta(days=120)
+    old = week_of(now - timedelta(days=120)) + timedelta(hours=1)  # a Monday
     sent = {}
     with app.app_context():
         for key in ("key-reported", "key-held", "key-unlinked"):
             sent[key] = [
-                event(key, timestamp=(old + timedelta(days=d)).isoformat()) for d in (0, 5)
+                event(key, timestamp=(old + timedelta(days=d)).isoformat()) for d in (0, 8)
             ]
-            record(sent[key], now=old + timedelta(days=6))
+            record(sent[key], now=old + timedelta(days=9))
         for customer, status in ((reported, "sent"), (held, "needs_manual")):
             db.session.add(
                 UsageReport(
                     customer_id=customer.id,
-                    day=(old + timedelta(days=3)).date(),
+                    day=(old + timedelta(days=10)).date(),
                     seq=0,
                     mode="meter_events",
                     quantity=1,
@@ -225,17 +234,21 @@ def test_cleanup_keeps_the_events_of_a_customer_whose_days_were_not_reported(
         run = run_cleanup(app.config["SETTINGS"], now)
     assert run.status == "succeeded", run.error
     assert run.counts["deleted"] == 3 and run.counts["customers_held_back"] == 1
+    held_weeks = {Partition(week_of(old + timedelta(days=d))).name for d in (0, 8)}
+    assert not held_weeks & set(run.counts["partitions_dropped"])
     assert [count_events(app, event_id=e["event_id"]) for e in sent["key-reported"]] == [0, 0]
-    # Held back from its first unsettled day (old + 3): the day before it may go.
+    # Held back from its first unsettled day (old + 10): the week before it may go.
     assert [count_events(app, event_id=e["event_id"]) for e in sent["key-held"]] == [0, 1]
     assert [count_events(app, event_id=e["event_id"]) for e in sent["key-unlinked"]] == [1, 1]
 
 
 def test_cleanup_deletes_in_bounded_batches(app: Flask, make_customer) -> None:
     make_customer("key-a", stripe_customer_id="cus_batches")
+    make_customer("key-unlinked")  # holds the week: key-a's rows go one by one
     at = datetime.now(UTC) - timedelta(days=120)
     with app.app_context():
         record([event("key-a", timestamp=at.isoformat()) for _ in range(25)], now=at)
+        record([event("key-unlinked", timestamp=at.isoformat())], now=at)
         db.session.add(
             JobRun(
                 job=REPORT_JOB,
@@ -247,7 +260,9 @@ def test_cleanup_deletes_in_bounded_batches(app: Flask, make_customer) -> None:
         db.session.commit()
     small_batches = app.config["SETTINGS"].replace(cleanup_batch_size=10)
     with app.app_context():
-        assert run_cleanup(small_batches).counts["deleted"] == 25
+        run = run_cleanup(small_batches)
+    assert run.counts["deleted"] == 25
+    assert Partition(week_of(at)).name not in run.counts["partitions_dropped"]
 
 
 class _PriceSource:

@@ -17,7 +17,7 @@ from sqlalchemy import Select, select
 from app.database import UNAVAILABLE, quick_read
 from app.errors import ValidationError
 from app.extensions import db
-from app.ingest.models import UsageEvent
+from app.ingest.ledger import stored_ids_column
 from app.ingest.outbox import Outbox
 from app.ingest.recording import reject
 from app.ingest.validation import EventIn, EventLimits, validate_event
@@ -32,7 +32,8 @@ log = logging.getLogger("usage_billing.ingest")
 def _stored_ids(dialect: str) -> Select[tuple[str]]:
     """Built once per database kind (``one_of`` reads it off the engine; ``dialect`` is
     the cache key): building the statement cost a third of the read."""
-    return select(UsageEvent.event_id).where(one_of(UsageEvent.event_id, "ids"))
+    column = stored_ids_column(dialect)
+    return select(column).where(one_of(column, "ids"))
 
 
 def _already_stored(event_ids: list[str]) -> set[str]:

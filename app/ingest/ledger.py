@@ -1,6 +1,8 @@
 """Bulk writes to the usage ledger: a priced batch into ``usage_events`` and its rollups.
 
-An event is stored once by its unique ``event_id`` and the daily and hourly
+An event is stored once by its unique ``event_id`` (on PostgreSQL claimed in
+``usage_event_ids``, as the partitioned ledger cannot hold a unique index
+without the partition key) and the daily and hourly
 rollups are bumped only from the rows that were really new, in the caller's
 transaction, so a redelivered batch changes nothing and no rollup ever counts
 an event twice.
@@ -44,8 +46,10 @@ from app.ingest.models import (
     IngestBatch,
     UsageDaily,
     UsageEvent,
+    UsageEventId,
     UsageHourly,
 )
+from app.ingest.partitions import require_partitions
 from app.models.dialect import insert_for, one_of
 from app.models.types import utcnow
 
@@ -94,11 +98,18 @@ def recorded_batches(batch_ids: Sequence[str]) -> set[str]:
         return set(conn.scalars(query, {"ids": list(batch_ids)}))
 
 
+def stored_ids_column(dialect: str) -> Any:
+    """Where a database looks up whether an event id is stored: the partitioned
+    ledger's id table on PostgreSQL, the plain table's unique column on SQLite."""
+    return UsageEventId.event_id if dialect == "postgresql" else UsageEvent.event_id
+
+
 def stored_count(event_ids: Sequence[str]) -> int:
-    """How many of these event ids ``usage_events`` holds, read in the caller's transaction."""
+    """How many of these event ids the ledger holds, read in the caller's transaction."""
     if not event_ids:
         return 0
-    query = select(func.count()).select_from(UsageEvent).where(one_of(UsageEvent.event_id, "ids"))
+    column = stored_ids_column(db.engine.dialect.name)
+    query = select(func.count()).select_from(column.table).where(one_of(column, "ids"))
     return db.session.scalar(query, {"ids": list(event_ids)}) or 0
 
 
@@ -165,9 +176,10 @@ def _instant(column: str) -> str:
 class _Statements(NamedTuple):
     stage: str  # creates the connection's staging table
     copy: str  # fills it
-    append: TextClause  # inserts every staged row, no conflict allowed
+    claim: TextClause  # claims every staged event id, no conflict allowed
+    append: TextClause  # inserts every staged row
     roll_up: TextClause  # adds every staged row to usage_daily and usage_hourly
-    merge: TextClause  # inserts the staged rows not stored yet and rolls those up
+    merge: TextClause  # claims the ids not stored yet, inserts those rows, rolls them up
 
 
 def _upsert_sql(table: str, key: tuple[str, ...], added: tuple[str, ...], select_sql: str) -> str:
@@ -231,10 +243,18 @@ def _postgresql_sql() -> _Statements:
     )
     values = ", ".join(_instant(name) if name in _TIMESTAMPS else name for name in _COPIED)
     append = f"INSERT INTO usage_events ({names}) SELECT {values} FROM {_STAGED}"
+    claim = (
+        f"INSERT INTO {UsageEventId.__tablename__} (event_id, created_at)"
+        f" SELECT event_id, {_instant('created_at')} FROM {_STAGED}"
+    )
     merge = f"""
-        WITH new AS (
-            {append}
+        WITH claimed AS (
+            {claim}
             ON CONFLICT (event_id) DO NOTHING
+            RETURNING event_id
+        ), new AS (
+            {append}
+            WHERE event_id IN (SELECT event_id FROM claimed)
             RETURNING api_key_hash, created_at, provider, model, task_type, status,
                       pricing_status, execution_time, {", ".join(ROLLUP_SUMS)}
         ), daily AS ({daily_rollup_sql("new", "created_at")}),
@@ -247,6 +267,7 @@ def _postgresql_sql() -> _Statements:
         # Temporary: one per connection, emptied by each commit, never WAL-logged.
         stage=f"CREATE TEMP TABLE IF NOT EXISTS {_STAGED} ({record}) ON COMMIT DELETE ROWS",
         copy=f"COPY {_STAGED} ({names}) FROM STDIN",
+        claim=text(claim),
         append=text(append),
         roll_up=text(
             daily_rollup_sql(_STAGED, _instant("created_at"))
@@ -327,16 +348,21 @@ def _insert_postgresql(rows: list[EventRow]) -> Written:
     COPY parses a batch for a fraction of what a JSON or VALUES parameter costs
     PostgreSQL and psycopg2; the staging table lets the insert and the
     rollup run on it as statements. The API turns away events it finds stored,
-    so nearly every batch is all new: it is appended with a plain INSERT, in a
-    savepoint, and rolled up from the staging table, which costs PostgreSQL less
-    than ``ON CONFLICT``'s speculative insert feeding the rollup from
-    ``RETURNING``. A batch holding an event stored
-    before (or being stored by another worker) fails the unique index on
-    ``event_id``; it goes back to the savepoint and is merged instead, which
-    skips what is stored and rolls up only what it inserted.
+    so nearly every batch is all new: its ids are claimed in ``usage_event_ids``
+    with a plain INSERT, in a savepoint, then its rows appended to the
+    partitioned ledger and rolled up from the staging table, which costs
+    PostgreSQL less than ``ON CONFLICT``'s speculative insert feeding the rollup
+    from ``RETURNING``. A batch holding an event stored before (or being stored
+    by another worker) fails the id table's primary key; it goes back to the
+    savepoint and is merged instead, which inserts and rolls up only the events
+    whose ids it could claim.
     """
     sql = _postgresql_sql()
-    cursor = db.session.connection().connection.cursor()
+    connection = db.session.connection()
+    require_partitions(
+        connection, min(row.created_at for row in rows), max(row.created_at for row in rows)
+    )
+    cursor = connection.connection.cursor()
     data = _copy_text(rows)
     try:
         cursor.execute(sql.stage)
@@ -346,10 +372,11 @@ def _insert_postgresql(rows: list[EventRow]) -> Written:
         raise DBAPIError.instance(sql.copy, None, exc, psycopg2.Error) from exc
     try:
         with db.session.begin_nested():
-            appended = db.session.execute(sql.append).rowcount
+            db.session.execute(sql.claim)
     except IntegrityError:
         result = db.session.execute(sql.merge).one()
         return Written(inserted=result.inserted, unpriced=result.unpriced)
+    appended = db.session.execute(sql.append).rowcount
     db.session.execute(sql.roll_up)
     # As PostgreSQL counted them: the caller checks it against the batch.
     return Written(inserted=appended, unpriced=sum(row.pricing_status == UNPRICED for row in rows))
@@ -360,23 +387,43 @@ def insert_rows(rows: list[EventRow]) -> Written:
     """``insert_events`` on any database, without COPY: the embedded default's path,
     and PostgreSQL's for a row at a time (its staging table lives until commit)."""
     table = UsageEvent.__table__
-    stmt = (
-        insert_for(table)
-        .on_conflict_do_nothing(index_elements=["event_id"])
-        .returning(
-            *(
-                table.c[name]
-                for name in ("api_key_hash", "created_at", "provider", "model", "task_type")
-            ),
-            *(table.c[name] for name in ("status", "pricing_status", "execution_time")),
-            *(table.c[name] for name in ROLLUP_SUMS),
+    if db.engine.dialect.name == "postgresql":
+        rows = _claim(rows)
+        if not rows:
+            return Written(0, 0)
+        require_partitions(
+            db.session.connection(),
+            min(row.created_at for row in rows),
+            max(row.created_at for row in rows),
         )
+        stmt = postgresql.insert(table)
+    else:
+        stmt = insert_for(table).on_conflict_do_nothing(index_elements=["event_id"])
+    stmt = stmt.returning(
+        *(
+            table.c[name]
+            for name in ("api_key_hash", "created_at", "provider", "model", "task_type")
+        ),
+        *(table.c[name] for name in ("status", "pricing_status", "execution_time")),
+        *(table.c[name] for name in ROLLUP_SUMS),
     )
     inserted = db.session.execute(stmt, [row._asdict() for row in rows]).all()
     roll_up_rows(inserted)
     return Written(
         inserted=len(inserted), unpriced=sum(1 for r in inserted if r.pricing_status == UNPRICED)
     )
+
+
+def _claim(rows: list[EventRow]) -> list[EventRow]:
+    """The rows whose ids this transaction could claim in ``usage_event_ids``: not stored."""
+    stmt = (
+        postgresql.insert(UsageEventId)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(UsageEventId.event_id)
+    )
+    values = [{"event_id": row.event_id, "created_at": row.created_at} for row in rows]
+    claimed = set(db.session.scalars(stmt, values))
+    return [row for row in rows if row.event_id in claimed]
 
 
 def _daily_key(row: Any) -> tuple[Any, ...]:

@@ -36,6 +36,11 @@ UNPRICED = "unpriced"
 
 
 class UsageEvent(db.Model):
+    """One metered call, priced. On PostgreSQL the table is partitioned by week of
+    ``created_at`` (``app/ingest/partitions.py``), its primary key is ``(id, created_at)``
+    and ``usage_event_ids`` keeps event ids unique; on SQLite it is a plain table with a
+    unique ``event_id``. ``id`` alone, from one sequence, is unique either way."""
+
     __tablename__ = "usage_events"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -78,6 +83,26 @@ class UsageEvent(db.Model):
         Index("ix_usage_events_key_created", "api_key_hash", "created_at"),
         Index("ix_usage_events_created", "created_at"),
     )
+
+
+class UsageEventId(db.Model):
+    """The event ids of the partitioned ledger (PostgreSQL), unique across its weeks.
+
+    PostgreSQL only enforces a unique index on a partitioned table when it holds
+    the partition key, which would let one ``event_id`` in twice under two
+    timestamps. The worker claims each id here, in the batch's transaction,
+    before it inserts the event. An id is kept while a copy of its event could
+    still be accepted: the weekly cleanup trims ids whose event is older than
+    ``MAX_EVENT_AGE_DAYS`` plus a day. SQLite's plain table dedupes by its own
+    unique index and leaves this one empty.
+    """
+
+    __tablename__ = "usage_event_ids"
+
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_usage_event_ids_created", "created_at"),)
 
 
 class UsageDaily(db.Model):

@@ -28,6 +28,7 @@ from app.ingest.ledger import (
     stored_count,
 )
 from app.ingest.models import PRICED, UNPRICED, RejectedEvent
+from app.ingest.partitions import forget_attached
 from app.ingest.validation import EventIn, EventLimits, validate_event
 from app.models.types import utcnow
 from app.observability.metrics import (
@@ -203,8 +204,15 @@ def _insert(rows: list[EventRow]) -> tuple[Written, dict[str, Exception]]:
 
 
 def _raise_unless_refused(exc: StatementError) -> None:
-    """Re-raise unless the database (or the driver, binding it) refused a value."""
+    """Re-raise unless the database (or the driver, binding it) refused a value.
+
+    An event with no partition to go to is the ledger's fault, not the event's:
+    the batch is retried, and its retry makes the partition.
+    """
     if isinstance(exc, DBAPIError) and not isinstance(exc, (DataError, IntegrityError)):
+        raise exc
+    if "no partition of relation" in str(exc.orig):
+        forget_attached()
         raise exc
 
 
@@ -213,7 +221,7 @@ def _failure(event_id: str, exc: Exception) -> dict[str, Any]:
 
 
 def _check_stored(batch_id: str | None, event_ids: list[str]) -> None:
-    """Raise unless every one of ``event_ids`` is in ``usage_events``, in this transaction."""
+    """Raise unless every one of ``event_ids`` is stored, in this transaction."""
     found = stored_count(event_ids)
     if found != len(event_ids):
         raise LedgerMismatch(

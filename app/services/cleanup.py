@@ -5,6 +5,14 @@ report job reached, but never from the first day of a report of theirs that is
 not settled (pending, failed, or waiting for manual billing). Events of a key
 that no Stripe-linked customer holds were never reported, and stay.
 
+On PostgreSQL the ledger goes a week at a time: a weekly partition wholly
+past retention is dropped when every key with events in it may lose them up to
+its end (``drop_partitions``); one that holds a day that may not go stays, and
+only the events that may go are deleted from it, row by row. Events so stay up
+to six days past ``USAGE_RETENTION_DAYS``, never less. The id table behind
+the ledger's uniqueness is trimmed past the accepted age window. SQLite deletes
+rows up to each key's cutoff exactly.
+
 Deletes go in bounded batches (one short transaction each, by an index on the
 time column), with rests between them (``CLEANUP_DUTY_CYCLE``), so deleting a
 week of events never holds locks long or takes the CPU ingest needs. The daily
@@ -24,7 +32,8 @@ from sqlalchemy import Column, ColumnElement, delete, func, select
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
-from app.ingest.models import IngestBatch, UsageEvent, UsageHourly
+from app.ingest.models import IngestBatch, UsageDaily, UsageEvent, UsageEventId, UsageHourly
+from app.ingest.partitions import Partition, drop_partition, partitions, week_of
 from app.models import UsageReport
 from app.models.billing import FAILED, NEEDS_MANUAL, PENDING
 from app.progress import Progress, unwatched
@@ -95,7 +104,8 @@ def _delete_before(
     while True:
         started = time.monotonic()
         keys = select(key).where(when < cutoff, *where).limit(pace.batch_size).scalar_subquery()
-        result = db.session.execute(delete(key.table).where(key.in_(keys)))
+        # The time again outside: on the partitioned ledger it spares the other weeks.
+        result = db.session.execute(delete(key.table).where(key.in_(keys), when < cutoff))
         db.session.commit()
         deleted += result.rowcount or 0
         if (result.rowcount or 0) < pace.batch_size:
@@ -123,6 +133,48 @@ def delete_events_before(
             done += len(keys)
             progress(done, total)
     return deleted
+
+
+def whole_weeks(cutoffs: dict[datetime, list[str]]) -> dict[datetime, list[str]]:
+    """Each cutoff brought back to the start of its week: on the partitioned ledger rows
+    are deleted only from weeks wholly past it, which a later run drops whole."""
+    weeks: dict[datetime, list[str]] = {}
+    for cutoff, keys in cutoffs.items():
+        weeks.setdefault(week_of(cutoff), []).extend(keys)
+    return weeks
+
+
+def droppable_partitions(cutoffs: dict[datetime, list[str]], horizon: datetime) -> list[Partition]:
+    """The weeks ending by ``horizon`` whose every key may lose its events up to the week's
+    end. The keys of a week are read from the daily rollup (written in the same
+    transaction as the events), not from the events."""
+    may_go_until = {key: cutoff for cutoff, keys in cutoffs.items() for key in keys}
+    droppable = []
+    for part in partitions(db.session.connection()):
+        if part.end > horizon:
+            break
+        keys = db.session.scalars(
+            select(UsageDaily.api_key_hash)
+            .where(UsageDaily.day >= part.start.date(), UsageDaily.day < part.end.date())
+            .distinct()
+        )
+        if all(key in may_go_until and may_go_until[key] >= part.end for key in keys):
+            droppable.append(part)
+    db.session.rollback()
+    return droppable
+
+
+def drop_partitions(cutoffs: dict[datetime, list[str]], horizon: datetime) -> list[str]:
+    """Drop every week ``droppable_partitions`` allows, oldest first."""
+    parts = droppable_partitions(cutoffs, horizon)
+    for part in parts:
+        drop_partition(part)
+    return [part.name for part in parts]
+
+
+def delete_ids_before(cutoff: datetime, pace: Pace) -> int:
+    """Trim the id table: no copy of an event this old can be accepted any more."""
+    return _delete_before(UsageEventId.event_id, UsageEventId.created_at, cutoff, pace)
 
 
 def delete_receipts_before(cutoff: datetime, pace: Pace) -> int:

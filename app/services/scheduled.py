@@ -12,6 +12,7 @@ from typing import Any
 from app.billing.stripe_gateway import gateway
 from app.config import Settings
 from app.customers.services import link_unlinked_customers
+from app.extensions import db
 from app.models import JobRun
 from app.models.jobs import FAILED
 from app.models.types import utcnow
@@ -25,7 +26,10 @@ from app.services.cleanup import (
     customer_cutoffs,
     delete_events_before,
     delete_hours_before,
+    delete_ids_before,
     delete_receipts_before,
+    drop_partitions,
+    whole_weeks,
 )
 from app.services.jobs import JobFailed, last_runs, last_success, run_job
 from app.services.reconciliation import open_differences, reconcile
@@ -98,14 +102,24 @@ def run_cleanup(
         last_day = date.fromisoformat(last.period) if last else None
         cutoffs = customer_cutoffs(now, settings.usage_retention_days, last_day)
         pace = cleanup_pace(settings)
-        deleted = delete_events_before(cutoffs, pace, progress)
+        accepted_since = now - timedelta(days=settings.max_event_age_days + 1)
+        dropped: list[str] = []
+        row_cutoffs = cutoffs
+        if db.engine.dialect.name == "postgresql":
+            # Never a week an event accepted now could still fall in.
+            dropped = drop_partitions(cutoffs, accepted_since)
+            row_cutoffs = whole_weeks(cutoffs)
+        deleted = delete_events_before(row_cutoffs, pace, progress)
+        ids = delete_ids_before(accepted_since, pace)
         receipts = delete_receipts_before(now - RECEIPT_RETENTION, pace)
         hours = delete_hours_before(
             now - timedelta(days=settings.usage_hourly_retention_days), pace
         )
         overall = cleanup_cutoff(now, settings.usage_retention_days, last_day)
         return {
+            "partitions_dropped": dropped,
             "deleted": deleted,
+            "ids_deleted": ids,
             "cutoff": overall.isoformat() if overall else None,
             "customers_held_back": sum(
                 len(keys) for cutoff, keys in cutoffs.items() if overall and cutoff < overall

@@ -1,0 +1,197 @@
+"""The partitioned ledger (PostgreSQL): weeks made ahead, one event id stored once across
+weeks, the id table trimmed, and an existing deployment's table converted by its
+migration (and back)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from flask import Flask
+from flask_migrate import downgrade, upgrade
+from sqlalchemy import create_engine, select, text
+
+from app.config import Settings, with_driver
+from app.database import MIGRATIONS_DIR
+from app.extensions import db
+from app.ingest.models import UsageEventId
+from app.ingest.partitions import WEEK, Partition, make_partitions, partitions, week_of
+from app.schedule import PARTITIONS_TASK
+from app.services.cleanup import Pace, delete_ids_before
+from app.services.scheduled import run_cleanup
+from tests.factories import event
+from tests.helpers import count_events, create_database, create_extra_app, drop_database, record
+
+pytestmark = pytest.mark.services
+
+
+def _attached(app: Flask) -> list[Partition]:
+    with app.app_context():
+        found = partitions(db.session.connection())
+        db.session.rollback()
+        return found
+
+
+def test_start_up_makes_the_accepted_window_and_the_weeks_ahead(app: Flask) -> None:
+    """The app fixture started as every process does (migrations, then partitions):
+    every week from the oldest an event may carry to four weeks ahead is attached."""
+    settings = app.config["SETTINGS"]
+    now = datetime.now(UTC)
+    attached = set(_attached(app))
+    first = week_of(now - timedelta(days=settings.max_event_age_days + 1))
+    wanted = {first + n * WEEK for n in range((week_of(now) - first) // WEEK + 5)}
+    assert {Partition(week) for week in wanted} <= attached
+
+
+def test_the_daily_job_makes_new_weeks_ahead_and_is_idempotent(app: Flask) -> None:
+    schedule = app.extensions["celery"].conf.beat_schedule["daily-ledger-partitions"]
+    assert schedule["task"] == PARTITIONS_TASK
+    later = datetime.now(UTC) + 10 * WEEK
+    with app.app_context():
+        made = make_partitions(app.config["SETTINGS"], later)
+        again = make_partitions(app.config["SETTINGS"], later)
+    assert Partition(week_of(later + 4 * WEEK)).name in made and again == []
+    assert Partition(week_of(later + 4 * WEEK)) in _attached(app)
+
+
+def test_a_batch_for_a_week_with_no_partition_makes_it_and_is_stored(app: Flask) -> None:
+    """An event of a week nobody made ahead (a batch recorded with an old clock)."""
+    at = datetime.now(UTC) - timedelta(days=300)
+    sent = event("key-old-week", timestamp=at.isoformat())
+    with app.app_context():
+        assert record([sent], now=at).inserted == 1
+    assert Partition(week_of(at)) in _attached(app)
+    assert count_events(app, event_id=sent["event_id"]) == 1
+
+
+def test_one_event_id_is_stored_once_across_partitions(app: Flask) -> None:
+    """The same id with timestamps three weeks apart, in two batches and in one of
+    many: the second copy is a duplicate, whichever week it names."""
+    now = datetime.now(UTC)
+    first = event("key-dedupe", timestamp=(now - timedelta(minutes=5)).isoformat())
+    again = dict(first, timestamp=(now - timedelta(days=21)).isoformat())
+    assert week_of(now - timedelta(minutes=5)) != week_of(now - timedelta(days=21))
+    with app.app_context():
+        assert record([first]).inserted == 1
+        result = record([again, *(event("key-dedupe") for _ in range(9))])
+        rows = db.session.scalars(
+            select(UsageEventId.created_at).where(UsageEventId.event_id == first["event_id"])
+        ).all()
+    assert (result.inserted, result.duplicates) == (9, 1)
+    assert count_events(app, event_id=first["event_id"]) == 1
+    assert rows == [datetime.fromisoformat(first["timestamp"])]
+
+
+def test_ids_are_trimmed_past_the_accepted_window_only(app: Flask) -> None:
+    settings = app.config["SETTINGS"]
+    now = datetime.now(UTC)
+    old = now - timedelta(days=settings.max_event_age_days + 3)
+    recent = event("key-trim")
+    with app.app_context():
+        record([event("key-trim", timestamp=old.isoformat())], now=old)
+        record([recent])
+        trimmed = delete_ids_before(
+            now - timedelta(days=settings.max_event_age_days + 1), Pace(1, duty_cycle=1.0)
+        )
+        left = db.session.scalars(select(UsageEventId.event_id)).all()
+    assert trimmed == 1 and left == [recent["event_id"]]
+
+
+def test_cleanup_never_drops_a_week_an_accepted_event_can_still_reach(
+    app: Flask, make_customer
+) -> None:
+    """Retention shorter than the accepted age window: the weeks inside the window stay."""
+    make_customer("key-short", stripe_customer_id="cus_short")
+    settings = app.config["SETTINGS"].replace(usage_retention_days=7)
+    now = datetime.now(UTC)
+    with app.app_context():
+        record([event("key-short", timestamp=(now - timedelta(days=20)).isoformat())])
+        run = run_cleanup(settings, now)
+        assert run.status == "succeeded", run.error
+        dropped = run.counts["partitions_dropped"]
+    inside = week_of(now - timedelta(days=settings.max_event_age_days + 1))
+    assert all(Partition.named(name).end <= inside for name in dropped)
+    assert Partition(week_of(now - timedelta(days=20))) in _attached(app)
+
+
+@pytest.fixture
+def old_deployment(app: Flask, settings: Settings) -> Iterator[Flask]:
+    """A database migrated to 0009: the plain ledger an existing deployment has."""
+    url = create_database()
+    old = create_extra_app(settings.replace(database_url=url, auto_migrate=False), app)
+    with old.app_context():
+        upgrade(directory=MIGRATIONS_DIR, revision="0009")
+    yield old
+    with old.app_context():
+        db.session.remove()
+        for engine in db.engines.values():
+            engine.dispose()
+    drop_database(url)
+
+
+def test_the_migration_converts_a_plain_ledger_and_back(old_deployment: Flask) -> None:
+    now = datetime.now(UTC)
+    stamps = [now - timedelta(days=d) for d in (200, 60, 20, 1)]
+    engine = create_engine(with_driver(old_deployment.config["SETTINGS"].database_url))
+    with engine.begin() as conn:
+        for n, at in enumerate(stamps):
+            conn.execute(
+                text(
+                    "INSERT INTO usage_events (event_id, api_key_hash, tokens_input,"
+                    " tokens_output, tokens_cache_read, tokens_total, provider, model, status,"
+                    " pricing_status, created_at, received_at)"
+                    " VALUES (:id, 'h', 1, 2, 0, 3, 'openai', 'gpt-4o', 'success', 'priced',"
+                    " :at, :at)"
+                ),
+                {"id": f"old-{n}", "at": at},
+            )
+    with old_deployment.app_context():
+        upgrade(directory=MIGRATIONS_DIR)
+        attached = set(partitions(db.session.connection()))
+        db.session.rollback()
+    with engine.begin() as conn:
+        kind = conn.execute(
+            text(
+                "SELECT partstrat FROM pg_partitioned_table WHERE partrelid = 'usage_events'::regclass"
+            )
+        ).scalar()
+        moved = conn.execute(
+            text("SELECT event_id, created_at FROM usage_events ORDER BY id")
+        ).all()
+        ids = conn.execute(text("SELECT event_id FROM usage_event_ids ORDER BY 1")).scalars().all()
+        next_id = conn.execute(
+            text(
+                "INSERT INTO usage_events (event_id, api_key_hash, tokens_input, tokens_output,"
+                " tokens_cache_read, tokens_total, provider, model, status, pricing_status,"
+                " created_at, received_at) VALUES ('new', 'h', 1, 2, 0, 3, 'openai', 'gpt-4o',"
+                " 'success', 'priced', now(), now()) RETURNING id"
+            )
+        ).scalar()
+    assert kind == "r"
+    assert [(r.event_id, r.created_at) for r in moved] == [
+        (f"old-{n}", at) for n, at in enumerate(stamps)
+    ]
+    # Ids kept for the events a copy of which could still be accepted.
+    assert ids == ["old-2", "old-3"]
+    assert next_id == 5
+    assert {Partition(week_of(at)) for at in stamps} <= attached
+    assert Partition(week_of(now + 4 * WEEK)) in attached
+
+    with old_deployment.app_context():
+        downgrade(directory=MIGRATIONS_DIR, revision="0009")
+    with engine.begin() as conn:
+        plain = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_partitioned_table WHERE partrelid = 'usage_events'::regclass"
+            )
+        ).scalar()
+        back = conn.execute(text("SELECT count(*) FROM usage_events")).scalar()
+        unique = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = 'usage_events'::regclass"
+                " AND contype = 'u'"
+            )
+        ).scalar()
+    engine.dispose()
+    assert (plain, back, unique) == (0, 5, 1)
