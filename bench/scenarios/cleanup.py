@@ -1,6 +1,8 @@
-"""Retention while ingest runs: the oldest weeks of the scale data (``reads``) go as
-the weekly job takes them, partitions decided from the daily rollup and detached
-concurrently, in a process of their own; ingest's rate with and without it."""
+"""Retention while ingest runs, both ways, in one run over the scale data (``reads``):
+the old row-by-row delete of one week at the job's pace, and the weekly job's
+partition drop (weeks decided from the daily rollup, detached concurrently) of
+the oldest weeks; each in a process of its own, and ingest's rate meanwhile
+against its rate alone."""
 
 from __future__ import annotations
 
@@ -16,23 +18,32 @@ from bench.load import BATCH, make_events, post_batches
 from bench.stack import EVENTS, ROOT, SCALE_EVENTS, Run, Stack, log, pg, recorded, wait_until
 
 ORDER = 60
-ENABLED = SCALE_EVENTS > 0  # it drops weeks of the data ``reads`` loaded
-_CLEANUP = (
+ENABLED = SCALE_EVENTS > 0  # it removes weeks of the data ``reads`` loaded
+_PRELUDE = (
     "import json, sys, time; from datetime import datetime; from app import create_app;"
     "from sqlalchemy import text; from app.extensions import db;"
-    "from app.services.cleanup import drop_partitions;"
+    "from app.ingest.models import UsageEvent;"
+    "from app.services.cleanup import _delete_before, cleanup_pace, drop_partitions;"
     "app = create_app(); app.app_context().push();"
     "keys = list(db.session.scalars(text('SELECT DISTINCT api_key_hash FROM usage_daily')));"
-    "until = datetime.fromisoformat(sys.argv[1]);"
-    "db.session.rollback(); print('dropping', flush=True);"
-    "t = time.perf_counter();"
-    "dropped = drop_partitions({until: keys}, until);"
-    "print(json.dumps({'dropped': dropped, 's': time.perf_counter() - t}))"
+    "start, end = (datetime.fromisoformat(a) for a in sys.argv[1:3]);"
+    "db.session.rollback(); print('started', flush=True); t = time.perf_counter();"
+)
+# The current delete: one week's rows in bounded batches, resting between them.
+_DELETE = _PRELUDE + (
+    "_delete_before(UsageEvent.id, UsageEvent.created_at, end,"
+    " cleanup_pace(app.config['SETTINGS']), UsageEvent.created_at >= start);"
+    "print(json.dumps({'s': time.perf_counter() - t}))"
+)
+# The weekly job's way: every week ending by ``end`` whose keys may all go.
+_DROP = _PRELUDE + (
+    "dropped = drop_partitions({end: keys}, end);"
+    "print(json.dumps({'s': time.perf_counter() - t, 'dropped': dropped}))"
 )
 
 
 def run(run: Run, results: dict[str, Any]) -> None:
-    log("cleanup: the oldest weeks' partitions dropped while ingest runs")
+    log("cleanup: a week deleted row by row, then weeks' partitions dropped, while ingest runs")
     stack = Stack(run, port=8714)
     stack.start_api()
     stack.start_worker()
@@ -60,51 +71,87 @@ def run(run: Run, results: dict[str, Any]) -> None:
         wait_until(label, n, lambda: recorded(conn, since))
         return n / (time.perf_counter() - t)
 
-    # The oldest full week of the 90 days loaded, and the partial one before it.
-    until = week_of(now - timedelta(days=90)) + 2 * WEEK
-    with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM usage_events WHERE created_at < %s", (until,))
-        rows = cur.fetchone()[0]
-    first, second = bodies(1), bodies(2)
-    time.sleep(3)
-    normal = ingest_rate(first, "ingest alone")
-    cleanup = subprocess.Popen(
-        [sys.executable, "-c", _CLEANUP, until.isoformat()],
+    def rows_before(instant: datetime) -> int:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM usage_events WHERE created_at < %s", (instant,))
+            return int(cur.fetchone()[0])
+
+    def during(script: str, start: datetime, end: datetime, batches: list[bytes]) -> dict:
+        work = subprocess.Popen(
+            [sys.executable, "-c", script, start.isoformat(), end.isoformat()],
+            cwd=ROOT,
+            env={**stack.env, "AUTO_MIGRATE": "false"},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert work.stdout is not None and work.stdout.readline().strip() == "started"
+        rate = ingest_rate(batches, "ingest during the cleanup")
+        done = json.loads(work.communicate()[0])
+        return {**done, "rate": rate, "overlap": min(1.0, done["s"] / (n / rate))}
+
+    # The partial oldest week of the 90 days loaded goes first, untimed; then the
+    # next week's partition is dropped, and the week after it deleted row by row.
+    oldest = week_of(now - timedelta(days=90))
+    dropped_week, deleted_week = oldest + WEEK, oldest + 2 * WEEK
+    batches = [bodies(k) for k in range(3)]
+    subprocess.run(
+        [sys.executable, "-c", _DROP, oldest.isoformat(), (oldest + WEEK).isoformat()],
         cwd=ROOT,
         env={**stack.env, "AUTO_MIGRATE": "false"},
-        stdout=subprocess.PIPE,
-        text=True,
+        check=True,
+        capture_output=True,
     )
-    assert cleanup.stdout is not None and cleanup.stdout.readline().strip() == "dropping"
-    during = ingest_rate(second, "ingest during the cleanup")
-    deleted = json.loads(cleanup.communicate()[0])
+    time.sleep(3)
+    normal = ingest_rate(batches[0], "ingest alone")
+    dropped_rows = rows_before(dropped_week + WEEK)
+    drop = during(_DROP, dropped_week, dropped_week + WEEK, batches[1])
+    week_rows = rows_before(deleted_week + WEEK)
+    delete = during(_DELETE, deleted_week, deleted_week + WEEK, batches[2])
     stack.stop()
     conn.close()
     results["cleanup"] = {
-        "deleted": rows,
-        "partitions": len(deleted["dropped"]),
-        "seconds": round(deleted["s"], 3),
-        # Share of the measured ingest that ran while the cleanup was deleting.
-        "overlap": round(min(1.0, deleted["s"] / (n / during)), 2),
+        "row_delete": {
+            "rows": week_rows,
+            "seconds": round(delete["s"], 1),
+            "overlap": round(delete["overlap"], 2),
+            "ingest_per_s": round(delete["rate"]),
+            "ratio": round(delete["rate"] / normal, 3),
+        },
+        "partition_drop": {
+            "rows": dropped_rows,
+            "partitions": len(drop["dropped"]),
+            "seconds": round(drop["s"], 3),
+            "overlap": round(drop["overlap"], 2),
+            "ingest_per_s": round(drop["rate"]),
+            "ratio": round(drop["rate"] / normal, 3),
+        },
         "ingest_normal_per_s": round(normal),
-        "ingest_during_cleanup_per_s": round(during),
-        "ratio": round(during / normal, 3),
     }
 
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:
-    return {"cleanup_ingest_ratio": results.get("cleanup", {}).get("ratio")}
+    cleanup = results.get("cleanup", {})
+    return {
+        "cleanup_drop_s": cleanup.get("partition_drop", {}).get("seconds"),
+        "cleanup_ingest_ratio": cleanup.get("partition_drop", {}).get("ratio"),
+    }
 
 
 def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
     cl = results.get("cleanup")
     if not cl:
         return []
+    delete, drop = cl["row_delete"], cl["partition_drop"]
     return [
         (
-            "cleanup: oldest weeks dropped (rows, partitions, s)",
-            f"{cl['deleted']:,}, {cl.get('partitions')}, {cl['seconds']}",
-            "<= 1 s",
+            "cleanup, the current delete of a week: rows, s; ingest / normal (overlap)",
+            f"{delete['rows']:,}, {delete['seconds']}; {delete['ratio']} ({delete['overlap']})",
+            "",
         ),
-        ("ingest during cleanup / normal (overlap)", f"{cl['ratio']} ({cl['overlap']})", ">= 0.98"),
+        (
+            "cleanup, weeks' partitions dropped: rows, partitions, s; ingest / normal (overlap)",
+            f"{drop['rows']:,}, {drop['partitions']}, {drop['seconds']}; "
+            f"{drop['ratio']} ({drop['overlap']})",
+            "<= 1 s; >= 0.98",
+        ),
     ]

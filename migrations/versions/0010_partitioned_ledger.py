@@ -4,7 +4,7 @@ PostgreSQL: the table is rebuilt as a partitioned one and its rows copied, in
 the migration's one transaction. It holds ACCESS EXCLUSIVE on ``usage_events``
 throughout: workers wait (or retry) and the API skips its duplicate check until
 it commits; the API keeps accepting into its spool. Measured on this machine:
-about 7 s per million events (docs/deploy.md). SQLite keeps its plain table;
+6.7 s per million events (docs/deploy.md). SQLite keeps its plain table;
 both get the (on SQLite unused) id table.
 
 Revision ID: 0010
