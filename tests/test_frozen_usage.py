@@ -15,7 +15,7 @@ from app.ingest.models import UsageDaily
 from app.models.billing import FrozenUsage
 from app.security import hash_api_key
 from app.services.reporting import cumulative_usage
-from tests.factories import event
+from tests.factories import CustomerFactory, event
 from tests.helpers import record
 
 TODAY = datetime.now(UTC).date()
@@ -88,4 +88,25 @@ def test_frozen_sums_equal_the_whole_history_and_advance_day_by_day(
         # A report re-run for a day before the frozen sums sums the history itself.
         long_ago = TODAY - timedelta(days=150)
         assert cumulative_usage(settings, long_ago) == _history(settings, long_ago)
+        db.session.rollback()
+
+
+def test_frozen_sums_on_the_embedded_default(sqlite_app: Flask) -> None:
+    """The same statements on SQLite (``UPDATE … FROM``): frozen, advanced, still equal."""
+    settings = sqlite_app.config["SETTINGS"]
+    yesterday = TODAY - timedelta(days=1)
+    with sqlite_app.app_context():
+        customer = CustomerFactory(api_key="key-fz-sqlite")
+        for back in (300, 50, 38):
+            _old_usage("key-fz-sqlite", TODAY - timedelta(days=back), 100 + back)
+        db.session.commit()
+        assert cumulative_usage(settings, yesterday) == _history(settings, yesterday)
+        db.session.commit()
+        later = cumulative_usage(settings, TODAY, today=TODAY + timedelta(days=1))
+        assert later == _history(settings, TODAY) == {customer.id: Decimal(400 + 150 + 138)}
+        frozen = db.session.get(FrozenUsage, customer.id)
+        assert (frozen.through_day, frozen.tokens_total) == (
+            TODAY + timedelta(days=1) - timedelta(days=settings.max_event_age_days + 2),
+            400 + 150 + 138,
+        )
         db.session.rollback()

@@ -208,13 +208,13 @@ def _charge_segment(
     """
     position = sum((units_of(terms, u) for u in before), ZERO)
     ordered = _ordered(usages)
+    units_each = [units_of(terms, u) for u in ordered]  # each usage's units, computed once
     charge = Charge(cost=sum((u.cost for u in ordered), ZERO))
     free_left = max(ZERO, terms.included - position)
     if period_units is None:
-        period_units = position + sum((units_of(terms, u) for u in ordered), ZERO)
+        period_units = position + sum(units_each, ZERO)
     volume_index, volume_tier = terms.reached(period_units)
-    for usage in ordered:
-        units = units_of(terms, usage)
+    for usage, units in zip(ordered, units_each, strict=True):
         free = min(units, free_left)
         if free:
             charge.lines.append(Line("included", usage.provider, usage.model, 0, free, ZERO, ZERO))

@@ -28,7 +28,7 @@ from app.ingest.models import UsageDaily
 from app.models.dialect import in_ids
 from app.periods import Period, billing_periods
 from app.plans.charges import Usage, exact_sum
-from app.plans.models import PeriodCharge
+from app.plans.models import PeriodCharge, PricePlan
 from app.plans.services import (
     USAGE_SUMS,
     Segment,
@@ -54,10 +54,12 @@ def _first_usage(customer_ids: Sequence[int]) -> dict[int, date]:
 
 
 def _frozen(customer_ids: Sequence[int]) -> dict[tuple[int, date], Decimal]:
-    rows = db.session.scalars(
-        select(PeriodCharge).where(in_ids(PeriodCharge.customer_id, list(customer_ids)))
+    rows = db.session.execute(
+        select(PeriodCharge.customer_id, PeriodCharge.period_start, PeriodCharge.total).where(
+            in_ids(PeriodCharge.customer_id, list(customer_ids))
+        )
     ).all()
-    return {(row.customer_id, row.period_start): Decimal(row.total) for row in rows}
+    return {(customer_id, start): Decimal(total) for customer_id, start, total in rows}
 
 
 def _summed(windows: dict[Window, list[int]]) -> dict[tuple[int, Window], list[Usage]]:
@@ -94,15 +96,20 @@ def owed_through(
     totals: dict[int, list[Decimal]] = {c.id: [] for c in customers}
     for (customer_id, _), total in frozen.items():
         totals[customer_id].append(total)
+    # Customers on the same assignments share their periods' segments: built once.
+    cut: dict[tuple[tuple[tuple[date, PricePlan], ...], Period], list[Segment]] = {}
     for customer in customers:
         first = first_usage.get(customer.id)
         if first is None or first > day:
             continue
+        assigned = tuple(assignments.get(customer.id, ()))
         for period in billing_periods(first, day, customer.created_at.day):
             if (customer.id, period.start) in frozen:
                 continue  # counted above
             last = min(day, period.end - timedelta(days=1))
-            parts = segments_of(assignments.get(customer.id, []), default, period)
+            if (assigned, period) not in cut:
+                cut[(assigned, period)] = segments_of(list(assigned), default, period)
+            parts = cut[(assigned, period)]
             spans = [(s.start, min(last, s.end - timedelta(days=1))) for s in parts]
             spans = [(a, b) for a, b in spans if a <= b]
             for span in spans:

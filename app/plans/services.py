@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, cast, func, select
 from sqlalchemy.exc import IntegrityError
 
 from app.customers.models import ApiKey, BillingCustomer
@@ -115,13 +115,15 @@ def assignments_of(customer_ids: Iterable[int]) -> dict[int, Assignments]:
     """Each customer's plan assignments, oldest first, in one query."""
     found: dict[int, Assignments] = {}
     rows = db.session.execute(
-        select(PlanAssignment.customer_id, PlanAssignment.effective_from, PricePlan)
-        .join(PricePlan, PricePlan.id == PlanAssignment.plan_id)
+        select(PlanAssignment.customer_id, PlanAssignment.effective_from, PlanAssignment.plan_id)
         .where(in_ids(PlanAssignment.customer_id, list(customer_ids)))
         .order_by(PlanAssignment.effective_from)
     ).all()
-    for customer_id, effective, plan in rows:
-        found.setdefault(customer_id, []).append((effective, plan))
+    # The few versions once each, not one entity per assignment row.
+    used = {plan_id for _, _, plan_id in rows}
+    plans = {p.id: p for p in db.session.scalars(select(PricePlan).where(PricePlan.id.in_(used)))}
+    for customer_id, effective, plan_id in rows:
+        found.setdefault(customer_id, []).append((effective, plans[plan_id]))
     return found
 
 
@@ -146,10 +148,13 @@ def segments(customer_id: int, period: Period) -> list[Segment]:
 
 
 # A model's usage summed from the rollup: what ``usage_from`` reads after provider and model.
+# A model's usage summed from the rollup, as ``usage_from`` reads it after provider and
+# model. Token sums come back as integers: PostgreSQL's sum of bigint is numeric,
+# which the driver would turn into a Decimal for each row, only for ``int`` to undo it.
 USAGE_SUMS = (
-    func.sum(UsageDaily.tokens_input),
-    func.sum(UsageDaily.tokens_output),
-    func.sum(UsageDaily.tokens_cache_read),
+    cast(func.sum(UsageDaily.tokens_input), BigInteger),
+    cast(func.sum(UsageDaily.tokens_output), BigInteger),
+    cast(func.sum(UsageDaily.tokens_cache_read), BigInteger),
     func.sum(UsageDaily.cost_total),
 )
 
@@ -232,7 +237,11 @@ def price_period(
         inside = [u for u in usage if segment.start <= u.day < segment.end and u.day <= last]
         terms = plan_terms(segment.plan)
         # Volume prices every unit at the tier the whole period (so far) reaches.
-        period_units = exact_sum(units_of(terms, u) for u in usage if u.day <= last)
+        period_units = (
+            exact_sum(units_of(terms, u) for u in usage if u.day <= last)
+            if terms.mode == "volume"
+            else None
+        )
         charge = charge_segment(terms, before, inside, period_units)
         # An invoice shows a line per model and tier; a total needs no merging.
         priced.append((segment.plan, merged(charge) if lines else charge))
