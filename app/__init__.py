@@ -22,6 +22,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         upgrade_database,
     )
     from app.extensions import db, migrate
+    from app.ingest.partitions import make_partitions
+    from app.models.types import utcnow
 
     settings = settings or Settings.from_env()
     from app.observability.logs import configure_logging
@@ -73,6 +75,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(demo_execute)
     if settings.auto_migrate:
         upgrade_database(app)
+        with app.app_context():  # the ledger's weeks (PostgreSQL), as the daily job makes them
+            make_partitions(settings, utcnow())
     release_connections(app)
     return app
 

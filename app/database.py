@@ -123,14 +123,11 @@ def forget_inherited_connections(app: Flask) -> None:
 
 def upgrade_database(app: Flask) -> None:
     """Migrate to head and seed prices from the bundled source when none exist."""
-    from app.ingest.partitions import make_partitions
     from app.models import ModelPrice
-    from app.models.types import utcnow
     from app.pricing.book import refresh_prices
 
     with app.app_context(), _migration_lock(app):
         upgrade(directory=MIGRATIONS_DIR)
-        make_partitions(app.config["SETTINGS"], utcnow())
         # Seed an empty table; and once after migration 0004, add the source's
         # whole rules (tiers, time-of-day prices) to a table that predates them.
         if (
