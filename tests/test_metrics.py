@@ -15,6 +15,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 
+from app.extensions import db
+from app.ingest.partitions import WEEK, create_partitions, week_of
 from app.observability.logs import JsonLines
 from app.services.scheduled import run_reconciliation, run_report
 from tests.factories import event
@@ -127,6 +129,11 @@ def test_billing_metrics_and_the_states_read_at_the_scrape(
     report_age = scraped[("ub_job_last_success_age_seconds", (("job", "usage_report"),))]
     assert 0 <= report_age < 60
     assert ("ub_job_last_success_age_seconds", (("job", "price_refresh"),)) not in scraped
+    ahead = scraped[("ub_ledger_weeks_ahead", ())]
+    assert ahead >= app.config["SETTINGS"].partition_weeks_ahead
+    with app.app_context(), db.engine.begin() as conn:  # one more week, far ahead
+        create_partitions(conn, [week_of(datetime.now(UTC) + 60 * WEEK)])
+    assert _metrics(client)[("ub_ledger_weeks_ahead", ())] == ahead + 1
     stripe_server.state.meter_events.clear()  # Stripe lost the day's event
     with app.app_context():
         run_reconciliation(app.config["SETTINGS"])
@@ -208,6 +215,7 @@ def test_the_alert_rules_parse_and_name_only_metrics_we_export() -> None:
         "ReportsNeedManualBilling",
         "StripeDiffersFromLedger",
         "UnpricedModels",
+        "LedgerPartitionsRunningOut",
     } <= names
     sources = "".join(
         path.read_text() for path in (project_root() / "app/observability").glob("*.py")

@@ -4,8 +4,8 @@
   (this host's; every API process of a host shares its spool directory);
 - the broker's queue depth;
 - from PostgreSQL: reports waiting for manual billing, open reconciliation
-  differences, models with unpriced events today or yesterday, and how long
-  ago each scheduled job last succeeded.
+  differences, models with unpriced events today or yesterday, how long
+  ago each scheduled job last succeeded, and the ledger's weeks made ahead.
 
 Only the API exports these (one of its processes per scrape), so no figure is
 counted twice across roles.
@@ -23,6 +23,7 @@ from sqlalchemy import distinct, func, select
 
 from app.extensions import db
 from app.ingest.models import UsageDaily
+from app.ingest.partitions import partitions, week_of
 from app.models.types import utcnow
 from app.services.jobs import last_success
 from app.services.reconciliation import open_difference_count
@@ -87,3 +88,9 @@ class StateCollector(Collector):
             if run is not None and run.finished_at is not None:
                 ages.add_metric([job], (now - run.finished_at).total_seconds())
         yield ages
+        if db.engine.dialect.name == "postgresql":
+            this_week = week_of(now)
+            ahead = sum(p.start > this_week for p in partitions(db.session.connection()))
+            yield _gauge(
+                "ub_ledger_weeks_ahead", "Weeks of the ledger's partitions made ahead", ahead
+            )
