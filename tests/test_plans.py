@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from fractions import Fraction
 
 import pytest
@@ -15,10 +15,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.customers.models import BillingCustomer
 from app.extensions import db
+from app.ingest.models import UsageDaily
 from app.models.types import utcnow
 from app.plans.charges import (
     ZERO,
@@ -30,6 +31,9 @@ from app.plans.charges import (
     units_of,
     with_minimum,
 )
+from app.plans.services import assign_plan, create_version
+from app.plans.terms import PlanTerms
+from app.security import hash_api_key
 from tests.factories import event
 from tests.helpers import ADMIN_TOKEN, auth, record
 
@@ -521,3 +525,60 @@ def test_the_usage_endpoint_shows_what_each_day_added_to_the_charge(
         (today.isoformat(), "0.004500000000", "0.005625"),
     ]
     assert body["totals"]["charge"] == "0.014875"
+
+
+def test_budgets_count_what_the_customer_owes_under_its_plan(app: Flask, make_customer) -> None:
+    """A USD budget counts the plan's charge, not the provider cost: at a 100 % markup
+    with $0.001 included, twice the cost less the allowance; a key's budget its share
+    in proportion to its calls' cost; a tokens budget the tokens. On the standard plan
+    a budget counts the cost."""
+    from app.budgets.services import BudgetSpec, create_budget
+    from app.budgets.spend import spent_in
+    from app.customers.keys import issue_key
+    from app.periods import period_at
+
+    customer = make_customer("key-owed-1")
+    plain = make_customer("key-owed-plain")
+    now = datetime.now(UTC)
+    with app.app_context():
+        second = issue_key(customer.id, "second")
+        plan = create_version(
+            "owed", "Owed", PlanTerms.model_validate({"markup_percent": "100", "included": "0.001"})
+        )
+        assign_plan(customer.id, plan, now.date() - timedelta(days=40))
+        db.session.commit()
+        at = now.isoformat()
+        sent = [event("key-owed-1", timestamp=at), event("key-owed-1", timestamp=at)]
+        sent += [event(second.raw, timestamp=at), event("key-owed-plain", timestamp=at)]
+        record(sent)
+        specs = {
+            "customer": (customer.id, BudgetSpec("usd", "month", Decimal(10), (), False)),
+            "key": (customer.id, BudgetSpec("usd", "month", Decimal(10), (), False, second.key.id)),
+            "tokens": (customer.id, BudgetSpec("tokens", "month", Decimal(10**9), (), False)),
+            "plain": (plain.id, BudgetSpec("usd", "month", Decimal(10), (), False)),
+        }
+        budgets = {name: create_budget(cid, spec) for name, (cid, spec) in specs.items()}
+        month = period_at("month", now, 1)
+        spent = {name: spent_in(b, month) for name, b in budgets.items()}
+        costs = {
+            key: db.session.scalar(
+                select(func.sum(UsageDaily.cost_total)).where(
+                    UsageDaily.api_key_hash == hash_api_key(key)
+                )
+            )
+            for key in ("key-owed-1", second.raw, "key-owed-plain")
+        }
+        tokens = db.session.scalar(
+            select(func.sum(UsageDaily.tokens_total)).where(
+                UsageDaily.api_key_hash.in_([hash_api_key("key-owed-1"), second.key.key_hash])
+            )
+        )
+        db.session.rollback()
+    cost = costs["key-owed-1"] + costs[second.raw]
+    owed = 2 * cost - Decimal("0.001")
+    assert owed > 0
+    assert spent["customer"] == (owed, 3)
+    share = (owed * costs[second.raw] / cost).quantize(Decimal("1e-12"), ROUND_CEILING)
+    assert spent["key"] == (share, 1)
+    assert spent["tokens"] == (Decimal(tokens), 3)
+    assert spent["plain"] == (costs["key-owed-plain"], 1)

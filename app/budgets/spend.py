@@ -15,10 +15,10 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
-from decimal import ROUND_FLOOR, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from app.budgets.alerts import raise_alerts
 from app.budgets.counters import Counters, KeyRecord, Rule, to_units
@@ -27,10 +27,14 @@ from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.models.dialect import one_of
+from app.models.types import MONEY_SCALE
 from app.periods import Period
+from app.plans.charges import PRECISION, ZERO
+from app.plans.services import owed_between
 
 log = logging.getLogger("usage_billing.budgets")
 _HASH = re.compile(r"[0-9a-f]{64}")
+_STORED = Decimal(1).scaleb(-MONEY_SCALE)
 
 
 def rule_of(budget: Budget, anchor_day: int) -> Rule:
@@ -38,12 +42,7 @@ def rule_of(budget: Budget, anchor_day: int) -> Rule:
     return Rule(budget.id, budget.metric, budget.period, limit, budget.hard_limit, anchor_day)  # type: ignore[arg-type]
 
 
-def spent_in(budget: Budget, period: Period) -> tuple[Decimal, int]:
-    """The budget's spend (USD or tokens) and calls in ``period``, from the daily rollup."""
-    keys = select(ApiKey.key_hash).where(ApiKey.customer_id == budget.customer_id)
-    if budget.api_key_id is not None:
-        keys = keys.where(ApiKey.id == budget.api_key_id)
-    column = UsageDaily.cost_total if budget.metric == USD else UsageDaily.tokens_total
+def _summed(keys: Select[tuple[str]], column: Any, period: Period) -> tuple[Decimal, int]:
     first, last = period.days
     total, calls = db.session.execute(
         select(
@@ -51,6 +50,33 @@ def spent_in(budget: Budget, period: Period) -> tuple[Decimal, int]:
         ).where(UsageDaily.api_key_hash.in_(keys), UsageDaily.day.between(first, last))
     ).one()
     return Decimal(total), int(calls)
+
+
+def spent_in(budget: Budget, period: Period) -> tuple[Decimal, int]:
+    """The budget's spend (USD or tokens) and calls in ``period``, from the daily rollup.
+
+    In USD a budget counts what the customer owes under its plans (a markup, its own
+    prices, tiers, included usage), not what the calls cost us; a key's budget counts
+    the key's share of it, in proportion to its calls' cost.
+    """
+    customer_keys = select(ApiKey.key_hash).where(ApiKey.customer_id == budget.customer_id)
+    keys = customer_keys
+    if budget.api_key_id is not None:
+        keys = keys.where(ApiKey.id == budget.api_key_id)
+    if budget.metric != USD:
+        return _summed(keys, UsageDaily.tokens_total, period)
+    cost, calls = _summed(keys, UsageDaily.cost_total, period)
+    customer = db.session.get(BillingCustomer, budget.customer_id)
+    owed = owed_between(customer, *period.days) if customer is not None else None
+    if owed is None:
+        return cost, calls
+    if budget.api_key_id is None:
+        return owed, calls
+    customer_cost, _ = _summed(customer_keys, UsageDaily.cost_total, period)
+    if not customer_cost:
+        return ZERO, calls
+    with localcontext(prec=PRECISION):  # a share is no exact figure: stored money, rounded up
+        return (owed * cost / customer_cost).quantize(_STORED, ROUND_CEILING), calls
 
 
 def _records(customers: Iterable[BillingCustomer]) -> dict[str, KeyRecord]:

@@ -31,6 +31,8 @@ from app.plans.charges import (
 from app.plans.models import DEFAULT_PLAN, PlanAssignment, PricePlan
 from app.plans.terms import PlanTerms, terms_of
 
+AT_COST = Terms()  # the standard plan's terms: what a call cost us, unchanged
+
 
 def create_version(code: str, name: str, terms: PlanTerms) -> PricePlan:
     """A new version of plan ``code`` (its first, if new); versions are never edited."""
@@ -253,6 +255,33 @@ def owed(customer: BillingCustomer, period: Period, through: date) -> Invoice:
     last = min(through, period.end - timedelta(days=1))
     usage = usage_of(customer.id, period.start, last) if last >= period.start else []
     return price_period(customer.id, period, through, usage, segments(customer.id, period))
+
+
+def owed_between(customer: BillingCustomer, first: date, last: date) -> Decimal | None:
+    """What the customer's charge under its plans grew by over the days ``first`` to
+    ``last``: in each billing period they touch, what is owed through ``last`` less what
+    was owed before ``first`` (as ``daily_charges`` adds it up; a minimum, charged when a
+    period closes, falls on no day). None when every plan in force charges provider
+    cost, which the rollup's cost already is."""
+    assigned = assignments_of([customer.id]).get(customer.id, [])
+    default = default_plan()
+    cut = {
+        period: segments_of(assigned, default, period)
+        for period in billing_periods(first, last, customer.created_at.day)
+    }
+    if all(plan_terms(s.plan) == AT_COST for parts in cut.values() for s in parts):
+        return None
+    grown = []
+    for period, parts in cut.items():
+        through = min(last, period.end - timedelta(days=1))
+        usage = usage_of(customer.id, period.start, through)
+        grown.append(price_period(customer.id, period, through, usage, parts, lines=False).total)
+        if first > period.start:
+            before = first - timedelta(days=1)
+            earlier = [u for u in usage if u.day <= before]
+            owed = price_period(customer.id, period, before, earlier, parts, lines=False).total
+            grown.append(-owed)
+    return exact_sum(grown)
 
 
 def daily_charges(customer: BillingCustomer, first: date, last: date) -> dict[date, Decimal]:
