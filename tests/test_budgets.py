@@ -194,6 +194,7 @@ def test_a_customers_own_lower_limit_applies_and_never_exceeds_the_admins(
     app: Flask, client: FlaskClient, enforcing: Flask, make_customer, caplog
 ) -> None:
     customer = make_customer("key-careful")
+    limits_reached = REGISTRY.get_sample_value("ub_budget_limits_reached_total") or 0
     budget = _budget(client, customer.id, limit=str(10 * CALL_TOKENS))
     path = f"/v1/billing/budgets/{budget['id']}/customer-limit"
     above = client.put(path, json={"limit": str(11 * CALL_TOKENS)}, headers=auth("key-careful"))
@@ -218,6 +219,7 @@ def test_a_customers_own_lower_limit_applies_and_never_exceeds_the_admins(
         settle_batch(counters_for(app), [event("key-careful")], utcnow())
     reached = [r for r in caplog.records if r.getMessage() == "hard budget limit reached"]
     assert len(reached) == 1 and reached[0].customer_id == customer.id
+    assert REGISTRY.get_sample_value("ub_budget_limits_reached_total") == limits_reached + 1
     own = client.get("/v1/billing/budgets", headers=auth("key-careful")).get_json()["budgets"]
     assert [(b["spent"], b["used_percent"]) for b in own] == [(str(CALL_TOKENS), "100.00")]
 

@@ -28,6 +28,7 @@ from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.models.dialect import one_of
 from app.models.types import MONEY_SCALE
+from app.observability.metrics import BUDGET_LIMITS_REACHED
 from app.periods import Period
 from app.plans.charges import PRECISION, ZERO
 from app.plans.services import owed_between
@@ -170,6 +171,7 @@ def settle_batch(counters: Counters, events: Iterable[Any], now: datetime) -> li
         reached = budget.hard_limit and spent >= budget.effective_limit
         if reached and counters.first_time(rule, period, "limit-reached", now):
             # For operators: a customer's calls are being refused from now on.
+            BUDGET_LIMITS_REACHED.inc()
             log.error(
                 "hard budget limit reached",
                 extra={"budget_id": budget.id, "customer_id": budget.customer_id},

@@ -29,5 +29,8 @@ REPORTS = Counter("ub_reports", "Daily report outcomes, per customer and day", [
 STRIPE_ERRORS = Counter("ub_stripe_errors", "Stripe calls that failed", ["call", "kind"])
 STRIPE_RETRIES = Counter("ub_stripe_retries", "Stripe calls retried", ["call"])
 BUDGET_REFUSALS = Counter("ub_budget_refusals", "Metered calls refused at admission", ["reason"])
+BUDGET_LIMITS_REACHED = Counter(
+    "ub_budget_limits_reached", "Hard budget limits reached, once per budget and period"
+)
 ALERT_DELIVERIES = Counter("ub_alert_deliveries", "Alert webhook attempts", ["outcome"])
 BEAT_SENT = Counter("ub_beat_tasks_sent", "Tasks Beat sent on schedule", ["task"])
