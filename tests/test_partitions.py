@@ -21,7 +21,14 @@ from app.schedule import PARTITIONS_TASK
 from app.services.cleanup import Pace, delete_ids_before
 from app.services.scheduled import run_cleanup
 from tests.factories import event
-from tests.helpers import count_events, create_database, create_extra_app, drop_database, record
+from tests.helpers import (
+    count_events,
+    create_database,
+    create_extra_app,
+    drop_database,
+    record,
+    wait_for,
+)
 
 pytestmark = pytest.mark.services
 
@@ -195,3 +202,49 @@ def test_the_migration_converts_a_plain_ledger_and_back(old_deployment: Flask) -
         ).scalar()
     engine.dispose()
     assert (plain, back, unique) == (0, 5, 1)
+
+
+def test_a_detach_interrupted_half_way_is_finished_by_the_next_drop(app: Flask) -> None:
+    """``DETACH … CONCURRENTLY`` cancelled while it waits for an older reader leaves the
+    week pending; the next drop finishes it (``FINALIZE``) and drops the table."""
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    from app.ingest.partitions import create_partitions, detach_pending, drop_partition
+
+    part = Partition(week_of(datetime.now(UTC) - timedelta(days=700)))
+    with app.app_context():
+        with db.engine.begin() as conn:
+            create_partitions(conn, [part.start])
+        reader = db.engine.connect()
+        reader.begin()
+        reader.execute(text("SELECT count(*) FROM usage_events"))  # an older reader
+        detacher = db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        pid = detacher.execute(text("SELECT pg_backend_pid()")).scalar()
+        failed: list[Exception] = []
+
+        def detach() -> None:
+            try:
+                detacher.execute(
+                    text(f"ALTER TABLE usage_events DETACH PARTITION {part.name} CONCURRENTLY")
+                )
+            except OperationalError as exc:  # cancelled
+                failed.append(exc)
+
+        thread = threading.Thread(target=detach)
+        thread.start()
+        with db.engine.connect() as conn:
+            wait_for(lambda: part in detach_pending(conn))
+            conn.execute(text("SELECT pg_cancel_backend(:pid)"), {"pid": pid})
+        thread.join(10)
+        reader.rollback()
+        reader.close()
+        detacher.close()
+        assert failed and "canceling statement" in str(failed[0])
+        with db.engine.connect() as conn:
+            assert part in detach_pending(conn) and part not in partitions(conn)
+        drop_partition(part)
+        with db.engine.connect() as conn:
+            left = conn.execute(text("SELECT to_regclass(:name)"), {"name": part.name}).scalar()
+            assert part not in detach_pending(conn) and left is None
