@@ -4,6 +4,7 @@ migration (and back)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -11,12 +12,22 @@ import pytest
 from flask import Flask
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import OperationalError
 
 from app.config import Settings, with_driver
 from app.database import MIGRATIONS_DIR
 from app.extensions import db
 from app.ingest.models import UsageEventId
-from app.ingest.partitions import WEEK, Partition, make_partitions, partitions, week_of
+from app.ingest.partitions import (
+    WEEK,
+    Partition,
+    create_partitions,
+    detach_pending,
+    drop_partition,
+    make_partitions,
+    partitions,
+    week_of,
+)
 from app.schedule import PARTITIONS_TASK
 from app.services.cleanup import Pace, delete_ids_before
 from app.services.scheduled import run_cleanup
@@ -207,12 +218,6 @@ def test_the_migration_converts_a_plain_ledger_and_back(old_deployment: Flask) -
 def test_a_detach_interrupted_half_way_is_finished_by_the_next_drop(app: Flask) -> None:
     """``DETACH … CONCURRENTLY`` cancelled while it waits for an older reader leaves the
     week pending; the next drop finishes it (``FINALIZE``) and drops the table."""
-    import threading
-
-    from sqlalchemy.exc import OperationalError
-
-    from app.ingest.partitions import create_partitions, detach_pending, drop_partition
-
     part = Partition(week_of(datetime.now(UTC) - timedelta(days=700)))
     with app.app_context():
         with db.engine.begin() as conn:
