@@ -359,9 +359,7 @@ def _insert_postgresql(rows: list[EventRow]) -> Written:
     """
     sql = _postgresql_sql()
     connection = db.session.connection()
-    require_partitions(
-        connection, min(row.created_at for row in rows), max(row.created_at for row in rows)
-    )
+    require_partitions(connection, [row.created_at for row in rows])
     cursor = connection.connection.cursor()
     data = _copy_text(rows)
     try:
@@ -391,11 +389,7 @@ def insert_rows(rows: list[EventRow]) -> Written:
         rows = _claim(rows)
         if not rows:
             return Written(0, 0)
-        require_partitions(
-            db.session.connection(),
-            min(row.created_at for row in rows),
-            max(row.created_at for row in rows),
-        )
+        require_partitions(db.session.connection(), [row.created_at for row in rows])
         stmt = postgresql.insert(table)
     else:
         stmt = insert_for(table).on_conflict_do_nothing(index_elements=["event_id"])

@@ -21,7 +21,7 @@ SQLite, the embedded default, keeps a plain table: nothing here runs on it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock
@@ -163,13 +163,13 @@ def drop_partition(part: Partition) -> None:
     _attached.discard(part.start)
 
 
-def require_partitions(conn: Connection, first: datetime, last: datetime) -> None:
-    """Before a batch's insert: make the weeks from ``first`` to ``last`` exist.
+def require_partitions(conn: Connection, instants: Sequence[datetime]) -> None:
+    """Before a batch's insert: make the weeks its events' ``instants`` fall in exist.
 
     Costs nothing once this process has seen them attached, which is every batch
     but the first of each new week.
     """
-    weeks = weeks_between(first, last)
+    weeks = weeks_between(min(instants), max(instants))
     if not _attached.issuperset(weeks):
         create_partitions(conn, weeks)
 

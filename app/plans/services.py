@@ -149,7 +149,6 @@ def segments(customer_id: int, period: Period) -> list[Segment]:
     return segments_of(assignments_of([customer_id]).get(customer_id, []), default_plan(), period)
 
 
-# A model's usage summed from the rollup: what ``usage_from`` reads after provider and model.
 # A model's usage summed from the rollup, as ``usage_from`` reads it after provider and
 # model. Token sums come back as integers: PostgreSQL's sum of bigint is numeric,
 # which the driver would turn into a Decimal for each row, only for ``int`` to undo it.

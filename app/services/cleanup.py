@@ -92,6 +92,11 @@ class Pace:
     batch_size: int
     duty_cycle: float
 
+    def rest_after(self, started: float) -> None:
+        """Rest so that the work since ``started`` (``time.monotonic``) is the duty cycle."""
+        busy = time.monotonic() - started
+        time.sleep(busy * (1 - self.duty_cycle) / self.duty_cycle)
+
 
 def cleanup_pace(settings: Settings) -> Pace:
     return Pace(settings.cleanup_batch_size, settings.cleanup_duty_cycle)
@@ -110,8 +115,7 @@ def _delete_before(
         deleted += result.rowcount or 0
         if (result.rowcount or 0) < pace.batch_size:
             return deleted
-        busy = time.monotonic() - started
-        time.sleep(busy * (1 - pace.duty_cycle) / pace.duty_cycle)
+        pace.rest_after(started)
 
 
 def delete_events_before(
@@ -192,6 +196,5 @@ def delete_hours_before(cutoff: datetime, pace: Pace) -> int:
         db.session.commit()
         deleted += result.rowcount or 0
         first = until if until < cutoff else None
-        busy = time.monotonic() - started
-        time.sleep(busy * (1 - pace.duty_cycle) / pace.duty_cycle)
+        pace.rest_after(started)
     return deleted

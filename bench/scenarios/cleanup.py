@@ -22,17 +22,16 @@ ENABLED = SCALE_EVENTS > 0  # it removes weeks of the data ``reads`` loaded
 _PRELUDE = (
     "import json, sys, time; from datetime import datetime; from app import create_app;"
     "from sqlalchemy import text; from app.extensions import db;"
-    "from app.ingest.models import UsageEvent;"
-    "from app.services.cleanup import _delete_before, cleanup_pace, drop_partitions;"
+    "from app.services.cleanup import cleanup_pace, delete_events_before, drop_partitions;"
     "app = create_app(); app.app_context().push();"
     "keys = list(db.session.scalars(text('SELECT DISTINCT api_key_hash FROM usage_daily')));"
-    "start, end = (datetime.fromisoformat(a) for a in sys.argv[1:3]);"
+    "end = datetime.fromisoformat(sys.argv[1]);"
     "db.session.rollback(); print('started', flush=True); t = time.perf_counter();"
 )
-# The current delete: one week's rows in bounded batches, resting between them.
+# The current delete, row by row in bounded batches, resting between them: of the
+# week before ``end`` alone, the weeks before it being dropped already.
 _DELETE = _PRELUDE + (
-    "_delete_before(UsageEvent.id, UsageEvent.created_at, end,"
-    " cleanup_pace(app.config['SETTINGS']), UsageEvent.created_at >= start);"
+    "delete_events_before({end: keys}, cleanup_pace(app.config['SETTINGS']));"
     "print(json.dumps({'s': time.perf_counter() - t}))"
 )
 # The weekly job's way: every week ending by ``end`` whose keys may all go.
@@ -76,9 +75,9 @@ def run(run: Run, results: dict[str, Any]) -> None:
             cur.execute("SELECT count(*) FROM usage_events WHERE created_at < %s", (instant,))
             return int(cur.fetchone()[0])
 
-    def during(script: str, start: datetime, end: datetime, batches: list[bytes]) -> dict:
+    def during(script: str, end: datetime, batches: list[bytes]) -> dict:
         work = subprocess.Popen(
-            [sys.executable, "-c", script, start.isoformat(), end.isoformat()],
+            [sys.executable, "-c", script, end.isoformat()],
             cwd=ROOT,
             env={**stack.env, "AUTO_MIGRATE": "false"},
             stdout=subprocess.PIPE,
@@ -95,7 +94,7 @@ def run(run: Run, results: dict[str, Any]) -> None:
     dropped_week, deleted_week = oldest + WEEK, oldest + 2 * WEEK
     batches = [bodies(k) for k in range(3)]
     subprocess.run(
-        [sys.executable, "-c", _DROP, oldest.isoformat(), (oldest + WEEK).isoformat()],
+        [sys.executable, "-c", _DROP, (oldest + WEEK).isoformat()],
         cwd=ROOT,
         env={**stack.env, "AUTO_MIGRATE": "false"},
         check=True,
@@ -104,9 +103,9 @@ def run(run: Run, results: dict[str, Any]) -> None:
     time.sleep(3)
     normal = ingest_rate(batches[0], "ingest alone")
     dropped_rows = rows_before(dropped_week + WEEK)
-    drop = during(_DROP, dropped_week, dropped_week + WEEK, batches[1])
+    drop = during(_DROP, dropped_week + WEEK, batches[1])
     week_rows = rows_before(deleted_week + WEEK)
-    delete = during(_DELETE, deleted_week, deleted_week + WEEK, batches[2])
+    delete = during(_DELETE, deleted_week + WEEK, batches[2])
     stack.stop()
     conn.close()
     results["cleanup"] = {
