@@ -238,3 +238,18 @@ def test_a_detach_interrupted_half_way_is_finished_by_the_next_drop(app: Flask) 
         with db.engine.connect() as conn:
             left = conn.execute(text("SELECT to_regclass(:name)"), {"name": part.name}).scalar()
             assert part not in detach_pending(conn) and left is None
+
+
+def test_a_week_seen_in_another_database_is_still_made_in_this_one(
+    app: Flask, old_deployment: Flask
+) -> None:
+    """One process, two databases (a migration run for another, or a test session): a
+    week attached in one is not taken as attached in the other."""
+    at = datetime.now(UTC) - timedelta(days=2000)  # a week no other test makes
+    assert Partition(week_of(at)) not in _attached(app)
+    with old_deployment.app_context():
+        upgrade(directory=MIGRATIONS_DIR)
+        with db.engine.begin() as conn:
+            create_partitions(conn, [week_of(at)])
+    with app.app_context():
+        assert record([event("key-two-dbs", timestamp=at.isoformat())], now=at).inserted == 1

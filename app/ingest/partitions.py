@@ -21,12 +21,13 @@ SQLite, the embedded default, keeps a plain table: nothing here runs on it.
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 from app.config import Settings
 from app.extensions import db
@@ -38,9 +39,14 @@ _PARENT = "usage_events"
 _PREFIX = f"{_PARENT}_w"
 _CREATE_LOCK_ID = 0x75B1_0002  # one maker of partitions at a time, whatever the process
 
-# The weeks this process has seen attached. A week in here is assumed to stay:
-# retention never drops one an accepted event can still fall in.
-_attached: set[datetime] = set()
+# The weeks this process has seen attached, by database (a process that migrates
+# another database, or a test session, meets more than one). A week in here is
+# assumed to stay: retention never drops one an accepted event can still fall in.
+_attached: dict[str, set[datetime]] = defaultdict(set)
+
+
+def _seen(engine: Engine) -> set[datetime]:
+    return _attached[str(engine.url)]
 
 
 def week_of(moment: datetime) -> datetime:
@@ -121,7 +127,7 @@ def create_partitions(conn: Connection, weeks: Iterable[datetime]) -> list[str]:
             )
         )
         created.append(part.name)
-    _attached.update(attached, weeks)
+    _seen(conn.engine).update(attached, weeks)
     return created
 
 
@@ -160,7 +166,7 @@ def drop_partition(part: Partition) -> None:
         elif part in partitions(conn):
             conn.execute(text(f"ALTER TABLE {_PARENT} DETACH PARTITION {part.name} CONCURRENTLY"))
         conn.execute(text(f"DROP TABLE IF EXISTS {part.name}"))
-    _attached.discard(part.start)
+    _seen(db.engine).discard(part.start)
 
 
 def require_partitions(conn: Connection, instants: Sequence[datetime]) -> None:
@@ -170,7 +176,7 @@ def require_partitions(conn: Connection, instants: Sequence[datetime]) -> None:
     but the first of each new week.
     """
     weeks = weeks_between(min(instants), max(instants))
-    if not _attached.issuperset(weeks):
+    if not _seen(conn.engine).issuperset(weeks):
         create_partitions(conn, weeks)
 
 
