@@ -4,15 +4,18 @@ Raising is exactly once: ``budget_alerts`` is unique on (budget, threshold,
 period), and every worker that sees the threshold crossed inserts with ON
 CONFLICT DO NOTHING; only the insert that created the row delivers it.
 
-Delivery is at least once, with a stable id, as Stripe's webhooks are. A due
-alert is claimed under a row lock (``FOR UPDATE SKIP LOCKED``): the attempt is
-recorded and the alert leased for one attempt's length before anything is sent,
-so two workers never send it at once. A failure is retried with backoff until
-``ALERT_RETRY_HOURS`` after the alert, then abandoned; every attempt and its
-outcome stays in ``alert_deliveries``. A worker killed during the request cannot
-know whether the receiver got it: its attempt stays recorded without an outcome,
-and once the lease ends the alert is sent again with the same ``Webhook-Id``, so
-a receiver that keeps the ids it has seen acts on each alert once.
+Delivery: a due alert is claimed under a row lock (``FOR UPDATE SKIP LOCKED``):
+the attempt is recorded and the alert leased for one attempt's length before
+anything is sent, so two workers never send it at once. The request is written
+but for its last byte; the attempt's ``sent_at`` is committed (only while the
+lease is still this attempt's); then the last byte goes. A receiver does not act
+on a request cut short, so a worker killed before that commit sent nothing (the
+alert is sent again after the lease), and one killed after it sent the request
+whole (the alert is not sent again: ``unconfirmed``). Our own failures therefore
+never make a receiver see an alert twice. A receiver that answers an error, or
+nothing within ``ALERT_TIMEOUT_SECONDS``, has not acknowledged it: it is retried
+with backoff, with the same ``Webhook-Id``, until ``ALERT_RETRY_HOURS`` after the
+alert, then abandoned. Every attempt and its outcome stays in ``alert_deliveries``.
 
 Signature: ``Webhook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">``
 with the customer's secret; a receiver recomputes it and refuses a timestamp
@@ -29,24 +32,28 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import logging
 import random
 import socket
+import ssl
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from urllib.parse import urlsplit
 
-import urllib3
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.budgets.models import (
     ABANDONED,
     DELIVERED,
     NO_WEBHOOK,
     QUEUED,
+    UNCONFIRMED,
     AlertDelivery,
     Budget,
     BudgetAlert,
@@ -185,35 +192,67 @@ def verify_signature(
 # -- delivering ---------------------------------------------------------------
 
 
-def _post(
-    url: str, addresses: list[str], body: bytes, headers: dict[str, str], timeout: float
-) -> int:
-    """POST to the first checked address that answers, naming the host for TLS and HTTP."""
+def _connect(url: str, addresses: list[str], timeout: float) -> http.client.HTTPConnection:
+    """A connection to the first checked address that answers, naming the host for TLS."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    headers = {**headers, "Host": parts.netloc}
-    last: Exception | None = None
+    last: OSError | None = None
     for address in addresses:
-        if parts.scheme == "https":
-            pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
-                address,
-                port,
-                server_hostname=host,
-                assert_hostname=host,
-                timeout=timeout,
-                retries=False,
-            )
-        else:
-            pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
         try:
-            return pool.urlopen("POST", path, body=body, headers=headers, redirect=False).status
-        except urllib3.exceptions.HTTPError as exc:
+            sock = socket.create_connection((address, port), timeout)
+        except OSError as exc:
             last = exc
-        finally:
-            pool.close()
+            continue
+        if parts.scheme == "https":
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        conn = http.client.HTTPConnection(address, port, timeout=timeout)
+        conn.sock = sock  # connected here, to the address that was checked
+        return conn
     raise ConnectionError(str(last))
+
+
+def _post(
+    url: str,
+    addresses: list[str],
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    committing: Callable[[], bool],
+) -> int:
+    """POST ``body``; its answer's status.
+
+    The request is written but for its last byte, then ``committing`` records that
+    it goes out (False: another worker has the alert now, and nothing goes out).
+    A receiver never acts on a request whose body is short, so a worker that stops
+    before that record has sent nothing, and one that stops after it has sent it whole.
+    """
+    parts = urlsplit(url)
+    conn = _connect(url, addresses, timeout)
+    try:
+        conn.putrequest(
+            "POST",
+            (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+            skip_host=True,
+            skip_accept_encoding=True,
+        )
+        for name, value in {
+            **headers,
+            "Host": parts.netloc,
+            "Content-Length": str(len(body)),
+        }.items():
+            conn.putheader(name, value)
+        conn.endheaders(body[:-1])
+        if not committing():
+            raise ConnectionError("the alert's lease passed to another worker; not sent")
+        conn.send(body[-1:])
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except http.client.HTTPException as exc:
+        raise ConnectionError(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        conn.close()
 
 
 def _backoff(attempts: int) -> timedelta:
@@ -224,13 +263,44 @@ def _backoff(attempts: int) -> timedelta:
 
 
 UNFINISHED = "no outcome: the worker stopped during the attempt"
+STOPPED_BEFORE_SENDING = "the worker stopped before the request was whole: not received"
+STOPPED_AFTER_SENDING = (
+    "the worker stopped after the request went out whole: not sent again, so that it arrives once"
+)
 
 
-def _claim(settings: Settings, now: datetime) -> int | None:
+def _lease(settings: Settings, now: datetime) -> datetime:
+    """Until when an attempt holds its alert: its request's timeout, and a margin."""
+    return now + timedelta(seconds=settings.alert_timeout_seconds + 5)
+
+
+def _settle_unfinished(alert: BudgetAlert) -> bool:
+    """The alert's last attempt ended without an outcome (its worker stopped): say
+    what came of it. True when the receiver can have the request, which is then
+    not sent again."""
+    last = db.session.scalar(
+        select(AlertDelivery)
+        .where(AlertDelivery.alert_id == alert.id)
+        .order_by(AlertDelivery.id.desc())
+        .limit(1)
+    )
+    if last is None or last.error != UNFINISHED:
+        return False
+    if last.sent_at is None:
+        last.error = STOPPED_BEFORE_SENDING
+        return False
+    last.error = STOPPED_AFTER_SENDING
+    alert.status = UNCONFIRMED
+    ALERT_DELIVERIES.labels(UNCONFIRMED).inc()
+    log.warning("alert sent, its answer unknown: not sent again", extra={"alert": alert.id})
+    return True
+
+
+def _claim(settings: Settings, now: datetime) -> tuple[int, int] | None:
     """Take the next due alert: record the attempt and lease the alert for the length
     of one attempt, in one transaction, so no other worker sends it meanwhile and a
     worker that dies mid-attempt leaves a trace and a retry after the lease.
-    Returns the attempt's id; None when nothing is due."""
+    Returns the attempt's id and number; None when nothing is due."""
     while True:
         alert = db.session.scalar(
             select(BudgetAlert)
@@ -247,17 +317,38 @@ def _claim(settings: Settings, now: datetime) -> int | None:
             alert.status = NO_WEBHOOK  # readable through the API; nowhere to send it
             db.session.commit()
             continue
+        if _settle_unfinished(alert):
+            db.session.commit()
+            continue
         alert.attempts += 1
-        alert.next_attempt_at = now + timedelta(seconds=settings.alert_timeout_seconds + 5)
+        alert.next_attempt_at = _lease(settings, now)
         attempt = AlertDelivery(
             alert_id=alert.id, url=customer.alert_webhook_url, attempted_at=now, error=UNFINISHED
         )
         db.session.add(attempt)
         db.session.commit()
-        return attempt.id
+        return attempt.id, alert.attempts
 
 
-def _attempt(attempt_id: int, settings: Settings, now: datetime) -> str:
+def _committing(attempt_id: int, alert_id: int, number: int, settings: Settings) -> bool:
+    """Record that the attempt's request goes out, if the alert is still this
+    attempt's (a worker slower than its lease finds another attempt and stops),
+    and hold the alert while the answer comes."""
+    now = utcnow()
+    held = db.session.execute(
+        update(BudgetAlert)
+        .where(BudgetAlert.id == alert_id, BudgetAlert.attempts == number)
+        .values(next_attempt_at=_lease(settings, now))
+    ).rowcount
+    if held:
+        db.session.execute(
+            update(AlertDelivery).where(AlertDelivery.id == attempt_id).values(sent_at=now)
+        )
+    db.session.commit()
+    return bool(held)
+
+
+def _attempt(attempt_id: int, number: int, settings: Settings, now: datetime) -> str:
     """Send the claimed attempt, record its outcome; the alert's status afterwards."""
     attempt = db.session.get(AlertDelivery, attempt_id)
     assert attempt is not None
@@ -278,12 +369,17 @@ def _attempt(attempt_id: int, settings: Settings, now: datetime) -> str:
                 customer.alert_webhook_secret or "", body, int(now.timestamp())
             ),
         }
-        status_code = _post(attempt.url, addresses, body, headers, settings.alert_timeout_seconds)
+        committing = partial(_committing, attempt_id, alert.id, number, settings)
+        status_code = _post(
+            attempt.url, addresses, body, headers, settings.alert_timeout_seconds, committing
+        )
     except (ValidationError, ConnectionError, OSError) as exc:
         error = f"{type(exc).__name__}: {exc}"[:2000]
     attempt.status_code, attempt.error = status_code, error
     if status_code is not None and 200 <= status_code < 300:
         alert.status, alert.delivered_at = DELIVERED, now
+    elif alert.attempts != number:
+        pass  # another worker holds the alert now
     elif now - alert.created_at >= timedelta(hours=settings.alert_retry_hours):
         alert.status = ABANDONED
         log.error("alert abandoned after %s attempts", alert.attempts, extra={"alert": alert.id})
@@ -298,7 +394,7 @@ def deliver_due(settings: Settings, now: datetime | None = None, limit: int = 10
     """Attempt every queued alert that is due (at most ``limit``); how many were attempted."""
     now = now or utcnow()
     done = 0
-    while done < limit and (attempt_id := _claim(settings, now)) is not None:
-        _attempt(attempt_id, settings, now)
+    while done < limit and (claimed := _claim(settings, now)) is not None:
+        _attempt(*claimed, settings, now)
         done += 1
     return done

@@ -14,8 +14,10 @@ from app.models.types import Money, UTCDateTime, utcnow
 
 USD, TOKENS = "usd", "tokens"
 # Alert delivery states: queued until a delivery succeeds or the retry window ends;
-# an alert of a customer with no webhook is only recorded (readable through the API).
+# an alert of a customer with no webhook is only recorded (readable through the API);
+# unconfirmed: its request went out whole, and the worker stopped before the answer.
 QUEUED, DELIVERED, ABANDONED, NO_WEBHOOK = "queued", "delivered", "abandoned", "no_webhook"
+UNCONFIRMED = "unconfirmed"
 
 
 class Budget(db.Model):
@@ -84,5 +86,8 @@ class AlertDelivery(db.Model):
     )
     url: Mapped[str] = mapped_column(String(2000))
     attempted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set when the request was written but its last byte: from here the receiver can
+    # have it, so an attempt that ends without an outcome is not sent again.
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)

@@ -107,6 +107,7 @@ def _alert(alert: BudgetAlert) -> dict[str, Any]:
             {
                 "at": a.attempted_at.isoformat(),
                 "url": a.url,
+                "sent_at": a.sent_at.isoformat() if a.sent_at else None,
                 "status_code": a.status_code,
                 "error": a.error,
             }
