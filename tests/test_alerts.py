@@ -472,3 +472,35 @@ def _settled_after_asking(producer: Flask, app: Flask) -> bool:
 
 def _deliveries(outcome: str) -> float:
     return REGISTRY.get_sample_value("ub_alert_deliveries_total", {"outcome": outcome}) or 0.0
+
+
+def test_a_worker_slower_than_its_lease_sends_nothing(
+    app: Flask, client: FlaskClient, make_customer, receiver: Receiver
+) -> None:
+    """A worker whose lease passed while it was stalled (another worker has taken the
+    alert since) finds so when it commits to sending, and cuts its request short."""
+    from app.budgets.alerts import _attempt, _claim, raise_alerts
+    from app.budgets.models import Budget
+
+    _alerted(
+        client,
+        make_customer,
+        "key-slow",
+        receiver.url,
+        metric="tokens",
+        limit="1",
+        thresholds=[100],
+    )
+    settings = app.config["SETTINGS"]
+    with app.app_context():
+        raise_alerts(db.session.query(Budget).one(), period_at("day", utcnow()), Decimal(1))
+        db.session.commit()
+        now = utcnow()
+        stalled = _claim(settings, now)
+        taken_over = _claim(settings, now + timedelta(minutes=1))
+        assert stalled is not None and taken_over is not None
+        assert _attempt(*stalled, settings, now) == "queued"
+        assert _attempt(*taken_over, settings, now) == "delivered"
+    wait_for(lambda: receiver.cut_short == 1)
+    [alert] = _alerts(app)
+    assert receiver.ids() == [f"alert_{alert.id}"] and alert.attempts == 2
