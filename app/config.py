@@ -116,6 +116,13 @@ class Settings:
     # it with 503. Open by default: metering must never fail the metered request.
     budget_redis_down: str = "open"
     budget_redis_timeout_ms: int = 100
+    # Far from every hard limit an admission reserves up to BUDGET_LEASE_CALLS calls
+    # (at most 1/16 of what is left) and the API process admits them itself for this
+    # long, without a round trip to Redis; 0 asks Redis on every call. The bound on
+    # overshoot is the same either way; a key revoked or a budget changed ends the
+    # leases at once (announced in Redis), at worst after this long.
+    budget_lease_seconds: float = 1.0
+    budget_lease_calls: int = 256
     # A reservation its call's recorded event has not settled after this long is
     # dropped (the call failed unmetered, or a worker lost the release).
     budget_reservation_ttl_seconds: int = 900

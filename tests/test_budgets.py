@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -55,13 +56,21 @@ def _enforcing(app: Flask, settings: Settings, tmp_path: Path, **changes: object
     return extra
 
 
-@pytest.fixture()
-def enforcing(app: Flask, settings: Settings, tmp_path: Path, celery_worker) -> Iterator[Flask]:
-    extra = _enforcing(app, settings, tmp_path)
+@pytest.fixture(params=[Settings.budget_lease_seconds, 0], ids=["leases", "no-leases"])
+def enforcing(
+    app: Flask, settings: Settings, tmp_path: Path, celery_worker, request
+) -> Iterator[Flask]:
+    """An API process enforcing budgets: with its admission leases (the default), and
+    with every call asking Redis (``BUDGET_LEASE_SECONDS=0``)."""
+    extra = _enforcing(app, settings, tmp_path, budget_lease_seconds=request.param)
     with app.app_context():
         rebuild(counters_for(app), utcnow())  # the state a running deployment has
     yield extra
-    extra.extensions["usage_outbox"].close()
+    # Every call the test made is recorded before the next test empties the tables.
+    outbox = extra.extensions["usage_outbox"]
+    outbox.flush()
+    wait_for(lambda: outbox.backlog()[0] == 0, timeout=30)
+    outbox.close()
 
 
 def _budget(client: FlaskClient, customer_id: int, **fields: object) -> dict:
@@ -178,11 +187,12 @@ def test_a_soft_budget_never_refuses_and_an_unbudgeted_key_is_served(
 def test_a_revoked_key_is_refused_before_the_view_runs(
     app: Flask, client: FlaskClient, enforcing: Flask, make_customer
 ) -> None:
+    """Revoked through this process: refused on the next call, lease or none."""
     customer = make_customer("key-kept")
-    issued = issue_key(client, customer.id, "l")
     caller = enforcing.test_client()
-    assert _call(caller, issued["key"]).status_code == 200
-    client.post(f"/v1/billing/keys/{issued['id']}/revoke", headers=auth(ADMIN_TOKEN))
+    issued = issue_key(caller, customer.id, "l")
+    assert [_call(caller, issued["key"]).status_code for _ in range(3)] == [200] * 3
+    caller.post(f"/v1/billing/keys/{issued['id']}/revoke", headers=auth(ADMIN_TOKEN))
     refused = _call(caller, issued["key"])
     assert refused.status_code == 401 and refused.get_json()["error"]["field"] == "Authorization"
     assert _call(caller, "key-kept").status_code == 200
@@ -318,3 +328,82 @@ def test_redis_that_lost_its_state_is_rebuilt_from_postgresql(
     rule, period = _rule(app, budget["id"])
     wait_for(lambda: (counters.spent_units(rule, period) or 0) >= 2 * CALL_TOKENS)
     assert _call(caller, "key-lost").status_code == 402
+
+
+def test_a_key_revoked_in_another_process_ends_this_ones_lease(
+    app: Flask, client: FlaskClient, settings: Settings, tmp_path: Path, make_customer
+) -> None:
+    """A lease of an hour, so only the announcement can end it: the key is revoked
+    through another process, and this one refuses it within moments."""
+    customer = make_customer("key-elsewhere")
+    hour = _enforcing(app, settings, tmp_path, budget_lease_seconds=3600)
+    try:
+        caller = hour.test_client()
+        issued = issue_key(client, customer.id, "l")
+        assert [_call(caller, issued["key"]).status_code for _ in range(3)] == [200] * 3
+        client.post(f"/v1/billing/keys/{issued['id']}/revoke", headers=auth(ADMIN_TOKEN))
+        revoked_at = time.monotonic()
+        served = 0
+        while _call(caller, issued["key"]).status_code == 200:
+            served += 1
+            assert time.monotonic() - revoked_at < 10, "the lease outlived the revocation"
+            time.sleep(0.01)
+        measured(
+            f"budget leases: key revoked in another process, refused here after "
+            f"{(time.monotonic() - revoked_at) * 1000:.0f} ms ({served} calls served meanwhile)"
+        )
+    finally:
+        hour.extensions["usage_outbox"].close()
+
+
+def test_leases_admit_without_asking_never_overshoot_and_give_back_what_they_kept(
+    app: Flask, client: FlaskClient, enforcing: Flask, make_customer
+) -> None:
+    """A limit that fits 100 calls, 2 spent: far from it, calls take leases (at most
+    1/16 of what is left each); waves of 64 calls at once never pass the limit; once
+    the leases end, what they held unused comes back, and exactly the 98 calls that
+    fit are served in all. Every reservation is released at the end."""
+    customer = make_customer("key-leased")
+    budget = _budget(client, customer.id, limit=str(100 * CALL_TOKENS))
+    caller = enforcing.test_client()
+    assert [_call(caller, "key-leased").status_code for _ in range(2)] == [200, 200]
+    _settled(app, enforcing, budget["id"], "key-leased", 2)
+    leased = enforcing.config["SETTINGS"].budget_lease_seconds > 0
+
+    def wave() -> list[int]:
+        barrier = threading.Barrier(64)
+        statuses: list[int] = []
+
+        def call() -> None:
+            own = enforcing.test_client()
+            barrier.wait()
+            statuses.append(_call(own, "key-leased").status_code)
+
+        threads = [threading.Thread(target=call) for _ in range(64)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return statuses
+
+    served = 0
+    for _ in range(4):
+        served += wave().count(200)
+        assert served <= 98
+        time.sleep(enforcing.config["SETTINGS"].budget_lease_seconds + 0.6)  # leases end
+    _settled(app, enforcing, budget["id"], "key-leased", 2 + served)
+    with app.app_context():
+        calls = db.session.scalars(
+            select(UsageEvent.metadata_).where(
+                UsageEvent.api_key_hash == hash_api_key("key-leased")
+            )
+        ).all()
+        db.session.rollback()
+    on_leases = [c for m in calls if "." in (c := (m or {}).get("budget_call", ""))]
+    measured(
+        f"budget leases ({'on' if leased else 'off'}): 4 waves of 64 against 98 that fit: "
+        f"served={served}, {len(on_leases)} of them admitted on a lease"
+    )
+    assert served == 98 and _stored_tokens(app, "key-leased") == 100 * CALL_TOKENS
+    assert bool(on_leases) == leased
+    wait_for(lambda: _reservations(app, budget["id"]) == {"_sum": 0})

@@ -4,9 +4,11 @@ Installed by ``create_app`` with ``UsageMeter`` when ``ENFORCE_BUDGETS`` is on. 
 the service knows: a revoked key gets 401; a call that would pass a hard budget
 gets 402 (``budget_exceeded``, with the limit and the period's end, and
 ``Retry-After`` until it resets); otherwise the call reserves its estimated cost
-(``app.budgets.counters``) and is served. The reservation is released by the
-worker when the call's event is recorded (the event carries the call's id in its
-metadata), or at the response when the call produced no event.
+(``app.budgets.counters``) and is served; far from every hard limit it takes a
+lease, and the process admits the key's next calls itself (``app.budgets.leases``).
+The reservation is released by the worker when the call's event is recorded (the
+event carries the call's id in its metadata), or at the response when the call
+produced no event.
 
 Redis unreachable, or holding no state (lost, and a rebuild is queued): the call
 is served and logged (``BUDGET_REDIS_DOWN=open``, the default) or refused with
@@ -16,7 +18,6 @@ is served and logged (``BUDGET_REDIS_DOWN=open``, the default) or refused with
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime
 from functools import partial
 
@@ -24,6 +25,7 @@ import redis
 from flask import Flask, Response, current_app, g, jsonify, request
 
 from app.budgets.counters import REBUILDING, Admission, Counters, from_units
+from app.budgets.leases import Leases
 from app.budgets.spend import sync_customer
 from app.customers.keys import keys_changed
 from app.errors import AuthenticationError, BudgetExceeded, ServiceError, ServiceUnavailable
@@ -47,6 +49,22 @@ def counters_for(app: Flask) -> Counters | None:
         counters = Counters(client, settings.budget_reservation_ttl_seconds)
         app.extensions["budget_counters"] = counters
     return counters
+
+
+def leases_for(app: Flask) -> Leases | None:
+    """The process's admission leases (``BUDGET_LEASE_SECONDS`` 0: every call asks Redis)."""
+    leases = app.extensions.get("budget_leases")
+    counters = counters_for(app)
+    if leases is None and counters is not None:
+        settings = app.config["SETTINGS"]
+        leases = Leases(
+            counters,
+            settings.redis_url,
+            settings.budget_lease_seconds,
+            settings.budget_lease_calls,
+        )
+        app.extensions["budget_leases"] = leases
+    return leases
 
 
 def _error(error: ServiceError, headers: dict[str, str] | None = None) -> Response:
@@ -96,17 +114,16 @@ def admit() -> Response | None:
     if not request.path.startswith(METERED_PREFIX):
         return None
     api_key = api_key_of(request)
-    counters = counters_for(current_app._get_current_object())  # type: ignore[attr-defined]
-    if api_key is None or counters is None:
+    leases = leases_for(current_app._get_current_object())  # type: ignore[attr-defined]
+    if api_key is None or leases is None:
         return None
     now = datetime.now(UTC)
-    call = uuid.uuid4().hex
     try:
-        admission = counters.admit(hash_api_key(api_key), call, now)
+        admission = leases.admit(hash_api_key(api_key), now)
     except redis.RedisError as exc:
         return _unavailable(type(exc).__name__)
     if admission.verdict == "not_loaded":
-        _request_rebuild(counters)
+        _request_rebuild(leases.counters)
         return _unavailable("state lost; rebuilding")
     if admission.verdict == "revoked":
         BUDGET_REFUSALS.labels("revoked_key").inc()
@@ -115,8 +132,8 @@ def admit() -> Response | None:
         return _refused(admission, now)
     if admission.reserved:
         # UsageMeter tags the call's event with its id, or calls back if there is none.
-        g.budget_call = call
-        g.release_unmetered = partial(_release, counters, admission.reserved, call)
+        g.budget_call = admission.call
+        g.release_unmetered = partial(_release, leases.counters, admission.reserved, admission.call)
     return None
 
 
@@ -129,13 +146,14 @@ def _release(counters: Counters, reserved: tuple[str, ...], call: str) -> None:
 
 
 def publish_customer(customer_id: int) -> None:
-    """Publish a customer's keys and budgets to Redis now, after a change; should Redis
-    be away, the minute's rebuild job publishes them."""
-    counters = counters_for(current_app._get_current_object())  # type: ignore[attr-defined]
-    if counters is None:
+    """Publish a customer's keys and budgets to Redis now, after a change, and end
+    the leases of its keys in every API process; should Redis be away, the minute's
+    rebuild job publishes them (and a lease ends within ``BUDGET_LEASE_SECONDS``)."""
+    leases = leases_for(current_app._get_current_object())  # type: ignore[attr-defined]
+    if leases is None:
         return
     try:
-        sync_customer(counters, customer_id)
+        leases.announce(sync_customer(leases.counters, customer_id))
     except redis.RedisError as exc:
         log.warning("budgets of customer %s not published yet: %s", customer_id, exc)
 

@@ -44,17 +44,63 @@ _KEEP_RESERVATIONS = 32 * 86400
 LOADED = PREFIX + "loaded"  # absent: Redis lost the state and it must be rebuilt
 REBUILDING = PREFIX + "rebuilding"  # held while a rebuild is queued or running
 _MICRO = Decimal("0.000001")
+# A lease holds at most this fraction of what is left under a hard limit, so the
+# leases of idle processes never hold much of it (and near the limit, none is taken).
+LEASE_SHARE = 16
 
-_ADMIT = """
+# Shared by the scripts. A reservation is a field of ``resv`` (with ``_sum`` kept
+# beside) and a member of ``at`` (when it lapses). A call's own is its amount; a
+# lease's is what it still holds, with ``<lease>|e`` (each call's part) and a bitmap
+# ``<resv>:<lease>`` of its calls released, so a call is released once.
+_ENTRIES = """
+local function int(x) return string.format('%d', x) end  -- never "-0" or "1e+14"
+local function drop(at, resv, id)
+  local amount = tonumber(redis.call('HGET', resv, id) or '0')
+  redis.call('HDEL', resv, id, id .. '|e')
+  redis.call('HINCRBY', resv, '_sum', int(0 - amount))
+  redis.call('ZREM', at, id)
+  redis.call('DEL', resv .. ':' .. id)
+end
+local function cut(at, resv, lease, amount)
+  local held = tonumber(redis.call('HGET', resv, lease) or '0')
+  if amount >= held then return drop(at, resv, lease) end
+  redis.call('HINCRBY', resv, lease, int(0 - amount))
+  redis.call('HINCRBY', resv, '_sum', int(0 - amount))
+end
+local function each(resv, lease)
+  return tonumber(redis.call('HGET', resv, lease .. '|e') or '0')
+end
+local function release(at, resv, id)
+  local lease, k = string.match(id, '^(%x+)%.(%d+)$')
+  if not lease then
+    if redis.call('HEXISTS', resv, id) == 1 then drop(at, resv, id) end
+  elseif redis.call('HEXISTS', resv, lease) == 1
+      and redis.call('SETBIT', resv .. ':' .. lease, tonumber(k), 1) == 0 then
+    cut(at, resv, lease, each(resv, lease))
+  end
+end
+local function close(at, resv, lease, unused)
+  if redis.call('HEXISTS', resv, lease) == 1 then
+    cut(at, resv, lease, unused * each(resv, lease))
+  end
+end
+"""
+
+_ADMIT = (
+    _ENTRIES
+    + """
 local now, call, lapses, keep = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local today, y, m, d = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local this_month, last_month = tonumber(ARGV[9]), tonumber(ARGV[10])
+local most, share = tonumber(ARGV[11]), tonumber(ARGV[12])
+local old, unused = ARGV[13], tonumber(ARGV[14])
 if redis.call('EXISTS', KEYS[2]) == 0 then return {-1} end
+for i = 15, #ARGV, 2 do close(ARGV[i], ARGV[i + 1], old, unused) end
 local record = redis.call('HMGET', KEYS[1], 'revoked', 'rules')
 if not record[1] then return {-2} end
 if record[1] == '1' then return {-3} end
 local rules = cjson.decode(record[2])
-if #rules == 0 then return {0} end
+if #rules == 0 then return {0, most} end
 local function start_of(kind, anchor)
   if kind == 'day' then return today end
   if kind == 'month' then return string.format('%04d%02d01', y, m) end
@@ -69,30 +115,35 @@ for i, rule in ipairs(rules) do
   keys[i] = {base .. ':spend', base .. ':resv:at', base .. ':resv', base .. ':avg'}
 end
 for _, k in ipairs(keys) do
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k[2], '-inf', now)) do
-    local amount = tonumber(redis.call('HGET', k[3], id) or '0')
-    redis.call('HDEL', k[3], id)
-    redis.call('HINCRBY', k[3], '_sum', 0 - amount)  -- never "-0", which Redis refuses
-    redis.call('ZREM', k[2], id)
-  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k[2], '-inf', now)) do drop(k[2], k[3], id) end
 end
-local estimates = {}
+-- Far from every hard limit, the call takes a lease: reservations for up to
+-- ``most`` calls, never more than 1/share of what is left, admitted by the API
+-- process without asking again. Near a limit (or with no mean cost yet): one call.
+local estimates, calls = {}, most
 for i, k in ipairs(keys) do
   estimates[i] = tonumber(redis.call('GET', k[4]) or '0')
   if rules[i][5] then
     local limit = rules[i][4]
     local spent = tonumber(redis.call('GET', k[1]) or '0')
     local reserved = tonumber(redis.call('HGET', k[3], '_sum') or '0')
-    if spent >= limit or spent + reserved + estimates[i] > limit then
-      return {i, record[2]}
+    local left = limit - spent - reserved - estimates[i]
+    if spent >= limit or left < 0 then return {i, record[2]} end
+    if estimates[i] <= 0 then calls = 1 else
+      calls = math.min(calls, 1 + math.floor(left / (estimates[i] * share)))
     end
   end
 end
-local held = {0}
+local held = {0, calls}
 for i, k in ipairs(keys) do
   redis.call('ZADD', k[2], lapses, call)
-  redis.call('HSET', k[3], call, estimates[i])
-  redis.call('HINCRBY', k[3], '_sum', estimates[i])
+  redis.call('HSET', k[3], call, int(estimates[i] * calls))
+  redis.call('HINCRBY', k[3], '_sum', int(estimates[i] * calls))
+  if calls > 1 then
+    redis.call('HSET', k[3], call .. '|e', int(estimates[i]))
+    redis.call('SETBIT', k[3] .. ':' .. call, calls, 0)
+    redis.call('EXPIRE', k[3] .. ':' .. call, keep)
+  end
   redis.call('EXPIRE', k[2], keep)
   redis.call('EXPIRE', k[3], keep)
   table.insert(held, k[2])
@@ -100,21 +151,25 @@ for i, k in ipairs(keys) do
 end
 return held
 """
+)
 
-_RELEASE = """
-for i = 0, #KEYS / 2 - 1 do
-  local at, resv = KEYS[i * 2 + 1], KEYS[i * 2 + 2]
-  for _, id in ipairs(ARGV) do
-    local amount = redis.call('HGET', resv, id)
-    if amount then
-      redis.call('HDEL', resv, id)
-      redis.call('HINCRBY', resv, '_sum', 0 - tonumber(amount))
-      redis.call('ZREM', at, id)
-    end
-  end
+_RELEASE = (
+    _ENTRIES
+    + """
+for i = 1, #KEYS, 2 do
+  for _, id in ipairs(ARGV) do release(KEYS[i], KEYS[i + 1], id) end
 end
 return 0
 """
+)
+
+_CLOSE = (
+    _ENTRIES
+    + """
+for i = 1, #KEYS, 2 do close(KEYS[i], KEYS[i + 1], ARGV[1], tonumber(ARGV[2])) end
+return 0
+"""
+)
 
 _RAISE = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
@@ -165,6 +220,30 @@ class KeyRecord(NamedTuple):
 Verdict = Literal["admitted", "refused", "revoked", "unknown_key", "not_loaded"]
 
 
+@dataclass
+class Lease:
+    """Reservations for several calls of one key, taken by one admission: the API
+    process admits the rest itself, without asking Redis, until they run out or
+    ``until`` (unix time) passes; what it did not use goes back (``Counters.close``)."""
+
+    id: str
+    calls: int
+    reserved: tuple[str, ...]
+    until: float
+    used: int = 1  # the call that took it
+
+    def take(self, now: float) -> str | None:
+        """The next call's id under this lease, or None when it is spent or over."""
+        if self.used >= self.calls or now >= self.until:
+            return None
+        self.used += 1
+        return f"{self.id}.{self.used - 1}"
+
+    @property
+    def unused(self) -> int:
+        return self.calls - self.used
+
+
 @dataclass(frozen=True)
 class Admission:
     """What admission decided, and what to release if the call produces no event."""
@@ -173,6 +252,8 @@ class Admission:
     rule: Rule | None = None
     period: Period | None = None
     reserved: tuple[str, ...] = ()  # the reservation keys this call holds, in pairs
+    call: str = ""  # the id the call's event carries, which releases its reservation
+    lease: Lease | None = None  # calls after this one the process may admit itself
 
 
 class Counters:
@@ -183,13 +264,24 @@ class Counters:
         self.ttl = reservation_ttl_seconds
         self._admit = client.register_script(_ADMIT.replace("__PREFIX__", PREFIX))
         self._release = client.register_script(_RELEASE)
+        self._close = client.register_script(_CLOSE)
         self._raise = client.register_script(_RAISE)
 
     # -- the request path ------------------------------------------------------
 
-    def admit(self, key_hash: str, call_id: str, now: datetime) -> Admission:
+    def admit(
+        self,
+        key_hash: str,
+        call_id: str,
+        now: datetime,
+        lease_calls: int = 1,
+        lease_seconds: float = 0,
+        returning: Lease | None = None,
+    ) -> Admission:
         """Decide one metered call in one round trip: the script reads the key's record,
-        finds each budget's current period, and checks and reserves atomically."""
+        finds each budget's current period, and checks and reserves atomically. Far
+        from every hard limit it reserves up to ``lease_calls`` calls (a lease, for
+        ``lease_seconds``); ``returning`` is an earlier lease whose unused calls go back."""
         today = now.astimezone(UTC).date()
         previous = (today.replace(day=1) - timedelta(days=1)).day
         result = self._admit(
@@ -197,7 +289,7 @@ class Counters:
             args=[
                 now.timestamp(),
                 call_id,
-                now.timestamp() + self.ttl,
+                now.timestamp() + lease_seconds + self.ttl,
                 _KEEP_RESERVATIONS + self.ttl,
                 f"{today:%Y%m%d}",
                 today.year,
@@ -205,15 +297,32 @@ class Counters:
                 today.day,
                 calendar.monthrange(today.year, today.month)[1],
                 previous,
+                lease_calls,
+                LEASE_SHARE,
+                returning.id if returning else "",
+                returning.unused if returning else 0,
+                *(returning.reserved if returning else ()),
             ],
         )
         code = int(result[0])
         if code < 0:
             return Admission(_VERDICTS[code])
-        if code == 0:
-            return Admission("admitted", reserved=tuple(k.decode() for k in result[1:]))
-        rule = _rules(result[1])[code - 1]
-        return Admission("refused", rule, rule.period_at(now))
+        if code > 0:
+            rule = _rules(result[1])[code - 1]
+            return Admission("refused", rule, rule.period_at(now))
+        calls, reserved = int(result[1]), tuple(k.decode() for k in result[2:])
+        if calls == 1:
+            return Admission("admitted", reserved=reserved, call=call_id)
+        # A lease never outlives the UTC day: every period starts at a midnight.
+        midnight = datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC)
+        until = min(now.timestamp() + lease_seconds, midnight.timestamp())
+        lease = Lease(call_id, calls, reserved, until)
+        return Admission("admitted", reserved=reserved, call=f"{call_id}.0", lease=lease)
+
+    def close(self, lease: Lease) -> None:
+        """Give back what a lease did not use."""
+        if lease.reserved and lease.unused > 0:
+            self._close(keys=list(lease.reserved), args=[lease.id, lease.unused])
 
     def release(self, reserved: Sequence[str], call_ids: Sequence[str]) -> None:
         """Drop these calls' reservations (pairs of keys: lapse times, amounts); once."""

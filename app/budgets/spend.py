@@ -99,11 +99,14 @@ def _records(customers: Iterable[BillingCustomer]) -> dict[str, KeyRecord]:
     return records
 
 
-def sync_customer(counters: Counters, customer_id: int) -> None:
-    """Publish one customer's keys and rules, after a change to either."""
+def sync_customer(counters: Counters, customer_id: int) -> list[str]:
+    """Publish one customer's keys and rules, after a change to either; their hashes."""
     customer = db.session.get(BillingCustomer, customer_id)
-    if customer is not None:
-        counters.publish(_records([customer]))
+    if customer is None:
+        return []
+    records = _records([customer])
+    counters.publish(records)
+    return list(records)
 
 
 def rebuild(counters: Counters, now: datetime) -> int:

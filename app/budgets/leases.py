@@ -1,0 +1,143 @@
+"""The leases an API process holds: most metered calls admitted without a round trip.
+
+An admission far from every hard limit reserves, in the same atomic script, up
+to ``BUDGET_LEASE_CALLS`` calls' estimates (never more than 1/16 of what is left
+under a limit) for ``BUDGET_LEASE_SECONDS``; the process admits that key's next
+calls itself until the lease is spent or over. The overshoot bound is the one
+without leases, since every call admitted holds its reservation in Redis first.
+
+What a lease costs, and how it is kept short:
+- a process's unused calls stay reserved until it gives them back: a thread
+  here returns each lease when it ends, and all of them when the process exits
+  (one that dies leaves them to lapse with ``BUDGET_RESERVATION_TTL_SECONDS``);
+- a key revoked, or a budget changed, must not be served on an old lease: the
+  change is announced on a Redis channel, and every process drops the key's
+  lease (at once in the process that made the change); a process that was cut
+  off from the channel drops all its leases when it is back. Were a notice lost
+  anyway, a lease ends within ``BUDGET_LEASE_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+
+import redis
+
+from app.budgets.counters import PREFIX, Admission, Counters, Lease
+
+log = logging.getLogger("usage_billing.budgets")
+CHANGED = PREFIX + "changed"  # channel: the key hashes whose record changed
+
+
+class Leases:
+    """Admission for one API process: through its leases, or through Redis."""
+
+    def __init__(self, counters: Counters, url: str, seconds: float, calls: int) -> None:
+        self.counters = counters
+        self.seconds, self.calls = seconds, calls
+        self._url = url
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._held: dict[str, Lease] = {}
+        self._ended: list[Lease] = []
+
+    def admit(self, key_hash: str, now: datetime) -> Admission:
+        """Admit one call of this key: on its lease if one is running, else in Redis
+        (giving back the lease that ended, taking a new one if the budgets allow)."""
+        if self.seconds <= 0:
+            return self.counters.admit(key_hash, uuid.uuid4().hex, now)
+        self._start()
+        with self._lock:
+            lease = self._held.pop(key_hash, None)
+            call = lease.take(now.timestamp()) if lease else None
+            if lease and call:
+                self._held[key_hash] = lease
+                return Admission("admitted", reserved=lease.reserved, call=call)
+        try:
+            admission = self.counters.admit(
+                key_hash, uuid.uuid4().hex, now, self.calls, self.seconds, returning=lease
+            )
+        except redis.RedisError:
+            self._end([lease] if lease else [])  # the thread gives it back later
+            raise
+        if admission.lease:
+            with self._lock:
+                displaced = self._held.pop(key_hash, None)  # another thread's, meanwhile
+                self._held[key_hash] = admission.lease
+            self._end([displaced] if displaced else [])
+        return admission
+
+    def drop(self, key_hashes: Iterable[str]) -> None:
+        """End these keys' leases now: their record changed."""
+        with self._lock:
+            self._ended.extend(lease for key in key_hashes if (lease := self._held.pop(key, None)))
+
+    def _drop_all(self) -> None:
+        with self._lock:
+            self._ended.extend(self._held.values())
+            self._held = {}
+
+    def announce(self, key_hashes: list[str]) -> None:
+        """Tell every process (this one at once) that these keys' records changed."""
+        self.drop(key_hashes)
+        self.counters.redis.publish(CHANGED, json.dumps(key_hashes))
+
+    def _end(self, leases: list[Lease]) -> None:
+        with self._lock:
+            self._ended.extend(leases)
+
+    def _start(self) -> None:
+        """Once per process (after the fork): the thread that ends leases."""
+        if self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._held, self._ended = {}, []  # a parent's leases are the parent's
+            threading.Thread(target=self._run, name="budget-leases", daemon=True).start()
+            atexit.register(self._give_back, True)
+
+    def _run(self) -> None:
+        """Give back ended leases; drop the leases of keys announced as changed."""
+        client = redis.Redis.from_url(self._url)
+        pubsub = None
+        while True:
+            try:
+                if pubsub is None:
+                    pubsub = client.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(CHANGED)
+                    self._drop_all()  # notices may have gone by meanwhile
+                message = pubsub.get_message(timeout=min(self.seconds, 1.0) / 2)
+                if message is not None:
+                    self.drop(json.loads(message["data"]))
+                self._give_back()
+            except Exception as exc:  # noqa: BLE001 - never let the thread die
+                log.warning("budget leases: %s; listening again shortly", exc)
+                pubsub = None
+                time.sleep(1)
+
+    def _give_back(self, everything: bool = False) -> None:
+        """Return the unused calls of the leases that ended (all of them at exit)."""
+        now = time.time()
+        with self._lock:
+            over = [
+                key
+                for key, lease in self._held.items()
+                if everything or now >= lease.until or lease.unused == 0
+            ]
+            ended = self._ended + [self._held.pop(key) for key in over]
+            self._ended = []
+        for lease in ended:
+            try:
+                self.counters.close(lease)
+            except redis.RedisError as exc:  # it lapses with the reservation TTL
+                log.warning("lease %s not given back: %s", lease.id, exc)
