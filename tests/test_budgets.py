@@ -4,6 +4,7 @@ end, and Redis being away is answered by the setting, both ways."""
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 import time
@@ -38,6 +39,7 @@ from tests.helpers import (
     execute_blueprint,
     issue_key,
     measured,
+    scrape,
     wait_for,
 )
 from tests.processes import free_port
@@ -101,6 +103,10 @@ def _reservations(app: Flask, budget_id: int) -> dict[str, int]:
     rule, period = _rule(app, budget_id)
     held = counters_for(app).redis.hgetall(rule.keys(period)[2])
     return {k.decode(): int(v) for k, v in held.items()}
+
+
+def _admissions(how: str) -> float:
+    return REGISTRY.get_sample_value("ub_budget_admissions_total", {"how": how}) or 0.0
 
 
 def _stored_tokens(app: Flask, key: str) -> int:
@@ -365,6 +371,7 @@ def test_leases_admit_without_asking_never_overshoot_and_give_back_what_they_kep
     fit are served in all. Every reservation is released at the end."""
     customer = make_customer("key-leased")
     budget = _budget(client, customer.id, limit=str(100 * CALL_TOKENS))
+    before = {how: _admissions(how) for how in ("lease", "redis")}
     caller = enforcing.test_client()
     assert [_call(caller, "key-leased").status_code for _ in range(2)] == [200, 200]
     _settled(app, enforcing, budget["id"], "key-leased", 2)
@@ -406,4 +413,76 @@ def test_leases_admit_without_asking_never_overshoot_and_give_back_what_they_kep
     )
     assert served == 98 and _stored_tokens(app, "key-leased") == 100 * CALL_TOKENS
     assert bool(on_leases) == leased
+    decided = {how: _admissions(how) - n for how, n in before.items()}
+    assert sum(decided.values()) == 2 + 4 * 64 and bool(decided["lease"]) == leased
     wait_for(lambda: _reservations(app, budget["id"]) == {"_sum": 0})
+
+
+@pytest.mark.slow
+def test_the_shipped_api_ends_every_workers_lease_when_a_key_is_revoked(
+    stack, tmp_path: Path, make_customer
+) -> None:
+    """``make api`` (gunicorn, its default workers and threads) and ``make worker``,
+    enforcing budgets, with leases of an hour so that only the announcement can end
+    them: after many calls (leases in every gunicorn worker), the key is revoked from
+    another process, and within moments every call of it is refused, on every worker."""
+    from tests.processes import ShippedStack
+
+    producer, _, local = stack
+    admin = producer.test_client()
+    customer = make_customer("key-shipped-lease")
+    issued = issue_key(admin, customer.id, "leased")
+    shipped = ShippedStack(
+        local.database_url,
+        local.redis_url,
+        tmp_path,
+        {
+            "ENABLE_PRICING_MIDDLEWARE": "true",  # metering, and so admission, is opt-in
+            "ENFORCE_BUDGETS": "true",  # enforcement is off by default
+            "DEMO_EXECUTE_ENDPOINT": "true",  # a metered route to call
+            "BUDGET_LEASE_SECONDS": "3600",  # only the announcement ends a lease
+        },
+    )
+    try:
+        shipped.start_worker()  # rebuilds the budgets' state the first call asks for
+        shipped.start_api()
+
+        def statuses(n: int) -> list[int]:
+            conn = http.client.HTTPConnection("127.0.0.1", shipped.port, timeout=10)
+            out = []
+            for _ in range(n):
+                conn.request(
+                    "POST",
+                    "/v1/execute",
+                    body=b'{"prompt": "x"}',
+                    headers={
+                        "Authorization": f"Bearer {issued['key']}",
+                        "Content-Type": "application/json",
+                    },
+                )
+                response = conn.getresponse()
+                response.read()
+                out.append(response.status)
+                conn.close()  # a new connection: any gunicorn worker may take the next
+            return out
+
+        statuses(1)  # the first call asks the worker to rebuild the budgets' state
+        wait_for(lambda: counters_for(producer).redis.exists(LOADED), timeout=60)
+        assert set(statuses(40)) == {200}
+        admissions = scrape(shipped.port)
+        on_lease = sum(
+            v
+            for (name, labels), v in admissions.items()
+            if name == "ub_budget_admissions_total" and ("how", "lease") in labels
+        )
+        assert on_lease > 0  # the calls were admitted on leases
+        revoke = admin.post(f"/v1/billing/keys/{issued['id']}/revoke", headers=auth(ADMIN_TOKEN))
+        assert revoke.status_code == 200
+        revoked_at = time.monotonic()
+        wait_for(lambda: set(statuses(20)) == {401}, timeout=10, interval=0)
+        measured(
+            f"budget leases under make api: {on_lease:.0f} calls on leases; revoked elsewhere, "
+            f"every worker refuses within {(time.monotonic() - revoked_at) * 1000:.0f} ms"
+        )
+    finally:
+        shipped.stop()

@@ -32,9 +32,11 @@ from datetime import datetime
 import redis
 
 from app.budgets.counters import PREFIX, Admission, Counters, Lease
+from app.observability.metrics import BUDGET_ADMISSIONS
 
 log = logging.getLogger("usage_billing.budgets")
 CHANGED = PREFIX + "changed"  # channel: the key hashes whose record changed
+_ON_LEASE, _IN_REDIS = BUDGET_ADMISSIONS.labels("lease"), BUDGET_ADMISSIONS.labels("redis")
 
 
 class Leases:
@@ -53,6 +55,7 @@ class Leases:
         """Admit one call of this key: on its lease if one is running, else in Redis
         (giving back the lease that ended, taking a new one if the budgets allow)."""
         if self.seconds <= 0:
+            _IN_REDIS.inc()
             return self.counters.admit(key_hash, uuid.uuid4().hex, now)
         self._start()
         with self._lock:
@@ -60,7 +63,9 @@ class Leases:
             call = lease.take(now.timestamp()) if lease else None
             if lease and call:
                 self._held[key_hash] = lease
+                _ON_LEASE.inc()
                 return Admission("admitted", reserved=lease.reserved, call=call)
+        _IN_REDIS.inc()
         try:
             admission = self.counters.admit(
                 key_hash, uuid.uuid4().hex, now, self.calls, self.seconds, returning=lease

@@ -1,9 +1,10 @@
 """Budgets: what admission adds to a metered call, and how far concurrent calls overshoot
 a hard limit, ours against a naive check-then-add.
 
-Overhead: ``/v1/execute`` with metering on, enforcement off and on, two stacks up at
-once and one client alternating between them call by call (a kept-alive connection
-to each), the caller under a hard budget it never reaches.
+Overhead: ``/v1/execute`` with metering on, enforcement off, on (with its leases,
+as shipped) and on asking Redis on every call (``BUDGET_LEASE_SECONDS=0``), three
+stacks up at once and one client alternating between them call by call (a
+kept-alive connection to each), the caller under a hard budget it never reaches.
 
 Overshoot: a limit that fits ten calls, two spent and recorded; then 64 calls at
 once. Ours goes through the stack (``ENFORCE_BUDGETS=true``). The naive check
@@ -29,6 +30,13 @@ from bench.stack import ADMIN_TOKEN, REDIS_URL, Run, Stack, log
 
 ORDER = 35
 REQUESTS = 5000
+# The stacks compared, call by call: no admission; admission as shipped (with its
+# leases); admission asking Redis on every call.
+SIDES = (
+    ("off", 8716, {"ENFORCE_BUDGETS": "false"}),
+    ("on", 8717, {"ENFORCE_BUDGETS": "true"}),
+    ("on_without_leases", 8718, {"ENFORCE_BUDGETS": "true", "BUDGET_LEASE_SECONDS": "0"}),
+)
 CONCURRENT = 64
 FITS = 10  # calls the limit fits
 CALL_TOKENS = 4 + 256  # the demo /v1/execute's usage for a one-word prompt
@@ -111,18 +119,15 @@ def run(run: Run, results: dict[str, Any]) -> None:
     r = redis.Redis.from_url(REDIS_URL)
     figures: dict[str, Any] = {}
     targets: dict[str, tuple[Stack, int, str]] = {}
-    for enforce, port in ((False, 8716), (True, 8717)):
-        side = "on" if enforce else "off"
+    for side, port, settings in SIDES:
         log(f"budgets: a stack with admission {side}")
-        stack = Stack(
-            run, middleware=True, port=port, ENFORCE_BUDGETS="true" if enforce else "false"
-        )
+        stack = Stack(run, middleware=True, port=port, **settings)
         stack.start_api(workers=1)
         stack.start_worker()
         key = f"bench-budget-{side}-{uuid.uuid4().hex}"
         _budgeted(port, key, limit=10**11)  # never reached
         _status(port, key)  # with enforcement: asks for the rebuild of the state
-        if enforce:
+        if settings["ENFORCE_BUDGETS"] == "true":
             _loaded(r)
         targets[side] = (stack, port, key)
     pairs = [(port, key) for _, port, key in targets.values()]
@@ -137,12 +142,12 @@ def run(run: Run, results: dict[str, Any]) -> None:
     figures["overshoot"] = _ours(targets["on"][1], r)
     for stack, _, _ in targets.values():
         stack.stop()
-    figures["admission_p99_overhead_ms"] = round(
-        figures["on"]["p99_ms"] - figures["off"]["p99_ms"], 3
-    )
-    figures["admission_p50_overhead_ms"] = round(
-        figures["on"]["p50_ms"] - figures["off"]["p50_ms"], 3
-    )
+    for on in ("on", "on_without_leases"):
+        suffix = "" if on == "on" else "_without_leases"
+        for q in ("p50", "p99"):
+            figures[f"admission_{q}_overhead_ms{suffix}"] = round(
+                figures[on][f"{q}_ms"] - figures["off"][f"{q}_ms"], 3
+            )
     figures["overshoot"]["naive"] = _naive(r, median_call_s)
     results["budgets"] = figures
 
@@ -211,7 +216,17 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
             f"{budgets['on']['p50_ms']} / {budgets['on']['p99_ms']}",
             "",
         ),
+        (
+            "execute p50 / p99, admission on without leases (ms)",
+            f"{budgets['on_without_leases']['p50_ms']} / {budgets['on_without_leases']['p99_ms']}",
+            "",
+        ),
         ("admission overhead p99 (ms)", budgets["admission_p99_overhead_ms"], "<= 0.3"),
+        (
+            "admission overhead p99 without leases (ms)",
+            budgets["admission_p99_overhead_ms_without_leases"],
+            "",
+        ),
         (
             f"{CONCURRENT} calls at once, {FITS - 2} fit: served ours / naive",
             f"{ours['served']} / {naive['served']}",
