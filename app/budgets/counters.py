@@ -8,17 +8,22 @@ budgets that apply to it (the customer's and the key's own). Per budget and peri
   so two workers writing out of order never lower it and no event counts twice;
 - ``avg``: the mean cost of a call this period, the reservation an admitted call makes;
 - ``resv``: the reservations of calls admitted and not yet recorded (a hash of call
-  id to amount, with ``_sum``) and ``resv:at`` (when each lapses).
+  id to amount, with ``_sum``) and ``resv:at`` (when each lapses). A lease (several
+  calls reserved at once, admitted by the API process: ``app.budgets.leases``) is
+  one entry holding what it still reserves, with each call's part beside it and a
+  bitmap of the calls released, so each is released once.
 
 Admission is one Lua script, one round trip: it reads the key's record, finds
 each budget's current period (the API passes today's date; the script applies
 the billing anchor), drops lapsed reservations, refuses the call when a hard
 budget's spend plus reservations plus this call's estimate passes the limit (or
 spend alone reached it), and otherwise reserves the estimate on every budget,
-atomically, so concurrent calls cannot pass on one stale figure. (The script
+atomically, so concurrent calls cannot pass on one stale figure; far from every
+hard limit it reserves a lease's worth instead, and takes back what an ended
+lease of the same process left unused. (The script
 names keys it builds itself: fine on one Redis, not on a Redis Cluster.)
-A recorded event releases its call's reservation (once: ``HDEL``); a call that
-produced no event releases it at the response.
+A recorded event releases its call's reservation (once); a call that produced no
+event releases it at the response.
 
 Amounts are integers: micro-USD (spend rounded up, limits down) or tokens.
 """
