@@ -120,6 +120,24 @@ def _stored_tokens(app: Flask, key: str) -> int:
         return int(total)
 
 
+def _at_once(enforcing: Flask, key: str, n: int = 64) -> list[int]:
+    """``n`` calls of ``key`` released together, each on its own client: their statuses."""
+    barrier = threading.Barrier(n)
+    statuses: list[int] = []
+
+    def call() -> None:
+        own = enforcing.test_client()
+        barrier.wait()
+        statuses.append(_call(own, key).status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses
+
+
 def _settled(app: Flask, enforcing: Flask, budget_id: int, key: str, calls: int) -> None:
     """Wait until the worker has recorded ``calls`` calls and mirrored them in Redis."""
     enforcing.extensions["usage_outbox"].flush()
@@ -142,19 +160,7 @@ def test_concurrent_calls_never_pass_a_hard_limit_on_a_stale_figure(
     assert [_call(warm, "key-budgeted").status_code for _ in range(2)] == [200, 200]
     _settled(app, enforcing, budget["id"], "key-budgeted", 2)
 
-    barrier = threading.Barrier(64)
-    statuses: list[int] = []
-
-    def call() -> None:
-        own = enforcing.test_client()
-        barrier.wait()
-        statuses.append(_call(own, "key-budgeted").status_code)
-
-    threads = [threading.Thread(target=call) for _ in range(64)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    statuses = _at_once(enforcing, "key-budgeted")
     assert sorted(set(statuses)) == [200, 402]
     served = statuses.count(200)
     _settled(app, enforcing, budget["id"], "key-budgeted", 2 + served)
@@ -377,25 +383,9 @@ def test_leases_admit_without_asking_never_overshoot_and_give_back_what_they_kep
     _settled(app, enforcing, budget["id"], "key-leased", 2)
     leased = enforcing.config["SETTINGS"].budget_lease_seconds > 0
 
-    def wave() -> list[int]:
-        barrier = threading.Barrier(64)
-        statuses: list[int] = []
-
-        def call() -> None:
-            own = enforcing.test_client()
-            barrier.wait()
-            statuses.append(_call(own, "key-leased").status_code)
-
-        threads = [threading.Thread(target=call) for _ in range(64)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return statuses
-
     served = 0
     for _ in range(4):
-        served += wave().count(200)
+        served += _at_once(enforcing, "key-leased").count(200)
         assert served <= 98
         time.sleep(enforcing.config["SETTINGS"].budget_lease_seconds + 0.6)  # leases end
     _settled(app, enforcing, budget["id"], "key-leased", 2 + served)
