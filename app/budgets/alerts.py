@@ -384,7 +384,8 @@ def _attempt(attempt_id: int, number: int, settings: Settings, now: datetime) ->
         alert.status = ABANDONED
         log.error("alert abandoned after %s attempts", alert.attempts, extra={"alert": alert.id})
     else:
-        alert.next_attempt_at = now + _backoff(alert.attempts)
+        # Queued again, even if a worker took this (slow) attempt for a dead one meanwhile.
+        alert.status, alert.next_attempt_at = QUEUED, now + _backoff(alert.attempts)
     db.session.commit()
     ALERT_DELIVERIES.labels("delivered" if alert.status == DELIVERED else "failed").inc()
     return alert.status
