@@ -50,6 +50,7 @@ class Leases:
         self._lock = threading.Lock()
         self._held: dict[str, Lease] = {}
         self._ended: list[Lease] = []
+        self._stopping = threading.Event()
 
     def admit(self, key_hash: str, now: datetime) -> Admission:
         """Admit one call of this key: on its lease if one is running, else in Redis
@@ -109,13 +110,14 @@ class Leases:
             self._pid = os.getpid()
             self._held, self._ended = {}, []  # a parent's leases are the parent's
             threading.Thread(target=self._run, name="budget-leases", daemon=True).start()
-            atexit.register(self._give_back, True)
+            atexit.register(self.stop)
 
     def _run(self) -> None:
         """Give back ended leases; drop the leases of keys announced as changed."""
         client = redis.Redis.from_url(self._url)
         pubsub = None
-        while True:
+        failures = 0
+        while not self._stopping.is_set():
             try:
                 if pubsub is None:
                     pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -125,10 +127,20 @@ class Leases:
                 if message is not None:
                     self.drop(json.loads(message["data"]))
                 self._give_back()
+                if failures:
+                    log.warning("budget leases: Redis answers again")
+                failures = 0
             except Exception as exc:  # noqa: BLE001 - never let the thread die
-                log.warning("budget leases: %s; listening again shortly", exc)
+                if not failures:  # once per outage; admission reports each call's own
+                    log.warning("budget leases: %s; trying again until Redis answers", exc)
+                failures += 1
                 pubsub = None
-                time.sleep(1)
+                self._stopping.wait(min(30, 2 ** min(failures, 5)))
+
+    def stop(self) -> None:
+        """End the thread and give every lease back (a process, or a test, done with it)."""
+        self._stopping.set()
+        self._give_back(everything=True)
 
     def _give_back(self, everything: bool = False) -> None:
         """Return the unused calls of the leases that ended (all of them at exit)."""
