@@ -515,3 +515,37 @@ def test_a_worker_slower_than_its_lease_sends_nothing(
     wait_for(lambda: receiver.cut_short == 1)
     [alert] = _alerts(app)
     assert receiver.ids() == [f"alert_{alert.id}"] and alert.attempts == 2
+
+
+def test_https_goes_to_the_checked_address_under_the_urls_name(tmp_path) -> None:
+    """TLS to the address that was checked, with the URL's host for SNI, the
+    certificate's name and ``Host``; a certificate for another name is refused."""
+    import ssl
+    import subprocess
+    from unittest import mock
+
+    from app.budgets.alerts import _post
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+         "-subj", "/CN=hooks.test", "-addext", "subjectAltName=DNS:hooks.test"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = Receiver()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server.server.socket = context.wrap_socket(server.server.socket, server_side=True)
+    port = server.server.server_port
+    trusting = ssl.create_default_context(cafile=tmp_path / "cert.pem")  # our test CA only
+    try:
+        with mock.patch("ssl.create_default_context", return_value=trusting):
+            status = _post(
+                f"https://hooks.test:{port}/hook", ["127.0.0.1"], b"{}", {}, 5, lambda: True
+            )
+            assert status == 200 and server.requests[0]["headers"]["Host"] == f"hooks.test:{port}"
+            with pytest.raises(ssl.SSLCertVerificationError):
+                _post(f"https://other.test:{port}/hook", ["127.0.0.1"], b"{}", {}, 5, lambda: True)
+        assert len(server.requests) == 1
+    finally:
+        server.server.shutdown()

@@ -205,7 +205,11 @@ def _connect(url: str, addresses: list[str], timeout: float) -> http.client.HTTP
             last = exc
             continue
         if parts.scheme == "https":
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            try:
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            except OSError:  # a certificate that is not the host's, among others
+                sock.close()
+                raise
         conn = http.client.HTTPConnection(address, port, timeout=timeout)
         conn.sock = sock  # connected here, to the address that was checked
         return conn
