@@ -483,3 +483,30 @@ def test_the_shipped_api_ends_every_workers_lease_when_a_key_is_revoked(
         )
     finally:
         shipped.stop()
+
+
+def test_a_key_in_use_gets_its_next_lease_ahead_and_its_calls_never_wait_for_redis(
+    app: Flask, client: FlaskClient, enforcing: Flask, make_customer
+) -> None:
+    """Once the period has a mean cost, calls every 10 ms for 5 s, five times a
+    lease's life: with leases, the first call asks Redis and every other is
+    admitted on a lease taken ahead by the process's thread; without, every call
+    asks Redis."""
+    customer = make_customer("key-steady")
+    budget = _budget(client, customer.id, limit=str(10**6 * CALL_TOKENS))
+    caller = enforcing.test_client()
+    assert _call(caller, "key-steady").status_code == 200  # the period's mean cost, known
+    _settled(app, enforcing, budget["id"], "key-steady", 1)
+    before = {how: _admissions(how) for how in ("lease", "redis")}
+    deadline = time.monotonic() + 5
+    calls = 0
+    while time.monotonic() < deadline:
+        assert _call(caller, "key-steady").status_code == 200
+        calls += 1
+        time.sleep(0.01)
+    decided = {how: _admissions(how) - n for how, n in before.items()}
+    measured(f"budget leases renewed ahead: {calls} calls over 5 s, admitted {decided}")
+    if enforcing.config["SETTINGS"].budget_lease_seconds > 0:
+        assert decided["redis"] <= 2 and decided["lease"] >= calls - 2
+    else:
+        assert decided == {"lease": 0, "redis": calls}

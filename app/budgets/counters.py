@@ -235,6 +235,7 @@ class Lease:
     calls: int
     reserved: tuple[str, ...]
     until: float
+    used_at: float  # when a call was last admitted on it
     used: int = 1  # the call that took it
 
     def take(self, now: float) -> str | None:
@@ -242,7 +243,13 @@ class Lease:
         if self.used >= self.calls or now >= self.until:
             return None
         self.used += 1
+        self.used_at = now
         return f"{self.id}.{self.used - 1}"
+
+    def running_out(self, now: float, seconds: float) -> bool:
+        """In use lately, and near its end (in time or in calls): worth renewing ahead."""
+        recent = now - self.used_at < seconds / 2
+        return recent and (self.until - now < seconds / 2 or self.unused < self.calls / 4)
 
     @property
     def unused(self) -> int:
@@ -321,7 +328,7 @@ class Counters:
         # A lease never outlives the UTC day: every period starts at a midnight.
         midnight = datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC)
         until = min(now.timestamp() + lease_seconds, midnight.timestamp())
-        lease = Lease(call_id, calls, reserved, until)
+        lease = Lease(call_id, calls, reserved, until, used_at=now.timestamp())
         return Admission("admitted", reserved=reserved, call=f"{call_id}.0", lease=lease)
 
     def close(self, lease: Lease) -> None:

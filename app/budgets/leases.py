@@ -3,8 +3,10 @@
 An admission far from every hard limit reserves, in the same atomic script, up
 to ``BUDGET_LEASE_CALLS`` calls' estimates (never more than 1/16 of what is left
 under a limit) for ``BUDGET_LEASE_SECONDS``; the process admits that key's next
-calls itself until the lease is spent or over. The overshoot bound is the one
-without leases, since every call admitted holds its reservation in Redis first.
+calls itself until the lease is spent or over. A key in use gets its next lease
+ahead, from a thread here, so its calls keep away from Redis altogether. The
+overshoot bound is the one without leases, since every call admitted holds its
+reservation in Redis first.
 
 What a lease costs, and how it is kept short:
 - a process's unused calls stay reserved until it gives them back: a thread
@@ -27,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 
 import redis
 
@@ -123,9 +125,10 @@ class Leases:
                     pubsub = client.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(CHANGED)
                     self._drop_all()  # notices may have gone by meanwhile
-                message = pubsub.get_message(timeout=min(self.seconds, 1.0) / 2)
+                message = pubsub.get_message(timeout=min(self.seconds, 1.0) / 4)
                 if message is not None:
                     self.drop(json.loads(message["data"]))
+                self._renew_ahead()
                 self._give_back()
                 if failures:
                     log.warning("budget leases: Redis answers again")
@@ -136,6 +139,36 @@ class Leases:
                 failures += 1
                 pubsub = None
                 self._stopping.wait(min(30, 2 ** min(failures, 5)))
+
+    def _renew_ahead(self) -> None:
+        """Take the next lease of each key in use whose lease is running out, here
+        rather than on a call's path. What the replaced one left unused goes back
+        only after the swap, so no call can take a part that was given back."""
+        now = time.time()
+        with self._lock:
+            due = [
+                (k, lease)
+                for k, lease in self._held.items()
+                if lease.running_out(now, self.seconds)
+            ]
+        for key_hash, old in due:
+            admission = self.counters.admit(
+                key_hash,
+                uuid.uuid4().hex,
+                datetime.fromtimestamp(now, UTC),
+                self.calls,
+                self.seconds,
+            )
+            fresh = admission.lease
+            if fresh is None:  # near a limit, refused or revoked: calls ask Redis again
+                if admission.reserved:
+                    self.counters.release(admission.reserved, [admission.call])
+                continue
+            fresh.used = 0  # no call took it: its first call is yet to come
+            with self._lock:
+                if self._held.get(key_hash) is old:
+                    self._held[key_hash], fresh = fresh, old
+            self._end([fresh])  # the one not held: given back below
 
     def stop(self) -> None:
         """End the thread and give every lease back (a process, or a test, done with it)."""
