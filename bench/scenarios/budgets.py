@@ -29,7 +29,7 @@ from bench.load import alternating_latencies, execute_request, one_request
 from bench.stack import ADMIN_TOKEN, REDIS_URL, Run, Stack, log
 
 ORDER = 35
-REQUESTS = 5000
+REQUESTS = 20000
 # The stacks compared, call by call: no admission; admission as shipped (with its
 # leases); admission asking Redis on every call.
 SIDES = (
