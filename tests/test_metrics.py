@@ -181,11 +181,12 @@ def test_the_shipped_stack_exports_the_api_and_worker_metrics(tmp_path: Path) ->
             sent += stack.post_events([event(f"key-st-{n % 3}") for _ in range(50)])
         assert len(sent) == 1000
 
-        recorded = wait_for(
-            lambda: scrape(stack.worker_metrics_port).get(("ub_events_recorded_total", ())) == 1000,
+        # A pool process counts a batch's events, then observes their lag: wait for both.
+        wanted = ("ub_events_recorded_total", "ub_ingest_lag_seconds_count")
+        wait_for(
+            lambda: all(scrape(stack.worker_metrics_port).get((n, ())) == 1000 for n in wanted),
             timeout=60,
         )
-        assert recorded
         lag = scrape(stack.worker_metrics_port)[("ub_ingest_lag_seconds_count", ())]
         api = scrape(stack.port)
         assert api[("ub_events_accepted_total", (("source", "batch"),))] == 1000
