@@ -110,9 +110,13 @@ def record(events: list[Any], **options: Any) -> RecordResult:
     return record_events(events, limits, **options)
 
 
-def count_events(app: Flask, **where: Any) -> int:
+def count_events(app: Flask, event_ids: list[str] | None = None, **where: Any) -> int:
+    """Stored events matching ``where`` (and among ``event_ids``, when given: a test
+    that counts only its own is not moved by an earlier test's late batch)."""
     with app.app_context():
         stmt = select(func.count()).select_from(UsageEvent)
+        if event_ids is not None:
+            stmt = stmt.where(UsageEvent.event_id.in_(event_ids))
         for name, value in where.items():
             stmt = stmt.where(getattr(UsageEvent, name) == value)
         result = db.session.scalar(stmt)
