@@ -54,8 +54,7 @@ def counters_for(app: Flask) -> Counters | None:
 def leases_for(app: Flask) -> Leases | None:
     """The process's admission leases (``BUDGET_LEASE_SECONDS`` 0: every call asks Redis)."""
     leases = app.extensions.get("budget_leases")
-    counters = counters_for(app)
-    if leases is None and counters is not None:
+    if leases is None and (counters := counters_for(app)) is not None:
         settings = app.config["SETTINGS"]
         leases = Leases(
             counters,
