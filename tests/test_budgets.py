@@ -116,6 +116,10 @@ def _admissions(how: str) -> float:
     return REGISTRY.get_sample_value("ub_budget_admissions_total", {"how": how}) or 0.0
 
 
+def _refusals(reason: str) -> float:
+    return REGISTRY.get_sample_value("ub_budget_refusals_total", {"reason": reason}) or 0.0
+
+
 def _stored_tokens(app: Flask, key: str) -> int:
     with app.app_context():
         total = db.session.scalar(
@@ -237,12 +241,9 @@ def test_a_customers_own_lower_limit_applies_and_never_exceeds_the_admins(
     assert _call(caller, "key-careful").status_code == 200
     caplog.set_level(logging.ERROR, logger="usage_billing.budgets")
     _settled(app, enforcing, budget["id"], "key-careful", 1)
-    refusals = REGISTRY.get_sample_value("ub_budget_refusals_total", {"reason": "budget_exceeded"})
+    refusals = _refusals("budget_exceeded")
     assert _call(caller, "key-careful").status_code == 402
-    assert (
-        REGISTRY.get_sample_value("ub_budget_refusals_total", {"reason": "budget_exceeded"})
-        == (refusals or 0) + 1
-    )
+    assert _refusals("budget_exceeded") == refusals + 1
     # Operators hear of a hard limit reached, once a period however often it is settled.
     with app.app_context():
         settle_batch(counters_for(app), [event("key-careful")], utcnow())
@@ -309,7 +310,8 @@ def test_redis_down_is_answered_by_the_setting(
     app: Flask, settings: Settings, tmp_path: Path, make_customer, policy: str, status: int
 ) -> None:
     """Redis unreachable: "open" (the default) serves the call, which stays in the
-    spool until the broker is back; "closed" refuses it with 503 and Retry-After."""
+    spool until the broker is back; "closed" refuses it with 503 and Retry-After.
+    Either way the call is counted for the operators' alert."""
     make_customer("key-during-outage")
     dead = _enforcing(
         app,
@@ -318,11 +320,17 @@ def test_redis_down_is_answered_by_the_setting(
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         budget_redis_down=policy,
     )
+    unchecked, refused = _admissions("unchecked"), _refusals("unavailable")
     try:
         resp = _call(dead.test_client(), "key-during-outage")
         assert resp.status_code == status
         if status == 503:
             assert resp.headers["Retry-After"] and resp.get_json()["error"]["code"] == "unavailable"
+        served = status == 200
+        assert (_admissions("unchecked") - unchecked, _refusals("unavailable") - refused) == (
+            served,
+            not served,
+        )
     finally:
         _done(dead)
 

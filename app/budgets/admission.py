@@ -30,7 +30,7 @@ from app.budgets.spend import sync_customer
 from app.customers.keys import keys_changed
 from app.errors import AuthenticationError, BudgetExceeded, ServiceError, ServiceUnavailable
 from app.ingest.meter import METERED_PREFIX, api_key_of
-from app.observability.metrics import BUDGET_REFUSALS
+from app.observability.metrics import BUDGET_ADMISSIONS, BUDGET_REFUSALS
 from app.schedule import BUDGETS_REBUILD_TASK
 from app.security import hash_api_key
 
@@ -90,6 +90,7 @@ def _unavailable(why: str) -> Response | None:
         error = ServiceUnavailable("budgets cannot be checked right now; retry shortly")
         return _error(error, {"Retry-After": str(error.retry_after_seconds)})
     log.warning("budget check unavailable (%s): call served unchecked", why)
+    BUDGET_ADMISSIONS.labels("unchecked").inc()
     return None
 
 

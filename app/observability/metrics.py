@@ -30,7 +30,7 @@ STRIPE_ERRORS = Counter("ub_stripe_errors", "Stripe calls that failed", ["call",
 STRIPE_RETRIES = Counter("ub_stripe_retries", "Stripe calls retried", ["call"])
 BUDGET_ADMISSIONS = Counter(
     "ub_budget_admissions", "Metered calls decided by budget admission", ["how"]
-)  # how: lease (the API process, on a lease) or redis (a round trip)
+)  # how: lease (the API process, on a lease), redis (a round trip), unchecked (Redis away, served)
 BUDGET_REFUSALS = Counter("ub_budget_refusals", "Metered calls refused at admission", ["reason"])
 BUDGET_LIMITS_REACHED = Counter(
     "ub_budget_limits_reached", "Hard budget limits reached, once per budget and period"
