@@ -4,9 +4,13 @@ addresses that could reach inside refused when set and again at delivery."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import itertools
 import json
 import os
 import signal
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +40,7 @@ from app.extensions import db
 from app.models.types import utcnow
 from app.periods import period_at
 from tests.factories import event
-from tests.helpers import ADMIN_TOKEN, SERVICE_TOKEN, auth, measured, wait_for
+from tests.helpers import ADMIN_TOKEN, SERVICE_TOKEN, auth, measured, project_root, wait_for
 
 pytestmark = pytest.mark.services
 EVENT_COST = "0.0045"  # claude-3-5-sonnet, 1,000 tokens in and 100 out: $3 and $15 per million
@@ -288,6 +292,24 @@ def _budget_id(client: FlaskClient, customer_id: int) -> int:
         headers=auth(ADMIN_TOKEN),
     )
     return resp.get_json()["id"]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/budgets.md"])
+def test_the_documented_verify_accepts_our_signature_and_nothing_else(doc: str) -> None:
+    """The ``verify`` a customer copies from the docs checks what the workers sign."""
+    text = (project_root() / doc).read_text()
+    lines = text[text.rindex("\n", 0, text.index("def verify(")) + 1 :].splitlines()
+    indent = len(lines[0]) - len(lines[0].lstrip())
+    body_lines = itertools.takewhile(lambda line: line.startswith(" " * (indent + 1)), lines[1:])
+    block = textwrap.dedent("\n".join([lines[0], *body_lines]))
+    scope: dict[str, Any] = {"hashlib": hashlib, "hmac": hmac, "time": time}
+    exec(block, scope)  # noqa: S102 - the docs' own snippet, on purpose
+    body = b'{"id": "alert_7", "threshold": 80}'
+    header = sign("whsec_doc", body, int(time.time()))
+    assert scope["verify"]("whsec_doc", body, header)
+    assert not scope["verify"]("whsec_doc", body + b" ", header)
+    assert not scope["verify"]("whsec_other", body, header)
+    assert not scope["verify"]("whsec_doc", body, sign("whsec_doc", body, int(time.time()) - 600))
 
 
 def test_signatures_refuse_a_stale_timestamp_and_a_changed_body() -> None:
