@@ -191,6 +191,9 @@ def test_the_shipped_stack_exports_the_api_and_worker_metrics(tmp_path: Path) ->
         api = scrape(stack.port)
         assert api[("ub_events_accepted_total", (("source", "batch"),))] == 1000
         assert api[("ub_spool_segments", ())] >= 0 and ("ub_queue_depth", ()) in api
+        # Exported at 0 before any outage, so BudgetChecksUnavailable sees the first one.
+        assert api[("ub_budget_admissions_total", (("how", "unchecked"),))] == 0
+        assert api[("ub_budget_refusals_total", (("reason", "unavailable"),))] == 0
         assert lag == 1000
         files = list((tmp_path / "instance" / "metrics" / "api").glob("*.db"))
         assert len({f.name.rsplit("_", 1)[-1] for f in files}) >= 2  # both gunicorn workers

@@ -35,6 +35,12 @@ from app.schedule import BUDGETS_REBUILD_TASK
 from app.security import hash_api_key
 
 log = logging.getLogger("usage_billing.budgets")
+# Made at import, so both are exported at 0 before the first outage: the
+# BudgetChecksUnavailable rule's increase() cannot see a series' first sample.
+_UNCHECKED, _UNAVAILABLE = (
+    BUDGET_ADMISSIONS.labels("unchecked"),
+    BUDGET_REFUSALS.labels("unavailable"),
+)
 
 
 def counters_for(app: Flask) -> Counters | None:
@@ -86,11 +92,11 @@ def _unavailable(why: str) -> Response | None:
     """Redis cannot decide: serve (open) or refuse (closed), and say so in the log."""
     if current_app.config["SETTINGS"].budget_redis_down == "closed":
         log.error("budget check unavailable (%s): call refused", why)
-        BUDGET_REFUSALS.labels("unavailable").inc()
+        _UNAVAILABLE.inc()
         error = ServiceUnavailable("budgets cannot be checked right now; retry shortly")
         return _error(error, {"Retry-After": str(error.retry_after_seconds)})
     log.warning("budget check unavailable (%s): call served unchecked", why)
-    BUDGET_ADMISSIONS.labels("unchecked").inc()
+    _UNCHECKED.inc()
     return None
 
 
