@@ -123,6 +123,9 @@ class Outbox:
         self._replay_delay = 0.0
         self._replay_due = 0.0
         self._confirm_due = 0.0
+        # Once per outbox (a fork inherits it): close() does nothing in a process that
+        # never started it, and a restart after close() must not register it again.
+        atexit.register(self.close)
 
     # -- request side -------------------------------------------------------------------
     def append(self, events: Events) -> None:
@@ -148,7 +151,6 @@ class Outbox:
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="usage-outbox", daemon=True)
         self._thread.start()
-        atexit.register(self.close)
 
     def _open_segment(self) -> None:
         """Create a segment that is locked before any replayer can see it.
