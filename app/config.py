@@ -73,6 +73,9 @@ class Settings:
     max_event_age_days: int = 35
     max_event_future_seconds: int = 300
     demo_execute_endpoint: bool = False
+    # The demo's /v1/execute relays each call to this model provider (a fake one in
+    # the tests) and passes its answer on, streamed or not, as the real API does.
+    demo_provider_url: str = ""
 
     # Pages (/dashboard, /admin). Sessions are signed with SECRET_KEY; unset, a random
     # key is made once and kept in the instance folder (one host's processes share it).

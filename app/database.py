@@ -81,6 +81,23 @@ def quick_read() -> Iterator[Connection]:
         yield conn
 
 
+def read_snapshot() -> None:
+    """Make the rest of this request's reads see the database at one moment.
+
+    An answer made of several reads (usage and the charge it added) must not mix
+    two moments: a batch committed between them would show an event without its
+    charge. The session's transaction is ended (what it loaded is read again when
+    used) and a new one begun that sees one snapshot: REPEATABLE READ on
+    PostgreSQL; on SQLite an explicit BEGIN, whose shared lock holds a commit off
+    until the reads are done (its driver begins no transaction for a SELECT).
+    """
+    db.session.rollback()
+    if db.engine.dialect.name == "postgresql":
+        db.session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    else:
+        db.session.connection().exec_driver_sql("BEGIN")
+
+
 def engine_options(settings: Settings) -> dict[str, Any]:
     """Options for every engine: PostgreSQL ends a session left idle in a transaction.
 

@@ -132,11 +132,21 @@ def execute_latencies(port: int, key: str, n: int, label: str) -> list[float]:
     return alternating_latencies([(port, key)], n, label)[0]
 
 
-def alternating_latencies(targets: list[tuple[int, str]], n: int, label: str) -> list[list[float]]:
+def alternating_latencies(
+    targets: list[tuple[int, str]], n: int, label: str, body: bytes = b'{"prompt": "fizzbuzz"}'
+) -> list[list[float]]:
     """``n`` calls of ``/v1/execute`` to each (port, key), alternating call by call, one
     kept-alive connection each: every target meets the machine in the same phase, so
     their latencies compare (apart, minutes apart, a phase change outweighs a 0.3 ms
     difference). Each target's latencies, in ``targets``' order."""
+    return [[total for total, _ in calls] for calls in alternating_calls(targets, n, label, body)]
+
+
+def alternating_calls(
+    targets: list[tuple[int, str]], n: int, label: str, body: bytes
+) -> list[list[tuple[float, float]]]:
+    """``alternating_latencies``, each call timed to its last byte and to its body's
+    first (what a client of a stream waits for before it sees anything)."""
     calls = [
         (
             http.client.HTTPConnection("127.0.0.1", port, timeout=10),
@@ -144,17 +154,19 @@ def alternating_latencies(targets: list[tuple[int, str]], n: int, label: str) ->
         )
         for port, key in targets
     ]
-    out: list[list[float]] = [[] for _ in targets]
+    out: list[list[tuple[float, float]]] = [[] for _ in targets]
     with progress_bar(label) as progress:
         for done in range(n):
-            for (conn, headers), latencies in zip(calls, out, strict=True):
+            for (conn, headers), timings in zip(calls, out, strict=True):
                 t0 = time.perf_counter()
-                conn.request("POST", "/v1/execute", body=b'{"prompt": "fizzbuzz"}', headers=headers)
+                conn.request("POST", "/v1/execute", body=body, headers=headers)
                 response = conn.getresponse()
+                response.read1(1)
+                first = time.perf_counter() - t0
                 response.read()
                 if response.status != 200:
                     raise RuntimeError(f"/v1/execute answered {response.status}")
-                latencies.append(time.perf_counter() - t0)
+                timings.append((time.perf_counter() - t0, first))
             if done % 100 == 0:
                 progress(done, n)
     return out

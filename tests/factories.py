@@ -44,17 +44,30 @@ def event(api_key: str = "key-a", **overrides: Any) -> dict[str, Any]:
     return UsageEventFactory(api_key=api_key, **overrides)
 
 
+def _chat_usage() -> dict[str, Any]:
+    """OpenAI's own usage object, built and dumped by its SDK: 1,000 prompt tokens
+    (200 of them cached) and 500 completion tokens."""
+    from openai.types.completion_usage import CompletionUsage
+
+    usage = CompletionUsage(
+        prompt_tokens=1000,
+        completion_tokens=500,
+        total_tokens=1500,
+        prompt_tokens_details={"cached_tokens": 200},
+    )
+    return usage.model_dump(mode="json")
+
+
 class ExecuteResponseFactory(factory.DictFactory):
-    """A ``/v1/execute`` response, with the usage the middleware meters."""
+    """A ``/v1/execute`` response, with the usage the middleware meters: the provider's
+    own usage object beside the call's provider and model."""
 
     execution_id = factory.LazyFunction(lambda: uuid.uuid4().hex)
     task_type = "code_generation"
     status = "success"
     provider = "openai"
     model = "gpt-4o-2024-08-06"
-    usage = factory.Dict(
-        {"input_tokens": 1000, "output_tokens": 500, "cache_read_input_tokens": 200}
-    )
+    usage = factory.LazyFunction(_chat_usage)
     execution_time = 1.25
 
 

@@ -104,6 +104,15 @@ def create_extra_app(settings: Settings, session_app: Flask) -> Flask:
     return extra
 
 
+def tokens(tokens_input: int, tokens_output: int = 0, cached: int = 0) -> dict[str, int]:
+    """A call's usage by the price source's usage keys, as the price book takes it."""
+    return {
+        "input_tokens": tokens_input,
+        "output_tokens": tokens_output,
+        "cache_read_tokens": cached,
+    }
+
+
 def record(events: list[Any], **options: Any) -> RecordResult:
     """``record_events`` as the worker calls it, with the current app's limits."""
     limits = EventLimits.from_settings(current_app.config["SETTINGS"])

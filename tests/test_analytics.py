@@ -26,7 +26,7 @@ from app.ingest.models import UsageEvent, UsageHourly
 from app.pricing.book import PriceBook
 from app.security import hash_api_key
 from tests.factories import event
-from tests.helpers import ADMIN_TOKEN, auth, issue_key, record
+from tests.helpers import ADMIN_TOKEN, auth, issue_key, record, tokens
 
 NOW = datetime.now(UTC)
 YESTERDAY = (NOW - timedelta(days=1)).replace(hour=10, minute=15, second=0, microsecond=0)
@@ -403,15 +403,15 @@ def test_recommendations_compare_prices_for_the_actual_mix(
     assert body["kind"] == "price_comparison" and "quality" in body["note"]
     [sonnet] = body["models"]
     current = Decimal(sonnet["cost_at_today_prices"])
-    own = book.cost("anthropic", "claude-3-5-sonnet-20241022", NOW, 10_000, 1_000, 2_000)
+    own = book.cost("anthropic", "claude-3-5-sonnet-20241022", NOW, tokens(10_000, 1_000, 2_000))
     assert current == own.total * 10
     assert sonnet["cheaper_models"], "a price book of hundreds of models has a cheaper one"
     for other in sonnet["cheaper_models"]:
-        theirs = book.cost(other["provider"], other["model"], NOW, 10_000, 1_000, 2_000)
+        theirs = book.cost(other["provider"], other["model"], NOW, tokens(10_000, 1_000, 2_000))
         assert Decimal(other["cost"]) == theirs.total * 10 < current
         assert Decimal(other["saving"]) == current - Decimal(other["cost"])
     # Half of the 8,000 uncached input tokens read from cache instead.
-    cached = book.cost("anthropic", "claude-3-5-sonnet-20241022", NOW, 10_000, 1_000, 6_000)
+    cached = book.cost("anthropic", "claude-3-5-sonnet-20241022", NOW, tokens(10_000, 1_000, 6_000))
     assert Decimal(sonnet["caching"]["saving"]) == (own.total - cached.total) * 10
     status, body = _get(client, "/v1/billing/recommendations?days=0", "key-r")
     assert (status, body["error"]["field"]) == (400, "days")

@@ -29,8 +29,18 @@ EVENT_FIELDS = {
     "provider",
     "model",
     "tokens_input",
+    "tokens_input_uncached",
     "tokens_output",
     "tokens_cache_read",
+    "tokens_cache_write",
+    "tokens_input_audio",
+    "tokens_cache_audio_read",
+    "tokens_output_audio",
+    "tokens_output_reasoning",
+    "usage_extra",
+    "provider_usage",
+    "api_flavor",
+    "usage_flag",
     "timestamp",
     "execution_id",
     "task_type",
@@ -246,8 +256,20 @@ def test_created_at_is_read_as_the_event_time() -> None:
 
 
 def test_the_fields_an_event_may_hold_are_those_it_travels_with() -> None:
-    parsed = validate_event(event(timestamp=NOW.isoformat()), NOW, LIMITS)
-    assert _accepted_fields() == {*parsed.to_message(), "created_at"}
+    """Every field reaches the worker, or what it stands for does: the alias of the
+    time, the input in Anthropic's convention, a provider's own usage (as counts)."""
+    from app.pricing.dimensions import PART_COLUMNS
+
+    every_part = {name: 1 for name in PART_COLUMNS}
+    full = event(
+        timestamp=NOW.isoformat(),
+        **every_part,
+        usage_extra={"web_searches": 2},
+        usage_flag="stream_cut_off",
+    )
+    parsed = validate_event(full, NOW, LIMITS)
+    converted = {"created_at", "tokens_input_uncached", "provider_usage", "api_flavor"}
+    assert _accepted_fields() == {*parsed.to_message(), *converted}
 
 
 def _accepted_fields() -> set[str]:

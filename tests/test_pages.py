@@ -175,12 +175,19 @@ def test_the_customer_dashboard_shows_what_the_api_answers(
     api_rows = {(g["provider"], g["model"]): g for g in total["periods"][0]["groups"]}
     shown = page.table("breakdown")
     assert {(r[0], r[1]) for r in shown} == set(api_rows)  # the hostile name, as text
-    for provider, model, calls, tokens_in, _, _, cost in shown:
+    columns = (
+        "tokens_input",
+        "tokens_cache_read",
+        "tokens_cache_write",
+        "tokens_input_audio",
+        "tokens_output",
+        "tokens_output_reasoning",
+        "tokens_output_audio",
+    )
+    for provider, model, calls, *tokens, cost in shown:
         group = api_rows[(provider, model)]
-        assert (
-            int(calls) == group["events"]
-            and int(tokens_in.replace(",", "")) == group["tokens_input"]
-        )
+        assert int(calls) == group["events"]
+        assert [int(t.replace(",", "")) for t in tokens] == [group[c] for c in columns]
         assert _money(cost) == Decimal(group["cost"])
 
     performance = _api(client, key, f"/v1/billing/performance?{between}")

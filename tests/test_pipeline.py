@@ -214,7 +214,7 @@ def test_worker_parks_invalid_events_and_keeps_the_rest(app: Flask) -> None:
         {
             "event_id": bad["event_id"],
             "field": "tokens_cache_read",
-            "reason": "tokens_cache_read cannot exceed tokens_input",
+            "reason": "tokens_cache_read (11) cannot exceed tokens_input (10), which includes it",
         }
     ]
     assert count_events(app, event_id=good["event_id"]) == 1
@@ -482,25 +482,29 @@ def test_a_metered_response_with_nan_or_infinity_is_parked_not_changed(
     app: Flask, celery_worker
 ) -> None:
     """orjson writes NaN and Infinity as null, which would store a NaN cache-token
-    count as 0 and an infinite execution time as none: the middleware sends them
-    as text and the worker parks each event naming its field."""
+    count as 0 and an infinite execution time as none, and the price source's
+    extractors skip a count that is not a number as if absent: the middleware sends
+    them as text and the worker parks each event naming its field."""
     from flask import request
+    from openai.types.completion_usage import CompletionUsage
 
     from app.ingest.meter import event_from_response
 
+    usage = CompletionUsage(
+        prompt_tokens=9,
+        completion_tokens=1,
+        total_tokens=10,
+        prompt_tokens_details={"cached_tokens": 0},
+    ).model_dump(mode="json")
+    usage["prompt_tokens_details"]["cached_tokens"] = float("nan")
+    flat = {"tokens_input": 9, "tokens_output": 1, "tokens_cache_read": float("nan")}
     bodies = [
+        {"provider": "openai", "model": "gpt-4o", "usage": usage},
+        {"provider": "openai", "model": "gpt-4o", "usage": flat},
         {
             "provider": "openai",
             "model": "gpt-4o",
-            "input_tokens": 9,
-            "output_tokens": 1,
-            "cached_tokens": float("nan"),
-        },
-        {
-            "provider": "openai",
-            "model": "gpt-4o",
-            "input_tokens": 9,
-            "output_tokens": 1,
+            "usage": {"tokens_input": 9, "tokens_output": 1},
             "execution_time": float("inf"),
         },
     ]
@@ -511,8 +515,9 @@ def test_a_metered_response_with_nan_or_infinity_is_parked_not_changed(
             response = app.response_class(json.dumps(body), mimetype="application/json")
             sent.append(event_from_response(request, response, datetime.now(UTC)))
     assert _spooled_and_parked(app, sent, sent) == {
-        sent[0]["event_id"]: "tokens_cache_read",
-        sent[1]["event_id"]: "execution_time",
+        sent[0]["event_id"]: "provider_usage",
+        sent[1]["event_id"]: "tokens_cache_read",
+        sent[2]["event_id"]: "execution_time",
     }
 
 

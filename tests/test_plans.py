@@ -9,13 +9,14 @@ import json
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_CEILING, Decimal
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
 
 from app.customers.models import BillingCustomer
 from app.extensions import db
@@ -52,7 +53,7 @@ def tiered_terms(draw: st.DrawFn, mode: str) -> Terms:
 
 
 def _usage(tokens: int, day: date = DAY, model: str = "m") -> Usage:
-    return Usage(day, "p", model, tokens, 0, 0, Decimal(tokens) * Decimal("0.000003"))
+    return Usage(day, "p", model, tokens, 0, 0, 0, Decimal(tokens) * Decimal("0.000003"))
 
 
 def _direct_graduated(terms: Terms, n: int) -> Fraction:
@@ -141,8 +142,8 @@ def test_a_periods_daily_figures_add_up_to_its_charge(terms: Terms, days: list[i
 
 def test_markup_overrides_and_the_minimum() -> None:
     usage = [
-        Usage(DAY, "openai", "gpt-4o", 1_000_000, 100_000, 200_000, Decimal("3.5")),
-        Usage(DAY, "anthropic", "claude", 10, 10, 0, Decimal("0.000180")),
+        Usage(DAY, "openai", "gpt-4o", 1_000_000, 100_000, 200_000, 0, Decimal("3.5")),
+        Usage(DAY, "anthropic", "claude", 10, 10, 0, 0, Decimal("0.000180")),
     ]
     plan = Terms(
         markup_percent=Decimal("20"),
@@ -525,6 +526,43 @@ def test_the_usage_endpoint_shows_what_each_day_added_to_the_charge(
         (today.isoformat(), "0.004500000000", "0.005625"),
     ]
     assert body["totals"]["charge"] == "0.014875"
+
+
+@pytest.mark.services
+def test_a_batch_committed_while_the_usage_is_read_is_in_both_its_figures_or_neither(
+    app: Flask, client: FlaskClient, make_customer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer's charge and its usage are read apart: a worker's batch committed
+    between the two reads must not show an event without its charge (on the standard
+    plan the charge is the cost). The batch lands after the charges are read."""
+    from app.analytics import views
+
+    make_customer("key-race")
+    day = utcnow().date().isoformat()
+    read_charges = views.daily_charges
+    other = create_engine(app.config["SQLALCHEMY_DATABASE_URI"])
+
+    def then_a_batch_commits(*args: Any, **kwargs: Any) -> Any:
+        charges = read_charges(*args, **kwargs)
+        with other.begin() as conn:  # another process: the worker
+            conn.execute(
+                text(
+                    "INSERT INTO usage_daily (api_key_hash, day, provider, model, events,"
+                    " unpriced_events, tokens_input, tokens_output, tokens_cache_read,"
+                    " tokens_total, cost_total, updated_at) VALUES (:key, :day, 'openai',"
+                    " 'gpt-4o', 1, 0, 10, 10, 0, 20, 0.000125, now())"
+                ),
+                {"key": hash_api_key("key-race"), "day": day},
+            )
+        return charges
+
+    monkeypatch.setattr(views, "daily_charges", then_a_batch_commits)
+    resp = client.get(
+        f"/v1/billing/usage?start_date={day}&end_date={day}", headers=auth("key-race")
+    )
+    other.dispose()
+    totals = resp.get_json()["totals"]
+    assert (totals["events"], totals["charge"]) == (0, "0")  # one moment: before the batch
 
 
 def test_budgets_count_what_the_customer_owes_under_its_plan(app: Flask, make_customer) -> None:

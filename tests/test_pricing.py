@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -22,8 +24,9 @@ from app.pricing.catalog import (
     parse_price_list,
 )
 from app.pricing.cost import TokenPrice, cost_of, to_money
+from app.pricing.dimensions import COLUMNS, USAGE_KEY_OF
 from tests.factories import event
-from tests.helpers import measured, record
+from tests.helpers import measured, record, tokens
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -35,7 +38,7 @@ def price(inp: str, out: str, cache: str | None = None) -> TokenPrice:
 
 
 def test_cost_is_exact_decimal_with_cached_input() -> None:
-    cost = cost_of(1_000_003, 7, 3, price("0.0000025", "0.00001", "0.00000125"))
+    cost = cost_of(tokens(1_000_003, 7, 3), price("0.0000025", "0.00001", "0.00000125"))
     assert cost.input == Decimal("2.50000375")  # 1,000,000 × 2.5e-6 + 3 × 1.25e-6
     assert cost.output == Decimal("0.00007")
     assert cost.total == Decimal("2.50007375")
@@ -43,7 +46,7 @@ def test_cost_is_exact_decimal_with_cached_input() -> None:
 
 
 def test_cached_tokens_without_a_cache_price_pay_the_input_price() -> None:
-    assert cost_of(10, 0, 4, price("0.1", "0.2")).input == Decimal("1.0")
+    assert cost_of(tokens(10, 0, 4), price("0.1", "0.2")).input == Decimal("1.0")
 
 
 @pytest.mark.parametrize(
@@ -154,8 +157,8 @@ def test_a_prompt_above_a_long_context_threshold_pays_the_tier_rate_on_every_tok
 ) -> None:
     book = _bundled(provider, model)
     at, over = threshold, threshold + 1
-    below = book.cost(provider, model, NOW, at, 0, 0)
-    beyond = book.cost(provider, model, NOW, over, 0, 0)
+    below = book.cost(provider, model, NOW, tokens(at))
+    beyond = book.cost(provider, model, NOW, tokens(over))
     assert below.input == at * Decimal(base) / 1_000_000
     assert beyond.input == over * Decimal(above) / 1_000_000  # the whole prompt, not the excess
     assert beyond.input_rate == Decimal(above) / 1_000_000
@@ -164,17 +167,19 @@ def test_a_prompt_above_a_long_context_threshold_pays_the_tier_rate_on_every_tok
 def test_deepseek_is_charged_its_off_peak_price_by_the_event_time_of_day() -> None:
     book = _bundled("deepseek", "deepseek-chat")
     peak = book.cost(
-        "deepseek", "deepseek-chat", datetime(2026, 11, 2, 12, 0, tzinfo=UTC), 10**6, 0, 0
+        "deepseek", "deepseek-chat", datetime(2026, 11, 2, 12, 0, tzinfo=UTC), tokens(10**6)
     )
     off_peak = book.cost(
-        "deepseek", "deepseek-chat", datetime(2026, 11, 2, 17, 0, tzinfo=UTC), 10**6, 0, 0
+        "deepseek", "deepseek-chat", datetime(2026, 11, 2, 17, 0, tzinfo=UTC), tokens(10**6)
     )
     assert (peak.input, off_peak.input) == (Decimal("0.27"), Decimal("0.135"))
 
 
 def test_an_azure_openai_event_is_priced_by_the_source_fallback() -> None:
     book = _bundled("openai", "gpt-4o")
-    assert book.cost("azure", "gpt-4o-2024-08-06", NOW, 1000, 500, 0).total == Decimal("0.0075")
+    assert book.cost("azure", "gpt-4o-2024-08-06", NOW, tokens(1000, 500)).total == Decimal(
+        "0.0075"
+    )
 
 
 def _resolvable_models() -> list[tuple[str, str]]:
@@ -190,15 +195,52 @@ def _resolvable_models() -> list[tuple[str, str]]:
     return found
 
 
+def _random_usage(rnd: random.Random) -> dict[str, Any]:
+    """A call's usage in every dimension, each part within what includes it: prompts
+    on both sides of long-context thresholds, sometimes cache reads and writes (of
+    an hour, too), audio in and out, reasoning, web searches."""
+    tokens_input = rnd.choice(
+        [rnd.randint(0, 4000), rnd.randint(120_000, 260_000), rnd.randint(0, 10**9)]
+    )
+    tokens_output = rnd.randint(0, 10**6)
+
+    def part(of: int, chance: float = 0.5) -> int:
+        return rnd.randint(0, of) if rnd.random() < chance else 0
+
+    cache_read = part(tokens_input)
+    cache_write = part(tokens_input - cache_read, 0.3)
+    cached_audio = part(cache_read, 0.2)  # both cached and audio: audio beyond it is not cached
+    audio = cached_audio + part(tokens_input - cache_read - cache_write, 0.2)
+    fields: dict[str, Any] = {
+        "tokens_input": tokens_input,
+        "tokens_output": tokens_output,
+        "tokens_cache_read": cache_read,
+        "tokens_cache_write": cache_write,
+        "tokens_input_audio": audio,
+        "tokens_cache_audio_read": cached_audio,
+        "tokens_output_audio": (output_audio := part(tokens_output, 0.2)),
+        "tokens_output_reasoning": part(tokens_output - output_audio, 0.3),
+    }
+    extra = {}
+    if cache_write and rnd.random() < 0.5:
+        extra["cache_write_1h_tokens"] = rnd.randint(0, cache_write)
+    if rnd.random() < 0.2:
+        extra["web_searches"] = rnd.randint(1, 20)
+    if extra:
+        fields["usage_extra"] = extra
+    return fields
+
+
 def test_random_events_across_the_catalogue_cost_exactly_what_the_source_computes(
     app: Flask,
 ) -> None:
     """3,000 events through the worker's recording path (COPY on PostgreSQL): random
-    models of the whole catalogue, prompts on both sides of long-context
-    thresholds, cache reads, timestamps at any time of day over the last 35 days
-    (dated changes, off-peak windows). Each stored cost equals genai-prices'
-    ``calc_price`` for that event, kept to 10⁻¹² USD (the ledger's scale; exact
-    wherever the source's figure has no more places)."""
+    models of the whole catalogue (a fee per request where one is priced), usage in
+    every dimension the ledger keeps and some it keeps in ``usage_extra``,
+    timestamps at any time of day over the last 35 days (dated changes, off-peak
+    windows). Each stored cost equals genai-prices' ``calc_price`` for that usage,
+    kept to 10⁻¹² USD (the ledger's scale; exact wherever the source's figure has no
+    more places)."""
     seed = random.randrange(2**32)
     rnd = random.Random(seed)
     models = _resolvable_models()
@@ -206,59 +248,53 @@ def test_random_events_across_the_catalogue_cost_exactly_what_the_source_compute
     events = []
     for n in range(3000):
         provider, model = rnd.choice(models)
-        tokens_input = rnd.choice(
-            [rnd.randint(0, 4000), rnd.randint(120_000, 260_000), rnd.randint(0, 10**9)]
-        )
         events.append(
             event(
                 f"key-{n % 5}",
                 provider=provider,
                 model=model,
-                tokens_input=tokens_input,
-                tokens_output=rnd.randint(0, 10**6),
-                tokens_cache_read=rnd.randint(0, tokens_input) if rnd.random() < 0.5 else 0,
+                **_random_usage(rnd),
                 timestamp=(now - timedelta(seconds=rnd.randint(60, 34 * 86400))).isoformat(),
             )
         )
     with app.app_context():
         for start in range(0, len(events), 500):
             result = record(events[start : start + 500], now=now)
-            assert result.inserted == len(events[start : start + 500]) and not result.rejected
-        rows = db.session.execute(
-            select(
-                UsageEvent.provider,
-                UsageEvent.model,
-                UsageEvent.tokens_input,
-                UsageEvent.tokens_output,
-                UsageEvent.tokens_cache_read,
-                UsageEvent.created_at,
-                UsageEvent.cost_input,
-                UsageEvent.cost_output,
-                UsageEvent.cost_total,
-            ).where(UsageEvent.event_id.in_([e["event_id"] for e in events]))
+            assert not result.rejected, result.rejected[:3]
+        rows = db.session.scalars(
+            select(UsageEvent).where(UsageEvent.event_id.in_([e["event_id"] for e in events]))
         ).all()  # only these: a late batch of an earlier test may land meanwhile
+        for row in rows:
+            db.session.expunge(row)
         db.session.rollback()
     assert len(rows) == len(events)
-    wrong = []
+    wrong, refused, dimensions = [], 0, Counter()
     for row in rows:
-        usage = Usage(
-            input_tokens=row.tokens_input,
-            output_tokens=row.tokens_output,
-            cache_read_tokens=row.tokens_cache_read,
-        )
-        source = calc_price(
-            usage,
-            model_ref=row.model,
-            provider_id=row.provider,
-            genai_request_timestamp=row.created_at,
-        )
+        counts = {USAGE_KEY_OF[name]: getattr(row, name) for name in COLUMNS}
+        counts.update(row.usage_extra or {})
+        dimensions.update(k for k, v in counts.items() if v)
+        try:
+            source = calc_price(
+                Usage(**counts),
+                model_ref=row.model,
+                provider_id=row.provider,
+                genai_request_timestamp=row.created_at,
+            )
+        except ValueError:  # the source refuses this mix for this model: so did we
+            refused += 1
+            assert row.pricing_status == "unpriced" or row.cost_total is None, row.event_id
+            continue
         expected = tuple(
             to_money(v) for v in (source.input_price, source.output_price, source.total_price)
         )
         if (row.cost_input, row.cost_output, row.cost_total) != expected:
-            wrong.append((row.provider, row.model, row.tokens_input, row.created_at, expected))
-    measured(f"pricing against genai-prices: {len(rows)} random events, {len(wrong)} differ")
-    assert not wrong, f"seed {seed}: {wrong[:5]}"
+            wrong.append((row.provider, row.model, counts, row.created_at, expected))
+    measured(
+        f"pricing against genai-prices: {len(rows)} random events, {len(wrong)} differ;"
+        f" dimensions used {dict(sorted(dimensions.items()))}"
+    )
+    assert not wrong, f"seed {seed}: {wrong[:3]}"
+    assert refused == 0
 
 
 def test_a_refresh_by_another_process_prices_the_next_batch_at_once(app: Flask) -> None:

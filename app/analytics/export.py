@@ -25,6 +25,7 @@ from app.customers.models import ApiKey
 from app.extensions import db
 from app.ingest.models import UsageEvent
 from app.models.types import money_str
+from app.pricing.dimensions import COLUMNS
 
 EXPORT_CHUNK = 10_000
 # The exported columns, in order: the event's own, then its key and customer by id.
@@ -39,20 +40,22 @@ COLUMNS = (
     "task_type",
     "status",
     "execution_id",
-    "tokens_input",
-    "tokens_output",
-    "tokens_cache_read",
+    *COLUMNS,
     "tokens_total",
+    "usage_extra",
     "model_cost_input",
     "model_cost_output",
     "model_cost_cache_read",
     "cost_input",
     "cost_output",
     "cost_total",
+    "charges",
     "pricing_status",
+    "usage_flag",
     "execution_time",
     "metadata",
 )
+_JSON_COLUMNS = frozenset({"usage_extra", "charges", "metadata"})
 _OF_KEY = {"customer_id": ApiKey.customer_id, "key_id": ApiKey.id}
 
 
@@ -123,7 +126,7 @@ def _text(name: str, value: Any) -> Any:
         return money_str(value)
     if name == "execution_time":
         return str(value)
-    if name == "metadata":
+    if name in _JSON_COLUMNS:
         return orjson.dumps(value).decode()
     return value
 
@@ -166,7 +169,7 @@ def _sqlite_chunk(request: ExportRequest, chunk: list[Any]) -> Iterator[str]:
         return
     for row in rows:
         fields = {
-            name: (orjson.loads(value) if name == "metadata" and value is not None else value)
+            name: (orjson.loads(value) if name in _JSON_COLUMNS and value is not None else value)
             for name, value in zip(COLUMNS, row, strict=True)
         }
         yield orjson.dumps(fields).decode() + "\n"

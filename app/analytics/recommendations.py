@@ -12,7 +12,7 @@ the current model is priced the same way, so the two compare like for like.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -21,6 +21,7 @@ from app.analytics.usage import UsageRequest, rollup_rows
 from app.customers.models import ApiKey
 from app.models.types import money_str
 from app.pricing.book import PriceBook
+from app.pricing.dimensions import COLUMNS, USAGE_KEY_OF
 
 TOP_MODELS = 3
 ALTERNATIVES = 5
@@ -31,37 +32,44 @@ NOTE = (
     "A price comparison at today's list prices for the same tokens, not a quality "
     "claim: it says nothing about whether another model would do the work as well."
 )
-_SUMS = ("events", "tokens_input", "tokens_output", "tokens_cache_read", "cost_total")
+_SUMS = ("events", *COLUMNS, "cost_total")
 
 
 @dataclass
 class Mix:
+    """One model's calls over the range, and their usage in every dimension."""
+
     calls: int = 0
-    tokens_input: int = 0
-    tokens_output: int = 0
-    tokens_cache_read: int = 0
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COLUMNS, 0))
     cost: Decimal = Decimal(0)
+
+    @property
+    def tokens_input(self) -> int:
+        return self.tokens["tokens_input"]
+
+    @property
+    def tokens_cache_read(self) -> int:
+        return self.tokens["tokens_cache_read"]
 
     def add(self, row: Any) -> None:
         self.calls += int(row.events)
-        self.tokens_input += int(row.tokens_input)
-        self.tokens_output += int(row.tokens_output)
-        self.tokens_cache_read += int(row.tokens_cache_read)
+        for name in COLUMNS:
+            self.tokens[name] += int(getattr(row, name))
         self.cost += Decimal(row.cost_total or 0)
 
     def priced(
         self, book: PriceBook, provider: str, model: str, when: datetime, cached: int
     ) -> Decimal | None:
         """The mix's cost on this model, ``cached`` of its input tokens read from cache."""
-        average = book.cost(
-            provider,
-            model,
-            when,
-            round(self.tokens_input / self.calls),
-            round(self.tokens_output / self.calls),
-            round(cached / self.calls),
-        )
-        return None if average is None else average.total * self.calls
+        average = {
+            USAGE_KEY_OF[name]: round(value / self.calls) for name, value in self.tokens.items()
+        }
+        average["cache_read_tokens"] = round(cached / self.calls)
+        try:
+            cost = book.cost(provider, model, when, average)
+        except ValueError:  # a mix this model's parts cannot be taken apart into
+            return None
+        return None if cost is None else cost.total * self.calls
 
 
 def _caching(
@@ -114,9 +122,7 @@ def recommendations(
                 "provider": provider,
                 "model": model,
                 "calls": mix.calls,
-                "tokens_input": mix.tokens_input,
-                "tokens_cache_read": mix.tokens_cache_read,
-                "tokens_output": mix.tokens_output,
+                **mix.tokens,
                 "cost": money_str(mix.cost),
                 "cost_at_today_prices": None if current is None else money_str(current),
                 "cheaper_models": [

@@ -23,6 +23,7 @@ from app.extensions import db
 from app.ingest.models import NO_TASK_TYPE, UsageDaily, UsageHourly
 from app.models.types import amount_str, money_str
 from app.plans.charges import exact_sum
+from app.pricing.dimensions import COLUMNS
 
 # The rollup column each dimension is read from.
 _COLUMNS = {
@@ -37,41 +38,34 @@ HOURLY_ONLY = frozenset({"task_type", "status"})  # dimensions the daily rollup 
 
 @dataclass(frozen=True)
 class Usage:
-    """Events, tokens and cost, of one group in one period or added up over many."""
+    """Events, tokens of each dimension and cost, of one group in one period or added up
+    over many (``app/pricing/dimensions.py`` says what each token count holds)."""
 
     events: int = 0
     unpriced_events: int = 0
+    flagged_events: int = 0
     cost: Decimal = Decimal(0)
     tokens_input: int = 0
     tokens_output: int = 0
     tokens_cache_read: int = 0
+    tokens_cache_write: int = 0
+    tokens_input_audio: int = 0
+    tokens_cache_audio_read: int = 0
+    tokens_output_audio: int = 0
+    tokens_output_reasoning: int = 0
     tokens_total: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "events": self.events,
-            "unpriced_events": self.unpriced_events,
-            "cost": money_str(self.cost),
-            "tokens_input": self.tokens_input,
-            "tokens_output": self.tokens_output,
-            "tokens_cache_read": self.tokens_cache_read,
-            "tokens_total": self.tokens_total,
-        }
+        shown: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["cost"] = money_str(self.cost)
+        return shown
 
 
 # The rollup sums a Usage is read from, in its fields' order.
-USAGE_SUMS = (
-    "events",
-    "unpriced_events",
-    "cost_total",
-    "tokens_input",
-    "tokens_output",
-    "tokens_cache_read",
-    "tokens_total",
-)
+USAGE_SUMS = ("events", "unpriced_events", "flagged_events", "cost_total", *COLUMNS, "tokens_total")
 
 
 def usage_of_row(row: Any) -> Usage:

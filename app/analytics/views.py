@@ -26,6 +26,7 @@ from app.config import Settings
 from app.customers.keys import keys_of
 from app.customers.models import ApiKey, BillingCustomer
 from app.customers.services import authenticate_customer
+from app.database import read_snapshot
 from app.errors import NotFound, ValidationError
 from app.extensions import db
 from app.models.types import utcnow
@@ -108,6 +109,7 @@ def usage_request(query: UsageQuery, settings: Settings) -> UsageRequest:
 def usage_answer(customer: BillingCustomer) -> dict[str, Any]:
     """``GET /v1/billing/usage``'s answer to this request's query, for ``customer``."""
     wanted = usage_request(parse_query(UsageQuery), _settings())
+    read_snapshot()  # the charges and the usage they are of, at one moment
     keys = _keys(customer.id, wanted.filters.get("key"))
     charges: dict[date, Any] = {}
     if not wanted.filters and wanted.granularity != "hour":

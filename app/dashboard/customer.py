@@ -33,6 +33,7 @@ from app.dashboard.session import (
 )
 from app.errors import AuthenticationError, NotFound
 from app.models.types import money_str, utcnow
+from app.pricing.dimensions import COLUMNS
 
 dashboard = Blueprint(
     "dashboard",
@@ -54,15 +55,7 @@ DATA = {
     "alerts": alerts_answer,
 }
 RANGES = (7, 30, 90)  # the days the page can show
-BREAKDOWN_COLUMNS = (
-    "provider",
-    "model",
-    "events",
-    "tokens_input",
-    "tokens_output",
-    "tokens_cache_read",
-    "cost",
-)
+BREAKDOWN_COLUMNS = ("provider", "model", "events", *COLUMNS, "cost")
 
 
 def _customer() -> BillingCustomer:
@@ -140,9 +133,7 @@ def breakdown_csv() -> Response:
         [
             *group.values,
             group.usage.events,
-            group.usage.tokens_input,
-            group.usage.tokens_output,
-            group.usage.tokens_cache_read,
+            *(getattr(group.usage, name) for name in COLUMNS),
             money_str(group.usage.cost),
         ]
         for group in sorted(groups, key=lambda g: -g.usage.cost)

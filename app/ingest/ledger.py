@@ -52,11 +52,17 @@ from app.ingest.models import (
 from app.ingest.partitions import require_partitions
 from app.models.dialect import insert_for, one_of
 from app.models.types import utcnow
+from app.pricing.dimensions import COLUMNS
 
-# Summed into usage_daily from each new event; ``events`` and ``unpriced_events`` are counts.
-ROLLUP_SUMS = ("tokens_input", "tokens_output", "tokens_cache_read", "tokens_total", "cost_total")
+# Summed into usage_daily from each new event, beside the counts of events, of those
+# unpriced and of those whose usage is flagged (a stream cut off).
+ROLLUP_SUMS = (*COLUMNS, "tokens_total", "cost_total")
 _ROLLUP_KEY = ("api_key_hash", "day", "provider", "model")
-_ROLLUP_ADDED = ("events", "unpriced_events", *ROLLUP_SUMS)  # what a new row adds to its day
+_ROLLUP_COUNTS = ("events", "unpriced_events", "flagged_events")
+_ROLLUP_ADDED = (*_ROLLUP_COUNTS, *ROLLUP_SUMS)  # what a new row adds to its day
+_COUNTED = f"count(*), count(*) FILTER (WHERE pricing_status = '{UNPRICED}'),\n" + (
+    "count(*) FILTER (WHERE usage_flag IS NOT NULL)"
+)
 _HOURLY_KEY = ("api_key_hash", "hour", "provider", "model", "task_type", "status")
 # What a new row adds to its hour: the daily sums, its duration, and one latency bucket.
 _HOURLY_ADDED = (
@@ -125,7 +131,7 @@ def insert_events(rows: list[EventRow]) -> Written:
 class EventRow(NamedTuple):
     """One priced event as ``usage_events`` stores it; fields are its column names.
 
-    A tuple, so the COPY below unpacks it instead of looking up 22 keys a row.
+    A tuple, so the COPY below unpacks it instead of looking up 30 keys a row.
     A test keeps its fields in step with the model's columns.
     """
 
@@ -136,7 +142,13 @@ class EventRow(NamedTuple):
     tokens_input: int
     tokens_output: int
     tokens_cache_read: int
+    tokens_cache_write: int
+    tokens_input_audio: int
+    tokens_cache_audio_read: int
+    tokens_output_audio: int
+    tokens_output_reasoning: int
     tokens_total: int
+    usage_extra: dict[str, int] | None
     provider: str
     model: str
     model_cost_input: Decimal | None
@@ -145,7 +157,9 @@ class EventRow(NamedTuple):
     cost_input: Decimal | None
     cost_output: Decimal | None
     cost_total: Decimal | None
+    charges: dict[str, Any] | None
     execution_time: Decimal | None
+    usage_flag: str | None
     status: str
     pricing_status: str
     created_at: datetime
@@ -204,7 +218,7 @@ def daily_rollup_sql(source: str, created_at: str) -> str:
     sums = ", ".join(f"coalesce(sum({name}), 0)" for name in ROLLUP_SUMS)
     select_sql = f"""
         SELECT api_key_hash, ({created_at} AT TIME ZONE 'UTC')::date, provider, model,
-               count(*), count(*) FILTER (WHERE pricing_status = '{UNPRICED}'), {sums}, now()
+               {_COUNTED}, {sums}, now()
         FROM {source}
     """
     return _upsert_sql("usage_daily", _ROLLUP_KEY, _ROLLUP_ADDED, select_sql)
@@ -219,7 +233,7 @@ def hourly_rollup_sql(source: str, created_at: str) -> str:
     select_sql = f"""
         SELECT api_key_hash, date_trunc('hour', {created_at}, 'UTC'), provider, model,
                coalesce(task_type, '{NO_TASK_TYPE}'), status,
-               count(*), count(*) FILTER (WHERE pricing_status = '{UNPRICED}'), {sums},
+               {_COUNTED}, {sums},
                count(execution_time), coalesce(sum(round(execution_time * 1000)), 0)::bigint,
                coalesce(sum(tokens_output) FILTER (WHERE execution_time IS NOT NULL), 0),
                {buckets}, now()
@@ -256,7 +270,7 @@ def _postgresql_sql() -> _Statements:
             {append}
             WHERE event_id IN (SELECT event_id FROM claimed)
             RETURNING api_key_hash, created_at, provider, model, task_type, status,
-                      pricing_status, execution_time, {", ".join(ROLLUP_SUMS)}
+                      pricing_status, usage_flag, execution_time, {", ".join(ROLLUP_SUMS)}
         ), daily AS ({daily_rollup_sql("new", "created_at")}),
         hourly AS ({hourly_rollup_sql("new", "created_at")})
         SELECT count(*) AS inserted,
@@ -284,6 +298,10 @@ _NULL = "\\N"  # COPY's NULL
 _ABSENT = "\x00"
 
 
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def _copy_text(rows: list[EventRow]) -> str:
     """The rows as COPY's text format, one line each, columns in ``_COPIED`` order.
 
@@ -306,7 +324,13 @@ def _copy_text(rows: list[EventRow]) -> str:
         tokens_input,
         tokens_output,
         tokens_cache_read,
+        tokens_cache_write,
+        tokens_input_audio,
+        tokens_cache_audio_read,
+        tokens_output_audio,
+        tokens_output_reasoning,
         tokens_total,
+        usage_extra,
         provider,
         model,
         model_cost_input,
@@ -315,7 +339,9 @@ def _copy_text(rows: list[EventRow]) -> str:
         cost_input,
         cost_output,
         cost_total,
+        charges,
         execution_time,
+        usage_flag,
         status,
         pricing_status,
         created_at,
@@ -328,16 +354,21 @@ def _copy_text(rows: list[EventRow]) -> str:
         lines.append(
             f"{event_id}\t{api_key_hash}\t{_ABSENT if execution_id is None else execution_id}\t"
             f"{_ABSENT if task_type is None else task_type}\t{tokens_input}\t{tokens_output}\t"
-            f"{tokens_cache_read}\t{tokens_total}\t{provider}\t{model}\t"
+            f"{tokens_cache_read}\t{tokens_cache_write}\t{tokens_input_audio}\t"
+            f"{tokens_cache_audio_read}\t{tokens_output_audio}\t{tokens_output_reasoning}\t"
+            f"{tokens_total}\t{_ABSENT if usage_extra is None else _json(usage_extra)}\t"
+            f"{provider}\t{model}\t"
             f"{_ABSENT if model_cost_input is None else model_cost_input!s}\t"
             f"{_ABSENT if model_cost_output is None else model_cost_output!s}\t"
             f"{_ABSENT if model_cost_cache_read is None else model_cost_cache_read!s}\t"
             f"{_ABSENT if cost_input is None else cost_input!s}\t"
             f"{_ABSENT if cost_output is None else cost_output!s}\t"
             f"{_ABSENT if cost_total is None else cost_total!s}\t"
+            f"{_ABSENT if charges is None else _json(charges)}\t"
             f"{_ABSENT if execution_time is None else execution_time!s}\t"
+            f"{_ABSENT if usage_flag is None else usage_flag}\t"
             f"{status}\t{pricing_status}\t{(created_at - _EPOCH) // _MICROSECOND}\t{stamp}\t"
-            f"{_ABSENT if metadata is None else orjson.dumps(metadata).decode()}\n"
+            f"{_ABSENT if metadata is None else _json(metadata)}\n"
         )
     return "".join(lines).replace("\\", "\\\\").replace(_ABSENT, _NULL)
 
@@ -398,7 +429,7 @@ def insert_rows(rows: list[EventRow]) -> Written:
             table.c[name]
             for name in ("api_key_hash", "created_at", "provider", "model", "task_type")
         ),
-        *(table.c[name] for name in ("status", "pricing_status", "execution_time")),
+        *(table.c[name] for name in ("status", "pricing_status", "usage_flag", "execution_time")),
         *(table.c[name] for name in ROLLUP_SUMS),
     )
     inserted = db.session.execute(stmt, [row._asdict() for row in rows]).all()
@@ -457,6 +488,7 @@ def _rollup(
         bucket = totals[key_of(row)]
         bucket["events"] += 1
         bucket["unpriced_events"] += row.pricing_status == UNPRICED
+        bucket["flagged_events"] += row.usage_flag is not None
         for name in ROLLUP_SUMS:
             bucket[name] += getattr(row, name) or 0
         if timed:

@@ -4,14 +4,24 @@ Installed on the API it meters (``UsageMeter(app)``), it reads the usage from
 each response, hashes the caller's key, and hands the event to the outbox. It
 adds no database work and no network round trip to the request, and it never
 fails the request: a metering error is logged and the response goes out.
+
+The usage is taken as the provider sent it (its response, or a body holding the
+provider's ``usage`` object beside ``provider`` and ``model``) and read at the
+worker by the price source's extractors, or flat in our own field names
+(``tokens_input``, …). A streamed response (``text/event-stream``) is passed
+through untouched and metered when it ends (``app/ingest/streams.py``). What the
+response does not say (the provider of a raw provider response or a stream, the
+task) the view declares with ``describe_call``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from flask import Flask, Request, Response, current_app, g, request
@@ -20,24 +30,45 @@ from app.ingest import wire
 from app.ingest.batch_store import batch_store
 from app.ingest.ledger import recorded_batches
 from app.ingest.outbox import Outbox
-from app.observability.metrics import EVENTS_ACCEPTED
+from app.ingest.provider_usage import response_keys
+from app.ingest.streams import MeteredStream, StreamUsage
+from app.models.types import finite_json
+from app.observability.metrics import EVENTS_ACCEPTED, STREAMS_FLAGGED
+from app.pricing.dimensions import COLUMNS
 from app.security import hash_api_key
 
 log = logging.getLogger("usage_billing.metering")
 
 METERED_PREFIX = "/v1/execute"
 RECORD_TASK = "ingest.record_events"
-# Token counts as providers name them: ours, Anthropic's and OpenAI's.
-_INPUT_KEYS = ("tokens_input", "input_tokens", "prompt_tokens")
-_OUTPUT_KEYS = ("tokens_output", "output_tokens", "completion_tokens")
-_CACHE_KEYS = ("tokens_cache_read", "cache_read_input_tokens", "cached_tokens")
+# A body's usage in our own flat names (app/ingest/validation.py), taken as it is.
+_FLAT = frozenset({*COLUMNS, "tokens_input_uncached", "usage_extra"})
+_STREAM = "text/event-stream"
 
 
-def _first(source: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        if key in source:
-            return source[key]
-    return None
+@dataclass(frozen=True)
+class MeteredCall:
+    """What a metered view says of its call, for what the response does not say."""
+
+    provider: str | None = None
+    model: str | None = None
+    api_flavor: str | None = None
+    execution_id: str | None = None
+    task_type: str | None = None
+
+
+def describe_call(
+    *,
+    provider: str | None = None,
+    model: str | None = None,
+    api_flavor: str | None = None,
+    execution_id: str | None = None,
+    task_type: str | None = None,
+) -> None:
+    """Tell the meter about this request's call: needed for a stream or a provider's
+    raw response, which carry no ``provider`` of ours; any value given wins over the
+    body's."""
+    g.metered_call = MeteredCall(provider, model, api_flavor, execution_id, task_type)
 
 
 def api_key_of(req: Request) -> str | None:
@@ -45,41 +76,88 @@ def api_key_of(req: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def _number(value: Any) -> Any:
-    """A number from the response as it must reach the worker. orjson writes NaN and
-    Infinity as null (app/ingest/wire.py), which would turn a bad cache-token count into 0
-    and a bad execution time into none: as text, the worker parks the event naming
-    the field."""
-    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
+def _described(body: dict[str, Any]) -> MeteredCall:
+    """The view's declaration, completed by the body's own fields."""
+    said = g.get("metered_call") or MeteredCall()
+    return MeteredCall(
+        said.provider or body.get("provider"),
+        said.model or body.get("model"),
+        said.api_flavor or body.get("api_flavor"),
+        said.execution_id or body.get("execution_id"),
+        said.task_type or body.get("task_type"),
+    )
+
+
+def _event(req: Request, call: MeteredCall, now: datetime, status: str) -> dict[str, Any]:
+    api_key = api_key_of(req)
+    assert api_key is not None
+    execution_id = call.execution_id
+    event = {
+        "event_id": f"exec-{execution_id}" if execution_id else f"evt-{uuid.uuid4().hex}",
+        "api_key_hash": hash_api_key(api_key),
+        "provider": call.provider,
+        "timestamp": now.isoformat(),
+        "execution_id": execution_id,
+        "task_type": call.task_type,
+        "status": status,
+        "metadata": {"path": req.path},
+    }
+    if call.model is not None:
+        event["model"] = call.model
+    if call.api_flavor is not None:
+        event["api_flavor"] = call.api_flavor
+    if "budget_call" in g:  # the worker releases the call's reservation by it
+        event["metadata"]["budget_call"] = g.budget_call
+    return event
+
+
+@lru_cache(maxsize=256)
+def _usage_keys(provider: str | None) -> tuple[str, ...]:
+    return response_keys(provider or "")
 
 
 def event_from_response(req: Request, resp: Response, now: datetime) -> dict[str, Any] | None:
-    """The usage event of one metered response, or None when it used no metered tokens."""
-    api_key = api_key_of(req)
+    """The usage event of one metered JSON response, or None when it reports no usage."""
     body = resp.get_json(silent=True) if resp.is_json else None
-    if api_key is None or not isinstance(body, dict):
+    if api_key_of(req) is None or not isinstance(body, dict):
         return None
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else body
-    tokens_input, tokens_output = _first(usage, _INPUT_KEYS), _first(usage, _OUTPUT_KEYS)
-    if tokens_input is None and tokens_output is None:
-        return None
-    execution_id = body.get("execution_id")
-    event_id = f"exec-{execution_id}" if execution_id else f"evt-{uuid.uuid4().hex}"
-    return {
-        "event_id": event_id,
-        "api_key_hash": hash_api_key(api_key),
-        "provider": body.get("provider"),
-        "model": body.get("model"),
-        "tokens_input": _number(tokens_input or 0),
-        "tokens_output": _number(tokens_output or 0),
-        "tokens_cache_read": _number(_first(usage, _CACHE_KEYS) or 0),
-        "timestamp": now.isoformat(),
-        "execution_id": execution_id,
-        "task_type": body.get("task_type"),
-        "status": body.get("status") or ("success" if resp.status_code < 400 else "error"),
-        "execution_time": _number(body.get("execution_time")),
-        "metadata": {"http_status": resp.status_code, "path": req.path},
-    }
+    usage = body.get("usage")
+    call = _described(body)
+    event = _event(req, call, now, body.get("status") or _status(resp))
+    event["metadata"]["http_status"] = resp.status_code
+    event["execution_time"] = finite_json(body.get("execution_time"))
+    if isinstance(usage, dict) and _FLAT.intersection(usage):
+        event.update({k: finite_json(v) for k, v in usage.items() if k in _FLAT})
+        return event
+    provider_usage = {k: finite_json(body[k]) for k in _usage_keys(call.provider) if k in body}
+    if not any(isinstance(value, dict) for value in provider_usage.values()):
+        return None  # no usage at all: a call that used nothing billable
+    event["provider_usage"] = provider_usage
+    return event
+
+
+def _status(resp: Response) -> str:
+    return "success" if resp.status_code < 400 else "error"
+
+
+def stream_event(base: dict[str, Any], usage: StreamUsage, seconds: float) -> dict[str, Any]:
+    """The event of a stream that ended: its usage as the stream carried it, or none,
+    flagged (``usage_flag``) whenever it may fall short of what the provider billed."""
+    event = dict(base)
+    event.setdefault("execution_time", round(seconds, 3))
+    if usage.provider_usage is not None:
+        event["provider_usage"] = finite_json(usage.provider_usage)
+        event.setdefault("api_flavor", usage.api_flavor)
+        if usage.model and "model" not in event:
+            event["model"] = usage.model
+    else:
+        event.pop("api_flavor", None)
+        event.update(tokens_input=0, tokens_output=0)
+        event.setdefault("model", "unknown")
+    if not usage.complete:
+        event["usage_flag"] = "stream_without_usage" if usage.ended else "stream_cut_off"
+        STREAMS_FLAGGED.labels(event["usage_flag"]).inc()
+    return event
 
 
 def outbox_for(app: Flask) -> Outbox:
@@ -144,15 +222,33 @@ class UsageMeter:
         if not request.path.startswith(METERED_PREFIX):
             return resp
         try:
+            outbox = outbox_for(current_app._get_current_object())  # type: ignore[attr-defined]
+            if resp.mimetype == _STREAM and resp.is_streamed and api_key_of(request):
+                return _metered_stream(resp, outbox)
             event = event_from_response(request, resp, datetime.now(UTC))
             if event is None:
                 if "release_unmetered" in g:  # what admission held for a call now unbilled
                     g.release_unmetered()
             else:
-                if "budget_call" in g:  # the worker releases the call's reservation by it
-                    event["metadata"]["budget_call"] = g.budget_call
-                outbox_for(current_app._get_current_object()).append([event])  # type: ignore[attr-defined]
+                outbox.append([event])
                 EVENTS_ACCEPTED.labels("middleware").inc()
         except Exception:
             log.exception("metering failed; the request is served regardless")
         return resp
+
+
+def _metered_stream(resp: Response, outbox: Outbox) -> Response:
+    """Wrap the stream's body; its event goes to the outbox when the server closes it."""
+    base = _event(request, _described({}), datetime.now(UTC), _status(resp))
+    base["metadata"]["http_status"] = resp.status_code
+    started = time.monotonic()
+
+    def on_end(usage: StreamUsage) -> None:
+        try:
+            outbox.append([stream_event(base, usage, time.monotonic() - started)])
+            EVENTS_ACCEPTED.labels("middleware").inc()
+        except Exception:
+            log.exception("metering a stream failed; the stream was served regardless")
+
+    resp.response = MeteredStream(resp.response, on_end)
+    return resp

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.extensions import db
 from app.ingest.latency import LATENCY_COLUMNS
 from app.models.types import AnyJSON, Money, UTCDateTime, utcnow
+from app.pricing.dimensions import PART_COLUMNS
 
 PRICED = "priced"
 UNPRICED = "unpriced"
@@ -51,7 +52,16 @@ class UsageEvent(db.Model):
     tokens_input: Mapped[int] = mapped_column(BigInteger)
     tokens_output: Mapped[int] = mapped_column(BigInteger)
     tokens_cache_read: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The other parts of tokens_input and tokens_output (app/pricing/dimensions.py).
+    tokens_cache_write: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    tokens_input_audio: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    tokens_cache_audio_read: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    tokens_output_audio: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    tokens_output_reasoning: Mapped[int] = mapped_column(BigInteger, server_default="0")
     tokens_total: Mapped[int] = mapped_column(BigInteger)
+    # Any other usage key of the price source the call reported (web searches, 1-hour
+    # cache writes, image tokens, …): charged, kept here, not broken out in the rollups.
+    usage_extra: Mapped[dict[str, int] | None] = mapped_column(JSON)
     provider: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(128))
     model_cost_input: Mapped[Decimal | None] = mapped_column(Money)
@@ -60,7 +70,13 @@ class UsageEvent(db.Model):
     cost_input: Mapped[Decimal | None] = mapped_column(Money)
     cost_output: Mapped[Decimal | None] = mapped_column(Money)
     cost_total: Mapped[Decimal | None] = mapped_column(Money)
+    # What each priced unit was charged ({usage key: [units, rate, amount]}), when the
+    # three rates above do not tell it alone (a cache write, audio, a fee per request).
+    charges: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     execution_time: Mapped[Decimal | None] = mapped_column(Numeric(12, 3))
+    # Why the usage may fall short of what the provider billed: a stream cut off by
+    # the client before its usage, or one that ended without any. Operators see these.
+    usage_flag: Mapped[str | None] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(32))
     pricing_status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -116,9 +132,16 @@ class UsageDaily(db.Model):
     model: Mapped[str] = mapped_column(String(128), primary_key=True)
     events: Mapped[int] = mapped_column(BigInteger)
     unpriced_events: Mapped[int] = mapped_column(BigInteger)
+    # Events whose usage may fall short (usage_events.usage_flag): what operators chase.
+    flagged_events: Mapped[int] = mapped_column(BigInteger, server_default="0")
     tokens_input: Mapped[int] = mapped_column(BigInteger)
     tokens_output: Mapped[int] = mapped_column(BigInteger)
     tokens_cache_read: Mapped[int] = mapped_column(BigInteger)
+    tokens_cache_write: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    tokens_input_audio: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    tokens_cache_audio_read: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    tokens_output_audio: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    tokens_output_reasoning: Mapped[int] = mapped_column(BigInteger, server_default="0")
     tokens_total: Mapped[int] = mapped_column(BigInteger)
     cost_total: Mapped[Decimal] = mapped_column(Money)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -132,6 +155,13 @@ class UsageDaily(db.Model):
             "day",
             postgresql_where=text("unpriced_events > 0"),
             sqlite_where=text("unpriced_events > 0"),
+        ),
+        # Only the rows with flagged events, likewise (migration 0012).
+        Index(
+            "ix_usage_daily_flagged",
+            "day",
+            postgresql_where=text("flagged_events > 0"),
+            sqlite_where=text("flagged_events > 0"),
         ),
         {"postgresql_with": {"fillfactor": 70}},
     )
@@ -163,9 +193,14 @@ class UsageHourly(db.Model):
         Column("status", String(32), primary_key=True),
         Column("events", BigInteger, nullable=False),
         Column("unpriced_events", BigInteger, nullable=False),
+        Column("flagged_events", BigInteger, nullable=False, server_default="0"),
         Column("tokens_input", BigInteger, nullable=False),
         Column("tokens_output", BigInteger, nullable=False),
         Column("tokens_cache_read", BigInteger, nullable=False),
+        *(
+            Column(name, BigInteger, nullable=False, server_default="0")
+            for name in PART_COLUMNS[1:]
+        ),
         Column("tokens_total", BigInteger, nullable=False),
         Column("cost_total", Money, nullable=False),
         Column("timed_events", BigInteger, nullable=False),

@@ -39,6 +39,7 @@ from app.observability.metrics import (
     INGEST_LAG,
 )
 from app.pricing.book import PriceBook, price_book
+from app.pricing.cost import lines_json
 from app.progress import Progress, unwatched
 
 log = logging.getLogger("usage_billing.ingest")
@@ -54,33 +55,29 @@ class RecordResult:
 
 
 def _row(event: EventIn, book: PriceBook, received_at: datetime) -> EventRow:
-    cost = book.cost(
-        event.provider,
-        event.model,
-        event.created_at,
-        event.tokens_input,
-        event.tokens_output,
-        event.tokens_cache_read,
-    )
+    cost = book.cost(event.provider, event.model, event.created_at, event.counts())
     if cost is None:
         prices = costs = (None, None, None)
+        charges = None
     else:
         prices = (cost.input_rate, cost.output_rate, cost.cache_read_rate)
         costs = (cost.input, cost.output, cost.total)
+        charges = None if cost.lines is None else lines_json(cost.lines)
     return EventRow(
         event.event_id,
         event.api_key_hash,
         event.execution_id,
         event.task_type,
-        event.tokens_input,
-        event.tokens_output,
-        event.tokens_cache_read,
+        *event[4:12],  # the usage, in the ledger's order of its dimensions
         event.tokens_input + event.tokens_output,
+        event.usage_extra,
         event.provider,
         event.model,
         *prices,
         *costs,
+        charges,
         event.execution_time,
+        event.usage_flag,
         event.status,
         UNPRICED if cost is None else PRICED,
         event.created_at,
@@ -141,6 +138,8 @@ def record_events(
             rows.append(_row(event, book, now))
         except ArithmeticError as exc:  # a cost no column can hold: this event's own fault
             parked.append((raw, _failure(event.event_id, exc)))
+        except ValueError as exc:  # usage the model's prices cannot take apart (the source's)
+            parked.append((raw, _failure(event.event_id, exc, field="usage")))
     written, failed = _insert(rows)
     parked.extend((valid[event_id][1], _failure(event_id, exc)) for event_id, exc in failed.items())
     for raw, rejected in parked:
@@ -168,7 +167,8 @@ def _count(result: RecordResult, rows: list[EventRow], failed: dict[str, Excepti
     BATCHES_RECORDED.inc()
     EVENTS_RECORDED.inc(result.inserted)
     EVENTS_UNPRICED.inc(result.unpriced)
-    EVENTS_PARKED.inc(len(result.rejected))
+    for rejected in result.rejected:
+        EVENTS_PARKED.labels(rejected["field"] or "event").inc()
     committed = utcnow()
     for row in rows:
         if row.event_id not in failed:
@@ -216,8 +216,8 @@ def _raise_unless_refused(exc: StatementError) -> None:
         raise exc
 
 
-def _failure(event_id: str, exc: Exception) -> dict[str, Any]:
-    return {"event_id": event_id, "field": None, "reason": f"{type(exc).__name__}: {exc}"[:500]}
+def _failure(event_id: str, exc: Exception, field: str | None = None) -> dict[str, Any]:
+    return {"event_id": event_id, "field": field, "reason": f"{type(exc).__name__}: {exc}"[:500]}
 
 
 def _check_stored(batch_id: str | None, event_ids: list[str]) -> None:

@@ -13,10 +13,11 @@ metadata) run after pydantic's, in ``validate_event``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, NamedTuple, NotRequired
+from typing import Annotated, Any, Literal, NamedTuple, NotRequired
 
 from pydantic import (
     BaseModel,
@@ -32,11 +33,16 @@ from typing_extensions import TypedDict
 
 from app.config import Settings
 from app.errors import ValidationError
+from app.ingest.provider_usage import UsageShapeError, extract
+from app.models.types import NON_FINITE
+from app.pricing.dimensions import COLUMN_OF, DIMENSIONS, PART_COLUMNS, check_parts, usage_keys
 from app.shapes import parse, trimmed
 
 MAX_TOKENS = 10**9  # far above any context window; rejects counter overflows
 EVENT_SCHEMA = "UsageEvent"  # the name /openapi.json gives an event's shape
 _MAX_METADATA_DEPTH = 5
+_MAX_RESPONSE_DEPTH = 16  # a whole provider response: output, content, annotations, …
+USAGE_KEYS = tuple(d.usage_key for d in DIMENSIONS)  # in EventIn's order of its counts
 
 
 @dataclass(frozen=True)
@@ -72,32 +78,37 @@ def _seconds(value: Any) -> Decimal | None:
     return seconds.quantize(Decimal("0.001"))
 
 
-def _check_nesting(value: Any) -> None:
-    """Refuse metadata nested past ``_MAX_METADATA_DEPTH``, or with an integer past 64 bits.
+def _check_json(value: Any, field: str, max_depth: int, counts: bool = False) -> None:
+    """Refuse JSON nested past ``max_depth``, or with an integer past 64 bits; with
+    ``counts`` (a provider's usage), any NaN or Infinity too.
 
     Walked with a stack, not recursion, and stopped at the first level too deep:
     a body nested a thousand levels is a 400, never a ``RecursionError``. Events
     travel to the worker as orjson (app/ingest/wire.py), which reads an integer past 64
-    bits back as a float: it would not be stored as sent.
+    bits back as a float: it would not be stored as sent. A non-finite count
+    travels as text (``finite_json``), which the price source's extractors would
+    skip as if absent: a NaN cached-token count must not become 0.
     """
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, level = stack.pop()
         if isinstance(item, dict | list):
-            if level > _MAX_METADATA_DEPTH:
-                raise ValidationError(
-                    f"metadata nests deeper than {_MAX_METADATA_DEPTH} levels", field="metadata"
-                )
+            if level > max_depth:
+                raise ValidationError(f"{field} nests deeper than {max_depth} levels", field=field)
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, level + 1) for child in children)
         elif isinstance(item, int) and not -(2**63) <= item < 2**64:
-            raise ValidationError("metadata numbers must fit in 64 bits", field="metadata")
+            raise ValidationError(f"{field} numbers must fit in 64 bits", field=field)
+        elif counts and (
+            (isinstance(item, float) and not math.isfinite(item)) or item in NON_FINITE
+        ):
+            raise ValidationError(f"{field} holds a count that is NaN or Infinity", field=field)
 
 
 def _metadata(value: dict[str, Any] | None, limits: EventLimits) -> dict[str, Any] | None:
     if value is None:
         return None
-    _check_nesting(value)
+    _check_json(value, "metadata", _MAX_METADATA_DEPTH)
     try:  # NaN and Infinity parse in Python but PostgreSQL's json refuses them
         size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"))
     except ValueError as exc:
@@ -130,12 +141,19 @@ def _instant(value: str, field: str, now: datetime, limits: EventLimits) -> date
 
 
 # -- One usage event ---------------------------------------------------------------------
+Part = NotRequired[Annotated[Tokens | None, Field(description="a part of the count it names")]]
+UsageFlag = Literal["stream_cut_off", "stream_without_usage"]
+
+
 class EventShape(TypedDict):
     """One metered call: its fields, types and bounds, checked by pydantic's compiled core.
 
-    What JSON Schema cannot say is checked after it, in ``validate_event``: text
-    is printable, cached tokens are part of the input, the time is within the
-    accepted window, the metadata is small, shallow and plain JSON.
+    The usage is given flat (``tokens_input`` … in the price source's
+    convention, or ``tokens_input_uncached`` in Anthropic's) or as the
+    provider sent it (``provider_usage``). What JSON Schema cannot say is
+    checked after it, in ``validate_event``: one usage, its parts within their
+    wholes, printable text, a time within the accepted window, small and
+    shallow plain-JSON metadata.
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid", title=EVENT_SCHEMA)  # type: ignore[misc]
@@ -149,11 +167,53 @@ class EventShape(TypedDict):
         Field(description="the lower-case SHA-256 hex of the API key, never the key"),
     ]
     provider: trimmed(64)
-    model: trimmed(128)
-    tokens_input: Tokens
-    tokens_output: Tokens
-    tokens_cache_read: NotRequired[
-        Annotated[Tokens | None, Field(description="cached input tokens, at most tokens_input")]
+    model: NotRequired[
+        Annotated[trimmed(128), Field(description="required unless provider_usage names it")]
+    ]
+    tokens_input: NotRequired[
+        Annotated[
+            Tokens,
+            Field(description="every input token, cache reads and writes and audio included"),
+        ]
+    ]
+    tokens_input_uncached: NotRequired[
+        Annotated[
+            Tokens,
+            Field(
+                description="instead of tokens_input: the input tokens neither read from nor"
+                " written to the cache (Anthropic's input_tokens)"
+            ),
+        ]
+    ]
+    tokens_output: NotRequired[
+        Annotated[Tokens, Field(description="every output token, reasoning and audio included")]
+    ]
+    tokens_cache_read: Part
+    tokens_cache_write: Part
+    tokens_input_audio: Part
+    tokens_cache_audio_read: Part
+    tokens_output_audio: Part
+    tokens_output_reasoning: Part
+    usage_extra: NotRequired[
+        Annotated[
+            dict[str, Tokens] | None,
+            Field(description="any other usage key of genai-prices (web_searches, …)"),
+        ]
+    ]
+    provider_usage: NotRequired[
+        Annotated[
+            dict[str, Any] | None,
+            Field(description="instead of the token counts: the provider's response or usage"),
+        ]
+    ]
+    api_flavor: NotRequired[
+        Annotated[
+            trimmed(32) | None,
+            Field(description="the provider's API provider_usage comes from (chat, responses…)"),
+        ]
+    ]
+    usage_flag: NotRequired[
+        Annotated[UsageFlag | None, Field(description="why the usage may be short (streams)")]
     ]
     timestamp: NotRequired[
         Annotated[
@@ -175,11 +235,19 @@ class EventShape(TypedDict):
 
 EVENT_SHAPE = TypeAdapter(EventShape)
 _TEXT_FIELDS = ("provider", "model", "execution_id", "task_type", "status")
+_FLAT_USAGE = (
+    "tokens_input",
+    "tokens_input_uncached",
+    "tokens_output",
+    *PART_COLUMNS,
+    "usage_extra",
+)
 
 
 class EventIn(NamedTuple):
     """A valid event. A tuple, not a model instance: built twice per event (API and
-    worker) and read by position on the worker's hot path."""
+    worker) and read by position on the worker's hot path. Its usage is in the price
+    source's convention, whatever form it came in."""
 
     event_id: str
     api_key_hash: str
@@ -188,6 +256,13 @@ class EventIn(NamedTuple):
     tokens_input: int
     tokens_output: int
     tokens_cache_read: int
+    tokens_cache_write: int
+    tokens_input_audio: int
+    tokens_cache_audio_read: int
+    tokens_output_audio: int
+    tokens_output_reasoning: int
+    usage_extra: dict[str, int] | None
+    usage_flag: str | None
     created_at: datetime
     timestamp: str  # created_at as the ISO text it came in (formatting it again cost more)
     execution_id: str | None
@@ -196,16 +271,23 @@ class EventIn(NamedTuple):
     execution_time: Decimal | None
     metadata: dict[str, Any] | None
 
+    def counts(self) -> dict[str, int]:
+        """The usage by the price source's usage keys, every dimension's stated (0 too)."""
+        counts = dict(zip(USAGE_KEYS, self[4:12], strict=True))
+        if self.usage_extra:
+            counts.update(self.usage_extra)
+        return counts
+
     def to_message(self) -> dict[str, Any]:
-        """The JSON-safe form a Celery message carries."""
-        return {
+        """The JSON-safe form a Celery message carries: the usage flat, parts only when
+        there are any."""
+        message = {
             "event_id": self.event_id,
             "api_key_hash": self.api_key_hash,
             "provider": self.provider,
             "model": self.model,
             "tokens_input": self.tokens_input,
             "tokens_output": self.tokens_output,
-            "tokens_cache_read": self.tokens_cache_read,
             "timestamp": self.timestamp,
             "execution_id": self.execution_id,
             "task_type": self.task_type,
@@ -213,6 +295,13 @@ class EventIn(NamedTuple):
             "execution_time": None if self.execution_time is None else str(self.execution_time),
             "metadata": self.metadata,
         }
+        for name, value in zip(PART_COLUMNS, self[6:12], strict=True):
+            if value:
+                message[name] = value
+        for name in ("usage_extra", "usage_flag"):
+            if getattr(self, name) is not None:
+                message[name] = getattr(self, name)
+        return message
 
 
 def _when(event: dict[str, Any], now: datetime, limits: EventLimits) -> tuple[datetime, str]:
@@ -230,6 +319,75 @@ def _when(event: dict[str, Any], now: datetime, limits: EventLimits) -> tuple[da
     return now, now.isoformat()
 
 
+_ZERO_PARTS = (0,) * len(PART_COLUMNS)
+
+
+def _flat_usage(event: dict[str, Any]) -> tuple[tuple[int, ...], dict[str, int] | None]:
+    """(tokens_input, tokens_output, the parts…) and the other usage, of a flat event."""
+    get = event.get
+    if "tokens_output" not in event:
+        raise ValidationError("tokens_output is required", field="tokens_output")
+    parts = tuple(get(name) or 0 for name in PART_COLUMNS)
+    uncached = get("tokens_input_uncached")
+    if uncached is not None:
+        if "tokens_input" in event:
+            raise ValidationError(
+                "give tokens_input (all input tokens) or tokens_input_uncached, not both",
+                field="tokens_input_uncached",
+            )
+        tokens_input = uncached + parts[0] + parts[1]  # + cache reads + cache writes
+        if tokens_input > MAX_TOKENS:
+            raise ValidationError(
+                f"the input tokens add up to more than {MAX_TOKENS}", field="tokens_input_uncached"
+            )
+    elif "tokens_input" in event:
+        tokens_input = event["tokens_input"]
+    else:
+        raise ValidationError("tokens_input is required", field="tokens_input")
+    extra = get("usage_extra") or None
+    if extra is not None:
+        for key in extra:
+            if key not in usage_keys() or key in COLUMN_OF:
+                raise ValidationError(
+                    f"usage_extra: {key!r} is not a usage key of its own (see docs/api.md)",
+                    field="usage_extra",
+                )
+    usage = (tokens_input, event["tokens_output"], *parts)
+    if extra is not None or parts != _ZERO_PARTS:
+        check_parts(dict(zip(USAGE_KEYS, usage, strict=True)) | (extra or {}))
+    return usage, extra
+
+
+def _provider_usage(event: dict[str, Any]) -> tuple[tuple[int, ...], dict[str, int] | None, str]:
+    """The usage of a provider's own response, and the model it names."""
+    mixed = next((name for name in _FLAT_USAGE if name in event), None)
+    if mixed is not None:
+        raise ValidationError(
+            f"give the usage once: provider_usage or the token counts, not {mixed} too",
+            field=mixed,
+        )
+    _check_json(event["provider_usage"], "provider_usage", _MAX_RESPONSE_DEPTH, counts=True)
+    try:
+        found = extract(event["provider"], event["provider_usage"], event.get("api_flavor"))
+    except UsageShapeError as exc:
+        raise ValidationError(str(exc), field="provider_usage") from None
+    extra = {}
+    for key, value in found.counts.items():
+        if not isinstance(value, int) or not value <= MAX_TOKENS:
+            raise ValidationError(
+                f"provider_usage: {key} must be a whole number up to {MAX_TOKENS}",
+                field="provider_usage",
+            )
+        if key not in COLUMN_OF:
+            extra[key] = value
+    columns = [found.counts.get(key, 0) for key in USAGE_KEYS]
+    check_parts(found.counts)
+    model = event.get("model") or found.model
+    if not model:
+        raise ValidationError("model: the provider's response names no model", field="model")
+    return tuple(columns), extra or None, model
+
+
 def validate_event(raw: Any, now: datetime, limits: EventLimits) -> EventIn:
     """One event, or a ``ValidationError`` naming its first field at fault."""
     event = parse(EVENT_SHAPE, raw, whole="event")
@@ -238,21 +396,22 @@ def validate_event(raw: Any, now: datetime, limits: EventLimits) -> EventIn:
         value = get(name)
         if value is not None and not value.isprintable():
             raise ValidationError(f"{name} must be printable characters", field=name)
-    tokens_input = event["tokens_input"]
-    tokens_cache_read = get("tokens_cache_read") or 0
-    if tokens_cache_read > tokens_input:
-        raise ValidationError(
-            "tokens_cache_read cannot exceed tokens_input", field="tokens_cache_read"
-        )
+    if get("provider_usage") is not None:
+        usage, extra, model = _provider_usage(event)
+    else:
+        if "model" not in event:
+            raise ValidationError("model is required", field="model")
+        usage, extra = _flat_usage(event)
+        model = event["model"]
     created_at, timestamp = _when(event, now, limits)
     return EventIn(
         event["event_id"],
         event["api_key_hash"],
         event["provider"],
-        event["model"],
-        tokens_input,
-        event["tokens_output"],
-        tokens_cache_read,
+        model,
+        *usage,
+        extra,
+        get("usage_flag"),
         created_at,
         timestamp,
         get("execution_id"),

@@ -82,13 +82,18 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _finite(value: Any) -> Any:
+NON_FINITE = frozenset({"nan", "inf", "-inf"})  # how finite_json writes NaN and ±Infinity
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with NaN and ±Infinity as the strings "nan", "inf", "-inf": JSON
+    (PostgreSQL's, orjson's) has no such numbers, and orjson would write null."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: finite_json(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_finite(item) for item in value]
+        return [finite_json(item) for item in value]
     return value
 
 
@@ -105,4 +110,4 @@ class AnyJSON(TypeDecorator[Any]):
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
-        return _finite(value)
+        return finite_json(value)

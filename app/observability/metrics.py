@@ -19,7 +19,14 @@ EVENTS_DUPLICATE = Counter("ub_events_duplicate", "Events the API found already 
 BATCHES_RECORDED = Counter("ub_batches_recorded", "Batches a worker committed")
 EVENTS_RECORDED = Counter("ub_events_recorded", "Events a worker stored (new rows)")
 EVENTS_UNPRICED = Counter("ub_events_unpriced", "Events stored without a price for their model")
-EVENTS_PARKED = Counter("ub_events_parked", "Events a worker parked in rejected_events")
+EVENTS_PARKED = Counter(
+    "ub_events_parked",
+    "Events a worker parked in rejected_events, by the field at fault",
+    ["field"],
+)  # field: provider_usage for a response no extractor reads; "event" when none is named
+STREAMS_FLAGGED = Counter(
+    "ub_streams_flagged", "Streamed calls recorded with usage that may fall short", ["flag"]
+)  # flag: stream_cut_off (the client went away first), stream_without_usage
 INGEST_LAG = Histogram(
     "ub_ingest_lag_seconds",
     "From an event's time to its row committed",

@@ -45,14 +45,51 @@ class Tier:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """One model's usage on one day, as ``usage_daily`` holds it."""
+
+    day: date
+    provider: str
+    model: str
+    tokens_input: int  # every input token (app/pricing/dimensions.py)
+    tokens_output: int  # every output token
+    tokens_cache_read: int
+    tokens_cache_write: int
+    cost: Decimal
+
+    @property
+    def tokens_total(self) -> int:
+        """What a tokens plan counts: every input and output token, whatever its kind."""
+        return self.tokens_input + self.tokens_output
+
+
+@dataclass(frozen=True)
 class Override:
-    """Our own per-token prices for a provider's model (every model when ``model`` is None)."""
+    """Our own per-token prices for a provider's model (every model when ``model`` is None).
+
+    Cache reads and cache writes are charged at their own prices where the override
+    names one, else as input; every other part of the input or output (audio,
+    reasoning) as input or output.
+    """
 
     provider: str
     model: str | None
     input: Decimal
     output: Decimal
     cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
+
+    def charge(self, usage: Usage) -> Decimal:
+        uncached = usage.tokens_input
+        amount = ZERO
+        for tokens, price in (
+            (usage.tokens_cache_read, self.cache_read),
+            (usage.tokens_cache_write, self.cache_write),
+        ):
+            if price is not None:
+                uncached -= tokens
+                amount += tokens * price
+        return amount + uncached * self.input + usage.tokens_output * self.output
 
 
 @dataclass(frozen=True)
@@ -80,23 +117,6 @@ class Terms:
             if tier.up_to is None or total <= tier.up_to:
                 return index, tier
         return len(tiers), tiers[-1]
-
-
-@dataclass(frozen=True)
-class Usage:
-    """One model's usage on one day, as ``usage_daily`` holds it."""
-
-    day: date
-    provider: str
-    model: str
-    tokens_input: int
-    tokens_output: int
-    tokens_cache_read: int
-    cost: Decimal
-
-    @property
-    def tokens_total(self) -> int:
-        return self.tokens_input + self.tokens_output
 
 
 @dataclass(frozen=True)
@@ -136,13 +156,7 @@ def units_of(terms: Terms, usage: Usage) -> Decimal:
         return Decimal(usage.tokens_total)
     for override in terms.overrides:
         if override.provider == usage.provider and override.model in (None, usage.model):
-            cache_price = override.input if override.cache_read is None else override.cache_read
-            uncached = usage.tokens_input - usage.tokens_cache_read
-            return (
-                uncached * override.input
-                + usage.tokens_cache_read * cache_price
-                + usage.tokens_output * override.output
-            )
+            return override.charge(usage)
     return usage.cost * (1 + terms.markup_percent / 100)
 
 

@@ -156,21 +156,14 @@ USAGE_SUMS = (
     cast(func.sum(UsageDaily.tokens_input), BigInteger),
     cast(func.sum(UsageDaily.tokens_output), BigInteger),
     cast(func.sum(UsageDaily.tokens_cache_read), BigInteger),
+    cast(func.sum(UsageDaily.tokens_cache_write), BigInteger),
     func.sum(UsageDaily.cost_total),
 )
 
 
 def usage_from(day: date, provider: str, model: str, *sums: Any) -> Usage:
-    tokens_input, tokens_output, tokens_cache_read, cost = sums
-    return Usage(
-        day,
-        provider,
-        model,
-        int(tokens_input),
-        int(tokens_output),
-        int(tokens_cache_read),
-        Decimal(cost),
-    )
+    *tokens, cost = sums
+    return Usage(day, provider, model, *(int(count) for count in tokens), Decimal(cost))
 
 
 def usage_of(customer_id: int, first: date, last: date) -> list[Usage]:

@@ -21,6 +21,7 @@ class OverrideIn(BaseModel):
     input_per_token: Amount
     output_per_token: Amount
     cache_read_per_token: Amount | None = None
+    cache_write_per_token: Amount | None = None
 
 
 class TierIn(BaseModel):
@@ -67,7 +68,12 @@ def terms_of(stored: dict[str, Any]) -> Terms:
         markup_percent=plan.markup_percent,
         overrides=tuple(
             Override(
-                o.provider, o.model, o.input_per_token, o.output_per_token, o.cache_read_per_token
+                o.provider,
+                o.model,
+                o.input_per_token,
+                o.output_per_token,
+                o.cache_read_per_token,
+                o.cache_write_per_token,
             )
             for o in plan.overrides
         ),

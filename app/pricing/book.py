@@ -35,7 +35,7 @@ from app.pricing.catalog import (
     canonical_model,
     parse_price_list,
 )
-from app.pricing.cost import Cost, PriceRules, TokenPrice, cost_of
+from app.pricing.cost import Cost, Counts, PriceRules, TokenPrice, cost_of
 
 log = logging.getLogger("usage_billing.pricing")
 
@@ -180,25 +180,21 @@ class PriceBook:
         index = bisect.bisect_right(starts, when) - 1
         return self._versions[key][index] if index >= 0 else None
 
-    def cost(
-        self,
-        provider: str,
-        model: str,
-        when: datetime,
-        tokens_input: int,
-        tokens_output: int,
-        tokens_cache_read: int,
-    ) -> Cost | None:
-        """What the call cost at ``when``; None when the model has no price then."""
+    def cost(self, provider: str, model: str, when: datetime, counts: Counts) -> Cost | None:
+        """What the call cost at ``when``; None when the model has no price then.
+
+        ``counts`` are the call's usage by the price source's usage keys
+        (``app/pricing/dimensions.py``).
+        """
         price = self.price_at(provider, model, when)
         if price is None:
             return None
         if price.rules is None:
-            return cost_of(tokens_input, tokens_output, tokens_cache_read, price)
+            return cost_of(counts, price)
         rules = self._rules.get(id(price))
         if rules is None:  # parsed once per price version, when first needed
             rules = self._rules[id(price)] = PriceRules.parse(price.rules)
-        return rules.cost(tokens_input, tokens_output, tokens_cache_read, when)
+        return rules.cost(counts, when)
 
 
 class _CachedBook:

@@ -1,46 +1,87 @@
 """What a call costs: Decimal arithmetic over a model's price rules, no database, no float.
 
 A price version is either flat (our own JSON source: USD per token for input,
-output and cache reads) or the price source's own rules (genai-prices): prices
-per million tokens that may change with the prompt's size (long-context tiers:
-above the threshold every token pays the tier's rate) and with the time of the
-call (dated changes, off-peak windows). An event is priced by the rules at its
-own timestamp, with exactly the source's arithmetic; the common shapes are
-computed here directly, anything else by the source's own ``calc_price``, and a
-test holds the two equal across the catalogue.
+output and cache reads) or the price source's own rules (genai-prices): a
+price for each unit it states (input, output, cache reads and writes, audio,
+requests, …), per million tokens or per thousand requests, which may change
+with the prompt's size (long-context tiers: above the threshold every token
+pays the tier's rate) and with the time of the call (dated changes, off-peak
+windows). An event is priced by the rules at its own timestamp, with exactly
+the source's arithmetic: each priced unit is charged for its own part of the
+usage (input less what is cached, cached less what is cached audio, …: the
+source's decomposition), a unit the model has no price for being charged with
+its parent. The common case, input, output and cache reads, is computed here
+directly; every other, by the source's own functions; a test holds both equal
+to ``calc_price`` across the catalogue.
 
-Cached-input tokens are a subset of the input tokens, charged at the
-cache-read price when the model has one and at the input price otherwise.
+A flat price charges cached tokens at its cache-read price (the input price
+without one), and every other part of the input or output (cache writes,
+audio, reasoning) at the input or output price.
 Costs are kept to ``MONEY_SCALE`` places (10⁻¹² USD), rounded half-even.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, NamedTuple
 
 from genai_prices import types as source
+from genai_prices.types import (  # the source's own steps of ModelPrice.calc_price
+    _collect_resolved_model_prices,
+    _compute_registry_priced_counts,
+    calc_unit_price,
+)
+from genai_prices.units import _get_registry
 
 from app.models.types import MONEY_SCALE
 
 PER_MILLION = Decimal(1_000_000)
 _QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
-# Our events carry input, output and cache-read tokens: any other price the source
-# states (cache writes, web searches, audio) charges usage they never have, except
-# a price per request, which the source's own arithmetic charges.
+# The usage one event can have that the direct arithmetic charges: anything else (a
+# cache write, audio, a price per request) goes through the source's functions.
+_DIRECT = frozenset({"input_tokens", "output_tokens", "cache_read_tokens"})
 _PER_REQUEST_KEY = "requests_kcount"
+
+Counts = Mapping[str, "int | Decimal"]  # usage key → count, as the source's Usage holds them
 
 
 def to_money(value: Decimal) -> Decimal:
     return value.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
+class Line(NamedTuple):
+    """One unit's charge: its part of the usage, the rate per unit, and the amount."""
+
+    units: int | Decimal
+    rate: Decimal
+    amount: Decimal
+
+
+Lines = dict[str, Line]  # by usage key, in the source's order
+
+
+def lines_json(lines: Lines) -> dict[str, list[Any]]:
+    """The lines as an event stores them: {usage key: [units, rate, amount]}, money as
+    decimal strings."""
+    return {
+        key: [
+            line.units if isinstance(line.units, int) else str(line.units),
+            format(line.rate, "f"),
+            format(line.amount, "f"),
+        ]
+        for key, line in lines.items()
+    }
+
+
 class Cost(NamedTuple):
     """What one event was charged: the per-token rates applied, and the amounts.
 
-    A tuple, not a frozen dataclass: made once per event.
+    ``lines`` is each priced unit's charge, when the three rates do not tell it
+    alone (a cache write, audio, a fee per request); None otherwise. A tuple,
+    not a frozen dataclass: made once per event.
     """
 
     input_rate: Decimal
@@ -49,6 +90,7 @@ class Cost(NamedTuple):
     input: Decimal
     output: Decimal
     total: Decimal
+    lines: Lines | None = None
 
 
 @dataclass(frozen=True)
@@ -76,41 +118,40 @@ class TokenPrice:
         )
 
 
-def cost_of(
-    tokens_input: int, tokens_output: int, tokens_cache_read: int, price: TokenPrice
-) -> Cost:
+def cost_of(counts: Counts, price: TokenPrice) -> Cost:
     """The cost of one call at a flat price (one without the source's rules)."""
-    uncached = tokens_input - tokens_cache_read
+    tokens_cache_read = counts.get("cache_read_tokens", 0)
+    uncached = counts.get("input_tokens", 0) - tokens_cache_read
     cache_price = price.input if price.cache_read is None else price.cache_read
     input_cost = uncached * price.input + tokens_cache_read * cache_price
-    output_cost = tokens_output * price.output
+    output_cost = counts.get("output_tokens", 0) * price.output
     return Cost(
         price.input,
         price.output,
         price.cache_read,
-        input_cost,
-        output_cost,
-        input_cost + output_cost,
+        Decimal(input_cost),
+        Decimal(output_cost),
+        Decimal(input_cost + output_cost),
     )
 
 
 # -- The source's rules -----------------------------------------------------------------
-Price = Decimal | source.TieredPrices  # USD per million tokens, maybe tiered by prompt size
-# One token price, compiled: (tier start, USD per token, that rate as an event stores
+Price = Decimal | source.TieredPrices  # USD per ``per`` units, maybe tiered by prompt size
+# One unit's price, compiled: (tier start, USD per unit, that rate as an event stores
 # it), highest start first, the base rate last with start -1. A prompt above a
-# tier's start pays that tier's rate on every token, as the source defines it.
+# tier's start pays that tier's rate on every unit, as the source defines it.
 Tiers = tuple[tuple[int, Decimal, Decimal], ...]
 
 
-def _tiers(price: Price) -> Tiers:
+def _tiers(price: Price, per: int | Decimal = PER_MILLION) -> Tiers:
     steps = [(-1, price.base if isinstance(price, source.TieredPrices) else price)]
     if isinstance(price, source.TieredPrices):
         steps += [(tier.start, tier.price) for tier in price.tiers]
-    per_token = [(start, rate / PER_MILLION) for start, rate in steps]  # exact: a shift
-    return tuple((start, rate, to_money(rate)) for start, rate in reversed(per_token))
+    per_unit = [(start, rate / per) for start, rate in steps]  # exact: a shift
+    return tuple((start, rate, to_money(rate)) for start, rate in reversed(per_unit))
 
 
-def _pick(tiers: Tiers, tokens_input: int) -> tuple[Decimal, Decimal]:
+def _pick(tiers: Tiers, tokens_input: int | Decimal) -> tuple[Decimal, Decimal]:
     for start, rate, shown in tiers:
         if tokens_input > start:
             return rate, shown
@@ -118,7 +159,7 @@ def _pick(tiers: Tiers, tokens_input: int) -> tuple[Decimal, Decimal]:
 
 
 class _Compiled(NamedTuple):
-    """A price variant charged here: input, output and cache-read tokens."""
+    """A price variant, compiled for the direct arithmetic: input, output, cache reads."""
 
     input: Tiers
     output: Tiers
@@ -129,7 +170,7 @@ class _Compiled(NamedTuple):
 def _compile(prices: source.ModelPrice) -> _Compiled | None:
     """The variant compiled, or None when it charges per request (the source prices it)."""
     stated = {k: v for k, v in prices.__dict__.items() if v is not None}
-    if _PER_REQUEST_KEY in stated:
+    if _PER_REQUEST_KEY in stated or not {"input_mtok", "output_mtok"} <= stated.keys():
         return None
     cache = stated.get("cache_read_mtok")
     compiled = (
@@ -139,6 +180,68 @@ def _compile(prices: source.ModelPrice) -> _Compiled | None:
     )
     exact = all(rate == shown for tiers in compiled if tiers for _, rate, shown in tiers)
     return _Compiled(*compiled, exact=exact)
+
+
+def _direct(compiled: _Compiled, counts: Counts) -> Cost:
+    tokens_input = counts.get("input_tokens", 0)
+    tokens_cache_read = counts.get("cache_read_tokens", 0)
+    input_rate, input_shown = _pick(compiled.input, tokens_input)
+    output_rate, output_shown = _pick(compiled.output, tokens_input)
+    if compiled.cache_read is None:
+        cache_shown = None
+        input_cost = tokens_input * input_rate
+    else:
+        cache_rate, cache_shown = _pick(compiled.cache_read, tokens_input)
+        input_cost = (tokens_input - tokens_cache_read) * input_rate
+        input_cost += tokens_cache_read * cache_rate
+    output_cost = counts.get("output_tokens", 0) * output_rate
+    total = input_cost + output_cost
+    if not compiled.exact:
+        input_cost, output_cost, total = (
+            to_money(input_cost),
+            to_money(output_cost),
+            to_money(total),
+        )
+    return Cost(input_shown, output_shown, cache_shown, input_cost, output_cost, total)
+
+
+def _by_source(prices: source.ModelPrice, counts: Counts) -> Cost:
+    """The source's own arithmetic (``ModelPrice.calc_price``, step by step), keeping
+    each unit's line: the decomposition into parts, then each part at its rate."""
+    registry = _get_registry()
+    resolved = _collect_resolved_model_prices(prices, registry)
+    usage = source.Usage(**counts)
+    parts = _compute_registry_priced_counts(resolved, usage)
+    tiered = any(isinstance(price, source.TieredPrices) for _, price in resolved)
+    total_input = usage.input_tokens if tiered else 0
+    lines: Lines = {}
+    input_cost = output_cost = total = Decimal(0)
+    for unit, price in resolved:
+        amount = calc_unit_price(price, parts[unit.usage_key], total_input, unit.per)
+        total += amount
+        direction = unit.dimensions.get("direction")
+        if direction == "input":
+            input_cost += amount
+        elif direction == "output":
+            output_cost += amount
+        if parts[unit.usage_key]:
+            rate = _pick(_tiers(price, unit.per), total_input)[1]
+            lines[unit.usage_key] = Line(parts[unit.usage_key], rate, to_money(amount))
+    rates = {unit.usage_key: price for unit, price in resolved}
+
+    def rate_of(key: str) -> Decimal | None:
+        price = rates.get(key)
+        return None if price is None else _pick(_tiers(price), total_input)[1]
+
+    return Cost(
+        rate_of("input_tokens") or Decimal(0),
+        rate_of("output_tokens") or Decimal(0),
+        rate_of("cache_read_tokens"),
+        to_money(input_cost),
+        to_money(output_cost),
+        to_money(total),
+        lines,
+    )
 
 
 @dataclass
@@ -170,52 +273,17 @@ class PriceRules:
         always = len(variants) == 1 and variants[0].constraint is None
         return cls(model, compiled, variants[0].prices if always else None)
 
-    def cost(
-        self, tokens_input: int, tokens_output: int, tokens_cache_read: int, when: datetime
-    ) -> Cost:
+    def cost(self, counts: Counts, when: datetime) -> Cost:
+        """What usage ``counts`` cost at ``when``; ``ValueError`` (from the source) when
+        they cannot be taken apart into the parts this model prices."""
         # The variant in force at the event's time.
         prices = self.fixed if self.fixed is not None else self.model.get_prices(when)
         compiled = self.compiled[id(prices)]
-        if compiled is None:
-            return _cost_by_source(prices, tokens_input, tokens_output, tokens_cache_read)
-        input_rate, input_shown = _pick(compiled.input, tokens_input)
-        output_rate, output_shown = _pick(compiled.output, tokens_input)
-        if compiled.cache_read is None:
-            cache_shown = None
-            input_cost = tokens_input * input_rate
-        else:
-            cache_rate, cache_shown = _pick(compiled.cache_read, tokens_input)
-            input_cost = (tokens_input - tokens_cache_read) * input_rate
-            input_cost += tokens_cache_read * cache_rate
-        output_cost = tokens_output * output_rate
-        total = input_cost + output_cost
-        if not compiled.exact:
-            input_cost, output_cost, total = (
-                to_money(input_cost),
-                to_money(output_cost),
-                to_money(total),
-            )
-        return Cost(input_shown, output_shown, cache_shown, input_cost, output_cost, total)
-
-
-def _cost_by_source(
-    prices: source.ModelPrice, tokens_input: int, tokens_output: int, tokens_cache_read: int
-) -> Cost:
-    """The source's own arithmetic, for what is not computed here."""
-    usage = source.Usage(
-        input_tokens=tokens_input, output_tokens=tokens_output, cache_read_tokens=tokens_cache_read
-    )
-    charged = prices.calc_price(usage)
-    stated = prices.__dict__
-    cache = stated.get("cache_read_mtok")
-    return Cost(
-        _pick(_tiers(stated["input_mtok"]), tokens_input)[1],
-        _pick(_tiers(stated["output_mtok"]), tokens_input)[1],
-        None if cache is None else _pick(_tiers(cache), tokens_input)[1],
-        to_money(charged["input_price"]),
-        to_money(charged["output_price"]),
-        to_money(charged["total_price"]),
-    )
+        if compiled is not None and all(
+            key in _DIRECT or not value for key, value in counts.items()
+        ):
+            return _direct(compiled, counts)
+        return _by_source(prices, counts)
 
 
 # -- Stored form of the rules (JSON in model_prices.rules) ------------------------------

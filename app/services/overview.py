@@ -1,5 +1,6 @@
 """What an operator checks at a glance (``/admin``): the scheduled jobs and reports that
-need manual billing (``job_status``), unpriced models, parked events, the top
+need manual billing (``job_status``), unpriced models, usage flagged as possibly short
+(streams cut off), parked events, the top
 customers of the month, and how far ingest lags.
 
 Each figure is one indexed read, so the page stays fast at any history, but for the
@@ -40,20 +41,20 @@ SNAPSHOT_TTL_SECONDS = int(3 * OVERVIEW_EVERY_SECONDS)
 log = logging.getLogger("usage_billing.overview")
 
 
-def unpriced_models(today: date) -> list[dict[str, Any]]:
-    """Models with unpriced events in the last ``UNPRICED_DAYS`` days (a partial index
-    holds only such rollup rows)."""
+def _models_with(column: Any, today: date) -> list[dict[str, Any]]:
+    """Models whose rollup rows of the last ``UNPRICED_DAYS`` days count events of
+    ``column`` (a partial index holds only such rows)."""
     since = today - timedelta(days=UNPRICED_DAYS)
     rows = db.session.execute(
         select(
             UsageDaily.provider,
             UsageDaily.model,
-            func.sum(UsageDaily.unpriced_events).label("events"),
+            func.sum(column).label("events"),
             func.max(UsageDaily.day).label("last_day"),
         )
-        .where(UsageDaily.unpriced_events > 0, UsageDaily.day >= since)
+        .where(column > 0, UsageDaily.day >= since)
         .group_by(UsageDaily.provider, UsageDaily.model)
-        .order_by(func.sum(UsageDaily.unpriced_events).desc())
+        .order_by(func.sum(column).desc())
         .limit(50)
     )
     return [
@@ -65,6 +66,17 @@ def unpriced_models(today: date) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def unpriced_models(today: date) -> list[dict[str, Any]]:
+    """Models with unpriced events: a price the catalogue lacks."""
+    return _models_with(UsageDaily.unpriced_events, today)
+
+
+def flagged_usage(today: date) -> list[dict[str, Any]]:
+    """Models with events whose usage may fall short of what the provider billed (a
+    stream cut off before its usage, or one that carried none)."""
+    return _models_with(UsageDaily.flagged_events, today)
 
 
 def parked_events() -> dict[str, Any]:
@@ -181,6 +193,7 @@ def overview(settings: Settings, now: datetime, cache: redis.Redis | None) -> di
         "as_of": now.isoformat(),
         "status": job_status(settings, now),
         "unpriced_models": unpriced_models(today),
+        "flagged_usage": flagged_usage(today),
         "parked_events": parked_events(),
         "top_customers": top_customers_snapshot(cache, now),
         "ingest_lag": ingest_lag(now),

@@ -1,5 +1,7 @@
-"""CPU per event of checking it (API and worker each do it once) and of pricing it by
-the source's rules, in this process: the median of seven runs."""
+"""CPU per event of checking it (API and worker each do it once), of reading a
+provider's own usage object with the price source's extractor (the worker does it for
+the middleware's events), and of pricing it by the source's rules, in this process:
+the median of seven runs."""
 
 from __future__ import annotations
 
@@ -39,7 +41,14 @@ def run(run: Run, results: dict[str, Any]) -> None:
     results["per_event_us"] = {
         "validate_batch_event": per_event_us(lambda: validate_event(bench_event, now, limits)),
         "validate_metered_event": per_event_us(lambda: validate_event(metered, now, limits)),
-        "price_by_rules": per_event_us(lambda: book.cost("openai", "gpt-4o", now, 1000, 500, 200)),
+        "price_by_rules": per_event_us(
+            lambda: book.cost(
+                "openai",
+                "gpt-4o",
+                now,
+                {"input_tokens": 1000, "output_tokens": 500, "cache_read_tokens": 200},
+            )
+        ),
     }
 
 
@@ -57,5 +66,14 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
             f"{per['validate_batch_event']} / {per['validate_metered_event']}",
             "",
         ),
-        ("price an event by the source's rules (us)", per["price_by_rules"], ""),
+        (
+            "validate a provider's usage, with extraction (us)",
+            per.get("validate_provider_event"),
+            "",
+        ),
+        (
+            "price by the source's rules, classic / cache writes (us)",
+            f"{per['price_by_rules']} / {per.get('price_cache_writes')}",
+            "",
+        ),
     ]

@@ -13,11 +13,14 @@ Create Date: 2026-11-29 02:30:00
 
 """
 
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.orm import Session
 
-from app.ingest.latency import LATENCY_COLUMNS
+from app.ingest.latency import LATENCY_COLUMNS, bucket_of, bucket_sql
 from app.models.types import Money, UTCDateTime
 
 revision = "0008"
@@ -64,21 +67,72 @@ def upgrade():
     _backfill()
 
 
-def _backfill() -> None:
-    from app.ingest import ledger
-    from app.ingest.models import UsageEvent
+# The rollup as it stood at this revision: later ones add columns to it, so the
+# backfill must not run the ledger's code of the day.
+_SUMS = ("tokens_input", "tokens_output", "tokens_cache_read", "tokens_total", "cost_total")
+_KEY = ("api_key_hash", "hour", "provider", "model", "task_type", "status")
+_ADDED = (
+    "events",
+    "unpriced_events",
+    *_SUMS,
+    "timed_events",
+    "execution_ms",
+    "timed_tokens_output",
+    *LATENCY_COLUMNS,
+)
 
+
+def _backfill() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        op.execute(ledger.hourly_rollup_sql("usage_events", "created_at"))
+        sums = ", ".join(f"coalesce(sum({name}), 0)" for name in _SUMS)
+        buckets = ", ".join(
+            f"count(*) FILTER (WHERE bucket = {index})" for index in range(len(LATENCY_COLUMNS))
+        )
+        op.execute(f"""
+            INSERT INTO usage_hourly ({", ".join((*_KEY, *_ADDED, "updated_at"))})
+            SELECT api_key_hash, date_trunc('hour', created_at, 'UTC'), provider, model,
+                   coalesce(task_type, ''), status,
+                   count(*), count(*) FILTER (WHERE pricing_status = 'unpriced'), {sums},
+                   count(execution_time), coalesce(sum(round(execution_time * 1000)), 0)::bigint,
+                   coalesce(sum(tokens_output) FILTER (WHERE execution_time IS NOT NULL), 0),
+                   {buckets}, now()
+            FROM (SELECT *, {bucket_sql("execution_time")} AS bucket FROM usage_events) AS timed
+            GROUP BY 1, 2, 3, 4, 5, 6
+        """)
         return
-    session = Session(bind=bind)
-    last = 0
-    while rows := session.scalars(
-        sa.select(UsageEvent).where(UsageEvent.id > last).order_by(UsageEvent.id).limit(10_000)
-    ).all():
-        ledger.roll_up_hourly(rows, bind)
-        last = rows[-1].id
+    typed = {"created_at": UTCDateTime(), "hour": UTCDateTime(), "cost_total": Money()}
+    typed.update(updated_at=UTCDateTime(), execution_time=sa.Numeric(12, 3))
+    read = ("task_type", "pricing_status", "api_key_hash", "provider", "model", "status")
+    events = sa.table(
+        "usage_events",
+        *(sa.column(name, typed.get(name)) for name in ("created_at", *read, *_SUMS)),
+        sa.column("execution_time", typed["execution_time"]),
+    )
+    totals: dict[tuple, dict[str, Any]] = defaultdict(lambda: dict.fromkeys(_ADDED, 0))
+    for row in bind.execute(sa.select(events)).mappings():
+        hour = row["created_at"].replace(minute=0, second=0, microsecond=0)
+        key = (row["api_key_hash"], hour, row["provider"], row["model"])
+        bucket = totals[(*key, row["task_type"] or "", row["status"])]
+        bucket["events"] += 1
+        bucket["unpriced_events"] += row["pricing_status"] == "unpriced"
+        for name in _SUMS:
+            bucket[name] += row[name] or 0
+        seconds = row["execution_time"]
+        if seconds is not None:
+            bucket["timed_events"] += 1
+            bucket["execution_ms"] += int(seconds * 1000)
+            bucket["timed_tokens_output"] += row["tokens_output"]
+            bucket[LATENCY_COLUMNS[bucket_of(seconds)]] += 1
+    columns = (*_KEY, *_ADDED, "updated_at")
+    hourly = sa.table("usage_hourly", *(sa.column(n, typed.get(n)) for n in columns))
+    now = datetime.now(UTC)
+    rows = [
+        {**dict(zip(_KEY, key, strict=True)), **added, "updated_at": now}
+        for key, added in totals.items()
+    ]
+    if rows:
+        bind.execute(hourly.insert(), rows)
 
 
 def downgrade():

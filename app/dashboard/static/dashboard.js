@@ -50,15 +50,18 @@ async function usage() {
   })), true, "USD");
   const sum = (day, field) => (byDay.get(day)?.groups || []).reduce((n, g) => n + g[field], 0);
   chart("tokens-chart", "bar", labels, [
-    { label: "input (not cached)", backgroundColor: PALETTE[0], data: labels.map((d) => sum(d, "tokens_input") - sum(d, "tokens_cache_read")) },
+    { label: "input (not cached)", backgroundColor: PALETTE[0], data: labels.map((d) => sum(d, "tokens_input") - sum(d, "tokens_cache_read") - sum(d, "tokens_cache_write")) },
     { label: "cache reads", backgroundColor: PALETTE[5], data: labels.map((d) => sum(d, "tokens_cache_read")) },
+    { label: "cache writes", backgroundColor: PALETTE[3], data: labels.map((d) => sum(d, "tokens_cache_write")) },
     { label: "output", backgroundColor: PALETTE[1], data: labels.map((d) => sum(d, "tokens_output")) },
   ], true, "tokens");
   const groups = total.periods.length ? total.periods[0].groups : [];
   groups.sort((a, b) => Number(b.cost) - Number(a.cost));
   pages.fill("breakdown", groups.map((g) => [
     g.provider, g.model, pages.count(g.events), pages.count(g.tokens_input),
-    pages.count(g.tokens_output), pages.count(g.tokens_cache_read), pages.money(g.cost),
+    pages.count(g.tokens_cache_read), pages.count(g.tokens_cache_write),
+    pages.count(g.tokens_input_audio), pages.count(g.tokens_output),
+    pages.count(g.tokens_output_reasoning), pages.count(g.tokens_output_audio), pages.money(g.cost),
   ]), "No usage in this range.");
 }
 
