@@ -534,3 +534,101 @@ def _admin_overview(client: FlaskClient) -> dict[str, Any]:
     token = page.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
     client.post("/admin/sign-in", data={"token": ADMIN_TOKEN, "csrf_token": token})
     return client.get("/admin/data").get_json()
+
+
+# -- The extractors, read as the source reads them ----------------------------------------
+def _extractors() -> list[Any]:
+    from genai_prices import data_snapshot
+
+    return [
+        extractor
+        for provider in data_snapshot.get_snapshot().providers
+        for extractor in provider.extractors or ()
+    ]
+
+
+def _response_for(extractor: Any, draw: Any) -> Any:
+    """A response shaped by the extractor's own paths, with any value at each: counts,
+    wrong types, gaps, lists for its per-modality items."""
+    from genai_prices.types import ArrayMatch
+    from hypothesis import strategies as st
+
+    odd = st.one_of(
+        st.integers(min_value=-3, max_value=-1),
+        st.floats(allow_nan=True),
+        st.none(),
+        st.booleans(),
+        st.text(max_size=3),
+        st.just({}),
+    )
+    count = st.integers(min_value=0, max_value=10**6)
+    value = st.one_of(count, count, count, count, count, count, count, count, odd)
+
+    def put(into: dict, path: list[Any], leaf: Any) -> None:
+        *steps, last = path
+        for step in steps:
+            if isinstance(step, ArrayMatch):
+                kind = draw(st.sampled_from(["TEXT", "AUDIO", "IMAGE", "VIDEO", "DOCUMENT"]))
+                item = {step.field: kind}
+                into.setdefault("_items", []).append(item)
+                into = item
+            else:
+                into = into.setdefault(step, {}) if isinstance(into.get(step, {}), dict) else {}
+        into[last] = leaf
+
+    def paths(path: Any) -> list[Any]:
+        return [path] if isinstance(path, str) else list(path)
+
+    response: dict[str, Any] = {}
+    usage: dict[str, Any] = {}
+    for mapping in extractor.mappings:  # a required count is there nine times in ten
+        if draw(st.integers(0, 9)) < (9 if mapping.required else 5):
+            put(usage, paths(mapping.path), draw(value))
+    _lists(usage)
+    root = paths(extractor.root)
+    if draw(st.integers(0, 9)) < 9:  # sometimes no usage at all
+        put(response, root, usage)
+    if draw(st.booleans()):
+        put(response, paths(extractor.model_path), draw(st.one_of(st.text(max_size=5), value)))
+    return response
+
+
+def _lists(node: Any) -> None:
+    """Turn the collected per-modality items into the lists the response holds."""
+    if isinstance(node, dict):
+        for key, child in list(node.items()):
+            if isinstance(child, dict) and "_items" in child:
+                node[key] = child.pop("_items")
+            _lists(node[key])
+    elif isinstance(node, list):
+        for child in node:
+            _lists(child)
+
+
+@pytest.mark.parametrize("index", range(len(_extractors())))
+def test_the_extractors_read_as_the_source_reads(index: int) -> None:
+    """Our reading of each extractor of the catalogue (``read_usage``) gives what the
+    source's own ``UsageExtractor.extract`` gives, or refuses with its message."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from app.ingest.provider_usage import read_usage
+
+    extractor = _extractors()[index]
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.data())
+    def same(data: Any) -> None:
+        response = _response_for(extractor, data.draw)
+        try:
+            model, usage = extractor.extract(response)
+            theirs: Any = (model, dict(vars(usage)))
+        except ValueError as exc:
+            theirs = str(exc)
+        try:
+            ours: Any = read_usage(extractor, response)
+        except ValueError as exc:
+            ours = str(exc)
+        assert ours == theirs, (extractor.api_flavor, response)
+
+    same()

@@ -13,7 +13,6 @@ metadata) run after pydantic's, in ``validate_event``.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -41,7 +40,6 @@ from app.shapes import parse, trimmed
 MAX_TOKENS = 10**9  # far above any context window; rejects counter overflows
 EVENT_SCHEMA = "UsageEvent"  # the name /openapi.json gives an event's shape
 _MAX_METADATA_DEPTH = 5
-_MAX_RESPONSE_DEPTH = 16  # a whole provider response: output, content, annotations, …
 USAGE_KEYS = tuple(d.usage_key for d in DIMENSIONS)  # in EventIn's order of its counts
 
 
@@ -78,16 +76,13 @@ def _seconds(value: Any) -> Decimal | None:
     return seconds.quantize(Decimal("0.001"))
 
 
-def _check_json(value: Any, field: str, max_depth: int, counts: bool = False) -> None:
-    """Refuse JSON nested past ``max_depth``, or with an integer past 64 bits; with
-    ``counts`` (a provider's usage), any NaN or Infinity too.
+def _check_json(value: Any, field: str, max_depth: int) -> None:
+    """Refuse JSON nested past ``max_depth``, or with an integer past 64 bits.
 
     Walked with a stack, not recursion, and stopped at the first level too deep:
     a body nested a thousand levels is a 400, never a ``RecursionError``. Events
     travel to the worker as orjson (app/ingest/wire.py), which reads an integer past 64
-    bits back as a float: it would not be stored as sent. A non-finite count
-    travels as text (``finite_json``), which the price source's extractors would
-    skip as if absent: a NaN cached-token count must not become 0.
+    bits back as a float: it would not be stored as sent.
     """
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -99,10 +94,24 @@ def _check_json(value: Any, field: str, max_depth: int, counts: bool = False) ->
             stack.extend((child, level + 1) for child in children)
         elif isinstance(item, int) and not -(2**63) <= item < 2**64:
             raise ValidationError(f"{field} numbers must fit in 64 bits", field=field)
-        elif counts and (
-            (isinstance(item, float) and not math.isfinite(item)) or item in NON_FINITE
-        ):
-            raise ValidationError(f"{field} holds a count that is NaN or Infinity", field=field)
+
+
+def _check_finite(value: Any) -> None:
+    """Refuse a provider's usage holding NaN or Infinity, as a number or as the text
+    ``finite_json`` wrote it as (the middleware's): the price source's extractors
+    skip a count that is not a number as if absent, and a NaN cached-token count must
+    not become 0. In C (``json.dumps``), which also refuses nesting past what it can
+    walk: this runs on every such event the worker records."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (ValueError, RecursionError):
+        raise ValidationError(
+            "provider_usage holds NaN, Infinity or nests too deep", field="provider_usage"
+        ) from None
+    if any(f'"{marker}"' in text for marker in NON_FINITE):
+        raise ValidationError(
+            "provider_usage holds a count that is NaN or Infinity", field="provider_usage"
+        )
 
 
 def _metadata(value: dict[str, Any] | None, limits: EventLimits) -> dict[str, Any] | None:
@@ -366,7 +375,7 @@ def _provider_usage(event: dict[str, Any]) -> tuple[tuple[int, ...], dict[str, i
             f"give the usage once: provider_usage or the token counts, not {mixed} too",
             field=mixed,
         )
-    _check_json(event["provider_usage"], "provider_usage", _MAX_RESPONSE_DEPTH, counts=True)
+    _check_finite(event["provider_usage"])
     try:
         found = extract(event["provider"], event["provider_usage"], event.get("api_flavor"))
     except UsageShapeError as exc:

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import cache
 from typing import Any, NamedTuple
 
 from genai_prices import types as source
@@ -43,7 +44,6 @@ _QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)
 # The usage one event can have that the direct arithmetic charges: anything else (a
 # cache write, audio, a price per request) goes through the source's functions.
 _DIRECT = frozenset({"input_tokens", "output_tokens", "cache_read_tokens"})
-_PER_REQUEST_KEY = "requests_kcount"
 
 Counts = Mapping[str, "int | Decimal"]  # usage key → count, as the source's Usage holds them
 
@@ -158,51 +158,174 @@ def _pick(tiers: Tiers, tokens_input: int | Decimal) -> tuple[Decimal, Decimal]:
     raise AssertionError("the base rate starts below any token count")
 
 
-class _Compiled(NamedTuple):
-    """A price variant, compiled for the direct arithmetic: input, output, cache reads."""
+class _Direct(NamedTuple):
+    """A variant's input, output and cache-read prices, for a call with no other usage."""
 
     input: Tiers
     output: Tiers
     cache_read: Tiers | None
+
+
+class _Unit(NamedTuple):
+    """One unit the variant prices: its usage key, direction, tiers, and the units it
+    holds (its parts, by index), whose own charges come out of its count."""
+
+    key: str
+    direction: str | None
+    tiers: Tiers
+    parts: tuple[int, ...]
+
+
+class _Variant(NamedTuple):
+    """A price variant compiled once: the direct arithmetic for the common call, and
+    the source's decomposition for any other, its units most specific first."""
+
+    direct: _Direct | None
+    units: tuple[_Unit, ...]
+    per_request: Tiers | None
+    tiered: bool
     exact: bool  # every rate within MONEY_SCALE places: costs need no rounding
 
 
-def _compile(prices: source.ModelPrice) -> _Compiled | None:
-    """The variant compiled, or None when it charges per request (the source prices it)."""
-    stated = {k: v for k, v in prices.__dict__.items() if v is not None}
-    if _PER_REQUEST_KEY in stated or not {"input_mtok", "output_mtok"} <= stated.keys():
-        return None
-    cache = stated.get("cache_read_mtok")
-    compiled = (
-        _tiers(stated["input_mtok"]),
-        _tiers(stated["output_mtok"]),
-        None if cache is None else _tiers(cache),
+@cache
+def _implied_by(key: str) -> tuple[frozenset[str], tuple[tuple[str, str], ...]]:
+    """What makes the source refuse to take ``key`` as 0 when a call does not state it:
+    a part of it stated (its descendants), or two overlapping keys whose overlap it is."""
+    registry = _get_registry()
+    unit = registry.units[key]
+    descendants = frozenset(
+        other.usage_key
+        for other in registry.units.values()
+        if other is not unit and unit.dimensions.items() <= other.dimensions.items()
     )
-    exact = all(rate == shown for tiers in compiled if tiers for _, rate, shown in tiers)
-    return _Compiled(*compiled, exact=exact)
+    others = sorted(registry.units.values(), key=lambda u: u.usage_key)
+    pairs = tuple(
+        (a.usage_key, b.usage_key)
+        for i, a in enumerate(others)
+        for b in others[i + 1 :]
+        if a.is_compatible_with(b)
+        and not a.dimensions.items() <= b.dimensions.items()
+        and not b.dimensions.items() <= a.dimensions.items()
+        and {**a.dimensions, **b.dimensions} == dict(unit.dimensions)
+    )
+    return descendants, pairs
 
 
-def _direct(compiled: _Compiled, counts: Counts) -> Cost:
+def _compile(prices: source.ModelPrice) -> _Variant:
+    registry = _get_registry()
+    resolved = _collect_resolved_model_prices(prices, registry)
+    priced = sorted(
+        ((unit, price) for unit, price in resolved if unit.usage_key != "requests"),
+        key=lambda item: (-len(item[0].dimensions), item[0].usage_key),
+    )
+    units = tuple(
+        _Unit(
+            unit.usage_key,
+            unit.dimensions.get("direction"),
+            _tiers(price, unit.per),
+            tuple(
+                j
+                for j, (other, _) in enumerate(priced)
+                if other is not unit and unit.dimensions.items() <= other.dimensions.items()
+            ),
+        )
+        for unit, price in priced
+    )
+    requests = [(unit, price) for unit, price in resolved if unit.usage_key == "requests"]
+    per_request = _tiers(requests[0][1], requests[0][0].per) if requests else None
+    stated = {unit.usage_key: price for unit, price in resolved}
+    direct = None
+    if per_request is None and {"input_tokens", "output_tokens"} <= stated.keys():
+        cache = stated.get("cache_read_tokens")
+        direct = _Direct(
+            _tiers(stated["input_tokens"]),
+            _tiers(stated["output_tokens"]),
+            None if cache is None else _tiers(cache),
+        )
+    every = [u.tiers for u in units] + ([per_request] if per_request else [])
+    return _Variant(
+        direct,
+        units,
+        per_request,
+        tiered=any(isinstance(price, source.TieredPrices) for _, price in resolved),
+        exact=all(rate == shown for tiers in every for _, rate, shown in tiers),
+    )
+
+
+def _direct(variant: _Variant, direct: _Direct, counts: Counts) -> Cost:
     tokens_input = counts.get("input_tokens", 0)
     tokens_cache_read = counts.get("cache_read_tokens", 0)
-    input_rate, input_shown = _pick(compiled.input, tokens_input)
-    output_rate, output_shown = _pick(compiled.output, tokens_input)
-    if compiled.cache_read is None:
+    input_rate, input_shown = _pick(direct.input, tokens_input)
+    output_rate, output_shown = _pick(direct.output, tokens_input)
+    if direct.cache_read is None:
         cache_shown = None
         input_cost = tokens_input * input_rate
     else:
-        cache_rate, cache_shown = _pick(compiled.cache_read, tokens_input)
+        cache_rate, cache_shown = _pick(direct.cache_read, tokens_input)
         input_cost = (tokens_input - tokens_cache_read) * input_rate
         input_cost += tokens_cache_read * cache_rate
     output_cost = counts.get("output_tokens", 0) * output_rate
     total = input_cost + output_cost
-    if not compiled.exact:
+    if not variant.exact:
         input_cost, output_cost, total = (
             to_money(input_cost),
             to_money(output_cost),
             to_money(total),
         )
     return Cost(input_shown, output_shown, cache_shown, input_cost, output_cost, total)
+
+
+def _decomposed(variant: _Variant, counts: Counts) -> Cost | None:
+    """The source's decomposition with the variant's units compiled: each unit's part
+    of the usage (its count less its parts' own), at its rate. None where the source
+    would infer or refuse something (a unit left unstated while a part of it is
+    stated; a part larger than its whole): its own functions decide those."""
+    tokens_input = counts.get("input_tokens", 0) if variant.tiered else 0
+    leaves: list[int | Decimal] = []
+    lines: Lines = {}
+    input_cost = output_cost = total = Decimal(0)
+    for unit in variant.units:
+        count = counts.get(unit.key)
+        if count is None:
+            descendants, pairs = _implied_by(unit.key)
+            if any(counts.get(k) for k in descendants) or any(
+                counts.get(a) and counts.get(b) for a, b in pairs
+            ):
+                return None
+            count = 0
+        leaf = count - sum(leaves[i] for i in unit.parts)
+        if leaf < 0:
+            return None
+        leaves.append(leaf)
+        if leaf:
+            rate, shown = _pick(unit.tiers, tokens_input)
+            amount = leaf * rate
+            lines[unit.key] = Line(leaf, shown, to_money(amount))
+            total += amount
+            if unit.direction == "input":
+                input_cost += amount
+            elif unit.direction == "output":
+                output_cost += amount
+    if variant.per_request is not None:
+        rate, shown = _pick(variant.per_request, tokens_input)
+        lines["requests"] = Line(1, shown, to_money(rate))
+        total += rate
+    return Cost(
+        _rate_of(variant, "input_tokens", tokens_input) or Decimal(0),
+        _rate_of(variant, "output_tokens", tokens_input) or Decimal(0),
+        _rate_of(variant, "cache_read_tokens", tokens_input),
+        to_money(input_cost),
+        to_money(output_cost),
+        to_money(total),
+        lines,
+    )
+
+
+def _rate_of(variant: _Variant, key: str, tokens_input: int | Decimal) -> Decimal | None:
+    for unit in variant.units:
+        if unit.key == key:
+            return _pick(unit.tiers, tokens_input)[1]
+    return None
 
 
 def _by_source(prices: source.ModelPrice, counts: Counts) -> Cost:
@@ -252,8 +375,8 @@ class PriceRules:
     """
 
     model: source.ModelInfo
-    # Each variant's prices compiled (None: priced by the source), by id of its prices.
-    compiled: dict[int, _Compiled | None]
+    # Each variant's prices compiled, by id of its prices.
+    compiled: dict[int, _Variant]
     # The prices when they hold at every instant (most models): no variant to choose.
     fixed: source.ModelPrice | None
 
@@ -278,12 +401,12 @@ class PriceRules:
         they cannot be taken apart into the parts this model prices."""
         # The variant in force at the event's time.
         prices = self.fixed if self.fixed is not None else self.model.get_prices(when)
-        compiled = self.compiled[id(prices)]
-        if compiled is not None and all(
+        variant = self.compiled[id(prices)]
+        if variant.direct is not None and all(
             key in _DIRECT or not value for key, value in counts.items()
         ):
-            return _direct(compiled, counts)
-        return _by_source(prices, counts)
+            return _direct(variant, variant.direct, counts)
+        return _decomposed(variant, counts) or _by_source(prices, counts)
 
 
 # -- Stored form of the rules (JSON in model_prices.rules) ------------------------------

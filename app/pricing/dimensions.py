@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from decimal import Decimal
+from functools import lru_cache
 from typing import NamedTuple
 
 from genai_prices.decompose import compute_leaf_values
@@ -69,38 +70,55 @@ def field_of(usage_key: str) -> str:
     return COLUMN_OF.get(usage_key, f"usage_extra.{usage_key}")
 
 
+@lru_cache(maxsize=1024)
+def _structure(keys: frozenset[str]) -> tuple[tuple[str, tuple[tuple[str, ...], ...]], ...]:
+    """For the usage keys a call states: each whole, and its parts along each dimension
+    (parts along one dimension exclude each other: cache reads and writes; text and
+    audio). The same few key sets recur (one per provider and API), so it is made
+    once per set."""
+    known = units()
+    given = [known[key] for key in sorted(keys) if key in known]
+    found = []
+    for whole in given:
+        along: dict[str, list[str]] = {}
+        for part in given:
+            extra = part.dimensions.keys() - whole.dimensions.keys()
+            if len(extra) == 1 and whole.dimensions.items() <= part.dimensions.items():
+                along.setdefault(next(iter(extra)), []).append(part.usage_key)
+        if along:
+            found.append((whole.usage_key, tuple(tuple(parts) for parts in along.values())))
+    return tuple(found)
+
+
 def check_parts(counts: Mapping[str, int | Decimal]) -> None:
     """Raise ``ValidationError`` (naming the first part) unless each count's parts fit in it.
 
     A key is a part of another when its unit has the other's dimensions and more
     (``cache_read_tokens`` is ``input_tokens`` of type cache read). The parts
-    that differ from it along one dimension exclude each other (cache reads and
-    cache writes; text and audio), so they add up to at most the whole. Parts
-    along different dimensions overlap (cached audio is both), and the whole
-    must hold them less their overlap: the price source's own decomposition of
-    the ledger's dimensions, each a count of its own, says so.
+    that differ from it along one dimension exclude each other, so they add up to
+    at most the whole. Parts along different dimensions overlap (cached audio is
+    both cached and audio), and the whole must hold them less their overlap: the
+    price source's own decomposition of the ledger's dimensions, each a count of
+    its own, says so.
     """
-    known = units()
-    given = [(known[key], value) for key, value in counts.items() if key in known]
     overlapping = False
-    for whole, total in given:
-        along: dict[str, list[tuple[UnitDef, int | Decimal]]] = {}
-        for part, value in given:
-            extra = part.dimensions.keys() - whole.dimensions.keys()
-            if value and len(extra) == 1 and whole.dimensions.items() <= part.dimensions.items():
-                along.setdefault(next(iter(extra)), []).append((part, value))
-        overlapping = overlapping or len(along) > 1
-        for parts in along.values():
-            if sum(value for _, value in parts) > total:
-                names = " + ".join(field_of(part.usage_key) for part, _ in parts)
+    for whole, axes in _structure(frozenset(counts)):
+        total = counts[whole]
+        stated = [[(part, counts[part]) for part in parts if counts[part]] for parts in axes]
+        overlapping = overlapping or sum(1 for parts in stated if parts) > 1
+        for parts in stated:
+            summed = sum(value for _, value in parts)
+            if summed > total:
+                names = " + ".join(field_of(part) for part, _ in parts)
                 them = "them" if len(parts) > 1 else "it"
                 raise ValidationError(
-                    f"{names} ({sum(v for _, v in parts)}) cannot exceed"
-                    f" {field_of(whole.usage_key)} ({total}), which includes {them}",
-                    field=field_of(parts[0][0].usage_key).split(".")[0],
+                    f"{names} ({summed}) cannot exceed"
+                    f" {field_of(whole)} ({total}), which includes {them}",
+                    field=field_of(parts[0][0]).split(".")[0],
                 )
     if not overlapping:
         return
+    known = units()
     ledger = {d.usage_key: counts.get(d.usage_key, 0) for d in DIMENSIONS}
     try:
         compute_leaf_values(set(ledger), Usage(**ledger), {k: known[k] for k in ledger})

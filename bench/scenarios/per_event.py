@@ -37,17 +37,26 @@ def run(run: Run, results: dict[str, Any]) -> None:
         runs = [timeit.timeit(action, number=20_000) / 20_000 * 1e6 for _ in range(7)]
         return round(statistics.median(runs), 2)
 
+    from tests.provider_responses import anthropic_message
+
+    message = anthropic_message("claude-sonnet-4-5", 50, 500, 100_000, 2_000)
+    provider_event = {
+        **{k: v for k, v in metered.items() if not k.startswith("tokens_") and k != "model"},
+        "provider": "anthropic",
+        "provider_usage": {"model": message.model, "usage": message.usage.model_dump(mode="json")},
+    }
     book = PriceBook([price_row(*version, SEED_EFFECTIVE_FROM) for version in bundled_prices()])
+    classic = {"input_tokens": 1000, "output_tokens": 500, "cache_read_tokens": 200}
+    cached = validate_event(provider_event, now, limits).counts()
     results["per_event_us"] = {
         "validate_batch_event": per_event_us(lambda: validate_event(bench_event, now, limits)),
         "validate_metered_event": per_event_us(lambda: validate_event(metered, now, limits)),
-        "price_by_rules": per_event_us(
-            lambda: book.cost(
-                "openai",
-                "gpt-4o",
-                now,
-                {"input_tokens": 1000, "output_tokens": 500, "cache_read_tokens": 200},
-            )
+        "validate_provider_event": per_event_us(
+            lambda: validate_event(provider_event, now, limits)
+        ),
+        "price_by_rules": per_event_us(lambda: book.cost("openai", "gpt-4o", now, classic)),
+        "price_cache_writes": per_event_us(
+            lambda: book.cost("anthropic", "claude-sonnet-4-5", now, cached)
         ),
     }
 
