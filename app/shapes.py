@@ -7,11 +7,12 @@ is declared once and ``/openapi.json`` renders the same declarations.
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Callable
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
-from flask import Request
+from flask import Request, current_app, request
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -28,6 +29,7 @@ from pydantic import ValidationError as PydanticError
 from app.errors import NotFound, UnsupportedMediaType, ValidationError
 
 Model = TypeVar("Model", bound=BaseModel)
+View = TypeVar("View", bound=Callable[..., Any])
 
 
 def parse(
@@ -68,6 +70,33 @@ def text(max_length: int) -> Any:
     return Annotated[trimmed(max_length), AfterValidator(_printable)]
 
 
+def parse_query(shape: type[Model]) -> Model:
+    """The query string as ``shape``, each parameter given once (a repeat is a 400)."""
+    given = request.args.to_dict(flat=False)
+    for name, values in given.items():
+        if len(values) > 1:
+            raise ValidationError(f"{name} is given more than once", field=name)
+    return parse(shape, {name: values[0] for name, values in given.items()}, whole="query")
+
+
+def takes_query(view: View) -> View:
+    """Mark a route that reads a query string (with ``parse_query``); every other
+    route of the API refuses one (``refuse_unasked_query``)."""
+    view.takes_query = True  # type: ignore[attr-defined]
+    return view
+
+
+def refuse_unasked_query() -> None:
+    """``before_request`` of the API's blueprints: a query parameter on a route that
+    reads none is a 400 naming it, as an unknown one is where a route reads some."""
+    if not request.args:
+        return
+    view = current_app.view_functions.get(request.endpoint or "")
+    if view is not None and not getattr(view, "takes_query", False):
+        name = next(iter(request.args))
+        raise ValidationError(f"{name} is not a parameter of this endpoint", field=name)
+
+
 def json_body(request: Request) -> Any:
     """The parsed JSON body, or a 4xx naming what is wrong with it."""
     if not request.is_json:
@@ -102,7 +131,12 @@ Amount = Annotated[
 
 
 def _calendar_date(value: str) -> date:
-    return date.fromisoformat(value)
+    """A day whose next day the calendar still has: a range ending on it ends at the
+    next midnight, which 9999-12-31 has none of."""
+    day = date.fromisoformat(value)
+    if day >= date.max:
+        raise ValueError(f"dates go up to {date.max - timedelta(days=1)}")
+    return day
 
 
 CalendarDate = Annotated[

@@ -239,6 +239,15 @@ def test_an_alert_is_abandoned_after_the_retry_window(
         "https://[::1]/hook",  # loopback
         "https://user:pw@example.com/hook",  # credentials
         "ftp://example.com/hook",
+        # loopback in the forms a resolver takes, refused when set, not only at delivery
+        "https://localhost/x",
+        "https://localhost./x",
+        "https://api.localhost/x",
+        "https://127.1/x",
+        "https://2130706433/x",
+        "https://0x7f.0.0.1/x",
+        "https://0177.0.0.1/x",
+        "https://10.1/x",  # 10.0.0.1
     ],
 )
 def test_webhook_urls_that_could_reach_inside_are_refused(url: str) -> None:
@@ -252,10 +261,10 @@ def test_loopback_receivers_only_with_the_development_setting(receiver: Receiver
     assert check_url(receiver.url, Settings(alert_allow_loopback=True)) == ["127.0.0.1"]
     with pytest.raises(ValidationError):
         check_url(receiver.url, Settings(alert_allow_loopback=False))
-    # A name is checked once resolved, at delivery: localhost is loopback.
-    assert check_url("https://localhost/hook", Settings(), resolve=False) == []
+    # A name is checked once resolved, at delivery; localhost is loopback by its name.
+    assert check_url("https://example.com/hook", Settings(), resolve=False) == []
     with pytest.raises(ValidationError):
-        check_url("https://localhost/hook", Settings())
+        check_url("https://localhost/hook", Settings(), resolve=False)
 
 
 def test_a_name_that_resolves_inside_is_refused_at_delivery(

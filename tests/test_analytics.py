@@ -585,6 +585,20 @@ def test_the_cleanup_drops_hourly_detail_past_its_retention_and_keeps_the_days(
             "/v1/billing/usage/export?start_date={today}&end_date={today}&customer_id=0",
             "customer_id",
         ),
+        # the calendar's last day has no next midnight to end a range at (was a 500)
+        ("/v1/billing/performance?start_date=9999-12-30&end_date=9999-12-31", "end_date"),
+        (
+            "/v1/billing/usage?start_date=9999-12-30&end_date=9999-12-31&granularity=hour",
+            "end_date",
+        ),
+        (
+            "/v1/billing/usage/export?start_date=9999-12-30&end_date=9999-12-31&format=jsonl",
+            "end_date",
+        ),
+        (
+            "/v1/billing/usage/export?start_date=9999-12-30&end_date=9999-12-31&format=csv",
+            "end_date",
+        ),
     ],
 )
 def test_the_other_analytics_endpoints_answer_bad_parameters_with_400s(
@@ -593,6 +607,43 @@ def test_the_other_analytics_endpoints_answer_bad_parameters_with_400s(
     make_customer("key-400")
     status, body = _get(client, path.format(today=NOW.date().isoformat()), "key-400")
     assert (status, body["error"]["field"]) == (400, field), body
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_an_export_whose_query_fails_is_an_error_before_its_first_byte(
+    client: FlaskClient,
+    make_customer: Callable[..., BillingCustomer],
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+) -> None:
+    """The database gone as the export starts: a 503 with the JSON error, not a 200
+    whose file is cut off (as before: its header went out first)."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.analytics import export
+
+    make_customer("key-export-down")
+
+    def gone(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(export, "_query", gone)
+    day = NOW.date().isoformat()
+    resp = client.get(
+        f"/v1/billing/usage/export?start_date={day}&end_date={day}&format={fmt}",
+        headers=auth("key-export-down"),
+    )
+    assert resp.status_code == 503 and resp.get_json()["error"]["code"] == "unavailable"
+
+
+def test_exports_are_never_cached(client: FlaskClient, make_customer) -> None:
+    make_customer("key-export-cache")
+    day = NOW.date().isoformat()
+    resp = client.get(
+        f"/v1/billing/usage/export?start_date={day}&end_date={day}",
+        headers=auth("key-export-cache"),
+    )
+    assert resp.status_code == 200 and resp.headers["Cache-Control"] == "no-store"
 
 
 def test_the_analytics_endpoints_need_a_live_key(client: FlaskClient) -> None:

@@ -344,3 +344,32 @@ def test_the_documented_event_fields_are_those_validation_takes(client: FlaskCli
     schema = client.get("/openapi.json").get_json()["components"]["schemas"]["UsageEvent"]
     assert set(schema["properties"]) == _accepted_fields() == EVENT_FIELDS - {"event"}
     assert schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/billing/customers/1/keys",
+        "/v1/billing/customers/1/budgets",
+        "/v1/billing/customers/1/alerts",
+        "/v1/billing/budgets",
+        "/v1/billing/alerts",
+        "/v1/billing/plans",
+        "/v1/billing/invoice/upcoming",
+        "/v1/billing/customers/1/invoice/upcoming",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+    ],
+)
+@pytest.mark.parametrize("query", ["frobnicate=1", "verbose=1&verbose=2"])
+def test_a_query_parameter_no_endpoint_reads_is_a_400_naming_it(
+    client: FlaskClient, make_customer: Any, path: str, query: str
+) -> None:
+    """docs/api.md: an unknown or repeated query parameter is a 400 naming it, on every
+    endpoint, not only on those that read a query."""
+    make_customer("key-query")
+    token = ADMIN_TOKEN if "/customers/" in path or path.endswith("/plans") else "key-query"
+    resp = client.get(f"{path}?{query}", headers=auth(token))
+    name = query.split("=", 1)[0]
+    assert (resp.status_code, resp.get_json()["error"]["field"]) == (400, name), resp.get_json()

@@ -79,7 +79,8 @@ def test_create_customer_from_cli_sends_the_hash_never_the_key(
     first = runner.invoke(args=args)
     second = runner.invoke(args=args)
     assert first.exit_code == 0, first.output
-    assert json.loads(first.output) == json.loads(second.output)
+    customer_id = json.loads(first.output)["id"]
+    assert second.exit_code == 1 and f"already belongs to customer {customer_id}" in second.output
     [request] = stripe_server.requests_to("/v1/customers")  # the second run never called Stripe
     assert request.params["metadata[api_key_hash]"] == hash_api_key("sk-raw-secret-1")
     assert request.headers["idempotency-key"] == f"customer-{hash_api_key('sk-raw-secret-1')}"
@@ -110,7 +111,9 @@ def test_admin_endpoint_onboards_and_needs_the_admin_token(
     resp = client.post("/v1/billing/customers", json=body, headers=auth(ADMIN_TOKEN))
     assert resp.status_code == 201 and resp.get_json()["stripe_link"] == "pending"
     again = client.post("/v1/billing/customers", json=body, headers=auth(ADMIN_TOKEN))
-    assert again.get_json()["id"] == resp.get_json()["id"]  # one customer per key
+    error = again.get_json()["error"]  # one customer per key, and no second made
+    assert (again.status_code, error["field"]) == (409, "api_key")
+    assert f"customer {resp.get_json()['id']}" in error["message"]
     wait_for(lambda: _stripe_id(app, resp.get_json()["id"]) in stripe_server.state.customers)
     assert len(stripe_server.state.customers) == 1
     bad = client.post("/v1/billing/customers", json={**body, "email": 3}, headers=auth(ADMIN_TOKEN))
@@ -301,6 +304,8 @@ def test_webhooks_keep_status_current_and_refuse_forgeries(
     assert (
         _webhook(client, failed, _signed(payload, at=int(time.time()) - 3600)).status_code == 400
     )  # replay of an old delivery
+    ahead = _webhook(client, failed, _signed(payload, at=int(time.time()) + 360))
+    assert (ahead.status_code, ahead.get_json()["error"]["field"]) == (400, "Stripe-Signature")
     assert _webhook(client, failed, "sign").get_json() == {"status": "processed"}
     assert _webhook(client, failed, "sign").get_json() == {"status": "duplicate"}
     assert _webhook(client, sub, "sign").status_code == 200

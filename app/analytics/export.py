@@ -144,15 +144,17 @@ def download_headers(filename: str) -> dict[str, str]:
 
 
 def export_chunks(request: ExportRequest) -> Iterator[str]:
-    """The file, header first, in chunks of ``EXPORT_CHUNK`` rows."""
-    if request.format == "csv":
-        yield csv_text([COLUMNS])
+    """The file, header first, in chunks of ``EXPORT_CHUNK`` rows. The query runs
+    before the first chunk is yielded, so whoever takes that chunk before sending a
+    byte (``export_response``) sees any failure as an error, not a cut-off file."""
     postgresql = db.engine.dialect.name == "postgresql"
     columns = _postgresql_columns(request) if postgresql else [_column(n) for n in COLUMNS]
     with db.engine.connect() as conn:
         result = conn.execution_options(stream_results=True, max_row_buffer=EXPORT_CHUNK).execute(
             _query(request, columns)
         )
+        if request.format == "csv":
+            yield csv_text([COLUMNS])
         for chunk in result.partitions(EXPORT_CHUNK):
             if postgresql and request.format == "jsonl":
                 yield "".join(f"{line}\n" for (line,) in chunk)

@@ -3,8 +3,9 @@ trends with a month-end forecast, cost recommendations, and the raw-event export
 
 from __future__ import annotations
 
+import itertools
 from datetime import date, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import Blueprint, Response, current_app, request, stream_with_context
 from pydantic import BaseModel, ConfigDict
@@ -33,11 +34,10 @@ from app.models.types import utcnow
 from app.plans.services import daily_charges
 from app.pricing.book import price_book
 from app.security import is_admin
-from app.shapes import parse
+from app.shapes import parse_query, takes_query
 
 analytics = Blueprint("analytics", __name__)
 
-Query = TypeVar("Query", bound=BaseModel)
 
 
 class NoQuery(BaseModel):
@@ -48,15 +48,6 @@ class NoQuery(BaseModel):
 
 # Hours are many: an hourly answer covers at most this many days.
 MAX_HOURLY_RANGE_DAYS = 31
-
-
-def parse_query(shape: type[Query]) -> Query:
-    """The query string as ``shape``, each parameter given once (a repeat is a 400)."""
-    given = request.args.to_dict(flat=False)
-    for name, values in given.items():
-        if len(values) > 1:
-            raise ValidationError(f"{name} is given more than once", field=name)
-    return parse(shape, {name: values[0] for name, values in given.items()}, whole="query")
 
 
 def _settings() -> Settings:
@@ -144,26 +135,31 @@ def recommendations_answer(customer: BillingCustomer) -> dict[str, Any]:
 # Each answer above, for the customer whose key is the request's bearer token; the
 # pages (app/dashboard/customer.py) serve the same answers to a signed-in customer.
 @analytics.get("/v1/billing/usage")
+@takes_query
 def get_usage() -> dict[str, Any]:
     return usage_answer(authenticate_customer(request))
 
 
 @analytics.get("/v1/billing/performance")
+@takes_query
 def get_performance() -> dict[str, Any]:
     return performance_answer(authenticate_customer(request))
 
 
 @analytics.get("/v1/billing/forecast")
+@takes_query
 def get_forecast() -> dict[str, Any]:
     return forecast_answer(authenticate_customer(request))
 
 
 @analytics.get("/v1/billing/recommendations")
+@takes_query
 def get_recommendations() -> dict[str, Any]:
     return recommendations_answer(authenticate_customer(request))
 
 
 @analytics.get("/v1/billing/usage/export")
+@takes_query
 def export_usage() -> Response:
     """Stream raw events: a customer's own, or (admin token) one customer's or all."""
     query = parse_query(ExportQuery)
@@ -182,10 +178,14 @@ def export_usage() -> Response:
 
 
 def export_response(wanted: ExportRequest) -> Response:
-    """The export as a download, streamed as it is read."""
+    """The export as a download, streamed as it is read. Its query runs before the
+    answer starts (the first chunk is taken here): a failure is a 4xx or 503 with the
+    JSON error, never a 200 cut off part way."""
     media = "text/csv" if wanted.format == "csv" else "application/x-ndjson"
+    chunks = export_chunks(wanted)
+    first = next(chunks, "")
     return Response(
-        stream_with_context(export_chunks(wanted)),
+        stream_with_context(itertools.chain([first], chunks)),
         mimetype=media,
-        headers=download_headers(wanted.filename),
+        headers={**download_headers(wanted.filename), "Cache-Control": "no-store"},
     )

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 
 from app.database import UNAVAILABLE as DATABASE_UNAVAILABLE
 from app.errors import ServiceError, ServiceUnavailable
+from app.shapes import refuse_unasked_query
 
 log = logging.getLogger("usage_billing.api")
 
@@ -94,6 +95,7 @@ def register_api(app: Flask) -> None:
         metrics,
         openapi,
     ):
+        blueprint.before_request(refuse_unasked_query)
         app.register_blueprint(blueprint)
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(HTTPException, _http_error)

@@ -192,11 +192,15 @@ def gateway() -> StripeGateway:
     return extensions["stripe_gateway"]
 
 
-def verify_webhook(payload: bytes, signature: str | None, secret: str) -> StripeEvent:
-    """The event Stripe signed, or a 400: no signature, a bad one, or one older than 5 minutes.
+def verify_webhook(
+    payload: bytes, signature: str | None, secret: str, now: float | None = None
+) -> StripeEvent:
+    """The event Stripe signed, or a 400: no signature, a bad one, or one stamped more
+    than 5 minutes from now, either way.
 
     The timestamp tolerance refuses a replay of an old delivery; a replay inside
-    it is caught by the event id we record.
+    it is caught by the event id we record. Stripe's SDK bounds only the past: a
+    timestamp ahead of the clock (a forged or a skewed one) is refused here.
     """
     if not secret:
         raise ValidationError("webhooks are not configured", field="Stripe-Signature")
@@ -207,6 +211,9 @@ def verify_webhook(payload: bytes, signature: str | None, secret: str) -> Stripe
             payload.decode("utf-8"), signature, secret, WEBHOOK_TOLERANCE_SECONDS
         )
         event = json.loads(payload)
+        stamped = int(dict(p.split("=", 1) for p in signature.split(",") if "=" in p)["t"])
+        if stamped > (time.time() if now is None else now) + WEBHOOK_TOLERANCE_SECONDS:
+            raise stripe.SignatureVerificationError("timestamp in the future", signature)
     except (
         stripe.SignatureVerificationError,
         UnicodeDecodeError,

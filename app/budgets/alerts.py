@@ -134,6 +134,19 @@ def _loopback(address: str) -> bool:
     return ipaddress.ip_address(address).is_loopback
 
 
+def _literal(host: str) -> list[str]:
+    """The address a host written as an address stands for, in any form a resolver takes:
+    ``127.1``, ``2130706433`` and ``0x7f.0.0.1`` are 127.0.0.1 to ``inet_aton``."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    try:
+        return [socket.inet_ntoa(socket.inet_aton(host))]
+    except OSError:
+        return []
+
+
 def check_url(url: str, settings: Settings, resolve: bool = True) -> list[str]:
     """The addresses ``url`` may be delivered to, or a ValidationError naming ``url``.
 
@@ -146,13 +159,15 @@ def check_url(url: str, settings: Settings, resolve: bool = True) -> list[str]:
         raise ValidationError("url must be an absolute https URL", field="url")
     if parts.username or parts.password:
         raise ValidationError("url must not carry credentials", field="url")
-    host = parts.hostname
-    try:
-        addresses = [str(ipaddress.ip_address(host))]
-    except ValueError:
+    host = parts.hostname.rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):  # names that mean loopback
+        addresses = ["127.0.0.1"]
+    else:
+        addresses = _literal(host)
+    if not addresses:
         if not resolve:
             if parts.scheme != "https":
-                raise ValidationError("url must be https", field="url") from None
+                raise ValidationError("url must be https", field="url")
             return []
         try:
             infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)

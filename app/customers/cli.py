@@ -23,7 +23,10 @@ customers_cli = AppGroup("customers", help="Billing customers.")
 @click.option("--company", default=None)
 def customers_create(email: str, name: str, api_key: str, company: str | None) -> None:
     """Create the customer here, then link it to Stripe now (when a key is set)."""
-    customer = register_customer(email, name, hash_api_key(api_key), company=company)
+    try:
+        customer = register_customer(email, name, hash_api_key(api_key), company=company)
+    except Conflict as exc:
+        raise click.ClickException(exc.message) from None
     settings = current_app.config["SETTINGS"]
     if link_state(customer, settings) == PENDING:
         try:

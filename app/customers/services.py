@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from app.billing.stripe_gateway import gateway
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
-from app.errors import AuthenticationError, BillingRejected, BillingUnavailable
+from app.errors import AuthenticationError, BillingRejected, BillingUnavailable, Conflict
 from app.extensions import db
 from app.security import bearer_token, hash_api_key
 
@@ -43,11 +43,12 @@ def customer_for_key_hash(key_hash: str, *, revoked: bool = True) -> BillingCust
 def register_customer(
     email: str, name: str, api_key_hash: str, company: str | None = None
 ) -> BillingCustomer:
-    """The customer for this key, created with it as its first key if new; registering
-    a key again returns its customer."""
+    """A new customer, with this key as its first; ``Conflict`` (409) when the key
+    already belongs to a customer: onboarding creates, it never hands back another
+    customer as if it were new."""
     existing = customer_for_key_hash(api_key_hash)
     if existing is not None:
-        return existing
+        raise _taken(existing)
     customer = BillingCustomer(email=email, name=name, api_key_hash=api_key_hash, company=company)
     db.session.add(customer)
     try:
@@ -58,8 +59,12 @@ def register_customer(
         db.session.rollback()
         found = customer_for_key_hash(api_key_hash)
         assert found is not None
-        return found
+        raise _taken(found) from None
     return customer
+
+
+def _taken(customer: BillingCustomer) -> Conflict:
+    return Conflict(f"this API key already belongs to customer {customer.id}", field="api_key")
 
 
 def authenticate_customer(request: Request) -> BillingCustomer:
