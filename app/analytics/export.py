@@ -56,6 +56,21 @@ COLUMNS = (
     "metadata",
 )
 _JSON_COLUMNS = frozenset({"usage_extra", "charges", "metadata"})
+# The columns a caller's text reaches (every other is a number, a time or ours).
+_TEXT = frozenset({"event_id", "provider", "model", "task_type", "status", "execution_id"})
+# What makes a spreadsheet take a CSV cell for a formula (OWASP, "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutral(cell: Any) -> Any:
+    """A cell a spreadsheet shows as the text it is: one that would start a formula
+    (``=HYPERLINK(…)``, ``+cmd|…``, ``@SUM(…)``) gets a leading apostrophe, as OWASP
+    advises; numbers, and text starting otherwise, are left as they are."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
 _OF_KEY = {"customer_id": ApiKey.customer_id, "key_id": ApiKey.id}
 
 
@@ -94,11 +109,24 @@ def _query(request: ExportRequest, columns: list[Any]) -> Select[Any]:
 
 
 def _postgresql_columns(request: ExportRequest) -> list[Any]:
-    """The row as PostgreSQL's text: one CSV's fields, or one JSON line."""
+    """The row as PostgreSQL's text: one CSV's fields (neutralised as ``csv_text``
+    does, there), or one JSON line."""
     if request.format == "jsonl":
         pairs = ", ".join(f"'{name}', {_sql(name)}" for name in COLUMNS)
         return [literal_column(f"json_build_object({pairs})::text")]
-    return [literal_column(f"({_sql(name)})::text") for name in COLUMNS]
+    return [
+        literal_column(
+            _neutral_sql(f"({_sql(name)})::text") if name in _TEXT else f"({_sql(name)})::text"
+        )
+        for name in COLUMNS
+    ]
+
+
+def _neutral_sql(cell: str) -> str:
+    """``neutral`` in PostgreSQL: what a spreadsheet would read as a formula, quoted."""
+    starts = ", ".join(f"'{c}'" if c.isprintable() else f"chr({ord(c)})" for c in FORMULA_STARTS)
+    apostrophe = "''''"  # the SQL literal of one apostrophe
+    return f"CASE WHEN left({cell}, 1) IN ({starts}) THEN {apostrophe} || {cell} ELSE {cell} END"
 
 
 def _sql(name: str) -> str:
@@ -131,10 +159,12 @@ def _text(name: str, value: Any) -> Any:
     return value
 
 
-def csv_text(rows: Iterable[Sequence[Any]]) -> str:
-    """Rows as CSV lines (``\n`` ends each, as the export's other lines)."""
+def csv_text(rows: Iterable[Sequence[Any]], neutralised: bool = False) -> str:
+    """Rows as CSV lines (``\n`` ends each, as the export's other lines), every text
+    cell ``neutral`` unless it is already (PostgreSQL's export does it as it reads)."""
     out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(rows)
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerows(rows if neutralised else ([neutral(cell) for cell in row] for row in rows))
     return out.getvalue()
 
 
@@ -159,7 +189,7 @@ def export_chunks(request: ExportRequest) -> Iterator[str]:
             if postgresql and request.format == "jsonl":
                 yield "".join(f"{line}\n" for (line,) in chunk)
             elif postgresql:
-                yield csv_text(chunk)
+                yield csv_text(chunk, neutralised=True)
             else:
                 yield from _sqlite_chunk(request, chunk)
 

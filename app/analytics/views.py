@@ -39,7 +39,6 @@ from app.shapes import parse_query, takes_query
 analytics = Blueprint("analytics", __name__)
 
 
-
 class NoQuery(BaseModel):
     """An endpoint that takes no query parameters: any is a 400 naming it."""
 

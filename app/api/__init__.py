@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import orjson
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
@@ -84,19 +84,16 @@ def register_api(app: Flask) -> None:
     from app.ingest.views import ingest
     from app.plans.views import plans
 
-    for blueprint in (
-        ingest,
-        analytics,
-        customers,
-        budgets,
-        plans,
-        billing,
-        health,
-        metrics,
-        openapi,
-    ):
-        blueprint.before_request(refuse_unasked_query)
+    api = (ingest, analytics, customers, budgets, plans, billing, health, metrics, openapi)
+    for blueprint in api:
         app.register_blueprint(blueprint)
+    names = frozenset(blueprint.name for blueprint in api)
+
+    @app.before_request
+    def _query_asked() -> None:  # the pages (/dashboard, /admin) read their own
+        if request.blueprint in names:
+            refuse_unasked_query()
+
     app.register_error_handler(ServiceError, _service_error)
     app.register_error_handler(HTTPException, _http_error)
     for error in DATABASE_UNAVAILABLE:
