@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, fields
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,6 +22,15 @@ def _bool(value: str) -> bool:
 
 def _list(value: str) -> tuple[str, ...]:
     return tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+
+
+def _without_password(url: str) -> str:
+    """A URL with the password its credentials may carry (a database's, Redis's) masked."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
 def with_driver(url: str) -> str:
@@ -34,7 +44,19 @@ def with_driver(url: str) -> str:
     return url
 
 
-@dataclass(frozen=True)
+SECRETS = frozenset(
+    {
+        "service_token",
+        "admin_token",
+        "secret_key",
+        "metrics_token",
+        "stripe_api_key",
+        "stripe_webhook_secret",
+    }
+)
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
     """One immutable settings object; ``from_env`` is the only reader of os.environ."""
 
@@ -179,6 +201,18 @@ class Settings:
                 "ENFORCE_BUDGETS needs REDIS_URL (admission is decided in Redis) and "
                 "ENABLE_PRICING_MIDDLEWARE (it admits the metered calls)"
             )
+
+    def __repr__(self) -> str:
+        """Every setting, secrets masked: a traceback or a debug log prints the settings."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRETS and value:
+                value = "***"
+            elif f.name.endswith("_url") and isinstance(value, str):
+                value = _without_password(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     @property
     def sqlalchemy_url(self) -> str:

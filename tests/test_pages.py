@@ -347,3 +347,32 @@ def test_the_top_customers_are_a_snapshot_that_beat_refreshes(
     assert second["as_of"] > first["as_of"]
     schedule = beat_schedule(app.config["SETTINGS"])["operators-overview"]
     assert (schedule["task"], schedule["schedule"]) == ("overview.refresh", 300.0)
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("trust_proxy", ["false", "true"])
+def test_make_api_believes_a_forwarded_https_only_from_a_trusted_proxy(
+    stack: Any, tmp_path: Path, trust_proxy: str
+) -> None:
+    """gunicorn rewrites the scheme from ``X-Forwarded-Proto`` for requests from its
+    ``forwarded_allow_ips`` (127.0.0.1 unless told): with ``TRUST_PROXY=false`` a local
+    process could pass a plain request off as https. Both settings, as ``make api`` runs."""
+    import http.client
+
+    from tests.processes import ShippedStack
+
+    _, _, local = stack
+    shipped = ShippedStack(
+        local.database_url,
+        local.redis_url,
+        tmp_path,
+        {"TRUST_PROXY": trust_proxy} if trust_proxy == "true" else None,
+    )
+    shipped.start_api()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", shipped.port, timeout=10)
+        conn.request("GET", "/dashboard/sign-in", headers={"X-Forwarded-Proto": "https"})
+        cookie = conn.getresponse().getheader("Set-Cookie") or ""
+    finally:
+        shipped.stop()
+    assert ("Secure" in cookie) is (trust_proxy == "true"), cookie

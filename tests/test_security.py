@@ -162,3 +162,21 @@ def test_an_unset_token_locks_the_endpoint(app: Flask, client: FlaskClient, monk
         "/v1/usage/events", json={"events": [event()]}, headers={"Authorization": "Bearer x"}
     )
     assert resp.status_code == 403
+
+
+def test_the_settings_print_no_secret() -> None:
+    """A traceback or a debug log that prints the settings shows that a secret is set,
+    never the secret."""
+    from app.config import SECRETS, Settings
+
+    secrets = {name: f"secret-{name}-value" for name in SECRETS}
+    urls = {
+        "database_url": "postgresql://billing:pg-password@db:5432/billing",
+        "redis_url": "redis://:redis-password@cache:6379/0",
+    }
+    shown = repr(Settings(**secrets, **urls))
+    assert not [name for name, value in secrets.items() if value in shown]
+    assert "pg-password" not in shown and "redis-password" not in shown
+    assert "postgresql://billing:***@db:5432/billing" in shown
+    assert "admin_token='***'" in shown and str(Settings(**secrets)) == repr(Settings(**secrets))
+    assert "admin_token=''" in repr(Settings())  # unset, it says so
