@@ -36,6 +36,7 @@ TABLE_MODULES = (
     "app.customers.models",
     "app.budgets.models",
     "app.plans.models",
+    "app.dashboard.models",
 )
 
 

@@ -290,6 +290,78 @@ def test_revoking_the_key_ends_its_session(
     assert client.get("/dashboard/data/alerts").status_code == 401
 
 
+def _signed_in(client: FlaskClient, page: str, field: str, secret: str) -> str:
+    """Sign in through the form; the session cookie the browser then holds."""
+    token = _csrf(client, f"{page}/sign-in")
+    resp = client.post(f"{page}/sign-in", data={field: secret, "csrf_token": token})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    cookie = client.get_cookie("ub_session")
+    assert cookie is not None
+    return cookie.value
+
+
+def _replayed(app: Flask, cookie: str, path: str) -> int:
+    """The status a saved copy of the cookie gets, from another client."""
+    thief = app.test_client()
+    thief.set_cookie("ub_session", cookie)
+    return thief.get(path).status_code
+
+
+@pytest.mark.parametrize(
+    ("page", "field", "data"),
+    [("/dashboard", "api_key", "/dashboard/data/usage"), ("/admin", "token", "/admin/data")],
+)
+def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(
+    app: Flask, make_customer: Callable[..., BillingCustomer], page: str, field: str, data: str
+) -> None:
+    """Sign-out ends the session on the server: the cookie saved before it (by the
+    browser, a proxy's log, a thief) reads nothing afterwards."""
+    make_customer("key-out")
+    client = app.test_client()
+    secret = "key-out" if page == "/dashboard" else ADMIN_TOKEN
+    saved = _signed_in(client, page, field, secret)
+    day = NOW.date().isoformat()
+    query = f"?start_date={day}&end_date={day}" if page == "/dashboard" else ""
+    assert _replayed(app, saved, data + query) == 200
+    token = _csrf(client, page + "/")
+    assert client.post(f"{page}/sign-out", data={"csrf_token": token}).status_code == 302
+    assert _replayed(app, saved, data + query) == 401
+
+
+def test_a_changed_admin_token_ends_the_admin_sessions(app: Flask, settings: Any) -> None:
+    from tests.helpers import create_extra_app
+
+    saved = _signed_in(app.test_client(), "/admin", "token", ADMIN_TOKEN)
+    assert _replayed(app, saved, "/admin/data") == 200
+    rotated = create_extra_app(settings.replace(admin_token="adm-rotated"), app)
+    assert _replayed(rotated, saved, "/admin/data") == 401
+    assert _replayed(app, saved, "/admin/data") == 401  # ended, not only refused there
+
+
+def test_the_session_cookie_holds_random_tokens_only(
+    app: Flask, make_customer: Callable[..., BillingCustomer]
+) -> None:
+    """Nothing in the cookie is derived from a key, the admin token or a customer: a
+    leaked cookie allows no offline guess, and says nothing of who holds it."""
+    import hashlib
+
+    from itsdangerous import URLSafeTimedSerializer
+
+    customer = make_customer("key-cookie")
+    for page, field, secret in (
+        ("/dashboard", "api_key", "key-cookie"),
+        ("/admin", "token", ADMIN_TOKEN),
+    ):
+        cookie = _signed_in(app.test_client(), page, field, secret)
+        serializer = URLSafeTimedSerializer(
+            app.secret_key, salt="cookie-session", signer_kwargs={"key_derivation": "hmac"}
+        )
+        held = serializer.loads(cookie)
+        assert set(held) - {"_permanent"} == {"session", "csrf_token"}, held  # Flask's flag
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        assert digest not in cookie and str(customer.id) not in held.values()
+
+
 def test_the_session_cookie_is_secure_over_https_and_pages_forbid_foreign_scripts(
     app: Flask, make_customer: Callable[..., BillingCustomer]
 ) -> None:

@@ -1,32 +1,48 @@
-"""Signing in to the pages: a signed session cookie, CSRF on every form, security headers.
+"""Signing in to the pages: a session kept on the server, CSRF on every form, headers.
 
-The cookie holds who is signed in (a customer and the id of the key used, or the
-admin with a digest of the admin token), never a key. It is HttpOnly and
-SameSite=Lax, Secure when the request came over https, and ends after
-``SESSION_HOURS``. A key revoked, a customer deactivated or the admin token
-changed ends the session at its next request. Every POST carries the session's
-CSRF token in a form field; a form without it is refused.
+The cookie (signed, HttpOnly, SameSite=Lax, Secure when the request came over
+https) holds two random tokens: the session's, which finds its row in
+``page_sessions`` (``app/dashboard/models.py``), and the CSRF token. Nothing in it
+is derived from a key or a secret. Signing out ends the row, so a copy of the
+cookie is worth nothing afterwards; a key revoked, a customer deactivated or the
+admin token changed end the session at its next request; each ends after
+``SESSION_HOURS``. Every POST carries the CSRF token in a form field; a form
+without it is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, Response, abort, redirect, render_template, request, session, url_for
+from flask import (
+    Flask,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask.sessions import SecureCookieSessionInterface
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response as BaseResponse
 
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
+from app.dashboard.models import ADMIN, CUSTOMER, PageSession
 from app.extensions import db
+from app.models.types import utcnow
 from app.security import hash_api_key, token_matches
 
 CSRF_FIELD = "csrf_token"
+_SESSION_FIELD = "session"  # the cookie's session token
 _SECURITY_HEADERS = {
     # Scripts and styles from this app only: nothing inline, nothing from a CDN.
     "Content-Security-Policy": (
@@ -87,11 +103,41 @@ def check_csrf() -> None:
         abort(400, description="the form has expired; reload the page and try again")
 
 
-def _start(**who: object) -> None:
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _admin_check(settings: Settings) -> str:
+    """What proves an admin session was opened with today's admin token: an HMAC of
+    it under SECRET_KEY, kept on the server only."""
+    key = current_app.config["SECRET_KEY"].encode()
+    return hmac.new(key, settings.admin_token.encode(), hashlib.sha256).hexdigest()
+
+
+def _start(kind: str, **who: object) -> None:
+    """A new session on the server, and a cookie holding only its random token."""
+    now = utcnow()
+    db.session.execute(delete(PageSession).where(PageSession.expires_at < now))  # lapsed ones
+    token = secrets.token_urlsafe(32)
+    lifetime = current_app.permanent_session_lifetime
+    db.session.add(
+        PageSession(token_hash=_hash(token), kind=kind, expires_at=now + lifetime, **who)
+    )
+    db.session.commit()
     session.clear()
     session.permanent = True
-    session.update(who)
+    session[_SESSION_FIELD] = token
     session[CSRF_FIELD] = secrets.token_urlsafe(32)  # a new token for the new session
+
+
+def _current(kind: str) -> PageSession | None:
+    """The live session of the cookie's token, of this kind."""
+    token = session.get(_SESSION_FIELD)
+    if not isinstance(token, str):
+        return None
+    found = db.session.get(PageSession, _hash(token))
+    live = found is not None and found.ended_at is None and found.expires_at > utcnow()
+    return found if live and found.kind == kind else None  # type: ignore[union-attr]
 
 
 def _holder(key: ApiKey | None) -> BillingCustomer | None:
@@ -107,37 +153,44 @@ def sign_in_customer(api_key: str) -> BillingCustomer | None:
     key = db.session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_api_key(api_key)))
     customer = _holder(key)
     if customer is not None:
-        _start(customer_id=customer.id, key_id=key.id)  # type: ignore[union-attr]
+        _start(CUSTOMER, customer_id=customer.id, key_id=key.id)  # type: ignore[union-attr]
     return customer
 
 
 def signed_in_customer() -> BillingCustomer | None:
     """The session's customer, while its key is live and the customer active."""
-    key_id = session.get("key_id")
-    if key_id is None:
+    found = _current(CUSTOMER)
+    if found is None or found.key_id is None:
         return None
-    key = db.session.get(ApiKey, key_id)
-    customer = _holder(key) if key and key.customer_id == session.get("customer_id") else None
+    key = db.session.get(ApiKey, found.key_id)
+    customer = _holder(key) if key and key.customer_id == found.customer_id else None
     if customer is None:
-        session.clear()
+        _end(found)
     return customer
-
-
-def _token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def sign_in_admin(token: str, settings: Settings) -> bool:
     if not token_matches(token, settings.admin_token):
         return False
-    _start(admin=_token_digest(settings.admin_token))
+    _start(ADMIN, admin_check=_admin_check(settings))
     return True
 
 
 def signed_in_admin(settings: Settings) -> bool:
-    """Whether the session is the admin's, signed in with the admin token still in force."""
-    digest = session.get("admin", "")
-    return bool(settings.admin_token) and token_matches(digest, _token_digest(settings.admin_token))
+    """Whether the session is the admin's, opened with the admin token still in force."""
+    found = _current(ADMIN)
+    if found is None or not settings.admin_token:
+        return False
+    if not hmac.compare_digest(found.admin_check or "", _admin_check(settings)):
+        _end(found)
+        return False
+    return True
+
+
+def _end(found: PageSession) -> None:
+    found.ended_at = utcnow()
+    db.session.commit()
+    session.clear()
 
 
 def sign_in_form(who: str, error: str | None = None) -> tuple[str, int]:
@@ -147,7 +200,13 @@ def sign_in_form(who: str, error: str | None = None) -> tuple[str, int]:
 
 
 def sign_out(then: str) -> BaseResponse:
-    """End the session (a form carrying its CSRF token asked) and go to ``then``."""
+    """End the session, on the server (a form carrying its CSRF token asked), and go to
+    ``then``: the cookie, kept or copied, signs no one in again."""
     check_csrf()
+    for kind in (CUSTOMER, ADMIN):
+        found = _current(kind)
+        if found is not None:
+            found.ended_at = utcnow()
+    db.session.commit()
     session.clear()
     return redirect(url_for(then))
