@@ -26,8 +26,9 @@ from app import create_app_for_serving  # noqa: E402 - after the metrics directo
 from app.database import forget_inherited_connections  # noqa: E402
 from app.ingest.batch_store import batch_store  # noqa: E402
 from app.observability.exporter import forget_process, serve_metrics  # noqa: E402
-from app.observability.metrics import BEAT_SENT  # noqa: E402
+from app.observability.metrics import BEAT_SENT, at_zero  # noqa: E402
 from app.pricing.book import price_book  # noqa: E402
+from app.schedule import beat_schedule  # noqa: E402
 
 flask_app = create_app_for_serving()
 celery_app = flask_app.extensions["celery"]
@@ -41,6 +42,7 @@ def serve_worker_metrics(**_: Any) -> None:
 
 @beat_init.connect
 def serve_beat_metrics(**_: Any) -> None:
+    at_zero(BEAT_SENT, *((entry["task"],) for entry in beat_schedule(settings).values()))
     serve_metrics(settings.beat_metrics_port)
 
 

@@ -202,6 +202,18 @@ def test_the_shipped_stack_exports_the_api_and_worker_metrics(tmp_path: Path) ->
         # Exported at 0 before any outage, so BudgetChecksUnavailable sees the first one.
         assert api[("ub_budget_admissions_total", (("how", "unchecked"),))] == 0
         assert api[("ub_budget_refusals_total", (("reason", "unavailable"),))] == 0
+        # Every series a first event would make is there at 0 before it: a rule's
+        # increase() sees the first rejected event, parked event, failed report.
+        worker = scrape(stack.worker_metrics_port)
+        for process, name, labels in (
+            (api, "ub_events_rejected_total", (("field", "tokens_input"),)),
+            (api, "ub_events_rejected_total", (("field", "provider_usage"),)),
+            (api, "ub_streams_flagged_total", (("flag", "stream_cut_off"),)),
+            (worker, "ub_events_parked_total", (("field", "provider_usage"),)),
+            (worker, "ub_reports_total", (("outcome", "failed"),)),
+            (worker, "ub_stripe_errors_total", (("call", "meter event"), ("kind", "APIError"))),
+        ):
+            assert process[(name, labels)] == 0, (name, labels)
         assert lag == 1000
         files = list((tmp_path / "instance" / "metrics" / "api").glob("*.db"))
         assert len({f.name.rsplit("_", 1)[-1] for f in files}) >= 2  # both gunicorn workers

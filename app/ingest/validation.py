@@ -34,6 +34,7 @@ from app.config import Settings
 from app.errors import ValidationError
 from app.ingest.provider_usage import UsageShapeError, extract
 from app.models.types import NON_FINITE
+from app.observability.metrics import EVENTS_PARKED, EVENTS_REJECTED, at_zero
 from app.pricing.dimensions import COLUMN_OF, DIMENSIONS, PART_COLUMNS, check_parts, usage_keys
 from app.shapes import parse, trimmed
 
@@ -243,6 +244,10 @@ class EventShape(TypedDict):
 
 
 EVENT_SHAPE = TypeAdapter(EventShape)
+# The fields an event can be refused or parked for, each series exported from the start.
+FAULT_FIELDS = (*EventShape.__annotations__, "event", "usage")
+at_zero(EVENTS_REJECTED, *((name,) for name in FAULT_FIELDS))
+at_zero(EVENTS_PARKED, *((name,) for name in FAULT_FIELDS))
 _TEXT_FIELDS = ("provider", "model", "execution_id", "task_type", "status")
 _FLAT_USAGE = (
     "tokens_input",

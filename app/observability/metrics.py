@@ -1,5 +1,11 @@
 """Every metric the service exports, declared once. Names start with ``ub_``.
 
+Every series a counter can have is made here at 0 (``_at_zero``), not at its
+first event: Prometheus's ``increase()`` cannot see a series' first sample, so an
+alert on the first rejected event, the first failed report or the first refusal
+would never fire. A field's series (of events refused or parked) are made for
+each field an event has, by ``app.ingest.validation``.
+
 Counters are counted where their event happens (the API's accept, the worker's
 write, the report, the Stripe gateway, budget admission, alert delivery);
 figures that are a state rather than events (the spool, the queue, reports
@@ -44,3 +50,37 @@ BUDGET_LIMITS_REACHED = Counter(
 )
 ALERT_DELIVERIES = Counter("ub_alert_deliveries", "Alert webhook attempts", ["outcome"])
 BEAT_SENT = Counter("ub_beat_tasks_sent", "Tasks Beat sent on schedule", ["task"])
+
+
+def at_zero(counter: Counter, *label_sets: tuple[str, ...]) -> None:
+    """Make each of these series of ``counter`` now, at 0."""
+    for labels in label_sets:
+        counter.labels(*labels)
+
+
+def _each(*values: str) -> tuple[tuple[str, ...], ...]:
+    return tuple((value,) for value in values)
+
+
+# The calls the Stripe gateway makes, and the errors it counts of each.
+STRIPE_CALLS = (
+    "active",
+    "create customer",
+    "meter event",
+    "meter event summaries",
+    "meter lookup",
+    "portal session",
+    "status",
+)
+_STRIPE_KINDS = ("RateLimitError", "APIConnectionError", "IdempotencyError", "APIError")
+
+at_zero(EVENTS_ACCEPTED, *_each("batch", "middleware"))
+at_zero(REPORTS, *_each("sent", "nothing_to_send", "needs_manual", "failed"))
+at_zero(STRIPE_ERRORS, *((call, kind) for call in STRIPE_CALLS for kind in _STRIPE_KINDS))
+at_zero(STRIPE_RETRIES, *_each(*STRIPE_CALLS))
+at_zero(BUDGET_ADMISSIONS, *_each("lease", "redis", "unchecked"))
+at_zero(
+    BUDGET_REFUSALS, *_each("budget_exceeded", "revoked_key", "unknown_key", "unavailable")
+)
+at_zero(ALERT_DELIVERIES, *_each("delivered", "failed", "unconfirmed"))
+at_zero(STREAMS_FLAGGED, *_each("stream_cut_off", "stream_without_usage"))
