@@ -13,7 +13,7 @@ from flask.cli import AppGroup
 from app.analytics.cli import export_command
 from app.config import Settings
 from app.customers.cli import customers_cli, keys_cli
-from app.errors import JobAlreadyRunning, NotFound
+from app.errors import JobAlreadyRunning, NotFound, ValidationError
 from app.ingest.recording import replay_rejected
 from app.ingest.validation import EventLimits
 from app.models.types import utcnow
@@ -47,8 +47,8 @@ def _settings() -> Settings:
 def _run(label: str, action) -> None:  # type: ignore[no-untyped-def]
     try:
         result = action()
-    except JobAlreadyRunning as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (JobAlreadyRunning, ValidationError) as exc:
+        raise click.ClickException(exc.message) from exc
     except JobFailed as exc:
         click.echo(
             json.dumps({"job": label, "status": "failed", "counts": exc.counts, "error": str(exc)})

@@ -179,7 +179,9 @@ class Settings:
     # report, so Stripe has aggregated its events), over this many days back.
     reconcile_hour_utc: int = 4
     reconcile_days: int = 7
-    job_stale_after_seconds: int = 3600
+    # A running job renews its lock every third of this; one not renewed this long
+    # (its process gone), or whose process on this host is gone, is taken over.
+    job_lease_seconds: int = 60
 
     def __post_init__(self) -> None:
         if self.log_format not in {"text", "json"}:

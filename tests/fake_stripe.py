@@ -76,7 +76,8 @@ class FakeStripe:
 
         A status code answers with that error; "drop" closes the connection
         unanswered; "slow" does the work (Stripe records it) but answers only
-        after ``SLOW_SECONDS``, past the client's timeout.
+        after ``SLOW_SECONDS``, past the client's timeout; "recorded 500" does
+        the work and answers 500 all the same.
         """
         self.state.failures.setdefault(path, []).extend(outcomes)
 
@@ -100,6 +101,9 @@ class FakeStripe:
                 return "drop"
             if outcome == "slow":
                 record.slow = True  # done below, answered late
+            elif outcome == "recorded 500":
+                self._route(method, path, params)
+                return 500, _error("api_error", "scripted: recorded, then failed")
             else:
                 return outcome, _error(
                     "api_error" if outcome >= 500 else "rate_limit_error", "scripted"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -21,7 +22,7 @@ from app.security import hash_api_key
 from app.services import reporting
 from app.services.jobs import JobFailed
 from app.services.scheduled import run_report
-from tests.factories import event
+from tests.factories import CustomerFactory, event
 from tests.fake_stripe import FakeStripe
 from tests.helpers import ADMIN_TOKEN, WEBHOOK_SECRET, auth, measured, record, wait_for
 
@@ -133,7 +134,9 @@ def test_two_report_runs_for_one_day_send_one_meter_event_per_customer(
     for n, customer in enumerate(customers):
         sent = by_customer[customer.stripe_customer_id]
         assert sent["payload"]["value"] == str(1000 * (n + 1) + 10)
-        assert sent["identifier"] == f"ub-{customer.id}-{YESTERDAY:%Y%m%d}-0"
+        assert re.fullmatch(
+            rf"ub-[0-9a-f]{{16}}-{customer.id}-{YESTERDAY:%Y%m%d}-0", sent["identifier"]
+        )
         assert sent["timestamp"] == int(
             datetime(
                 YESTERDAY.year, YESTERDAY.month, YESTERDAY.day, 23, 59, 59, tzinfo=UTC
@@ -226,9 +229,8 @@ def test_crash_after_stripe_answered_does_not_bill_twice(
         db.session.rollback()
         from app.models import JobRun
 
-        db.session.query(
-            JobRun
-        ).delete()  # the dead run's lock would expire after JOB_STALE_AFTER_SECONDS
+        # The run died with its process; this test's process lives on, holding it.
+        db.session.query(JobRun).delete()
         db.session.commit()
     monkeypatch.setattr(reporting, "mark_sent", real_mark_sent)
     _report(app, YESTERDAY)
@@ -317,6 +319,92 @@ def test_webhooks_keep_status_current_and_refuse_forgeries(
             customer.payment_status == "payment_failed"
             and customer.subscription_status == "past_due"
         )
+
+
+def test_a_meter_event_stripe_recorded_before_answering_500_is_sent_once_not_failed(
+    app: Flask, stripe_server: FakeStripe, customers
+) -> None:
+    """Stripe records the event and answers 500; the retry with the same identifier is
+    refused as one it already holds. That is our event, sent: the ledger says so, no
+    later run sends it again, and the customer's next day is billed as usual."""
+    _use(app, "key-0", YESTERDAY - timedelta(days=1), 1000)
+    stripe_server.fail_next(METER_PATH, "recorded 500")
+    _report(app, YESTERDAY - timedelta(days=1))
+    _use(app, "key-0", YESTERDAY, 500)
+    _report(app, YESTERDAY)
+    sent = [e for e in stripe_server.state.meter_events if e["payload"]["value"] != "0"]
+    assert [
+        e["payload"]["value"]
+        for e in sent
+        if e["payload"]["stripe_customer_id"] == customers[0].stripe_customer_id
+    ] == ["1000", "500"]
+    with app.app_context():
+        statuses = db.session.scalars(
+            select(UsageReport.status).where(UsageReport.customer_id == customers[0].id)
+        ).all()
+    assert statuses == ["sent", "sent"]
+
+
+def test_one_customers_idempotency_conflict_stops_no_other(
+    app: Flask, stripe_server: FakeStripe, customers
+) -> None:
+    """Stripe answers one customer with ``idempotency_error``: that customer's report
+    fails (and is retried), every other customer of the run is billed."""
+    for n in range(3):
+        _use(app, f"key-{n}", YESTERDAY, 100 * (n + 1))
+    with app.app_context():  # the first customer's identifier, remembered with other details
+        report = UsageReport(
+            customer_id=customers[0].id,
+            day=YESTERDAY,
+            seq=0,
+            mode="meter_events",
+            quantity=1,
+            quantity_unit="tokens",
+            cumulative_exact=Decimal(1),
+            cumulative_units=1,
+            identifier="ub-conflict-0",
+            idempotency_key="ub-conflict-0",
+            stripe_event_name="llm_usage",
+            status="failed",
+            attempts=1,
+        )
+        db.session.add(report)
+        db.session.commit()
+    stripe_server.state.idempotency["ub-conflict-0"] = (METER_PATH, {"other": "details"}, 200, {})
+    with pytest.raises(JobFailed, match=f"customer {customers[0].id}"):
+        _report(app, YESTERDAY)
+    billed = {e["payload"]["stripe_customer_id"] for e in stripe_server.state.meter_events}
+    assert billed == {customers[1].stripe_customer_id, customers[2].stripe_customer_id}
+
+
+def test_meter_identifiers_are_unique_beyond_one_database(
+    app: Flask, stripe_server: FakeStripe, customers, settings
+) -> None:
+    """A second deployment on the same Stripe account (staging, or this one rebuilt
+    from nothing) numbers its customers and days the same: its identifiers must not
+    collide with ours, or Stripe would refuse its events as already held."""
+    from tests.helpers import create_database, create_extra_app, drop_database
+
+    _use(app, "key-0", YESTERDAY, 100)
+    _report(app, YESTERDAY)
+    url = create_database()
+    try:
+        other = create_extra_app(settings.replace(database_url=url), app)
+        with other.app_context():
+            twin = CustomerFactory(
+                api_key="key-0", stripe_customer_id=customers[0].stripe_customer_id
+            )
+            assert twin.id == customers[0].id  # the same numbers
+            record([event("key-0", timestamp=_at(YESTERDAY), tokens_input=100, tokens_output=0)])
+        _report(other, YESTERDAY)
+        with other.app_context():
+            db.session.remove()
+            for engine in db.engines.values():
+                engine.dispose()
+    finally:
+        drop_database(url)
+    identifiers = [e["identifier"] for e in stripe_server.state.meter_events]
+    assert len(identifiers) == len(set(identifiers)) == 2
 
 
 def test_500_429_and_timeouts_during_the_report_bill_each_customer_day_once(

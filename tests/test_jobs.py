@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -19,12 +20,13 @@ import pytest
 import time_machine
 import yaml
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.errors import JobAlreadyRunning
 from app.extensions import db
 from app.ingest.partitions import Partition, partitions, week_of
 from app.models import JobRun, ModelPrice, UsageReport
+from app.models.types import utcnow
 from app.pricing.book import price_book
 from app.pricing.catalog import PriceSourceError
 from app.services.jobs import run_job
@@ -151,6 +153,150 @@ def test_a_second_concurrent_run_is_refused(app: Flask) -> None:
     assert [(r.status, r.counts) for r in _runs(app, "usage_cleanup")] == [
         ("succeeded", {"done": 1})
     ]
+
+
+def test_a_run_whose_process_died_is_taken_over_at_once(app: Flask) -> None:
+    """``flask billing report`` SIGKILLed part way (Stripe slow to answer): its day's
+    lock named a process that is gone, and the next run takes it over at once, not an
+    hour later."""
+    import signal
+
+    settings = app.config["SETTINGS"]
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "INSTANCE_DIR": str(settings.instance_dir),
+        "AUTO_MIGRATE": "false",
+    }
+    day = (NOW.date() - timedelta(days=3)).isoformat()
+    blocker = _hold_lock_script(day)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", blocker], cwd=project_root(), env=env, start_new_session=True
+    )
+    try:
+        wait_for(lambda: [r.status for r in _runs(app, REPORT_JOB)] == ["running"], timeout=60)
+        with app.app_context(), pytest.raises(JobAlreadyRunning):  # alive: its lock holds
+            run_job(REPORT_JOB, day, lambda: {}, timedelta(hours=1))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        with app.app_context():
+            run = run_job(REPORT_JOB, day, lambda: {"done": 1}, timedelta(hours=1))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert run.status == "succeeded"
+    dead = [r for r in _runs(app, REPORT_JOB) if r.status == "failed"]
+    assert len(dead) == 1 and "died" in dead[0].error
+
+
+def _hold_lock_script(day: str) -> str:
+    """A process that takes the report's lock for ``day`` and keeps working."""
+    return (
+        "import time\n"
+        "from datetime import timedelta\n"
+        "from app import create_app\n"
+        "from app.services.jobs import run_job\n"
+        "app = create_app()\n"
+        "with app.app_context():\n"
+        f"    run_job('{REPORT_JOB}', '{day}', lambda: time.sleep(600) or {{}}, timedelta(hours=1))\n"
+    )
+
+
+def test_a_run_elsewhere_keeps_its_lock_while_it_renews_it(app: Flask) -> None:
+    """A holder on another host is judged by its lease alone: renewed, it holds; not
+    renewed for a lease, it is taken over."""
+    day = "2026-11-21"
+    lease = timedelta(seconds=60)
+    with app.app_context():
+        db.session.add(
+            JobRun(
+                job=CLEANUP_JOB,
+                period=day,
+                status="running",
+                started_at=utcnow() - timedelta(hours=2),
+                holder="another-host:4242",
+                heartbeat_at=utcnow() - timedelta(seconds=5),
+            )
+        )
+        db.session.commit()
+        with pytest.raises(JobAlreadyRunning):
+            run_job(CLEANUP_JOB, day, lambda: {}, lease)
+        db.session.execute(update(JobRun).values(heartbeat_at=utcnow() - timedelta(seconds=61)))
+        db.session.commit()
+        assert run_job(CLEANUP_JOB, day, lambda: {"ok": 1}, lease).status == "succeeded"
+
+
+def test_a_running_job_renews_its_lease(app: Flask) -> None:
+    beats = []
+
+    def watch() -> dict:
+        for _ in range(3):
+            time.sleep(0.2)
+            with app.app_context():
+                beats.append(_runs(app, CLEANUP_JOB)[0].heartbeat_at)
+        return {}
+
+    with app.app_context():
+        run_job(CLEANUP_JOB, "2026-11-22", watch, timedelta(seconds=0.3))
+    assert len(set(beats)) == 3  # renewed every tenth of a second
+
+
+def test_a_report_of_a_day_not_over_is_refused(app: Flask) -> None:
+    runner = app.test_cli_runner()
+    today = utcnow().date().isoformat()
+    result = runner.invoke(args=["billing", "report", "--date", today])
+    assert result.exit_code != 0 and "is not over yet" in result.output
+    with app.app_context():
+        assert _runs(app, REPORT_JOB) == []
+
+
+def test_retention_goes_on_for_every_customer_but_one_whose_report_failed(
+    app: Flask, make_customer
+) -> None:
+    """The last report run failed for one customer (its report is ``failed``): the
+    others' old events still go; that customer's stay from its unsettled day."""
+    ok = make_customer("key-fine", stripe_customer_id="cus_fine")
+    failing = make_customer("key-failing", stripe_customer_id="cus_failing")
+    now = datetime.now(UTC)
+    old = week_of(now - timedelta(days=120)) + timedelta(hours=1)
+    sent = {}
+    with app.app_context():
+        for key in ("key-fine", "key-failing"):
+            sent[key] = event(key, timestamp=old.isoformat())
+            record([sent[key]], now=old + timedelta(days=1))
+        db.session.add(
+            UsageReport(
+                customer_id=failing.id,
+                day=(old + timedelta(days=2)).date(),
+                seq=0,
+                mode="meter_events",
+                quantity=1,
+                quantity_unit="tokens",
+                cumulative_exact=Decimal(1),
+                cumulative_units=1,
+                identifier="ub-failing-0",
+                idempotency_key="ub-failing-0",
+                stripe_event_name="llm_usage",
+                status="failed",
+            )
+        )
+        # Yesterday's run went through every customer, and one of them failed.
+        db.session.add(
+            JobRun(
+                job=REPORT_JOB,
+                period=(now - timedelta(days=1)).date().isoformat(),
+                status="failed",
+                started_at=now,
+                counts={"customers": 2, "sent": 1, "failed": 1},
+                error=f"customer {failing.id}: Stripe unavailable",
+            )
+        )
+        db.session.commit()
+        run = run_cleanup(app.config["SETTINGS"], now)
+    assert run.status == "succeeded", run.error
+    assert count_events(app, event_id=sent["key-fine"]["event_id"]) == 0
+    assert count_events(app, event_id=sent["key-failing"]["event_id"]) == 1
+    assert ok.id != failing.id
 
 
 def test_cleanup_removes_old_reported_events_and_keeps_unreported_ones(

@@ -119,20 +119,32 @@ class StripeGateway:
         identifier: str,
         timestamp: int,
     ) -> str:
-        """Report ``value`` for a customer; the identifier doubles as the idempotency key."""
-        event = self._call(
-            "meter event",
-            lambda: self._client.v1.billing.meter_events.create(
-                params={
-                    "event_name": event_name,
-                    "payload": {"stripe_customer_id": stripe_customer_id, "value": str(value)},
-                    "identifier": identifier,
-                    "timestamp": timestamp,
-                },
-                options={"idempotency_key": identifier},
-            ),
-        )
-        return event.identifier
+        """Report ``value`` for a customer; the identifier doubles as the idempotency key.
+
+        Stripe refusing the identifier as one it already holds means an earlier
+        attempt got there (answered with an error, or not at all): the event is
+        sent, once. Our identifiers are ours alone (``usage_reports``), so no
+        other event can hold it.
+        """
+
+        def create() -> str:
+            try:
+                return self._client.v1.billing.meter_events.create(
+                    params={
+                        "event_name": event_name,
+                        "payload": {"stripe_customer_id": stripe_customer_id, "value": str(value)},
+                        "identifier": identifier,
+                        "timestamp": timestamp,
+                    },
+                    options={"idempotency_key": identifier},
+                ).identifier
+            except stripe.InvalidRequestError as exc:
+                if exc.param == "identifier" and "already exists" in str(exc.user_message or ""):
+                    log.info("meter event %s was already recorded by Stripe", identifier)
+                    return identifier
+                raise
+
+        return self._call("meter event", create)
 
     def meter_id(self, event_name: str) -> str:
         """The id of the active meter that takes ``event_name``'s events."""

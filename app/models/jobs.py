@@ -2,7 +2,9 @@
 
 A partial unique index on (job, period) WHERE status = 'running' makes a second
 concurrent run of the same job for the same period fail at INSERT, on both
-PostgreSQL and SQLite, without any lock server.
+PostgreSQL and SQLite, without any lock server. The running row names its holder
+(host and process) and is renewed while the holder lives (``heartbeat_at``): a row
+whose holder is gone is taken over (``app.services.jobs``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class JobRun(db.Model):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     counts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    holder: Mapped[str | None] = mapped_column(String(128))  # "host:pid" of the running process
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index(

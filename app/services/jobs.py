@@ -1,14 +1,19 @@
 """Running a scheduled job once per period, and recording it in ``job_runs``.
 
 The running row is the lock: a partial unique index allows one ``running`` row
-per (job, period), so a second concurrent run fails at INSERT. A run that has
-been ``running`` for longer than ``JOB_STALE_AFTER_SECONDS`` belonged to a dead
-process and is taken over.
+per (job, period), so a second concurrent run fails at INSERT. It is a lease: the
+holder renews it every third of ``JOB_LEASE_SECONDS`` from a thread of its own,
+for as long as it lives. A run whose lease lapsed, or whose holder on this host
+is no longer a process, is dead, and is taken over at once (a report killed part
+way no longer holds its day for an hour).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -33,23 +38,46 @@ class JobFailed(Exception):
         self.counts = counts
 
 
-def _expire_stale(job: str, period: str, stale_after: timedelta) -> None:
-    db.session.execute(
-        update(JobRun)
-        .where(
-            JobRun.job == job,
-            JobRun.period == period,
-            JobRun.status == RUNNING,
-            JobRun.started_at < utcnow() - stale_after,
-        )
-        .values(status=FAILED, finished_at=utcnow(), error="abandoned: the process running it died")
-    )
+def _holder() -> str:
+    """This process, as a running row names it (a fork has another pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _gone(holder: str | None) -> bool:
+    """Whether the process holding a run is known to be gone: it ran on this host, and
+    no process has its pid. A holder elsewhere is left to its lease."""
+    host, _, pid = (holder or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # a process of another user has that pid: alive
+        return False
+    return False
+
+
+def _expire_dead(job: str, period: str, lease: timedelta) -> None:
+    now = utcnow()
+    running = db.session.scalars(
+        select(JobRun).where(JobRun.job == job, JobRun.period == period, JobRun.status == RUNNING)
+    ).all()
+    for run in running:
+        last = run.heartbeat_at or run.started_at
+        if last < now - lease or _gone(run.holder):
+            run.status, run.finished_at = FAILED, now
+            run.error = f"abandoned: its process ({run.holder}) died"
+            log.warning("taking over a dead run", extra={"job": job, "period": period})
     db.session.commit()
 
 
-def _start(job: str, period: str, stale_after: timedelta) -> JobRun:
-    _expire_stale(job, period, stale_after)
-    run = JobRun(job=job, period=period, status=RUNNING, started_at=utcnow())
+def _start(job: str, period: str, lease: timedelta) -> JobRun:
+    _expire_dead(job, period, lease)
+    now = utcnow()
+    run = JobRun(
+        job=job, period=period, status=RUNNING, started_at=now, holder=_holder(), heartbeat_at=now
+    )
     db.session.add(run)
     try:
         db.session.commit()
@@ -59,19 +87,49 @@ def _start(job: str, period: str, stale_after: timedelta) -> JobRun:
     return run
 
 
-def run_job(
-    job: str, period: str, work: Callable[[], dict[str, Any]], stale_after: timedelta
-) -> JobRun:
+class _Heartbeat:
+    """Renews a running row's lease from a thread while the run lasts, on a connection
+    of its own (the run's session is the work's)."""
+
+    def __init__(self, run_id: int, lease: timedelta) -> None:
+        self._engine = db.engine
+        self._run_id = run_id
+        self._every = max(lease.total_seconds() / 3, 0.05)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="job-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(
+                        update(JobRun)
+                        .where(JobRun.id == self._run_id, JobRun.status == RUNNING)
+                        .values(heartbeat_at=utcnow())
+                    )
+            except Exception as exc:  # noqa: BLE001 - the database away: the next beat retries
+                log.warning("job lease not renewed: %s", type(exc).__name__)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+def run_job(job: str, period: str, work: Callable[[], dict[str, Any]], lease: timedelta) -> JobRun:
     """Run ``work`` under the (job, period) lock and record how it went.
 
-    A run still ``running`` after ``stale_after`` is taken to be dead and is taken over.
+    The lock is held as a lease renewed while this process lives; a run whose holder
+    died is taken over (``_expire_dead``).
 
     ``work`` returns its counts; it raises ``JobFailed`` (with counts) when it
     finished but left something undone. Either failure is recorded and re-raised
     so the Celery task retries.
     """
-    run = _start(job, period, stale_after)
+    run = _start(job, period, lease)
     run_id = run.id
+    heartbeat = _Heartbeat(run_id, lease)
     try:
         counts = work()
     except JobFailed as exc:
@@ -82,6 +140,8 @@ def run_job(
         db.session.rollback()
         _finish(run_id, FAILED, None, f"{type(exc).__name__}: {exc}")
         raise
+    finally:  # whatever ended the work (an exit too): the lease is no longer renewed
+        heartbeat.stop()
     return _finish(run_id, SUCCEEDED, counts, None)
 
 
@@ -100,6 +160,21 @@ def last_runs() -> dict[str, JobRun]:
     for run in db.session.scalars(select(JobRun).order_by(JobRun.started_at)):
         newest[run.job] = run
     return newest
+
+
+def last_completed(job: str) -> JobRun | None:
+    """The newest run that went through its work: succeeded, or failed having done what
+    it could (``JobFailed``: some part of it, a customer, left undone), not one that
+    crashed part way."""
+    return db.session.scalar(
+        select(JobRun)
+        .where(
+            JobRun.job == job,
+            (JobRun.status == SUCCEEDED) | ((JobRun.status == FAILED) & JobRun.counts.is_not(None)),
+        )
+        .order_by(JobRun.period.desc())
+        .limit(1)
+    )
 
 
 def last_success(job: str) -> JobRun | None:

@@ -18,6 +18,7 @@ what makes reports exactly-once across days.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from sqlalchemy import Date, Select, and_, func, insert, literal, select, update
 from app.billing.stripe_gateway import gateway
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
-from app.errors import BillingRejected, BillingUnavailable, NotFound
+from app.errors import BillingRejected, BillingUnavailable, Conflict, NotFound
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.models import UsageReport
@@ -221,7 +222,7 @@ def _send(report: UsageReport, customer: BillingCustomer, now: datetime) -> str:
             identifier=report.identifier,
             timestamp=_event_timestamp(report.day, now),
         )
-    except (BillingUnavailable, BillingRejected) as exc:
+    except (BillingUnavailable, BillingRejected, Conflict) as exc:
         report.status = FAILED
         report.last_error = str(exc)[:2000]
         db.session.commit()
@@ -282,7 +283,10 @@ def _ledger_row(
         )
     )
     unit_name, _ = _units(settings)
-    identifier = f"ub-{customer.id}-{day:%Y%m%d}-{seq}"
+    # Unique beyond this database: a staging deployment, or this one rebuilt, may
+    # report to the same Stripe account, whose identifiers are one namespace. The
+    # random part is kept in the ledger with the rest, so a retry sends it unchanged.
+    identifier = f"ub-{secrets.token_hex(8)}-{customer.id}-{day:%Y%m%d}-{seq}"
     report = UsageReport(
         customer_id=customer.id,
         day=day,
@@ -333,7 +337,7 @@ def report_day(
         summary.customers += 1
         try:
             outcome = report_customer(settings, customer, day, exact, now)
-        except (BillingUnavailable, BillingRejected) as exc:
+        except (BillingUnavailable, BillingRejected, Conflict) as exc:
             db.session.rollback()
             summary.failed.append(f"customer {customer.id}: {exc}")
             log.error("report failed for customer %s: %s", customer.id, exc)

@@ -12,6 +12,7 @@ from typing import Any
 from app.billing.stripe_gateway import gateway
 from app.config import Settings
 from app.customers.services import link_unlinked_customers
+from app.errors import ValidationError
 from app.extensions import db
 from app.models import JobRun
 from app.models.jobs import FAILED
@@ -31,7 +32,7 @@ from app.services.cleanup import (
     drop_partitions,
     whole_weeks,
 )
-from app.services.jobs import JobFailed, last_runs, last_success, run_job
+from app.services.jobs import JobFailed, last_completed, last_runs, last_success, run_job
 from app.services.reconciliation import open_differences, reconcile
 from app.services.reporting import report_day, reports_needing_manual
 
@@ -52,8 +53,8 @@ def days_to_report(today: date) -> list[date]:
     return [first + timedelta(days=n) for n in range((yesterday - first).days + 1)]
 
 
-def _stale_after(settings: Settings) -> timedelta:
-    return timedelta(seconds=settings.job_stale_after_seconds)
+def _lease(settings: Settings) -> timedelta:
+    return timedelta(seconds=settings.job_lease_seconds)
 
 
 def run_report(
@@ -63,6 +64,12 @@ def run_report(
     progress: Progress = unwatched,
 ) -> list[JobRun]:
     now = now or utcnow()
+    if day is not None and day >= now.date():
+        # A day's usage is complete only once it is over: today's would be billed in
+        # part now and the rest as tomorrow's correction, a day late.
+        raise ValidationError(
+            f"{day} is not over yet (UTC): a day is reported once it has ended", field="date"
+        )
     days = [day] if day else days_to_report(now.date())
     link_unlinked_customers(settings)  # onboarded while Stripe was away: billed from today's report
     runs = []
@@ -77,7 +84,7 @@ def run_report(
                 raise JobFailed("; ".join(summary.failed)[:2000], summary.as_counts())
             return summary.as_counts()
 
-        runs.append(run_job(REPORT_JOB, each.isoformat(), work, _stale_after(settings)))
+        runs.append(run_job(REPORT_JOB, each.isoformat(), work, _lease(settings)))
     return runs
 
 
@@ -89,7 +96,7 @@ def run_price_refresh(settings: Settings, now: datetime | None = None) -> JobRun
         price_book.invalidate()
         return {"checked": result.checked, "added": result.added, "sources": len(result.sources)}
 
-    return run_job(REFRESH_JOB, now.date().isoformat(), work, _stale_after(settings))
+    return run_job(REFRESH_JOB, now.date().isoformat(), work, _lease(settings))
 
 
 def run_cleanup(
@@ -98,7 +105,10 @@ def run_cleanup(
     now = now or utcnow()
 
     def work() -> dict[str, Any]:
-        last = last_success(REPORT_JOB)
+        # The last day the report went through, even when some customers failed: each
+        # of those is held back by its own unsettled report (customer_cutoffs), the
+        # others' retention goes on.
+        last = last_completed(REPORT_JOB)
         last_day = date.fromisoformat(last.period) if last else None
         cutoffs = customer_cutoffs(now, settings.usage_retention_days, last_day)
         pace = cleanup_pace(settings)
@@ -128,7 +138,7 @@ def run_cleanup(
             "hourly_rows_deleted": hours,
         }
 
-    return run_job(CLEANUP_JOB, now.date().isoformat(), work, _stale_after(settings))
+    return run_job(CLEANUP_JOB, now.date().isoformat(), work, _lease(settings))
 
 
 def reconcile_window(settings: Settings, today: date) -> tuple[date, date]:
@@ -154,7 +164,7 @@ def run_reconciliation(
             "resolved": result.resolved,
         }
 
-    return run_job(RECONCILE_JOB, now.date().isoformat(), work, _stale_after(settings))
+    return run_job(RECONCILE_JOB, now.date().isoformat(), work, _lease(settings))
 
 
 def _describe(run: JobRun | None) -> dict[str, Any]:
