@@ -50,7 +50,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # decodes every message and writes it again to its unacked hash.
             "body_encoding": None,
         }
-        config["beat_scheduler"] = "redbeat.RedBeatScheduler"
+        # RedBeat, surviving Redis restarted, flushed or away (app/beat.py); woken at
+        # least every 10 s, so a lost lock is found and taken again within that.
+        config["beat_scheduler"] = "app.beat:ResilientRedBeatScheduler"
+        config["beat_max_loop_interval"] = 10
         config["redbeat_redis_url"] = settings.redis_url
         config["redbeat_lock_timeout"] = 300
         config["redbeat_redis_options"] = {"socket_connect_timeout": 5}

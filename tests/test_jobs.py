@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import time_machine
@@ -83,13 +84,78 @@ def test_beat_uses_redbeat_and_stores_the_schedule_in_redis(app: Flask) -> None:
     from redbeat import RedBeatScheduler
     from redbeat.schedulers import get_redis
 
+    from app.beat import ResilientRedBeatScheduler
+
     celery_app = app.extensions["celery"]
-    assert celery_app.conf.beat_scheduler == "redbeat.RedBeatScheduler"
-    scheduler = RedBeatScheduler(app=celery_app, lazy=True)
+    assert celery_app.conf.beat_scheduler == "app.beat:ResilientRedBeatScheduler"
+    assert issubclass(ResilientRedBeatScheduler, RedBeatScheduler)
+    scheduler = ResilientRedBeatScheduler(app=celery_app, lazy=True)
     scheduler.setup_schedule()
     keys = get_redis(celery_app).zrange(celery_app.redbeat_conf.schedule_key, 0, -1)
     names = {(k.decode() if isinstance(k, bytes) else k).rsplit(":", 1)[-1] for k in keys}
     assert {"daily-usage-report", "nightly-price-refresh", "weekly-cleanup"} <= names
+
+
+@pytest.mark.services
+@pytest.mark.slow
+def test_make_beat_outlives_redis_flushed_restarted_and_away(
+    app: Flask, settings: Any, tmp_path: Path
+) -> None:
+    """``make beat`` on a private Redis: its lock and schedule flushed away, then Redis
+    stopped and started again empty. Beat keeps running, takes its lock again and
+    goes on sending the minute jobs (as before it exited on LockNotOwnedError)."""
+    import redis as redis_client
+
+    from tests.processes import RedisServer, free_port, kill_tree
+
+    server = RedisServer(free_port(), tmp_path)
+    server.start()
+    url = f"redis://127.0.0.1:{server.port}/0"
+    env = {
+        **{k: v for k, v in os.environ.items() if k.upper() not in {"REDIS_URL"}},
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": url,
+        "INSTANCE_DIR": str(tmp_path / "instance"),
+        "BEAT_METRICS_PORT": str(free_port()),
+        "AUTO_MIGRATE": "false",
+    }
+    log = (tmp_path / "beat.log").open("ab")
+    beat = subprocess.Popen(
+        ["make", "--no-print-directory", "beat"],
+        cwd=project_root(),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    client = redis_client.Redis.from_url(url)
+
+    def holds_its_lock_and_schedule() -> bool:
+        try:
+            return bool(client.exists("redbeat::lock") and client.zcard("redbeat::schedule"))
+        except redis_client.RedisError:
+            return False
+
+    try:
+        wait_for(holds_its_lock_and_schedule, timeout=60, interval=0.5)
+        client.flushall()  # the lock and the schedule gone, as a restart without data does
+        wait_for(holds_its_lock_and_schedule, timeout=30, interval=0.5)
+        server.stop()  # away for a while
+        time.sleep(12)
+        assert beat.poll() is None, (tmp_path / "beat.log").read_text()[-2000:]
+        (tmp_path / "empty").mkdir()
+        server = RedisServer(server.port, tmp_path / "empty")
+        server.start()
+        client = redis_client.Redis.from_url(url)
+        wait_for(holds_its_lock_and_schedule, timeout=30, interval=0.5)
+        # and it goes on sending: the minute jobs, a minute after they were installed
+        wait_for(lambda: client.llen("celery") >= 2, timeout=75, interval=0.5)
+        assert beat.poll() is None
+    finally:
+        kill_tree(beat)
+        server.stop()
+    printed = (tmp_path / "beat.log").read_text()
+    assert "LockNotOwnedError" not in printed and "taking it again" in printed
 
 
 def test_missed_report_days_are_caught_up(app: Flask) -> None:
