@@ -151,6 +151,10 @@ class Settings:
     # A reservation its call's recorded event has not settled after this long is
     # dropped (the call failed unmetered, or a worker lost the release).
     budget_reservation_ttl_seconds: int = 900
+    # What an admitted call reserves when nothing of its customer's says what calls
+    # cost (a budget's first calls, with no usage in the 30 days before its period).
+    budget_call_estimate_usd: Decimal = Decimal("0.05")
+    budget_call_estimate_tokens: int = 20000
     # Alerts: webhook deliveries are retried with backoff for this long.
     alert_retry_hours: int = 24
     alert_timeout_seconds: float = 10.0

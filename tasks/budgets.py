@@ -8,7 +8,7 @@ from flask import current_app
 from app.budgets.admission import counters_for
 from app.budgets.alerts import deliver_due
 from app.budgets.counters import REBUILDING
-from app.budgets.spend import rebuild
+from app.budgets.spend import Estimates, rebuild
 from app.extensions import db
 from app.models.types import utcnow
 from app.schedule import ALERTS_TASK, BUDGETS_REBUILD_TASK
@@ -25,7 +25,7 @@ def rebuild_budgets() -> int:
     if counters is None:
         return 0
     try:
-        return rebuild(counters, utcnow())
+        return rebuild(counters, utcnow(), Estimates.from_settings(current_app.config["SETTINGS"]))
     finally:
         db.session.remove()
         counters.redis.delete(REBUILDING)

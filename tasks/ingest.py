@@ -10,7 +10,8 @@ from celery import shared_task
 from flask import current_app
 
 from app.budgets.admission import counters_for
-from app.budgets.spend import settle_batch
+from app.budgets.spend import Estimates, settle_batch
+from app.customers.services import count_unattributed
 from app.extensions import db
 from app.ingest.batch_store import BatchStore, batch_store
 from app.ingest.ledger import recorded_batches
@@ -57,12 +58,23 @@ def record_events_task(
     finally:
         db.session.remove()
     _recorded(store, batch_id)
+    _attribute(events)
     _settle_budgets(events)
     return {
         "inserted": result.inserted,
         "duplicates": result.duplicates,
         "rejected": len(result.rejected),
     }
+
+
+def _attribute(events: list[dict[str, Any]]) -> None:
+    """Count the batch's events no customer can be billed for; never fails the batch."""
+    try:
+        count_unattributed(events)
+    except Exception:  # noqa: BLE001 - the batch stands; only a count is missed
+        log.exception("unattributed events of a recorded batch not counted")
+    finally:
+        db.session.remove()
 
 
 def _settle_budgets(events: list[dict[str, Any]]) -> None:
@@ -72,7 +84,8 @@ def _settle_budgets(events: list[dict[str, Any]]) -> None:
     if counters is None:
         return
     try:
-        if settle_batch(counters, events, datetime.now(UTC)):
+        defaults = Estimates.from_settings(current_app.config["SETTINGS"])
+        if settle_batch(counters, events, datetime.now(UTC), defaults):
             current_app.extensions["celery"].send_task(ALERTS_TASK)  # deliver them now
     except Exception:  # noqa: BLE001 - the batch stands; the budgets catch up later
         db.session.rollback()

@@ -335,7 +335,7 @@ def test_several_workers_settling_at_once_raise_each_alert_once(
 ) -> None:
     """Eight workers settle the same crossing at the same moment: one alert."""
     from app.budgets.admission import counters_for
-    from app.budgets.spend import settle_batch
+    from app.budgets.spend import Estimates, settle_batch
 
     _alerted(
         client,
@@ -357,7 +357,11 @@ def test_several_workers_settling_at_once_raise_each_alert_once(
     def settle() -> None:
         with app.app_context():
             barrier.wait()
-            raised.extend(settle_batch(counters_for(app), [spent], utcnow()))
+            raised.extend(
+                settle_batch(
+                    counters_for(app), [spent], utcnow(), Estimates.from_settings(Settings())
+                )
+            )
             db.session.remove()
 
     threads = [threading.Thread(target=settle) for _ in range(8)]

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from app.budgets.admission import counters_for
 from app.budgets.counters import LOADED, Counters, KeyRecord, Rule
 from app.budgets.models import Budget
-from app.budgets.spend import rebuild, rule_of, settle_batch
+from app.budgets.spend import Estimates, rebuild, rule_of, settle_batch
 from app.config import Settings
 from app.customers.models import BillingCustomer
 from app.extensions import db
@@ -39,6 +39,7 @@ from tests.helpers import (
     execute_blueprint,
     issue_key,
     measured,
+    record,
     scrape,
     wait_for,
 )
@@ -46,6 +47,7 @@ from tests.processes import free_port
 
 pytestmark = pytest.mark.services
 CALL_TOKENS = 1500  # what the stand-in /v1/execute answers: 1,000 in, 500 out
+_DEFAULTS = Estimates.from_settings(Settings())
 
 
 def _done(extra: Flask) -> None:
@@ -73,7 +75,7 @@ def enforcing(
     with every call asking Redis (``BUDGET_LEASE_SECONDS=0``)."""
     extra = _enforcing(app, settings, tmp_path, budget_lease_seconds=request.param)
     with app.app_context():
-        rebuild(counters_for(app), utcnow())  # the state a running deployment has
+        rebuild(counters_for(app), utcnow(), _DEFAULTS)  # the state a running deployment has
     yield extra
     # Every call the test made is recorded before the next test empties the tables.
     outbox = extra.extensions["usage_outbox"]
@@ -168,8 +170,9 @@ def test_concurrent_calls_never_pass_a_hard_limit_on_a_stale_figure(
     customer = make_customer("key-budgeted")
     budget = _budget(client, customer.id, limit=str(10 * CALL_TOKENS))
     warm = enforcing.test_client()
-    assert [_call(warm, "key-budgeted").status_code for _ in range(2)] == [200, 200]
-    _settled(app, enforcing, budget["id"], "key-budgeted", 2)
+    for n in (1, 2):  # the period's first call reserves the default, then the mean
+        assert _call(warm, "key-budgeted").status_code == 200
+        _settled(app, enforcing, budget["id"], "key-budgeted", n)
 
     statuses = _at_once(enforcing, "key-budgeted")
     assert sorted(set(statuses)) == [200, 402]
@@ -200,11 +203,8 @@ def test_a_soft_budget_never_refuses_and_an_unbudgeted_key_is_served(
     caller = enforcing.test_client()
     assert _call(caller, "key-soft").status_code == 200
     _settled(app, enforcing, budget["id"], "key-soft", 1)
-    assert [_call(caller, key).status_code for key in ("key-soft", "key-free", "key-none")] == [
-        200,
-        200,
-        200,
-    ]
+    statuses = [_call(caller, key).status_code for key in ("key-soft", "key-free", "key-none")]
+    assert statuses == [200, 200, 401]  # a key no customer holds is no one's to bill
 
 
 def test_a_revoked_key_is_refused_before_the_view_runs(
@@ -246,7 +246,7 @@ def test_a_customers_own_lower_limit_applies_and_never_exceeds_the_admins(
     assert _refusals("budget_exceeded") == refusals + 1
     # Operators hear of a hard limit reached, once a period however often it is settled.
     with app.app_context():
-        settle_batch(counters_for(app), [event("key-careful")], utcnow())
+        settle_batch(counters_for(app), [event("key-careful")], utcnow(), _DEFAULTS)
     reached = [r for r in caplog.records if r.getMessage() == "hard budget limit reached"]
     assert len(reached) == 1 and reached[0].customer_id == customer.id
     assert REGISTRY.get_sample_value("ub_budget_limits_reached_total") == limits_reached + 1
@@ -332,26 +332,87 @@ def test_redis_down_is_answered_by_the_setting(
         _done(dead)
 
 
-def test_redis_that_lost_its_state_is_rebuilt_from_postgresql(
+def test_redis_that_lost_its_state_while_a_customer_is_at_its_limit_refuses_it_at_once(
     app: Flask, client: FlaskClient, enforcing: Flask, make_customer
 ) -> None:
-    """Redis restarted empty: the first call is served (open) and queues a rebuild; the
-    worker publishes keys, budgets and the spend PostgreSQL holds, and the limit holds
-    again, counting what was spent before the loss."""
+    """Redis restarted empty with a customer at its hard limit: the next call is not
+    served unchecked (it was: 18 served, 30 recorded against 10). The key's record
+    and its budget's spend are read from PostgreSQL before the call is decided, and
+    a rebuild of everything is queued."""
     customer = make_customer("key-lost")
     budget = _budget(client, customer.id, limit=str(2 * CALL_TOKENS))
     caller = enforcing.test_client()
-    assert [_call(caller, "key-lost").status_code for _ in range(2)] == [200, 200]
-    _settled(app, enforcing, budget["id"], "key-lost", 2)
+    for n in (1, 2):
+        assert _call(caller, "key-lost").status_code == 200
+        _settled(app, enforcing, budget["id"], "key-lost", n)
     counters: Counters = counters_for(app)
     for key in counters.redis.scan_iter("ub:budget:*"):
         counters.redis.delete(key)
-    assert _call(caller, "key-lost").status_code == 200  # open: served, a rebuild queued
-    wait_for(lambda: counters.redis.exists(LOADED), timeout=30)
+    statuses = [_call(caller, "key-lost").status_code for _ in range(20)]
+    assert statuses == [402] * 20
+    wait_for(lambda: counters.redis.exists(LOADED), timeout=30)  # and everyone rebuilt
+    assert _stored_tokens(app, "key-lost") == 2 * CALL_TOKENS
+
+
+def test_a_budget_set_or_lowered_in_a_period_with_usage_holds_at_once(
+    app: Flask, client: FlaskClient, enforcing: Flask, make_customer
+) -> None:
+    """A budget created when the period already has usage, or lowered below what is
+    spent, is decided on that spend from its first call (it had no state in Redis
+    until the next batch was recorded: 61 of 64 served against a limit fitting 10)."""
+    customer = make_customer("key-late")
+    caller = enforcing.test_client()
+    for _ in range(3):
+        assert _call(caller, "key-late").status_code == 200
     enforcing.extensions["usage_outbox"].flush()
-    rule, period = _rule(app, budget["id"])
-    wait_for(lambda: (counters.spent_units(rule, period) or 0) >= 2 * CALL_TOKENS)
-    assert _call(caller, "key-lost").status_code == 402
+    wait_for(lambda: _stored_tokens(app, "key-late") == 3 * CALL_TOKENS)
+    budget = _budget(client, customer.id, limit=str(4 * CALL_TOKENS))  # fits one more
+    statuses = _at_once(enforcing, "key-late")
+    assert statuses.count(200) == 1, statuses
+    enforcing.extensions["usage_outbox"].flush()
+    wait_for(lambda: _stored_tokens(app, "key-late") == 4 * CALL_TOKENS)
+    resp = client.put(
+        f"/v1/billing/budgets/{budget['id']}",
+        json={"limit": str(2 * CALL_TOKENS)},  # below the spend: only the limit changes
+        headers=auth(ADMIN_TOKEN),
+    )
+    assert resp.status_code == 200
+    assert (resp.get_json()["hard_limit"], resp.get_json()["thresholds"]) == (True, [])
+    assert [_call(caller, "key-late").status_code for _ in range(5)] == [402] * 5
+    assert _stored_tokens(app, "key-late") == 4 * CALL_TOKENS
+
+
+@pytest.mark.parametrize("history", [True, False], ids=["with-history", "first-ever"])
+def test_a_periods_first_calls_are_bounded_by_their_estimate(
+    app: Flask, client: FlaskClient, enforcing: Flask, make_customer, history: bool
+) -> None:
+    """No call recorded in the period yet: each admitted call reserves the mean cost of
+    the key's calls of the last 30 days, or (never any usage) the default estimate, at
+    most the limit. 64 calls at once against a limit fitting 10 serve exactly 10 with
+    history; without, the first, then the rest once it is recorded: 10 in all (it was
+    64 of 64)."""
+    key = f"key-cold-{history}"
+    customer = make_customer(key)
+    if history:  # five calls yesterday, by another key of the customer
+        yesterday = (utcnow() - timedelta(days=1)).isoformat()
+        other = issue_key(client, customer.id, "earlier")["key"]
+        with app.app_context():
+            record([event(other, timestamp=yesterday, tokens_output=500) for _ in range(5)])
+    budget = _budget(client, customer.id, limit=str(10 * CALL_TOKENS))
+    served = _at_once(enforcing, key).count(200)
+    # Without history the first call reserves the whole limit; the rest of the burst is
+    # served only once it is recorded (its mean then the estimate), if that is in time.
+    assert served == 10 if history else 1 <= served <= 10
+    caller = enforcing.test_client()
+    while True:  # one at a time, each recorded before the next
+        _settled(app, enforcing, budget["id"], key, served)
+        if _call(caller, key).status_code != 200:
+            break
+        served += 1
+    measured(
+        f"budget admission, a cold period ({'with' if history else 'no'} history): served={served} limit=10 calls"
+    )
+    assert served == 10 and _stored_tokens(app, key) == 10 * CALL_TOKENS
 
 
 def test_a_key_revoked_in_another_process_ends_this_ones_lease(
@@ -468,8 +529,7 @@ def test_the_shipped_api_ends_every_workers_lease_when_a_key_is_revoked(
                 conn.close()  # a new connection: any gunicorn worker may take the next
             return out
 
-        statuses(1)  # the first call asks the worker to rebuild the budgets' state
-        wait_for(lambda: counters_for(producer).redis.exists(LOADED), timeout=60)
+        # The key's record was published as it was issued: decided from the first call.
         assert set(statuses(40)) == {200}
         admissions = scrape(shipped.port)
         on_lease = sum(
@@ -515,3 +575,57 @@ def test_a_key_in_use_gets_its_next_lease_ahead_and_its_calls_never_wait_for_red
         assert decided["redis"] <= 2 and decided["lease"] >= calls - 2
     else:
         assert decided == {"lease": 0, "redis": calls}
+
+
+def test_without_enforcement_an_unknown_keys_calls_are_served_and_shown_to_operators(
+    app: Flask, client: FlaskClient, celery_worker
+) -> None:
+    """Enforcement off (the default): a call of a key no customer holds is served and
+    metered, as before, but counted (``ub_events_unattributed_total``) and listed on
+    the operators' page, so no one's usage goes unnoticed."""
+    from app.services.overview import refresh_top_customers
+
+    before = REGISTRY.get_sample_value("ub_events_unattributed_total") or 0
+    assert _call(client, "key-nobody").status_code == 200
+    app.extensions["usage_outbox"].flush()
+    wait_for(lambda: _stored_tokens(app, "key-nobody") == CALL_TOKENS)
+    wait_for(lambda: (REGISTRY.get_sample_value("ub_events_unattributed_total") or 0) == before + 1)
+    with app.app_context():
+        snapshot = refresh_top_customers(None, utcnow())
+    assert snapshot["unattributed"] == [
+        {
+            "key_hash": hash_api_key("key-nobody")[:16],
+            "events": 1,
+            "last_day": utcnow().date().isoformat(),
+        }
+    ]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/budgets.md"])
+def test_the_documented_402_is_what_the_api_sends(
+    app: Flask, client: FlaskClient, enforcing: Flask, make_customer, doc: str
+) -> None:
+    """The example's Retry-After is its period_end less its Date, as the API's is."""
+    import re
+    from email.utils import parsedate_to_datetime
+
+    from tests.helpers import project_root
+
+    text = (project_root() / doc).read_text()
+    shown = text[text.index("HTTP/1.1 402 Payment Required") :][:600]
+    when = parsedate_to_datetime(re.search(r"Date: (.+)", shown).group(1))
+    wait = int(re.search(r"Retry-After: (\d+)", shown).group(1))
+    end = datetime.fromisoformat(re.search(r'"period_end": "([^"]+)"', shown).group(1))
+    assert wait == int((end - when).total_seconds())
+    customer = make_customer("key-doc")
+    _budget(client, customer.id, limit=str(CALL_TOKENS))
+    caller = enforcing.test_client()
+    assert _call(caller, "key-doc").status_code == 200
+    enforcing.extensions["usage_outbox"].flush()
+    wait_for(lambda: _stored_tokens(app, "key-doc") == CALL_TOKENS)
+    refused = _call(caller, "key-doc")
+    asked = utcnow()
+    error = refused.get_json()["error"]
+    assert refused.status_code == 402 and error["code"] == "budget_exceeded"
+    expected = (datetime.fromisoformat(error["period_end"]) - asked).total_seconds()
+    assert abs(int(refused.headers["Retry-After"]) - expected) <= 2

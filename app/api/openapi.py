@@ -21,7 +21,7 @@ from app.analytics.queries import (
 )
 from app.api.schemas import PortalRequest
 from app.billing.stripe_gateway import StripeEvent
-from app.budgets.views import BudgetCreate, BudgetFields, CustomerLimit, WebhookSet
+from app.budgets.views import BudgetCreate, BudgetUpdate, CustomerLimit, WebhookSet
 from app.customers.views import CustomerCreate, KeyCreate
 from app.ingest.validation import EVENT_SCHEMA, EVENT_SHAPE, EventBatch
 from app.plans.views import PlanAssign, PlanCreate
@@ -49,7 +49,7 @@ _MODELS: dict[str, type[BaseModel]] = {
     "CustomerCreate": CustomerCreate,
     "KeyCreate": KeyCreate,
     "BudgetCreate": BudgetCreate,
-    "BudgetUpdate": BudgetFields,
+    "BudgetUpdate": BudgetUpdate,
     "CustomerLimit": CustomerLimit,
     "WebhookSet": WebhookSet,
     "PlanCreate": PlanCreate,

@@ -10,9 +10,15 @@ The reservation is released by the worker when the call's event is recorded (the
 event carries the call's id in its metadata), or at the response when the call
 produced no event.
 
-Redis unreachable, or holding no state (lost, and a rebuild is queued): the call
-is served and logged (``BUDGET_REDIS_DOWN=open``, the default) or refused with
-503 (``closed``).
+A key Redis has no record of (unknown to it, or its state lost: a rebuild of all
+is then queued) is looked up in PostgreSQL, and its customer's record and budgets'
+spend published, before the call is decided: a key no customer holds gets 401, and
+a customer at its limit is refused though Redis lost everything a moment ago. Keys
+found unknown are remembered for a minute, so a stream of made-up keys costs one
+lookup each, not one per call.
+
+Redis unreachable: the call is served and logged (``BUDGET_REDIS_DOWN=open``, the
+default) or refused with 503 (``closed``).
 """
 
 from __future__ import annotations
@@ -26,10 +32,14 @@ from flask import Flask, Response, current_app, g, jsonify, request
 
 from app.budgets.counters import REBUILDING, Admission, Counters, from_units
 from app.budgets.leases import Leases
-from app.budgets.spend import sync_customer
+from app.budgets.spend import Estimates, sync_customer
 from app.customers.keys import keys_changed
+from app.customers.services import customer_for_key_hash
+from app.database import UNAVAILABLE as DATABASE_UNAVAILABLE
 from app.errors import AuthenticationError, BudgetExceeded, ServiceError, ServiceUnavailable
+from app.extensions import db
 from app.ingest.meter import METERED_PREFIX, api_key_of
+from app.models.types import utcnow
 from app.observability.metrics import BUDGET_ADMISSIONS, BUDGET_REFUSALS
 from app.schedule import BUDGETS_REBUILD_TASK
 from app.security import hash_api_key
@@ -115,22 +125,66 @@ def _refused(admission: Admission, now: datetime) -> Response:
     return _error(error, {"Retry-After": str(wait)})
 
 
+_UNKNOWN_FOR_SECONDS = 60.0
+_unknown: dict[str, float] = {}  # key hash → until when it is known to be no one's
+_UNKNOWN_KEPT = 10_000
+
+
+def _known_to_nobody(key_hash: str, now: float) -> bool:
+    until = _unknown.get(key_hash)
+    return until is not None and until > now
+
+
+def _load(counters: Counters, key_hash: str, now: datetime) -> bool:
+    """Publish the record of the customer holding this key (and its budgets' spend)
+    from PostgreSQL; False when no customer holds it."""
+    if _known_to_nobody(key_hash, now.timestamp()):
+        return False
+    customer = customer_for_key_hash(key_hash)
+    if customer is None:
+        if len(_unknown) >= _UNKNOWN_KEPT:
+            _unknown.clear()
+        _unknown[key_hash] = now.timestamp() + _UNKNOWN_FOR_SECONDS
+        db.session.rollback()
+        return False
+    defaults = Estimates.from_settings(current_app.config["SETTINGS"])
+    sync_customer(counters, customer.id, now, defaults)
+    db.session.commit()
+    return True
+
+
+def _unknown_key() -> Response:
+    BUDGET_REFUSALS.labels("unknown_key").inc()
+    return _error(AuthenticationError("unknown API key", field="Authorization"))
+
+
 def admit() -> Response | None:
     """``before_request`` of the metered routes: None to serve the call, or the refusal."""
     if not request.path.startswith(METERED_PREFIX):
         return None
     api_key = api_key_of(request)
     leases = leases_for(current_app._get_current_object())  # type: ignore[attr-defined]
-    if api_key is None or leases is None:
+    if api_key is None:
+        return None if leases is None else _unknown_key()
+    if leases is None:
         return None
     now = datetime.now(UTC)
+    key_hash = hash_api_key(api_key)
     try:
-        admission = leases.admit(hash_api_key(api_key), now)
+        admission = leases.admit(key_hash, now)
+        if admission.verdict in ("not_loaded", "unknown_key"):
+            if admission.verdict == "not_loaded":
+                _request_rebuild(leases.counters)
+            if not _load(leases.counters, key_hash, now):
+                return _unknown_key()
+            admission = leases.admit(key_hash, now)
     except redis.RedisError as exc:
         return _unavailable(type(exc).__name__)
-    if admission.verdict == "not_loaded":
-        _request_rebuild(leases.counters)
-        return _unavailable("state lost; rebuilding")
+    except DATABASE_UNAVAILABLE as exc:
+        db.session.rollback()
+        return _unavailable(f"database: {type(exc).__name__}")
+    if admission.verdict in ("not_loaded", "unknown_key"):  # published, yet not found
+        return _unavailable("the key's record is not in Redis")
     if admission.verdict == "revoked":
         BUDGET_REFUSALS.labels("revoked_key").inc()
         return _error(AuthenticationError("this API key is revoked", field="Authorization"))
@@ -152,14 +206,16 @@ def _release(counters: Counters, reserved: tuple[str, ...], call: str) -> None:
 
 
 def publish_customer(customer_id: int) -> None:
-    """Publish a customer's keys and budgets to Redis now, after a change, and end
-    the leases of its keys in every API process; should Redis be away, the minute's
-    rebuild job publishes them (and a lease ends within ``BUDGET_LEASE_SECONDS``)."""
+    """Publish a customer's keys and budgets (with what each has spent) to Redis now,
+    after a change, and end the leases of its keys in every API process; should Redis
+    be away, the minute's rebuild job publishes them (and a lease ends within
+    ``BUDGET_LEASE_SECONDS``)."""
     leases = leases_for(current_app._get_current_object())  # type: ignore[attr-defined]
     if leases is None:
         return
+    defaults = Estimates.from_settings(current_app.config["SETTINGS"])
     try:
-        leases.announce(sync_customer(leases.counters, customer_id))
+        leases.announce(sync_customer(leases.counters, customer_id, utcnow(), defaults))
     except redis.RedisError as exc:
         log.warning("budgets of customer %s not published yet: %s", customer_id, exc)
 

@@ -6,7 +6,9 @@ budgets that apply to it (the customer's and the key's own). Per budget and peri
 - ``spend``: the period's spend as PostgreSQL holds it (``usage_daily``), written by
   the worker after each batch it records, only ever raised (``SET`` to the larger),
   so two workers writing out of order never lower it and no event counts twice;
-- ``avg``: the mean cost of a call this period, the reservation an admitted call makes;
+- ``avg``: what an admitted call reserves, the estimate of its cost (``estimate_of``
+  in ``app.budgets.spend``: the period's mean per call, else the last 30 days', else
+  a stated default, so even a period's first calls are bounded);
 - ``resv``: the reservations of calls admitted and not yet recorded (a hash of call
   id to amount, with ``_sum``) and ``resv:at`` (when each lapses). A lease (several
   calls reserved at once, admitted by the API process: ``app.budgets.leases``) is
@@ -99,10 +101,14 @@ local today, y, m, d = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(A
 local this_month, last_month = tonumber(ARGV[9]), tonumber(ARGV[10])
 local most, share = tonumber(ARGV[11]), tonumber(ARGV[12])
 local old, unused = ARGV[13], tonumber(ARGV[14])
-if redis.call('EXISTS', KEYS[2]) == 0 then return {-1} end
 for i = 15, #ARGV, 2 do close(ARGV[i], ARGV[i + 1], old, unused) end
 local record = redis.call('HMGET', KEYS[1], 'revoked', 'rules')
-if not record[1] then return {-2} end
+-- A key's record is published with its budgets' spend: it decides the call alone.
+-- Without it, the key is unknown, or the state is lost (no LOADED marker).
+if not record[1] then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return {-1} end
+  return {-2}
+end
 if record[1] == '1' then return {-3} end
 local rules = cjson.decode(record[2])
 if #rules == 0 then return {0, most} end
@@ -348,15 +354,16 @@ class Counters:
         rule: Rule,
         period: Period,
         spent: Decimal,
-        calls: int,
+        estimate_units: int,
         call_ids: Iterable[str],
         now: datetime,
     ) -> None:
-        """Mirror the period's spend from PostgreSQL, and release the recorded calls."""
+        """Mirror the period's spend from PostgreSQL and the estimate a call reserves,
+        and release the recorded calls."""
         spend, at, resv, avg = rule.keys(period)
         spent_units = to_units(rule.metric, spent)
-        mean = -(-spent_units // calls) if calls else 0  # rounded up
-        self._raise(keys=[spend, avg], args=[spent_units, mean, self._expiry(period, now)])
+        expiry = self._expiry(period, now)
+        self._raise(keys=[spend, avg], args=[spent_units, estimate_units, expiry])
         self.release([at, resv], list(call_ids))
 
     def first_time(self, rule: Rule, period: Period, what: str, now: datetime) -> bool:

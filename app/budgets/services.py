@@ -70,13 +70,20 @@ def create_budget(customer_id: int, spec: BudgetSpec) -> Budget:
 
 
 def update_budget(
-    budget: Budget, limit: Decimal, thresholds: tuple[int, ...], hard: bool
+    budget: Budget,
+    limit: Decimal | None = None,
+    thresholds: tuple[int, ...] | None = None,
+    hard: bool | None = None,
 ) -> Budget:
-    """A new limit, thresholds or hardness; a customer's own limit above the new one
+    """Change what is given, and only that: a new limit leaves the budget hard (or
+    soft) and its thresholds as they were. A customer's own limit above the new one
     stops counting (the lower of the two applies)."""
-    budget.limit_value = limit
-    budget.thresholds = sorted(set(thresholds))
-    budget.hard_limit = hard
+    if limit is not None:
+        budget.limit_value = limit
+    if thresholds is not None:
+        budget.thresholds = sorted(set(thresholds))
+    if hard is not None:
+        budget.hard_limit = hard
     db.session.commit()
     return budget
 

@@ -14,15 +14,16 @@ import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, func, select
 
 from app.budgets.alerts import raise_alerts
 from app.budgets.counters import Counters, KeyRecord, Rule, to_units
 from app.budgets.models import USD, Budget
+from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
 from app.ingest.models import UsageDaily
@@ -61,9 +62,7 @@ def spent_in(budget: Budget, period: Period) -> tuple[Decimal, int]:
     the key's share of it, in proportion to its calls' cost.
     """
     customer_keys = select(ApiKey.key_hash).where(ApiKey.customer_id == budget.customer_id)
-    keys = customer_keys
-    if budget.api_key_id is not None:
-        keys = keys.where(ApiKey.id == budget.api_key_id)
+    keys = _keys_of(budget)
     if budget.metric != USD:
         return _summed(keys, UsageDaily.tokens_total, period)
     cost, calls = _summed(keys, UsageDaily.cost_total, period)
@@ -78,6 +77,79 @@ def spent_in(budget: Budget, period: Period) -> tuple[Decimal, int]:
         return ZERO, calls
     with localcontext(prec=PRECISION):  # a share is no exact figure: stored money, rounded up
         return (owed * cost / customer_cost).quantize(_STORED, ROUND_CEILING), calls
+
+
+class Estimates(NamedTuple):
+    """What a call is taken to cost when nothing of the customer's says (settings)."""
+
+    usd: Decimal
+    tokens: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Estimates:
+        return cls(settings.budget_call_estimate_usd, settings.budget_call_estimate_tokens)
+
+
+HISTORY_DAYS = 30
+
+
+def estimate_of(
+    budget: Budget, period: Period, spent: Decimal, calls: int, defaults: Estimates
+) -> int:
+    """What one call of this budget reserves at admission, in Redis units (rounded up).
+
+    The period's mean cost per call, once the period has calls; before that (a
+    period's first calls, a budget new in a period) the mean of the budget's keys
+    over the ``HISTORY_DAYS`` before the period, in the budget's metric (in USD, the
+    provider cost: a plan's markup is not in it); with no history at all, the
+    stated default (``BUDGET_CALL_ESTIMATE_USD`` / ``_TOKENS``), never more than
+    the limit itself (a budget smaller than the default admits its first call, and
+    the next once that one is recorded). A call costing more than its estimate is
+    what the overshoot bound counts.
+    """
+    if calls:
+        return -(-to_units(budget.metric, spent) // calls)
+    first, _ = period.days
+    keys = _keys_of(budget)
+    column = UsageDaily.tokens_total if budget.metric != USD else UsageDaily.cost_total
+    total, past_calls = db.session.execute(
+        select(
+            func.coalesce(func.sum(column), 0), func.coalesce(func.sum(UsageDaily.events), 0)
+        ).where(
+            UsageDaily.api_key_hash.in_(keys),
+            UsageDaily.day.between(first - timedelta(days=HISTORY_DAYS), first - timedelta(days=1)),
+        )
+    ).one()
+    if past_calls:
+        return max(1, -(-to_units(budget.metric, Decimal(total)) // int(past_calls)))
+    default = defaults.usd if budget.metric == USD else Decimal(defaults.tokens)
+    limit = to_units(budget.metric, budget.effective_limit, rounding=ROUND_FLOOR)
+    return max(1, min(to_units(budget.metric, default), limit))
+
+
+def _keys_of(budget: Budget) -> Select[tuple[str]]:
+    keys = select(ApiKey.key_hash).where(ApiKey.customer_id == budget.customer_id)
+    if budget.api_key_id is not None:
+        keys = keys.where(ApiKey.id == budget.api_key_id)
+    return keys
+
+
+def mirror(
+    counters: Counters,
+    budget: Budget,
+    anchor_day: int,
+    now: datetime,
+    defaults: Estimates,
+    call_ids: Iterable[str] = (),
+) -> tuple[Rule, Period, Decimal]:
+    """Write a budget's current period to Redis as PostgreSQL holds it: its spend and
+    the estimate its calls reserve; release ``call_ids``. The rule, period and spend."""
+    rule = rule_of(budget, anchor_day)
+    period = rule.period_at(now)
+    spent, calls = spent_in(budget, period)
+    estimate = estimate_of(budget, period, spent, calls, defaults)
+    counters.settle(rule, period, spent, estimate, call_ids, now)
+    return rule, period, spent
 
 
 def _records(customers: Iterable[BillingCustomer]) -> dict[str, KeyRecord]:
@@ -99,27 +171,30 @@ def _records(customers: Iterable[BillingCustomer]) -> dict[str, KeyRecord]:
     return records
 
 
-def sync_customer(counters: Counters, customer_id: int) -> list[str]:
-    """Publish one customer's keys and rules, after a change to either; their hashes."""
+def sync_customer(
+    counters: Counters, customer_id: int, now: datetime, defaults: Estimates
+) -> list[str]:
+    """Publish one customer's keys and rules, each budget's spend and estimate first,
+    after a change to either (a budget new, or lowered below its spend, is decided on
+    what is spent at once, not from the next recorded batch on); their hashes."""
     customer = db.session.get(BillingCustomer, customer_id)
     if customer is None:
         return []
+    for budget in db.session.scalars(select(Budget).where(Budget.customer_id == customer_id)):
+        mirror(counters, budget, customer.created_at.day, now, defaults)
     records = _records([customer])
     counters.publish(records)
     return list(records)
 
 
-def rebuild(counters: Counters, now: datetime) -> int:
-    """Publish every key and every budget's current spend; then mark the state loaded."""
+def rebuild(counters: Counters, now: datetime, defaults: Estimates) -> int:
+    """Publish every budget's current spend, then every key; then mark the state loaded."""
     customers = db.session.scalars(select(BillingCustomer)).all()
-    counters.publish(_records(customers))
     anchors = {c.id: c.created_at.day for c in customers}
     budgets = db.session.scalars(select(Budget)).all()
     for budget in budgets:
-        rule = rule_of(budget, anchors[budget.customer_id])
-        period = rule.period_at(now)
-        spent, calls = spent_in(budget, period)
-        counters.settle(rule, period, spent, calls, (), now)
+        mirror(counters, budget, anchors[budget.customer_id], now, defaults)
+    counters.publish(_records(customers))
     counters.mark_loaded()
     return len(budgets)
 
@@ -147,7 +222,9 @@ def budgets_touched(key_hashes: Iterable[str]) -> list[tuple[Budget, int, list[s
     return list(touched.values())
 
 
-def settle_batch(counters: Counters, events: Iterable[Any], now: datetime) -> list[int]:
+def settle_batch(
+    counters: Counters, events: Iterable[Any], now: datetime, defaults: Estimates
+) -> list[int]:
     """After a batch is recorded: mirror each touched budget's spend, release the
     recorded calls' reservations, raise alerts for thresholds reached. The ids of the
     alerts raised.
@@ -165,11 +242,8 @@ def settle_batch(counters: Counters, events: Iterable[Any], now: datetime) -> li
             calls.append(metadata["budget_call"])
     raised = []
     for budget, anchor, key_hashes in budgets_touched(calls_by_key):
-        rule = rule_of(budget, anchor)
-        period = rule.period_at(now)
-        spent, calls = spent_in(budget, period)
         call_ids = [call for key in key_hashes for call in calls_by_key[key]]
-        counters.settle(rule, period, spent, calls, call_ids, now)
+        rule, period, spent = mirror(counters, budget, anchor, now, defaults, call_ids)
         raised.extend(raise_alerts(budget, period, spent))
         reached = budget.hard_limit and spent >= budget.effective_limit
         if reached and counters.first_time(rule, period, "limit-reached", now):

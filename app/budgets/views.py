@@ -52,6 +52,16 @@ class BudgetFields(BaseModel):
     hard_limit: StrictBool = False
 
 
+class BudgetUpdate(BaseModel):
+    """What a PUT changes: each field given, and no other (at least one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: Amount | None = None
+    thresholds: list[Threshold] | None = Field(default=None, max_length=10)
+    hard_limit: StrictBool | None = None
+
+
 class BudgetCreate(BudgetFields):
     """A budget (admin): per customer, or per key with ``api_key_id``."""
 
@@ -151,9 +161,15 @@ def list_for_admin(customer_id: str) -> dict[str, Any]:
 def update(budget_id: str) -> dict[str, Any]:
     _admin()
     budget = budget_of(path_id(budget_id, "budget_id"))
-    body = parse(BudgetFields, json_body(request))
+    body = parse(BudgetUpdate, json_body(request))
+    given = {name for name in body.model_fields_set if getattr(body, name) is not None}
+    if not given:
+        raise ValidationError("give limit, thresholds or hard_limit to change", field="body")
     update_budget(
-        budget, _limit(body.limit, budget.metric), tuple(body.thresholds), body.hard_limit
+        budget,
+        _limit(body.limit, budget.metric) if body.limit is not None else None,
+        tuple(body.thresholds) if body.thresholds is not None else None,
+        body.hard_limit,
     )
     publish_customer(budget.customer_id)
     return describe_budget(budget, utcnow())

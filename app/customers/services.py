@@ -10,6 +10,9 @@ report first links whoever is still unlinked, in case that task was never queued
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
 
 from flask import Request, current_app
 from sqlalchemy import select
@@ -17,9 +20,12 @@ from sqlalchemy.exc import IntegrityError
 
 from app.billing.stripe_gateway import gateway
 from app.config import Settings
+from app.customers.keys import keys_changed
 from app.customers.models import ApiKey, BillingCustomer
 from app.errors import AuthenticationError, BillingRejected, BillingUnavailable, Conflict
 from app.extensions import db
+from app.models.dialect import one_of
+from app.observability.metrics import EVENTS_UNATTRIBUTED
 from app.security import bearer_token, hash_api_key
 
 log = logging.getLogger("usage_billing.customers")
@@ -60,11 +66,35 @@ def register_customer(
         found = customer_for_key_hash(api_key_hash)
         assert found is not None
         raise _taken(found) from None
+    keys_changed.send(customer.id)  # admission knows the key from now on
     return customer
 
 
 def _taken(customer: BillingCustomer) -> Conflict:
     return Conflict(f"this API key already belongs to customer {customer.id}", field="api_key")
+
+
+def count_unattributed(events: Iterable[Any]) -> int:
+    """Count (``ub_events_unattributed_total``) the events of keys no customer holds:
+    calls no one can be billed for, which admission refuses only when it enforces.
+    One lookup of the batch's few distinct keys."""
+    by_key: Counter[str] = Counter(
+        event["api_key_hash"]
+        for event in events
+        if isinstance(event, dict) and isinstance(event.get("api_key_hash"), str)
+    )
+    if not by_key:
+        return 0
+    known = set(
+        db.session.scalars(
+            select(ApiKey.key_hash).where(one_of(ApiKey.key_hash, "hashes")),
+            {"hashes": list(by_key)},
+        )
+    )
+    unattributed = sum(n for key_hash, n in by_key.items() if key_hash not in known)
+    if unattributed:
+        EVENTS_UNATTRIBUTED.inc(unattributed)
+    return unattributed
 
 
 def authenticate_customer(request: Request) -> BillingCustomer:

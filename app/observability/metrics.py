@@ -25,6 +25,9 @@ EVENTS_DUPLICATE = Counter("ub_events_duplicate", "Events the API found already 
 BATCHES_RECORDED = Counter("ub_batches_recorded", "Batches a worker committed")
 EVENTS_RECORDED = Counter("ub_events_recorded", "Events a worker stored (new rows)")
 EVENTS_UNPRICED = Counter("ub_events_unpriced", "Events stored without a price for their model")
+EVENTS_UNATTRIBUTED = Counter(
+    "ub_events_unattributed", "Events a worker stored of keys no customer holds"
+)
 EVENTS_PARKED = Counter(
     "ub_events_parked",
     "Events a worker parked in rejected_events, by the field at fault",
@@ -79,8 +82,6 @@ at_zero(REPORTS, *_each("sent", "nothing_to_send", "needs_manual", "failed"))
 at_zero(STRIPE_ERRORS, *((call, kind) for call in STRIPE_CALLS for kind in _STRIPE_KINDS))
 at_zero(STRIPE_RETRIES, *_each(*STRIPE_CALLS))
 at_zero(BUDGET_ADMISSIONS, *_each("lease", "redis", "unchecked"))
-at_zero(
-    BUDGET_REFUSALS, *_each("budget_exceeded", "revoked_key", "unknown_key", "unavailable")
-)
+at_zero(BUDGET_REFUSALS, *_each("budget_exceeded", "revoked_key", "unknown_key", "unavailable"))
 at_zero(ALERT_DELIVERIES, *_each("delivered", "failed", "unconfirmed"))
 at_zero(STREAMS_FLAGGED, *_each("stream_cut_off", "stream_without_usage"))

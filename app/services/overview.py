@@ -135,13 +135,43 @@ def top_customers(today: date) -> list[dict[str, Any]]:
     ]
 
 
+UNATTRIBUTED_DAYS = 7
+
+
+def unattributed_keys(today: date) -> list[dict[str, Any]]:
+    """Keys with usage in the last ``UNATTRIBUTED_DAYS`` that no customer holds: calls
+    metered for no one (admission refuses them only when it enforces budgets). Named
+    by the start of their hash, never by the key."""
+    holders = select(ApiKey.key_hash).where(ApiKey.key_hash == UsageDaily.api_key_hash)
+    rows = db.session.execute(
+        select(
+            UsageDaily.api_key_hash,
+            func.sum(UsageDaily.events).label("events"),
+            func.max(UsageDaily.day).label("last_day"),
+        )
+        .where(UsageDaily.day >= today - timedelta(days=UNATTRIBUTED_DAYS), ~holders.exists())
+        .group_by(UsageDaily.api_key_hash)
+        .order_by(func.sum(UsageDaily.events).desc())
+        .limit(20)
+    )
+    return [
+        {
+            "key_hash": r.api_key_hash[:16],
+            "events": int(r.events),
+            "last_day": r.last_day.isoformat(),
+        }
+        for r in rows
+    ]
+
+
 def refresh_top_customers(cache: redis.Redis | None, now: datetime) -> dict[str, Any]:
-    """Compute the month's top customers and keep them in ``cache`` (Beat, every
-    ``OVERVIEW_EVERY_SECONDS``)."""
+    """Compute the month's top customers (and the week's keys no customer holds, as
+    costly a sum) and keep them in ``cache`` (Beat, every ``OVERVIEW_EVERY_SECONDS``)."""
     snapshot = {
         "as_of": now.isoformat(),
         "month": now.date().isoformat()[:7],
         "customers": top_customers(now.date()),
+        "unattributed": unattributed_keys(now.date()),
     }
     if cache is not None:
         try:

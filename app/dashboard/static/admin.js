@@ -24,6 +24,7 @@ pages.data("/admin/data").then((body) => {
   ]), "None.");
   pages.fill("unpriced", body.unpriced_models.map((m) => [m.provider, m.model, pages.count(m.events), m.last_day]), "None.");
   pages.fill("flagged", body.flagged_usage.map((m) => [m.provider, m.model, pages.count(m.events), m.last_day]), "None.");
+  pages.fill("unattributed", (body.top_customers.unattributed || []).map((k) => [k.key_hash, pages.count(k.events), k.last_day]), "None.");
   pages.fill("parked", body.parked_events.latest.map((p) => [p.event_id, p.field, p.reason, when(p.parked_at)]), "None.");
   pages.fill("top", body.top_customers.customers.map((c) => [c.customer_id, c.name, pages.money(c.cost)]), "No usage this month.");
   pages.figure("top_as_of", when(body.top_customers.as_of));
