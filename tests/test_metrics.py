@@ -252,8 +252,11 @@ def test_the_alert_rules_parse_and_name_only_metrics_we_export() -> None:
 
 
 @pytest.mark.services
-def test_flower_asks_for_its_password(tmp_path: Path) -> None:
-    """``make flower`` as compose runs it: published, behind basic auth from the env."""
+@pytest.mark.parametrize("password", [True, False], ids=["basic-auth", "loopback-default"])
+def test_flower_asks_for_its_password(tmp_path: Path, password: bool) -> None:
+    """``make flower`` as compose runs it: published, behind basic auth from the env;
+    and on the loopback default, without it, its pages open but its HTTP API answers
+    401 (docs/operations.md says so)."""
     import base64
     import os
     import signal
@@ -269,8 +272,10 @@ def test_flower_asks_for_its_password(tmp_path: Path) -> None:
         "INSTANCE_DIR": str(tmp_path),
         "FLOWER_PORT": str(port),
         "FLOWER_ADDRESS": "127.0.0.1",
-        "FLOWER_BASIC_AUTH": "ops:s3cret",
+        **({"FLOWER_BASIC_AUTH": "ops:s3cret"} if password else {}),
     }
+    if not password:
+        env.pop("FLOWER_BASIC_AUTH", None)
     flower = subprocess.Popen(
         ["make", "--no-print-directory", "flower"],
         cwd=project_root(),
@@ -280,15 +285,20 @@ def test_flower_asks_for_its_password(tmp_path: Path) -> None:
         start_new_session=True,
     )
 
-    def status(headers: dict[str, str]) -> int:
+    def status(headers: dict[str, str], path: str = "/") -> int:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/", headers=headers)
+            conn.request("GET", path, headers=headers)
             return conn.getresponse().status
         except OSError:
             return 0
 
     try:
+        if not password:
+            assert wait_for(lambda: status({}), timeout=60) == 200
+            assert status({}, "/api/workers") == 401
+            assert status({}, "/healthcheck") == 200
+            return
         assert wait_for(lambda: status({}), timeout=60) == 401
         good = base64.b64encode(b"ops:s3cret").decode()
         assert status({"Authorization": f"Basic {good}"}) == 200
