@@ -7,6 +7,8 @@ is declared once and ``/openapi.json`` renders the same declarations.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from datetime import date, timedelta
 from decimal import Decimal
@@ -26,7 +28,7 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticError
 
-from app.errors import NotFound, UnsupportedMediaType, ValidationError
+from app.errors import NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationError
 
 Model = TypeVar("Model", bound=BaseModel)
 View = TypeVar("View", bound=Callable[..., Any])
@@ -98,16 +100,57 @@ def refuse_unasked_query() -> None:
 
 
 def json_body(request: Request) -> Any:
-    """The parsed JSON body, or a 4xx naming what is wrong with it."""
+    """The parsed JSON body, or a 4xx naming what is wrong with it.
+
+    A body sent in chunks (no ``Content-Length``) is cut at ``MAX_BODY_BYTES`` as it
+    is read: one that fills the limit is a 413, as with a length, not a 400 for the
+    JSON cut short. A body nested deeper than the parser's stack is read with the
+    part too deep cut off (``_cut_deep``), so validation refuses the one value that
+    nests too deep, naming its field, and not the whole batch.
+    """
     if not request.is_json:
         raise UnsupportedMediaType("Content-Type must be application/json", field="Content-Type")
+    data = request.get_data(cache=True)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes", field="body")
     try:
-        body = request.get_json(silent=True)
-    except RecursionError:  # nesting deeper than the parser's stack: not a body we take
+        try:
+            body = json.loads(data)
+        except RecursionError:
+            body = json.loads(_cut_deep(data.decode("utf-8")))
+    except (ValueError, RecursionError):
         body = None
     if body is None:
         raise ValidationError("the body is not valid JSON", field="body")
     return body
+
+
+# A JSON string (with its escapes), or a bracket: the tokens the depth cut looks at.
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_MAX_PARSED_DEPTH = 64  # far deeper than any value we take; far shallower than the stack
+
+
+def _cut_deep(text: str) -> str:
+    """JSON text with every container nested past ``_MAX_PARSED_DEPTH`` emptied: what
+    is left parses, and holds the too-deep value at the depth where it was cut, so
+    the check of that value's own depth refuses it."""
+    kept, start, level, cut_at = [], 0, 0, -1
+    for token in _TOKENS.finditer(text):
+        mark = token.group()
+        if mark[0] == '"':
+            continue
+        if mark in "[{":
+            level += 1
+            if level == _MAX_PARSED_DEPTH + 1 and cut_at < 0:
+                cut_at = token.start()
+        else:
+            if level == _MAX_PARSED_DEPTH + 1 and cut_at >= 0:
+                kept.append(text[start:cut_at] + ("[]" if mark == "]" else "{}"))
+                start, cut_at = token.end(), -1
+            level -= 1
+    kept.append(text[start:])
+    return "".join(kept)
 
 
 MAX_ID = 2**31 - 1  # an id column's range: beyond it, no such row

@@ -373,3 +373,69 @@ def test_a_query_parameter_no_endpoint_reads_is_a_400_naming_it(
     resp = client.get(f"{path}?{query}", headers=auth(token))
     name = query.split("=", 1)[0]
     assert (resp.status_code, resp.get_json()["error"]["field"]) == (400, name), resp.get_json()
+
+
+def test_metadata_nested_past_the_parsers_stack_rejects_its_event_not_the_batch(
+    client: FlaskClient,
+) -> None:
+    """Nested 1,000 deep, the body cannot be parsed whole: the part too deep is cut,
+    and only its event is refused, naming metadata (the whole batch was lost as 'the
+    body is not valid JSON')."""
+    good = [event(), event()]
+    deep = event(metadata={"note": "x"})
+    text = json.dumps({"events": [*good, deep]})
+    nested = '{"x": ' * 1000 + "1" + "}" * 1000
+    text = text.replace('{"note": "x"}', nested)
+    resp = client.post(
+        "/v1/usage/events",
+        data=text,
+        headers={**auth(SERVICE_TOKEN), "Content-Type": "application/json"},
+    )
+    body = resp.get_json()
+    assert resp.status_code == 202, body
+    assert [r["status"] for r in body["results"]] == ["accepted", "accepted", "rejected"]
+    assert body["results"][2]["error"]["field"] == "metadata"
+
+
+@pytest.mark.services
+def test_a_chunked_body_past_the_limit_is_a_413_as_with_a_length(stack: Any, tmp_path: Any) -> None:
+    """``make api`` (gunicorn, which reads chunked bodies itself): a body past
+    ``MAX_BODY_BYTES`` in chunks is the same 413 as with a Content-Length (it was a 400
+    for the JSON the limit cut short)."""
+    import socket
+
+    from tests.processes import SHIPPED_SERVICE_TOKEN, ShippedStack
+
+    _, _, local = stack
+    shipped = ShippedStack(local.database_url, local.redis_url, tmp_path)
+    shipped.start_api()
+    big = json.dumps({"events": [event(metadata={"pad": "x" * 7000}) for _ in range(700)]}).encode()
+    head = (
+        "POST /v1/usage/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        f"Authorization: Bearer {SHIPPED_SERVICE_TOKEN}\r\nContent-Type: application/json\r\n"
+    ).encode()
+    chunks = b"".join(
+        f"{len(part):x}\r\n".encode() + part + b"\r\n"
+        for part in (big[i : i + 65536] for i in range(0, len(big), 65536))
+    )
+    requests = [
+        head + f"Content-Length: {len(big)}\r\n\r\n".encode() + big,
+        head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n",
+    ]
+    answers = []
+    try:
+        for request in requests:
+            with socket.create_connection(("127.0.0.1", shipped.port), timeout=30) as sock:
+                try:  # the server answers as soon as it knows, and may close on the rest
+                    sock.sendall(request)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            status = int(answer.split(b" ", 2)[1])
+            body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+            answers.append((status, body["error"]["field"]))
+    finally:
+        shipped.stop()
+    assert answers == [(413, "body"), (413, "body")]
