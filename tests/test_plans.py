@@ -620,3 +620,43 @@ def test_budgets_count_what_the_customer_owes_under_its_plan(app: Flask, make_cu
     assert spent["key"] == (share, 1)
     assert spent["tokens"] == (Decimal(tokens), 3)
     assert spent["plain"] == (costs["key-owed-plain"], 1)
+
+
+def test_usage_dated_before_a_customer_was_onboarded_is_its_first_periods_everywhere(
+    app: Flask, client: FlaskClient, make_customer
+) -> None:
+    """A customer onboarded today whose key was metered for 30 days before (events
+    dated back): that usage is its first billing period's, charged as of its first
+    day. The upcoming invoice, the usage endpoint's charges and what the daily report
+    owes agree to the cent (the invoice showed $105.66 where the report sent
+    $7,105.38: the earlier days fell in periods before the customer's first)."""
+    from app.services.reporting import owed_in_units
+
+    today = utcnow().date()
+    customer = make_customer("key-onboarded")  # created now: its first period opens today
+    _create(client, "pro", {"markup_percent": "25"})
+    _assign(client, customer.id, "pro", today)
+    with app.app_context():
+        back = [
+            event("key-onboarded", timestamp=_at(today - timedelta(days=d))) for d in range(1, 31)
+        ]
+        record(back + [event("key-onboarded", timestamp=utcnow().isoformat())])
+    invoice = client.get("/v1/billing/invoice/upcoming", headers=auth("key-onboarded")).get_json()
+    start = (today - timedelta(days=30)).isoformat()
+    usage = client.get(
+        f"/v1/billing/usage?start_date={start}&end_date={today.isoformat()}",
+        headers=auth("key-onboarded"),
+    ).get_json()
+    settings = app.config["SETTINGS"].replace(
+        billing_quantity="cost", billing_cost_unit=Decimal("0.000001")
+    )
+    with app.app_context():
+        row = db.session.get(BillingCustomer, customer.id)
+        reported = owed_in_units(settings, [row], today)[customer.id] * Decimal("0.000001")
+        db.session.rollback()
+    every_call = 31 * Decimal("0.0045") * Decimal("1.25")  # claude-3-5-sonnet at +25 %
+    assert Decimal(invoice["total"]) == Decimal(usage["totals"]["charge"]) == reported == every_call
+    # the earlier days add nothing of their own: it is all on the first period's first day
+    charges = {p["period"]: Decimal(p["charge"]) for p in usage["periods"]}
+    assert charges[today.isoformat()] == every_call
+    assert sum(charges.values()) == every_call

@@ -62,6 +62,19 @@ class Usage:
         """What a tokens plan counts: every input and output token, whatever its kind."""
         return self.tokens_input + self.tokens_output
 
+    def plus(self, other: Usage) -> Usage:
+        """This usage and ``other`` (of the same model) as one, on this one's day."""
+        return Usage(
+            self.day,
+            self.provider,
+            self.model,
+            self.tokens_input + other.tokens_input,
+            self.tokens_output + other.tokens_output,
+            self.tokens_cache_read + other.tokens_cache_read,
+            self.tokens_cache_write + other.tokens_cache_write,
+            self.cost + other.cost,
+        )
+
 
 @dataclass(frozen=True)
 class Override:

@@ -34,13 +34,16 @@ from app.plans.services import (
     Segment,
     assignments_of,
     default_plan,
+    opening_day,
     plan_terms,
     price_period,
     segments_of,
     usage_from,
 )
 
-Window = tuple[date, date]  # first and last day, inclusive
+# First and last day, inclusive, and whether the window opens the customer's first
+# period (then it also holds every day before: app.plans.services.opening_day).
+Window = tuple[date, date, bool]
 
 
 def _first_usage(customer_ids: Sequence[int]) -> dict[int, date]:
@@ -65,15 +68,16 @@ def _frozen(customer_ids: Sequence[int]) -> dict[tuple[int, date], Decimal]:
 def _summed(windows: dict[Window, list[int]]) -> dict[tuple[int, Window], list[Usage]]:
     """Each customer's usage per window, per model, dated the window's first day."""
     found: dict[tuple[int, Window], list[Usage]] = defaultdict(list)
-    for (first, last), customer_ids in windows.items():
+    for (first, last, opening), customer_ids in windows.items():
+        days = UsageDaily.day <= last if opening else UsageDaily.day.between(first, last)
         rows = db.session.execute(
             select(ApiKey.customer_id, UsageDaily.provider, UsageDaily.model, *USAGE_SUMS)
             .join(ApiKey, ApiKey.key_hash == UsageDaily.api_key_hash)
-            .where(in_ids(ApiKey.customer_id, customer_ids), UsageDaily.day.between(first, last))
+            .where(in_ids(ApiKey.customer_id, customer_ids), days)
             .group_by(ApiKey.customer_id, UsageDaily.provider, UsageDaily.model)
         ).all()
         for customer_id, *sums in rows:
-            found[(customer_id, (first, last))].append(usage_from(first, *sums))
+            found[(customer_id, (first, last, opening))].append(usage_from(first, *sums))
     return found
 
 
@@ -100,7 +104,11 @@ def owed_through(
     cut: dict[tuple[tuple[tuple[date, PricePlan], ...], Period], list[Segment]] = {}
     for customer in customers:
         first = first_usage.get(customer.id)
-        if first is None or first > day:
+        if first is None:
+            continue
+        opening = opening_day(customer)
+        first = max(first, opening)  # what is dated before is the first period's
+        if first > day:
             continue
         assigned = tuple(assignments.get(customer.id, ()))
         for period in billing_periods(first, day, customer.created_at.day):
@@ -110,8 +118,10 @@ def owed_through(
             if (assigned, period) not in cut:
                 cut[(assigned, period)] = segments_of(list(assigned), default, period)
             parts = cut[(assigned, period)]
-            spans = [(s.start, min(last, s.end - timedelta(days=1))) for s in parts]
-            spans = [(a, b) for a, b in spans if a <= b]
+            spans = [
+                (s.start, min(last, s.end - timedelta(days=1)), s.start == opening) for s in parts
+            ]
+            spans = [(a, b, o) for a, b, o in spans if a <= b]
             for span in spans:
                 windows[span].append(customer.id)
             jobs.append((customer, period, parts, spans))

@@ -166,15 +166,48 @@ def usage_from(day: date, provider: str, model: str, *sums: Any) -> Usage:
     return Usage(day, provider, model, *(int(count) for count in tokens), Decimal(cost))
 
 
-def usage_of(customer_id: int, first: date, last: date) -> list[Usage]:
-    """The customer's usage per day and model, all its keys together."""
-    keys = select(ApiKey.key_hash).where(ApiKey.customer_id == customer_id)
+def opening_day(customer: BillingCustomer) -> date:
+    """The first day of the customer's first billing period (the one it was created in).
+
+    Usage dated earlier (a key metered before it was onboarded, events dated back) is
+    the first period's: charged there, as of this day. So no period of the customer
+    starts before it, and the upcoming invoice, the usage endpoint's charges and the
+    daily report count that usage once, in the same place."""
+    return period_at("billing_period", customer.created_at, customer.created_at.day).start
+
+
+def customer_periods(customer: BillingCustomer, first: date, last: date) -> tuple[Period, ...]:
+    """The customer's billing periods touching days ``first`` to ``last``, none before
+    its first."""
+    opening = opening_day(customer)
+    if last < opening:
+        return ()
+    return billing_periods(max(first, opening), last, customer.created_at.day)
+
+
+def usage_of(customer: BillingCustomer, first: date, last: date) -> list[Usage]:
+    """The customer's usage per day and model, all its keys together; from its opening
+    day on, with everything dated before it counted on that day."""
+    opening = opening_day(customer)
+    keys = select(ApiKey.key_hash).where(ApiKey.customer_id == customer.id)
+    days = UsageDaily.day <= last if first <= opening else UsageDaily.day.between(first, last)
     rows = db.session.execute(
         select(UsageDaily.day, UsageDaily.provider, UsageDaily.model, *USAGE_SUMS)
-        .where(UsageDaily.api_key_hash.in_(keys), UsageDaily.day.between(first, last))
+        .where(UsageDaily.api_key_hash.in_(keys), days)
         .group_by(UsageDaily.day, UsageDaily.provider, UsageDaily.model)
     ).all()
-    return [usage_from(*row) for row in rows]
+    found = [usage_from(max(day, opening), *rest) for day, *rest in rows]
+    return found if first > opening else _merged_days(found)
+
+
+def _merged_days(usages: list[Usage]) -> list[Usage]:
+    """One usage per day and model: back-dated days folded into the opening day."""
+    merged: dict[tuple[date, str, str], Usage] = {}
+    for usage in usages:
+        key = (usage.day, usage.provider, usage.model)
+        known = merged.get(key)
+        merged[key] = usage if known is None else known.plus(usage)
+    return list(merged.values())
 
 
 @dataclass(frozen=True)
@@ -245,7 +278,7 @@ def price_period(
 def owed(customer: BillingCustomer, period: Period, through: date) -> Invoice:
     """What ``customer`` owes for ``period`` up to and including day ``through``, by day."""
     last = min(through, period.end - timedelta(days=1))
-    usage = usage_of(customer.id, period.start, last) if last >= period.start else []
+    usage = usage_of(customer, period.start, last) if last >= period.start else []
     return price_period(customer.id, period, through, usage, segments(customer.id, period))
 
 
@@ -259,14 +292,14 @@ def owed_between(customer: BillingCustomer, first: date, last: date) -> Decimal 
     default = default_plan()
     cut = {
         period: segments_of(assigned, default, period)
-        for period in billing_periods(first, last, customer.created_at.day)
+        for period in customer_periods(customer, first, last)
     }
     if all(plan_terms(s.plan) == AT_COST for parts in cut.values() for s in parts):
         return None
     grown = []
     for period, parts in cut.items():
         through = min(last, period.end - timedelta(days=1))
-        usage = usage_of(customer.id, period.start, through)
+        usage = usage_of(customer, period.start, through)
         grown.append(price_period(customer.id, period, through, usage, parts, lines=False).total)
         if first > period.start:
             before = first - timedelta(days=1)
@@ -289,10 +322,13 @@ def daily_charges(customer: BillingCustomer, first: date, last: date) -> dict[da
     ).one()
     if used_first is None:  # no usage in the range: every day added nothing
         return charges
+    opening = opening_day(customer)
+    if used_last < opening <= last:  # usage dated before the opening day adds on that day
+        used_last = opening
     first, last = used_first, used_last  # the days that can add anything
-    for period in billing_periods(first, last, customer.created_at.day):
+    for period in customer_periods(customer, first, last):
         through = min(last, period.end - timedelta(days=1))
-        usage = usage_of(customer.id, period.start, through)
+        usage = usage_of(customer, period.start, through)
         parts = segments(customer.id, period)
         used_on = {u.day for u in usage}
         owed_before, day = ZERO, period.start
