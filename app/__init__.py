@@ -18,6 +18,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         QUICK_READS,
         engine_options,
         import_tables,
+        prepare_engines,
         release_connections,
         upgrade_database,
     )
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     import_tables()
     db.init_app(app)
+    prepare_engines(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
     celery_init_app(app, settings)
     register_api(app)

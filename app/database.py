@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Flask
 from flask_migrate import upgrade
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, event, select, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.config import PROJECT_ROOT, Settings
@@ -89,8 +89,8 @@ def read_snapshot() -> None:
     two moments: a batch committed between them would show an event without its
     charge. The session's transaction is ended (what it loaded is read again when
     used) and a new one begun that sees one snapshot: REPEATABLE READ on
-    PostgreSQL; on SQLite an explicit BEGIN, whose shared lock holds a commit off
-    until the reads are done (its driver begins no transaction for a SELECT).
+    PostgreSQL; on SQLite an explicit BEGIN (its driver begins no transaction for a
+    SELECT), whose reads see one snapshot of the write-ahead log.
     """
     db.session.rollback()
     if db.engine.dialect.name == "postgresql":
@@ -110,6 +110,25 @@ def engine_options(settings: Settings) -> dict[str, Any]:
         return {}
     timeout_ms = settings.idle_in_transaction_timeout_seconds * 1000
     return {"connect_args": {"options": f"-c idle_in_transaction_session_timeout={timeout_ms}"}}
+
+
+def _sqlite_wal(dbapi_connection: Any, _: Any) -> None:
+    """SQLite in write-ahead-log mode: readers and the one writer no longer block each
+    other, as API, worker and Beat share the embedded default's file (a reader held a
+    writer off until ``database is locked``). FULL sync: a committed batch survives a
+    power cut, as on PostgreSQL."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+def prepare_engines(app: Flask) -> None:
+    """What each engine needs of its database kind: SQLite's journal mode."""
+    with app.app_context():
+        for engine in db.engines.values():
+            if engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _sqlite_wal)
 
 
 def release_connections(app: Flask) -> None:

@@ -115,6 +115,7 @@ def test_the_hourly_rollup_on_the_embedded_default(sqlite_app: Flask) -> None:
     assert _hourly_stored(sqlite_app) == _hourly_from_events(sqlite_app)
 
 
+@pytest.mark.services  # PostgreSQL's width_bucket
 def test_latency_buckets_agree_between_python_and_postgresql(app: Flask) -> None:
     from sqlalchemy import text
 
@@ -509,7 +510,9 @@ def _raw_event(n: int, rng: random.Random) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("database", ["postgresql", "sqlite"])
+@pytest.mark.parametrize(
+    "database", [pytest.param("postgresql", marks=pytest.mark.services), "sqlite"]
+)
 def test_migration_0008_backfills_the_hourly_rollup_from_the_events_kept(
     app: Flask, settings: Any, tmp_path: Any, database: str
 ) -> None:

@@ -57,8 +57,15 @@ def _ledger(app: Flask) -> list[UsageReport]:
 
 @pytest.fixture()
 def customers(stripe_server: FakeStripe, make_customer):
+    """Three customers of some standing (onboarded 40 days ago): the days reported are
+    inside their billing periods. (Usage dated before a customer's first period is
+    billed on that period's first day: tests/test_plans.py.)"""
+    onboarded = datetime.now(UTC) - timedelta(days=40)
     return [
-        make_customer(f"key-{n}", stripe_customer_id=stripe_server.add_customer()) for n in range(3)
+        make_customer(
+            f"key-{n}", stripe_customer_id=stripe_server.add_customer(), created_at=onboarded
+        )
+        for n in range(3)
     ]
 
 
@@ -377,6 +384,7 @@ def test_one_customers_idempotency_conflict_stops_no_other(
     assert billed == {customers[1].stripe_customer_id, customers[2].stripe_customer_id}
 
 
+@pytest.mark.services  # a second PostgreSQL database
 def test_meter_identifiers_are_unique_beyond_one_database(
     app: Flask, stripe_server: FakeStripe, customers, settings
 ) -> None:
@@ -522,7 +530,10 @@ def test_onboarding_without_a_stripe_key_creates_the_customer_here(
 ) -> None:
     from tests.helpers import create_extra_app
 
-    local = settings.replace(stripe_api_key="", instance_dir=tmp_path, auto_migrate=False)
+    # The same database (the embedded default keeps it in the instance folder), its own spool.
+    local = settings.replace(
+        stripe_api_key="", meter_spool_dir=str(tmp_path / "spool"), auto_migrate=False
+    )
     client = create_extra_app(local, app).test_client()
     body = {"email": "e@example.com", "name": "Ed", "api_key": "k-nostripe"}
     resp = client.post("/v1/billing/customers", json=body, headers=auth(ADMIN_TOKEN))

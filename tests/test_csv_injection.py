@@ -102,10 +102,10 @@ def _csv_exports(client: FlaskClient, app: Flask) -> dict[str, bytes]:
         headers=auth("key-csv"),
     )
     assert exported.status_code == 200 and exported.headers["Cache-Control"] == "no-store"
+    files = {"export": exported.data}
     page = client.get("/dashboard/sign-in").get_data(as_text=True)
     token = page.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
     client.post("/dashboard/sign-in", data={"api_key": "key-csv", "csrf_token": token})
-    files = {"export": exported.data}
     for name in ("breakdown", "events"):
         resp = client.get(f"/dashboard/{name}.csv?days=7")
         assert resp.status_code == 200 and resp.headers["Cache-Control"] == "no-store"

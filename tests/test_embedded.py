@@ -129,3 +129,53 @@ def _up(base: str) -> bool:
     except OSError:
         time.sleep(0.2)
         return False
+
+
+def test_budget_limits_are_exact_at_any_size_on_the_embedded_default(
+    app: Flask, tmp_path: Path
+) -> None:
+    """SQLite held a budget's limit as an integer count of 10⁻¹²: a tokens budget of a
+    billion overflowed it. Migration 0015 rewrites the limits as exact decimals, the
+    ones set before it included, and a billion-token limit is stored as set."""
+    from flask_migrate import upgrade
+    from sqlalchemy import text
+
+    from app.budgets.models import Budget
+    from app.config import Settings
+    from app.database import MIGRATIONS_DIR
+    from tests.helpers import create_extra_app
+
+    old = create_extra_app(Settings(instance_dir=tmp_path, auto_migrate=False), app)
+    with old.app_context():
+        upgrade(directory=MIGRATIONS_DIR, revision="0014")
+        db.session.execute(
+            text(
+                "INSERT INTO billing_customers (id, api_key_hash, email, name, billing_interval,"
+                " is_active, created_at, updated_at) VALUES (1, 'h', 'e@x', 'E', 'month', 1,"
+                " '2026-11-01 00:00:00', '2026-11-01 00:00:00')"
+            )
+        )
+        db.session.execute(  # $12.5 as the old column held it: 12.5 × 10¹²
+            text(
+                "INSERT INTO budgets (id, customer_id, metric, period, limit_value, thresholds,"
+                " hard_limit, created_at, updated_at) VALUES (1, 1, 'usd', 'month',"
+                " 12500000000000, '[]', 0, '2026-11-01 00:00:00', '2026-11-01 00:00:00')"
+            )
+        )
+        db.session.commit()
+        upgrade(directory=MIGRATIONS_DIR)
+        assert db.session.get(Budget, 1).limit_value == Decimal("12.5")
+        billion = Budget(
+            customer_id=1,
+            metric="tokens",
+            period="month",
+            limit_value=Decimal(10**9),
+            thresholds=[],
+            hard_limit=True,
+        )
+        db.session.add(billion)
+        db.session.commit()
+        db.session.expire_all()
+        assert db.session.get(Budget, billion.id).limit_value == Decimal(10**9)
+        db.session.remove()
+        db.engine.dispose()

@@ -80,6 +80,7 @@ def test_frozen_sums_equal_the_whole_history_and_advance_day_by_day(
         assert (
             db.session.get(FrozenUsage, first.id).tokens_total == 1400 + 1200 + 1060 + 1040 + 1036
         )
+        db.session.commit()  # as the report does: SQLite has one writer at a time
         # A customer added later is frozen alone, from its own history.
         third = make_customer("key-fz-3")
         _old_usage("key-fz-3", TODAY - timedelta(days=90), 11)

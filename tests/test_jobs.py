@@ -333,7 +333,7 @@ def test_retention_goes_on_for_every_customer_but_one_whose_report_failed(
         db.session.add(
             UsageReport(
                 customer_id=failing.id,
-                day=(old + timedelta(days=2)).date(),
+                day=old.date(),  # the report of the old event's own day failed
                 seq=0,
                 mode="meter_events",
                 quantity=1,
@@ -365,6 +365,7 @@ def test_retention_goes_on_for_every_customer_but_one_whose_report_failed(
     assert ok.id != failing.id
 
 
+@pytest.mark.services  # PostgreSQL's weekly partitions
 def test_cleanup_removes_old_reported_events_and_keeps_unreported_ones(
     app: Flask, make_customer
 ) -> None:
@@ -406,6 +407,7 @@ def _reports_succeeded_until(day: datetime, now: datetime) -> None:
     db.session.commit()
 
 
+@pytest.mark.services  # PostgreSQL's weekly partitions
 def test_cleanup_keeps_the_events_of_a_customer_whose_days_were_not_reported(
     app: Flask, make_customer
 ) -> None:

@@ -394,6 +394,7 @@ def test_the_dashboard_data_is_the_api_answer(
     assert client.get("/dashboard/data/nothing").status_code == 404
 
 
+@pytest.mark.services  # the snapshot is kept in Redis
 def test_the_top_customers_are_a_snapshot_that_beat_refreshes(
     app: Flask, client: FlaskClient, make_customer: Callable[..., BillingCustomer]
 ) -> None:

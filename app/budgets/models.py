@@ -10,7 +10,7 @@ from sqlalchemy import JSON, Boolean, Date, ForeignKey, Integer, String, Text, U
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
-from app.models.types import Money, UTCDateTime, utcnow
+from app.models.types import Quantity, UTCDateTime, utcnow
 
 USD, TOKENS = "usd", "tokens"
 # Alert delivery states: queued until a delivery succeeds or the retry window ends;
@@ -38,8 +38,8 @@ class Budget(db.Model):
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
     metric: Mapped[str] = mapped_column(String(8))
     period: Mapped[str] = mapped_column(String(16))
-    limit_value: Mapped[Decimal] = mapped_column(Money)
-    customer_limit: Mapped[Decimal | None] = mapped_column(Money)
+    limit_value: Mapped[Decimal] = mapped_column(Quantity)
+    customer_limit: Mapped[Decimal | None] = mapped_column(Quantity)
     thresholds: Mapped[list[int]] = mapped_column(JSON, default=list)
     hard_limit: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -65,8 +65,8 @@ class BudgetAlert(db.Model):
     )
     threshold: Mapped[int] = mapped_column(Integer)
     period_start: Mapped[date] = mapped_column(Date)
-    spent: Mapped[Decimal] = mapped_column(Money)
-    limit_value: Mapped[Decimal] = mapped_column(Money)
+    spent: Mapped[Decimal] = mapped_column(Quantity)
+    limit_value: Mapped[Decimal] = mapped_column(Quantity)
     status: Mapped[str] = mapped_column(String(16), default=QUEUED)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -186,7 +186,7 @@ def _insert(rows: list[EventRow]) -> tuple[Written, dict[str, Exception]]:
     try:
         with db.session.begin_nested():
             return insert_events(rows), {}
-    except StatementError as exc:
+    except (StatementError, OverflowError) as exc:
         _raise_unless_refused(exc)
     inserted = unpriced = 0
     failed: dict[str, Exception] = {}
@@ -194,7 +194,7 @@ def _insert(rows: list[EventRow]) -> tuple[Written, dict[str, Exception]]:
         try:
             with db.session.begin_nested():
                 written = insert_rows([row])
-        except StatementError as exc:
+        except (StatementError, OverflowError) as exc:
             _raise_unless_refused(exc)
             failed[row.event_id] = exc
             continue
@@ -203,12 +203,16 @@ def _insert(rows: list[EventRow]) -> tuple[Written, dict[str, Exception]]:
     return Written(inserted, unpriced), failed
 
 
-def _raise_unless_refused(exc: StatementError) -> None:
-    """Re-raise unless the database (or the driver, binding it) refused a value.
+def _raise_unless_refused(exc: StatementError | OverflowError) -> None:
+    """Re-raise unless the database (or the driver, binding it) refused a value: SQLite's
+    driver raises ``OverflowError`` for an integer past 64 bits (a cost past what the
+    embedded default's money column holds), PostgreSQL a ``DataError``.
 
     An event with no partition to go to is the ledger's fault, not the event's:
     the batch is retried, and its retry makes the partition.
     """
+    if isinstance(exc, OverflowError):
+        return
     if isinstance(exc, DBAPIError) and not isinstance(exc, (DataError, IntegrityError)):
         raise exc
     if "no partition of relation" in str(exc.orig):

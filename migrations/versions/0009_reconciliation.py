@@ -37,7 +37,6 @@ def upgrade():
         sa.UniqueConstraint("customer_id", "day"),
     )
 
-
     op.create_table(
         "frozen_usage",
         sa.Column("customer_id", sa.Integer(), nullable=False),
