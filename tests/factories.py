@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import factory
@@ -15,6 +16,7 @@ from factory.alchemy import SQLAlchemyModelFactory
 
 from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
+from app.models import UsageReport
 from app.security import hash_api_key
 
 
@@ -110,3 +112,21 @@ class CustomerFactory(_Committed):
     def first_key(customer: BillingCustomer, create: bool, extracted: Any, **fields: Any) -> None:
         if create:
             ApiKeyFactory(customer_id=customer.id, key_hash=customer.api_key_hash, **fields)
+
+
+class UsageReportFactory(_Committed):
+    """A row of the report's ledger: one meter event of a customer's day, committed."""
+
+    class Meta:
+        model = UsageReport
+
+    seq = 0
+    mode = "meter_events"
+    quantity = 1
+    quantity_unit = "tokens"
+    cumulative_exact = Decimal(1)
+    cumulative_units = 1
+    identifier = factory.Sequence(lambda n: f"ub-test-{n}")
+    idempotency_key = factory.LazyAttribute(lambda o: o.identifier)
+    stripe_event_name = "llm_usage"
+    status = "sent"

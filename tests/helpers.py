@@ -8,16 +8,19 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app
 from flask.testing import FlaskClient
+from flask_migrate import upgrade
 from sqlalchemy import create_engine, func, select, text
 
 from app import create_app
 from app.config import Settings, with_driver
+from app.database import MIGRATIONS_DIR
 from app.extensions import db
 from app.ingest.models import RejectedEvent, UsageEvent
 from app.ingest.recording import RecordResult, record_events
@@ -102,6 +105,24 @@ def create_extra_app(settings: Settings, session_app: Flask) -> Flask:
     session_celery.set_default()
     session_celery.set_current()
     return extra
+
+
+@contextmanager
+def deployment_at(revision: str, settings: Settings, session_app: Flask) -> Iterator[Flask]:
+    """An app on a database of its own migrated to ``revision``: a deployment of an
+    earlier release, for a migration to be tried on; the database goes afterwards."""
+    url = create_database()
+    old = create_extra_app(settings.replace(database_url=url, auto_migrate=False), session_app)
+    with old.app_context():
+        upgrade(directory=MIGRATIONS_DIR, revision=revision)
+    try:
+        yield old
+    finally:
+        with old.app_context():
+            db.session.remove()
+            for engine in db.engines.values():
+                engine.dispose()
+        drop_database(url)
 
 
 def tokens(tokens_input: int, tokens_output: int = 0, cached: int = 0) -> dict[str, int]:

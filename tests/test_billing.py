@@ -22,7 +22,7 @@ from app.security import hash_api_key
 from app.services import reporting
 from app.services.jobs import JobFailed
 from app.services.scheduled import run_report
-from tests.factories import CustomerFactory, event
+from tests.factories import CustomerFactory, UsageReportFactory, event
 from tests.fake_stripe import FakeStripe
 from tests.helpers import ADMIN_TOKEN, WEBHOOK_SECRET, auth, measured, record, wait_for
 
@@ -360,23 +360,13 @@ def test_one_customers_idempotency_conflict_stops_no_other(
     for n in range(3):
         _use(app, f"key-{n}", YESTERDAY, 100 * (n + 1))
     with app.app_context():  # the first customer's identifier, remembered with other details
-        report = UsageReport(
+        UsageReportFactory(
             customer_id=customers[0].id,
             day=YESTERDAY,
-            seq=0,
-            mode="meter_events",
-            quantity=1,
-            quantity_unit="tokens",
-            cumulative_exact=Decimal(1),
-            cumulative_units=1,
             identifier="ub-conflict-0",
-            idempotency_key="ub-conflict-0",
-            stripe_event_name="llm_usage",
             status="failed",
             attempts=1,
         )
-        db.session.add(report)
-        db.session.commit()
     stripe_server.state.idempotency["ub-conflict-0"] = (METER_PATH, {"other": "details"}, 200, {})
     with pytest.raises(JobFailed, match=f"customer {customers[0].id}"):
         _report(app, YESTERDAY)

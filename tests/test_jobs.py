@@ -26,7 +26,7 @@ from sqlalchemy import func, select, update
 from app.errors import JobAlreadyRunning
 from app.extensions import db
 from app.ingest.partitions import Partition, partitions, week_of
-from app.models import JobRun, ModelPrice, UsageReport
+from app.models import JobRun, ModelPrice
 from app.models.types import utcnow
 from app.pricing.book import price_book
 from app.pricing.catalog import PriceSourceError
@@ -40,7 +40,7 @@ from app.services.scheduled import (
     run_cleanup,
     run_price_refresh,
 )
-from tests.factories import event
+from tests.factories import UsageReportFactory, event
 from tests.fake_stripe import FakeStripe
 from tests.helpers import count_events, project_root, record, wait_for
 from tests.processes import REDIS_PERSISTENCE
@@ -330,21 +330,11 @@ def test_retention_goes_on_for_every_customer_but_one_whose_report_failed(
         for key in ("key-fine", "key-failing"):
             sent[key] = event(key, timestamp=old.isoformat())
             record([sent[key]], now=old + timedelta(days=1))
-        db.session.add(
-            UsageReport(
-                customer_id=failing.id,
-                day=old.date(),  # the report of the old event's own day failed
-                seq=0,
-                mode="meter_events",
-                quantity=1,
-                quantity_unit="tokens",
-                cumulative_exact=Decimal(1),
-                cumulative_units=1,
-                identifier="ub-failing-0",
-                idempotency_key="ub-failing-0",
-                stripe_event_name="llm_usage",
-                status="failed",
-            )
+        UsageReportFactory(
+            customer_id=failing.id,
+            day=old.date(),  # the report of the old event's own day failed
+            identifier="ub-failing-0",
+            status="failed",
         )
         # Yesterday's run went through every customer, and one of them failed.
         db.session.add(
@@ -428,21 +418,11 @@ def test_cleanup_keeps_the_events_of_a_customer_whose_days_were_not_reported(
             ]
             record(sent[key], now=old + timedelta(days=9))
         for customer, status in ((reported, "sent"), (held, "needs_manual")):
-            db.session.add(
-                UsageReport(
-                    customer_id=customer.id,
-                    day=(old + timedelta(days=10)).date(),
-                    seq=0,
-                    mode="meter_events",
-                    quantity=1,
-                    quantity_unit="tokens",
-                    cumulative_exact=Decimal(1),
-                    cumulative_units=1,
-                    identifier=f"ub-{customer.id}-old-0",
-                    idempotency_key=f"ub-{customer.id}-old-0",
-                    stripe_event_name="llm_usage",
-                    status=status,
-                )
+            UsageReportFactory(
+                customer_id=customer.id,
+                day=(old + timedelta(days=10)).date(),
+                identifier=f"ub-{customer.id}-old-0",
+                status=status,
             )
         _reports_succeeded_until(now - timedelta(days=1), now)
         run = run_cleanup(app.config["SETTINGS"], now)

@@ -34,9 +34,7 @@ from app.services.scheduled import run_cleanup
 from tests.factories import event
 from tests.helpers import (
     count_events,
-    create_database,
-    create_extra_app,
-    drop_database,
+    deployment_at,
     record,
     wait_for,
 )
@@ -137,16 +135,8 @@ def test_cleanup_never_drops_a_week_an_accepted_event_can_still_reach(
 @pytest.fixture
 def old_deployment(app: Flask, settings: Settings) -> Iterator[Flask]:
     """A database migrated to 0009: the plain ledger an existing deployment has."""
-    url = create_database()
-    old = create_extra_app(settings.replace(database_url=url, auto_migrate=False), app)
-    with old.app_context():
-        upgrade(directory=MIGRATIONS_DIR, revision="0009")
-    yield old
-    with old.app_context():
-        db.session.remove()
-        for engine in db.engines.values():
-            engine.dispose()
-    drop_database(url)
+    with deployment_at("0009", settings, app) as old:
+        yield old
 
 
 _INSERT = text(

@@ -13,8 +13,7 @@ from sqlalchemy import create_engine, text
 
 from app.config import Settings, with_driver
 from app.database import MIGRATIONS_DIR
-from app.extensions import db
-from tests.helpers import create_database, create_extra_app, drop_database, measured
+from tests.helpers import deployment_at, measured
 
 EVENTS = 200_000
 _SEED = text(
@@ -53,16 +52,8 @@ _SUMS = text(
 @pytest.fixture
 def deployment(app: Flask, settings: Settings) -> Iterator[Flask]:
     """A database at 0011, the release before, with history in it."""
-    url = create_database()
-    old = create_extra_app(settings.replace(database_url=url, auto_migrate=False), app)
-    with old.app_context():
-        upgrade(directory=MIGRATIONS_DIR, revision="0011")
-    yield old
-    with old.app_context():
-        db.session.remove()
-        for engine in db.engines.values():
-            engine.dispose()
-    drop_database(url)
+    with deployment_at("0011", settings, app) as old:
+        yield old
 
 
 @pytest.mark.services

@@ -218,12 +218,7 @@ def _follow(path: Sequence[Any], data: Any, wanted: Any, required: bool, at: Seq
             else:
                 return None
         else:
-            if not isinstance(data, dict):
-                if required:
-                    raise ValueError(
-                        f"Expected `{_step_path([*at, *walked])}` value to be a dict,"
-                        f" got {_type_name(data)}"
-                    )
+            if not _is_dict(data, required, [*at, *walked]):
                 return None
             if step not in data:
                 if required:
@@ -232,12 +227,7 @@ def _follow(path: Sequence[Any], data: Any, wanted: Any, required: bool, at: Seq
             data = data[step]
     if data is None and not required:
         return None
-    if not isinstance(data, dict):
-        if required:
-            raise ValueError(
-                f"Expected `{_step_path([*at, *walked])}` value to be a dict,"
-                f" got {_type_name(data)}"
-            )
+    if not _is_dict(data, required, [*at, *walked]):
         return None
     if last not in data:
         if required:
@@ -253,6 +243,18 @@ def _follow(path: Sequence[Any], data: Any, wanted: Any, required: bool, at: Seq
             f" got {_type_name(value)}"
         )
     return None
+
+
+def _is_dict(data: Any, required: bool, path: Sequence[Any]) -> bool:
+    """Whether ``data`` is an object to step into; refused (with the source's message)
+    when the path is required."""
+    if isinstance(data, dict):
+        return True
+    if required:
+        raise ValueError(
+            f"Expected `{_step_path(path)}` value to be a dict, got {_type_name(data)}"
+        )
+    return False
 
 
 def _type_name(value: Any) -> str:
