@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import gc
+import logging
 
+from celery import Celery
 from flask import Flask
 
 from app.config import Settings
+from app.registry import Services
+
+log = logging.getLogger("usage_billing.pricing")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     from app.api import register_api
     from app.celery_app import celery_init_app
     from app.cli import billing_cli
+    from app.columns import utcnow
     from app.database import (
         MIGRATIONS_DIR,
         QUICK_READS,
@@ -24,7 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     from app.extensions import db, migrate
     from app.ingest.partitions import make_partitions
-    from app.models.types import utcnow
+    from app.registry import install
 
     settings = settings or Settings.from_env()
     from app.observability.logs import configure_logging
@@ -51,17 +57,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     db.init_app(app)
     prepare_engines(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR)
-    celery_init_app(app, settings)
+    celery = celery_init_app(app, settings)
     register_api(app)
     from app.dashboard import register_pages
 
     register_pages(app, settings)
     app.cli.add_command(billing_cli)
 
-    from app.ingest.meter import UsageMeter, outbox_for
-
-    outbox_for(app)  # made here, so no two request threads race to make it
+    install(app, _build_services(app, settings, celery))
     if settings.enable_pricing_middleware:
+        from app.ingest.meter import UsageMeter
+
         if settings.enforce_budgets:  # admission runs before the metered view
             from app.budgets.admission import admit
 
@@ -76,11 +82,49 @@ def create_app(settings: Settings | None = None) -> Flask:
 
         app.register_blueprint(demo_execute)
     if settings.auto_migrate:
-        upgrade_database(app)
+        upgrade_database(app, then=_seed_prices)
         with app.app_context():  # the ledger's weeks (PostgreSQL), as the daily job makes them
             make_partitions(settings, utcnow())
     release_connections(app)
     return app
+
+
+def _build_services(app: Flask, settings: Settings, celery: Celery) -> Services:
+    import redis
+
+    from app.billing.gateway import StripeGateway
+    from app.budgets.admission import make_counters, make_leases
+    from app.ingest.batch_store import BatchStore
+    from app.ingest.meter import make_outbox
+
+    batches = (
+        BatchStore(settings.redis_url, settings.meter_batch_ttl_seconds)
+        if settings.uses_redis
+        else None
+    )
+    counters = make_counters(settings)
+    return Services(
+        celery=celery,
+        outbox=make_outbox(app, settings, celery, batches),
+        stripe=StripeGateway(settings),
+        redis=(
+            redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+            if settings.redis_url
+            else None
+        ),
+        batches=batches,
+        budget_counters=counters,
+        budget_leases=make_leases(counters, settings),
+    )
+
+
+def _seed_prices() -> None:
+    from app.ingest.ledger import latest_event_at
+    from app.pricing.book import seed_prices
+
+    result = seed_prices(latest_event_at)
+    if result is not None:
+        log.info("seeded model prices", extra={"added": result.added})
 
 
 def create_app_for_serving() -> Flask:

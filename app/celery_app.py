@@ -1,22 +1,27 @@
 """Celery bound to the Flask app, as in Flask's "Background Tasks with Celery".
 
-Every task runs inside the app context, so tasks use ``db.session`` like views.
+Every task runs inside the app context (``FlaskTask``), so tasks use
+``db.session`` like views.
 The broker is Redis when ``REDIS_URL`` is set and kombu's filesystem transport
 under ``instance/`` otherwise, so the embedded default needs no server.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, Task
 from flask import Flask
 
 from app.config import Settings
+from app.errors import JobAlreadyRunning
+from app.extensions import db
 from app.ingest import wire
-from app.ingest.batch_store import init_batch_store
-from app.schedule import beat_schedule
+from app.jobs.timetable import beat_schedule
+from app.registry import Services, services
 
+log = logging.getLogger("usage_billing.tasks")
 TASK_MODULES = ["tasks.ingest", "tasks.billing", "tasks.jobs", "tasks.budgets"]
 
 
@@ -50,9 +55,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # decodes every message and writes it again to its unacked hash.
             "body_encoding": None,
         }
-        # RedBeat, surviving Redis restarted, flushed or away (app/beat.py); woken at
+        # RedBeat, surviving Redis restarted, flushed or away (app/jobs/beat.py); woken at
         # least every 10 s, so a lost lock is found and taken again within that.
-        config["beat_scheduler"] = "app.beat:ResilientRedBeatScheduler"
+        config["beat_scheduler"] = "app.jobs.beat:ResilientRedBeatScheduler"
         config["beat_max_loop_interval"] = 10
         config["redbeat_redis_url"] = settings.redis_url
         config["redbeat_lock_timeout"] = 300
@@ -72,16 +77,46 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def celery_init_app(app: Flask, settings: Settings) -> Celery:
-    class FlaskTask(Task):
-        def __call__(self, *args: object, **kwargs: object) -> object:
-            with app.app_context():
+class FlaskTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
+    """The base of every task: the app context, the app's settings and services, and
+    no session left behind.
+
+    As Flask's Celery pattern does, each task runs inside the app context. As
+    Warehouse's task base does, the session is closed after each one, whatever
+    the task did (anything it left uncommitted is rolled back), so no task
+    manages the session's end itself. A scheduled job that finds a run of its
+    own in progress elsewhere (``JobAlreadyRunning``) leaves the work to it.
+    """
+
+    flask_app: Flask
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        with self.flask_app.app_context():
+            try:
                 return self.run(*args, **kwargs)
+            except JobAlreadyRunning as exc:
+                log.info("%s: %s; left to that run", self.name, exc)
+                return None
+            finally:
+                db.session.remove()
+
+    @property
+    def settings(self) -> Settings:
+        settings: Settings = self.flask_app.config["SETTINGS"]
+        return settings
+
+    @property
+    def services(self) -> Services:
+        return services(self.flask_app)
+
+
+def celery_init_app(app: Flask, settings: Settings) -> Celery:
+    class AppTask(FlaskTask):
+        flask_app = app
 
     wire.register_serializer()
-    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app = Celery(app.name, task_cls=AppTask)
     celery_app.config_from_object(celery_config(settings))
     celery_app.set_default()
     app.extensions["celery"] = celery_app
-    init_batch_store(app)
     return celery_app

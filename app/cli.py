@@ -11,18 +11,14 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from app.analytics.cli import export_command
+from app.billing.report import resolve_manual
+from app.columns import utcnow
 from app.config import Settings
 from app.customers.cli import customers_cli, keys_cli
 from app.errors import JobAlreadyRunning, NotFound, ValidationError
 from app.ingest.recording import replay_rejected
 from app.ingest.validation import EventLimits
-from app.models.types import utcnow
-from app.plans.cli import plans_cli
-from app.progress import progress_bar
-from app.schedule import REPORT_TASK
-from app.services.jobs import JobFailed
-from app.services.reporting import resolve_manual
-from app.services.scheduled import (
+from app.jobs.definitions import (
     CLEANUP_JOB,
     REFRESH_JOB,
     REPORT_JOB,
@@ -32,6 +28,11 @@ from app.services.scheduled import (
     run_reconciliation,
     run_report,
 )
+from app.jobs.runner import JobFailed
+from app.jobs.timetable import REPORT_TASK
+from app.plans.cli import plans_cli
+from app.progress import progress_bar
+from app.registry import services
 
 billing_cli = AppGroup("billing", help="Billing operations.")
 billing_cli.add_command(customers_cli)
@@ -78,12 +79,12 @@ def trigger_report(day: str | None) -> None:
     """Queue the report for the workers, as Beat does at 02:00; does not wait for it."""
     if day is not None:
         date.fromisoformat(day)  # refuse a malformed date here, not in a worker
-    sent = current_app.extensions["celery"].send_task(REPORT_TASK, args=[day] if day else [])
+    sent = services().celery.send_task(REPORT_TASK, args=[day] if day else [])
     click.echo(json.dumps({"queued": REPORT_TASK, "task_id": sent.id, "date": day}))
 
 
 @billing_cli.command("refresh-prices")
-def refresh_prices() -> None:
+def price_refresh_command() -> None:
     _run(REFRESH_JOB, lambda: run_price_refresh(_settings()))
 
 

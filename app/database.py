@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import fcntl
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import import_module
 from typing import Any
 
 from flask import Flask
 from flask_migrate import upgrade
-from sqlalchemy import Connection, event, select, text
+from sqlalchemy import Connection, event, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.config import PROJECT_ROOT, Settings
@@ -31,12 +31,14 @@ QUICK_READS = "quick_reads"  # the bind key of quick_read()'s engine
 UNAVAILABLE = (OperationalError, InterfaceError)
 # Every module that declares tables: each capability keeps its own beside it.
 TABLE_MODULES = (
-    "app.models",
     "app.ingest.models",
     "app.customers.models",
     "app.budgets.models",
     "app.plans.models",
     "app.dashboard.models",
+    "app.billing.models",
+    "app.jobs.models",
+    "app.pricing.models",
 )
 
 
@@ -158,19 +160,10 @@ def forget_inherited_connections(app: Flask) -> None:
             engine.dispose(close=False)
 
 
-def upgrade_database(app: Flask) -> None:
-    """Migrate to head and seed prices from the bundled source when none exist."""
-    from app.models import ModelPrice
-    from app.pricing.book import refresh_prices
-
+def upgrade_database(app: Flask, then: Callable[[], None]) -> None:
+    """Migrate to head, then run ``then`` (the price seed) under the same lock, so
+    processes starting together seed once."""
     with app.app_context(), _migration_lock(app):
         upgrade(directory=MIGRATIONS_DIR)
-        # Seed an empty table; and once after migration 0004, add the source's
-        # whole rules (tiers, time-of-day prices) to a table that predates them.
-        if (
-            db.session.scalar(select(ModelPrice.id).where(ModelPrice.rules.is_not(None)).limit(1))
-            is None
-        ):
-            result = refresh_prices()
-            log.info("seeded model prices", extra={"added": result.added})
+        then()
         db.session.remove()

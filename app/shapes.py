@@ -1,7 +1,7 @@
 """Declaring request shapes with pydantic, and turning its errors into ours.
 
 Shared by every shape (the event in ``app/ingest/validation.py``, the HTTP
-bodies in ``app/api/schemas.py``, Stripe's events in ``app/billing``), so each
+bodies beside their views, Stripe's events in ``app/billing``), so each
 is declared once and ``/openapi.json`` renders the same declarations.
 """
 
@@ -20,6 +20,8 @@ from pydantic import (
     BaseModel,
     Field,
     PlainSerializer,
+    StrictFloat,
+    StrictInt,
     StrictStr,
     StringConstraints,
     TypeAdapter,
@@ -51,9 +53,45 @@ def parse(
         raise ValidationError(f"{field}: {first['msg']}", field=field) from None
 
 
+# What a name may not hold, as Unicode 14 (Python 3.11's ``unicodedata``) lists them:
+# controls (Cc; PostgreSQL refuses NUL), format characters (Cf: bidi overrides,
+# zero-width ones, which only ever mislead), surrogates (Cs), and line and paragraph
+# separators (Zl, Zp). tests/test_bad_input.py holds the list to unicodedata.
+UNPRINTABLE = (
+    (0x0000, 0x001F), (0x007F, 0x009F), (0x00AD, 0x00AD), (0x0600, 0x0605),
+    (0x061C, 0x061C), (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891),
+    (0x08E2, 0x08E2), (0x180E, 0x180E), (0x200B, 0x200F), (0x2028, 0x202E),
+    (0x2060, 0x2064), (0x2066, 0x206F), (0xD800, 0xDFFF), (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB), (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x13438),
+    (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0001, 0xE0001), (0xE0020, 0xE007F),
+)  # fmt: skip
+
+
+def _in_class(code: int) -> str:
+    """A code point as a regular expression's class writes it, alike in Python and in
+    JavaScript (``\\uXXXX`` in the BMP; beyond it, the character itself)."""
+    return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+
+
+_ALLOWED = (
+    "[^"
+    + "".join(
+        _in_class(low) + ("" if high == low else "-" + _in_class(high)) for low, high in UNPRINTABLE
+    )
+    + "]"
+)
+# Trimmed and not empty (``trimmed``), of allowed characters only: the document's
+# pattern, and the check of every name.
+PRINTABLE = rf"^(?=.*\S){_ALLOWED}+$"
+_PRINTABLE = re.compile(_ALLOWED + "*")
+
+
+def printable(value: str) -> bool:
+    return _PRINTABLE.fullmatch(value) is not None
+
+
 def _printable(value: str, info: ValidationInfo) -> str:
-    """PostgreSQL refuses NUL in text, and control or bidi characters only ever mislead."""
-    if not value.isprintable():
+    if not printable(value):
         raise ValidationError(
             f"{info.field_name} must be printable characters", field=info.field_name
         )
@@ -61,9 +99,12 @@ def _printable(value: str, info: ValidationInfo) -> str:
 
 
 def trimmed(max_length: int) -> Any:
-    """A trimmed, non-empty string; whether it is printable is the caller's to check."""
+    """A trimmed, non-empty string; whether it is printable is the caller's to check
+    (the document says it must be)."""
     return Annotated[
-        StrictStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length)
+        StrictStr,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length),
+        Field(json_schema_extra={"pattern": PRINTABLE}),
     ]
 
 
@@ -81,16 +122,10 @@ def parse_query(shape: type[Model]) -> Model:
     return parse(shape, {name: values[0] for name, values in given.items()}, whole="query")
 
 
-def takes_query(view: View) -> View:
-    """Mark a route that reads a query string (with ``parse_query``); every other
-    route of the API refuses one (``refuse_unasked_query``)."""
-    view.takes_query = True  # type: ignore[attr-defined]
-    return view
-
-
 def refuse_unasked_query() -> None:
     """``before_request`` of the API's blueprints: a query parameter on a route that
-    reads none is a 400 naming it, as an unknown one is where a route reads some."""
+    declares none (``app.contract``) is a 400 naming it, as an unknown one is where a
+    route reads some."""
     if not request.args:
         return
     view = current_app.view_functions.get(request.endpoint or "")
@@ -156,6 +191,27 @@ def _cut_deep(text: str) -> str:
 MAX_ID = 2**31 - 1  # an id column's range: beyond it, no such row
 
 
+def whole(minimum: int, maximum: int) -> Any:
+    """An integer of a JSON body within [minimum, maximum]: as JSON Schema's
+    ``integer`` has it, ``35.0`` is one (and ``true`` or ``"35"`` are not)."""
+
+    def check(value: int | float) -> int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError("must be a whole number")
+        if not minimum <= value <= maximum:
+            raise ValueError(f"must be from {minimum} to {maximum}")
+        return int(value)
+
+    return Annotated[
+        StrictInt | StrictFloat,
+        AfterValidator(check),
+        WithJsonSchema({"type": "integer", "minimum": minimum, "maximum": maximum}),
+    ]
+
+
+Id = whole(1, MAX_ID)
+
+
 def path_id(value: str, field: str) -> int:
     """An id from the URL's path: digits within an id's range, else a 404 naming it."""
     if not value.isascii() or not value.isdigit() or not 0 < int(value) <= MAX_ID:
@@ -171,6 +227,27 @@ Amount = Annotated[
     Field(description="a decimal string, at least zero, at most 12 places"),
 ]
 """Money and quantities as people write them: a decimal string, read as an exact Decimal."""
+
+
+def _positive(value: Decimal, info: ValidationInfo) -> Decimal:
+    if value <= 0:
+        raise ValidationError(f"{info.field_name} must be above zero", field=info.field_name)
+    return value
+
+
+PositiveAmount = Annotated[
+    Amount,
+    AfterValidator(_positive),
+    # pydantic-core's regular expressions have no look-ahead; the document's do.
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(?=.*[1-9])\d{1,12}(\.\d{1,12})?$",
+            "description": "a decimal string above zero, at most 12 places",
+        }
+    ),
+]
+"""An ``Amount`` above zero: a limit."""
 
 
 def _calendar_date(value: str) -> date:

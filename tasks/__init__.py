@@ -1,1 +1,2 @@
-"""Celery tasks: thin wrappers over ``app.services`` that own retries and scheduling."""
+"""Celery tasks: thin wrappers over the capabilities' services that own retries and
+scheduling; their base (``app.celery_app.FlaskTask``) owns the app context and the session."""

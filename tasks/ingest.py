@@ -7,24 +7,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import shared_task
-from flask import current_app
 
-from app.budgets.admission import counters_for
+from app.budgets.alerts import DELIVER_TASK
 from app.budgets.spend import Estimates, settle_batch
+from app.celery_app import FlaskTask
 from app.customers.services import count_unattributed
 from app.extensions import db
-from app.ingest.batch_store import BatchStore, batch_store
+from app.ingest.batch_store import BatchStore
 from app.ingest.ledger import recorded_batches
+from app.ingest.meter import RECORD_TASK
 from app.ingest.recording import record_events
 from app.ingest.validation import EventLimits
-from app.schedule import ALERTS_TASK
 
 log = logging.getLogger("usage_billing.ingest")
 
 
 @shared_task(
-    name="ingest.record_events",
-    acks_late=True,
+    bind=True,
+    name=RECORD_TASK,
     # Whatever escapes recording is not the events' fault (those are parked one by
     # one inside it): a lost connection, a batch found incomplete, or a bug. The
     # batch waits and is tried again; it is never dropped or parked for it.
@@ -35,7 +35,7 @@ log = logging.getLogger("usage_billing.ingest")
     max_retries=None,
 )
 def record_events_task(
-    events: list[dict[str, Any]] | None, batch_id: str | None = None
+    self: FlaskTask, events: list[dict[str, Any]] | None, batch_id: str | None = None
 ) -> dict[str, int]:
     """Store a batch; any failure retries the whole batch.
 
@@ -43,23 +43,20 @@ def record_events_task(
     (app/ingest/batch_store.py). Retrying the whole batch is safe: a recorded batch has
     a receipt (``batch_id``) and rows already stored are skipped by event id.
     """
-    store = batch_store(current_app)
+    store = self.services.batches
     if events is None:
         events = store.take(batch_id) if store is not None and batch_id else None
         if events is None:
             return _events_gone(batch_id)
     try:
-        limits = EventLimits.from_settings(current_app.config["SETTINGS"])
-        result = record_events(events, limits, batch_id=batch_id)
+        result = record_events(events, EventLimits.from_settings(self.settings), batch_id=batch_id)
     except Exception:
         db.session.rollback()
         log.exception("batch %s not recorded; it will be tried again", batch_id)
         raise
-    finally:
-        db.session.remove()
     _recorded(store, batch_id)
     _attribute(events)
-    _settle_budgets(events)
+    _settle_budgets(self, events)
     return {
         "inserted": result.inserted,
         "duplicates": result.duplicates,
@@ -72,26 +69,23 @@ def _attribute(events: list[dict[str, Any]]) -> None:
     try:
         count_unattributed(events)
     except Exception:  # noqa: BLE001 - the batch stands; only a count is missed
+        db.session.rollback()
         log.exception("unattributed events of a recorded batch not counted")
-    finally:
-        db.session.remove()
 
 
-def _settle_budgets(events: list[dict[str, Any]]) -> None:
+def _settle_budgets(task: FlaskTask, events: list[dict[str, Any]]) -> None:
     """Bring the budgets of the batch's keys up to date; never fails the batch, which
     is recorded: a later settle or the minute's rebuild job catches up."""
-    counters = counters_for(current_app)
+    counters = task.services.budget_counters
     if counters is None:
         return
     try:
-        defaults = Estimates.from_settings(current_app.config["SETTINGS"])
+        defaults = Estimates.from_settings(task.settings)
         if settle_batch(counters, events, datetime.now(UTC), defaults):
-            current_app.extensions["celery"].send_task(ALERTS_TASK)  # deliver them now
+            task.services.celery.send_task(DELIVER_TASK)  # deliver them now
     except Exception:  # noqa: BLE001 - the batch stands; the budgets catch up later
         db.session.rollback()
         log.exception("budgets not settled for a recorded batch; the next settle catches up")
-    finally:
-        db.session.remove()
 
 
 def _events_gone(batch_id: str | None) -> dict[str, int]:

@@ -3,49 +3,37 @@ the operators' overview."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
-from flask import current_app
 
-from app.errors import JobAlreadyRunning
-from app.extensions import db, shared_redis
+from app.celery_app import FlaskTask
+from app.columns import utcnow
+from app.dashboard.overview import refresh_top_customers
 from app.ingest.partitions import make_partitions as make_ledger_partitions
-from app.models.types import utcnow
-from app.schedule import OVERVIEW_TASK, PARTITIONS_TASK
-from app.services.overview import refresh_top_customers
-from app.services.scheduled import run_cleanup, run_price_refresh
+from app.jobs.definitions import run_cleanup, run_price_refresh
+from app.jobs.timetable import CLEANUP_TASK, OVERVIEW_TASK, PARTITIONS_TASK, REFRESH_TASK
 
 
-@shared_task(name="jobs.refresh_prices", acks_late=True)
-def refresh_prices() -> dict | None:
+@shared_task(bind=True, name=REFRESH_TASK)
+def price_refresh(self: FlaskTask) -> dict[str, Any] | None:
     """A bad source fails the run (recorded in job_runs) and changes no price."""
-    try:
-        return run_price_refresh(current_app.config["SETTINGS"]).counts
-    except JobAlreadyRunning:
-        return None
+    return run_price_refresh(self.settings).counts
 
 
-@shared_task(name="jobs.cleanup_usage", acks_late=True)
-def cleanup_usage() -> dict | None:
-    try:
-        return run_cleanup(current_app.config["SETTINGS"]).counts
-    except JobAlreadyRunning:
-        return None
+@shared_task(bind=True, name=CLEANUP_TASK)
+def cleanup_usage(self: FlaskTask) -> dict[str, Any] | None:
+    return run_cleanup(self.settings).counts
 
 
-@shared_task(name=PARTITIONS_TASK, acks_late=True)
-def make_partitions() -> list[str]:
+@shared_task(bind=True, name=PARTITIONS_TASK)
+def make_partitions(self: FlaskTask) -> list[str]:
     """The weeks ahead of the ledger (PostgreSQL); idempotent, so a retry or a second
     Beat is harmless. Returns the partitions it made."""
-    try:
-        return make_ledger_partitions(current_app.config["SETTINGS"], utcnow())
-    finally:
-        db.session.remove()
+    return make_ledger_partitions(self.settings, utcnow())
 
 
-@shared_task(name=OVERVIEW_TASK)
-def refresh_overview() -> int:
+@shared_task(bind=True, name=OVERVIEW_TASK)
+def refresh_overview(self: FlaskTask) -> int:
     """Keep the month's top customers fresh for the operators' page; returns how many."""
-    try:
-        return len(refresh_top_customers(shared_redis(current_app), utcnow())["customers"])
-    finally:
-        db.session.remove()
+    return len(refresh_top_customers(self.services.redis, utcnow())["customers"])

@@ -24,11 +24,11 @@ if ROLE is not None:
 
 from app import create_app_for_serving  # noqa: E402 - after the metrics directory is set
 from app.database import forget_inherited_connections  # noqa: E402
-from app.ingest.batch_store import batch_store  # noqa: E402
+from app.jobs.timetable import beat_schedule  # noqa: E402
 from app.observability.exporter import forget_process, serve_metrics  # noqa: E402
 from app.observability.metrics import BEAT_SENT, at_zero  # noqa: E402
 from app.pricing.book import price_book  # noqa: E402
-from app.schedule import beat_schedule  # noqa: E402
+from app.registry import services  # noqa: E402
 
 flask_app = create_app_for_serving()
 celery_app = flask_app.extensions["celery"]
@@ -61,7 +61,7 @@ def open_own_connections(**_: Any) -> None:
     parent opened since, so two processes never write on one connection.
     """
     forget_inherited_connections(flask_app)
-    store = batch_store(flask_app)
+    store = services(flask_app).batches
     if store is not None:
         store.forget_connections()
     price_book.invalidate()

@@ -27,6 +27,7 @@ from app import create_app
 from app.config import Settings
 from app.customers.models import BillingCustomer
 from app.extensions import db
+from app.registry import services
 from tests.factories import CustomerFactory
 from tests.fake_stripe import API_KEY as STRIPE_API_KEY
 from tests.fake_stripe import FakeStripe
@@ -136,7 +137,7 @@ def app(settings: Settings) -> Iterator[Flask]:
     flask_app.register_blueprint(execute_blueprint())
     flask_app.config["TESTING"] = True
     yield flask_app
-    flask_app.extensions["usage_outbox"].close()
+    services(flask_app).outbox.close()
 
 
 @pytest.fixture(scope="session")
@@ -172,7 +173,7 @@ def _forget_unrecorded(app: Flask) -> None:
     receipt the truncation removed (180 s on), and a batch queued while no worker ran
     is taken by the session's worker whenever a later test starts it.
     """
-    app.extensions["usage_outbox"].close()  # it restarts with the next metered call
+    services(app).outbox.close()  # it restarts with the next metered call
     app.extensions["celery"].control.purge()
     for path in app.config["SETTINGS"].spool_dir.glob("*.jsonl"):
         path.unlink(missing_ok=True)
@@ -198,7 +199,7 @@ def clean_tables(app: Flask) -> Iterator[None]:
         import redis
 
         from app.budgets.counters import PREFIX
-        from app.services.overview import TOP_KEY
+        from app.dashboard.overview import TOP_KEY
 
         client = redis.Redis.from_url(REDIS_URL)
         for key in client.scan_iter(PREFIX + "*"):
@@ -244,7 +245,7 @@ def stack(
     )
     producer = create_extra_app(local, app)
     yield producer, redis_server, local
-    producer.extensions["usage_outbox"].close()
+    services(producer).outbox.close()
     redis_server.stop()
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import factory
 from factory.alchemy import SQLAlchemyModelFactory
 
+from app.billing.models import UsageReport
 from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
-from app.models import UsageReport
 from app.security import hash_api_key
 
 

@@ -34,11 +34,12 @@ from app.budgets.alerts import (
     verify_signature,
 )
 from app.budgets.models import AlertDelivery, BudgetAlert
+from app.columns import utcnow
 from app.config import Settings
 from app.errors import ValidationError
 from app.extensions import db
-from app.models.types import utcnow
 from app.periods import period_at
+from app.registry import services
 from tests.factories import event
 from tests.helpers import ADMIN_TOKEN, SERVICE_TOKEN, auth, measured, project_root, wait_for
 
@@ -116,7 +117,7 @@ def _spend(app: Flask, client: FlaskClient, events: list[dict]) -> None:
     """Send events through the ingest endpoint and on to the workers."""
     resp = client.post("/v1/usage/events", json={"events": events}, headers=auth(SERVICE_TOKEN))
     assert resp.status_code == 202
-    app.extensions["usage_outbox"].flush()
+    services(app).outbox.flush()
 
 
 def _outcomes(app: Flask) -> list[int | None]:
@@ -334,7 +335,6 @@ def test_several_workers_settling_at_once_raise_each_alert_once(
     app: Flask, client: FlaskClient, make_customer
 ) -> None:
     """Eight workers settle the same crossing at the same moment: one alert."""
-    from app.budgets.admission import counters_for
     from app.budgets.spend import Estimates, settle_batch
 
     _alerted(
@@ -359,7 +359,10 @@ def test_several_workers_settling_at_once_raise_each_alert_once(
             barrier.wait()
             raised.extend(
                 settle_batch(
-                    counters_for(app), [spent], utcnow(), Estimates.from_settings(Settings())
+                    services(app).budget_counters,
+                    [spent],
+                    utcnow(),
+                    Estimates.from_settings(Settings()),
                 )
             )
             db.session.remove()
@@ -510,9 +513,9 @@ def test_a_delivery_killed_either_side_of_its_commit_arrives_once(
 
 def _settled_after_asking(producer: Flask, app: Flask) -> bool:
     """Ask the workers to deliver what is due (Beat does it each minute); settled yet?"""
-    from app.schedule import ALERTS_TASK
+    from app.budgets.alerts import DELIVER_TASK
 
-    producer.extensions["celery"].send_task(ALERTS_TASK)
+    producer.extensions["celery"].send_task(DELIVER_TASK)
     return _alerts(app)[0].status != "queued"
 
 

@@ -552,7 +552,7 @@ def test_the_cleanup_drops_hourly_detail_past_its_retention_and_keeps_the_days(
     from sqlalchemy import func
 
     from app.ingest.models import UsageDaily
-    from app.services.scheduled import run_cleanup
+    from app.jobs.definitions import run_cleanup
 
     with app.app_context():
         record(_mixed_events("key-ret", 50))

@@ -15,13 +15,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from app.billing import report as reporting
+from app.billing.models import UsageReport
 from app.customers.models import BillingCustomer
 from app.extensions import db
-from app.models import UsageReport
+from app.jobs.definitions import run_report
+from app.jobs.runner import JobFailed
+from app.registry import services
 from app.security import hash_api_key
-from app.services import reporting
-from app.services.jobs import JobFailed
-from app.services.scheduled import run_report
 from tests.factories import CustomerFactory, UsageReportFactory, event
 from tests.fake_stripe import FakeStripe
 from tests.helpers import ADMIN_TOKEN, WEBHOOK_SECRET, auth, measured, record, wait_for
@@ -104,7 +105,7 @@ def test_retried_customer_creation_makes_one_stripe_customer(
         from app.customers.services import link_stripe_customer, register_customer
 
         customer = register_customer("b@example.com", "Bo", hash_api_key("k-b"))
-        customer_id = link_stripe_customer(customer)
+        customer_id = link_stripe_customer(customer, services().stripe)
     assert len(stripe_server.state.customers) == 1 and customer_id in stripe_server.state.customers
     keys = {r.headers["idempotency-key"] for r in stripe_server.requests_to("/v1/customers")}
     assert len(keys) == 1
@@ -234,7 +235,7 @@ def test_crash_after_stripe_answered_does_not_bill_twice(
         _report(app, YESTERDAY)
     with app.app_context():
         db.session.rollback()
-        from app.models import JobRun
+        from app.jobs.models import JobRun
 
         # The run died with its process; this test's process lives on, holding it.
         db.session.query(JobRun).delete()
@@ -503,14 +504,10 @@ def test_onboarding_while_stripe_is_down_links_the_customer_once_it_answers(
     with app.app_context():
         from app.customers.services import link_unlinked_customers
 
-        assert link_unlinked_customers(app.config["SETTINGS"]) == (
-            0,
-            1,
-        )  # Stripe still down: kept, not lost
+        settings, stripe = app.config["SETTINGS"], services().stripe
+        assert link_unlinked_customers(settings, stripe) == (0, 1)  # Stripe down: kept, not lost
         stripe_server.reset()
-        link_unlinked_customers(
-            app.config["SETTINGS"]
-        )  # or the queued task, retrying, got there first
+        link_unlinked_customers(settings, stripe)  # or the queued task, retrying, got there first
     assert _stripe_id(app, resp.get_json()["id"]) in stripe_server.state.customers
     assert len(stripe_server.state.customers) == 1
 

@@ -20,16 +20,16 @@ from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
-from app.budgets.admission import counters_for
 from app.budgets.counters import LOADED, Counters, KeyRecord, Rule
 from app.budgets.models import Budget
 from app.budgets.spend import Estimates, rebuild, rule_of, settle_batch
+from app.columns import utcnow
 from app.config import Settings
 from app.customers.models import BillingCustomer
 from app.extensions import db
 from app.ingest.models import UsageEvent
-from app.models.types import utcnow
 from app.periods import Period, period_at
+from app.registry import services
 from app.security import hash_api_key
 from tests.factories import event
 from tests.helpers import (
@@ -52,9 +52,9 @@ _DEFAULTS = Estimates.from_settings(Settings())
 
 def _done(extra: Flask) -> None:
     """An enforcing app a test is done with: its outbox closed, its leases' thread ended."""
-    extra.extensions["usage_outbox"].close()
-    if "budget_leases" in extra.extensions:
-        extra.extensions["budget_leases"].stop()
+    services(extra).outbox.close()
+    if services(extra).budget_leases is not None:
+        services(extra).budget_leases.stop()
 
 
 def _enforcing(app: Flask, settings: Settings, tmp_path: Path, **changes: object) -> Flask:
@@ -75,10 +75,12 @@ def enforcing(
     with every call asking Redis (``BUDGET_LEASE_SECONDS=0``)."""
     extra = _enforcing(app, settings, tmp_path, budget_lease_seconds=request.param)
     with app.app_context():
-        rebuild(counters_for(app), utcnow(), _DEFAULTS)  # the state a running deployment has
+        rebuild(
+            services(app).budget_counters, utcnow(), _DEFAULTS
+        )  # the state a running deployment has
     yield extra
     # Every call the test made is recorded before the next test empties the tables.
-    outbox = extra.extensions["usage_outbox"]
+    outbox = services(extra).outbox
     outbox.flush()
     wait_for(lambda: outbox.backlog()[0] == 0, timeout=30)
     _done(extra)
@@ -110,7 +112,7 @@ def _rule(app: Flask, budget_id: int) -> tuple[Rule, Period]:
 def _reservations(app: Flask, budget_id: int) -> dict[str, int]:
     """The budget's reservations this period: call id -> amount, and their ``_sum``."""
     rule, period = _rule(app, budget_id)
-    held = counters_for(app).redis.hgetall(rule.keys(period)[2])
+    held = services(app).budget_counters.redis.hgetall(rule.keys(period)[2])
     return {k.decode(): int(v) for k, v in held.items()}
 
 
@@ -153,8 +155,8 @@ def _at_once(enforcing: Flask, key: str, n: int = 64) -> list[int]:
 
 def _settled(app: Flask, enforcing: Flask, budget_id: int, key: str, calls: int) -> None:
     """Wait until the worker has recorded ``calls`` calls and mirrored them in Redis."""
-    enforcing.extensions["usage_outbox"].flush()
-    counters = counters_for(app)
+    services(enforcing).outbox.flush()
+    counters = services(app).budget_counters
     rule, period = _rule(app, budget_id)
     wait_for(lambda: _stored_tokens(app, key) == calls * CALL_TOKENS)
     wait_for(lambda: counters.spent_units(rule, period) == calls * CALL_TOKENS)
@@ -246,7 +248,7 @@ def test_a_customers_own_lower_limit_applies_and_never_exceeds_the_admins(
     assert _refusals("budget_exceeded") == refusals + 1
     # Operators hear of a hard limit reached, once a period however often it is settled.
     with app.app_context():
-        settle_batch(counters_for(app), [event("key-careful")], utcnow(), _DEFAULTS)
+        settle_batch(services(app).budget_counters, [event("key-careful")], utcnow(), _DEFAULTS)
     reached = [r for r in caplog.records if r.getMessage() == "hard budget limit reached"]
     assert len(reached) == 1 and reached[0].customer_id == customer.id
     assert REGISTRY.get_sample_value("ub_budget_limits_reached_total") == limits_reached + 1
@@ -272,7 +274,7 @@ def test_a_budget_per_key_leaves_the_customers_other_keys_alone(
 def test_periods_roll_over_at_utc_midnight_and_at_the_months_end(app: Flask) -> None:
     """Against the real Redis and the admission script: the spend of one period does
     not count in the next, for days, months and billing periods (anchored on the 31st)."""
-    counters = counters_for(app)
+    counters = services(app).budget_counters
     counters.mark_loaded()
     cases = [
         ("day", datetime(2026, 11, 28, 23, 59, 59, tzinfo=UTC), timedelta(seconds=1), 1),
@@ -345,7 +347,7 @@ def test_redis_that_lost_its_state_while_a_customer_is_at_its_limit_refuses_it_a
     for n in (1, 2):
         assert _call(caller, "key-lost").status_code == 200
         _settled(app, enforcing, budget["id"], "key-lost", n)
-    counters: Counters = counters_for(app)
+    counters: Counters = services(app).budget_counters
     for key in counters.redis.scan_iter("ub:budget:*"):
         counters.redis.delete(key)
     statuses = [_call(caller, "key-lost").status_code for _ in range(20)]
@@ -364,12 +366,12 @@ def test_a_budget_set_or_lowered_in_a_period_with_usage_holds_at_once(
     caller = enforcing.test_client()
     for _ in range(3):
         assert _call(caller, "key-late").status_code == 200
-    enforcing.extensions["usage_outbox"].flush()
+    services(enforcing).outbox.flush()
     wait_for(lambda: _stored_tokens(app, "key-late") == 3 * CALL_TOKENS)
     budget = _budget(client, customer.id, limit=str(4 * CALL_TOKENS))  # fits one more
     statuses = _at_once(enforcing, "key-late")
     assert statuses.count(200) == 1, statuses
-    enforcing.extensions["usage_outbox"].flush()
+    services(enforcing).outbox.flush()
     wait_for(lambda: _stored_tokens(app, "key-late") == 4 * CALL_TOKENS)
     resp = client.put(
         f"/v1/billing/budgets/{budget['id']}",
@@ -583,11 +585,11 @@ def test_without_enforcement_an_unknown_keys_calls_are_served_and_shown_to_opera
     """Enforcement off (the default): a call of a key no customer holds is served and
     metered, as before, but counted (``ub_events_unattributed_total``) and listed on
     the operators' page, so no one's usage goes unnoticed."""
-    from app.services.overview import refresh_top_customers
+    from app.dashboard.overview import refresh_top_customers
 
     before = REGISTRY.get_sample_value("ub_events_unattributed_total") or 0
     assert _call(client, "key-nobody").status_code == 200
-    app.extensions["usage_outbox"].flush()
+    services(app).outbox.flush()
     wait_for(lambda: _stored_tokens(app, "key-nobody") == CALL_TOKENS)
     wait_for(lambda: (REGISTRY.get_sample_value("ub_events_unattributed_total") or 0) == before + 1)
     with app.app_context():
@@ -621,7 +623,7 @@ def test_the_documented_402_is_what_the_api_sends(
     _budget(client, customer.id, limit=str(CALL_TOKENS))
     caller = enforcing.test_client()
     assert _call(caller, "key-doc").status_code == 200
-    enforcing.extensions["usage_outbox"].flush()
+    services(enforcing).outbox.flush()
     wait_for(lambda: _stored_tokens(app, "key-doc") == CALL_TOKENS)
     refused = _call(caller, "key-doc")
     asked = utcnow()

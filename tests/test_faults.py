@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from app.config import Settings
 from app.extensions import db
 from app.ingest.models import UsageEvent
+from app.registry import services
 from tests.factories import event
 from tests.helpers import SERVICE_TOKEN, auth, create_extra_app, measured, wait_for
 from tests.processes import PrivatePostgres, shipped_worker
@@ -67,7 +68,7 @@ def test_worker_killed_mid_batch_loses_and_duplicates_nothing(
     producer, _, local = stack
     client = producer.test_client()
     ids = _send(client, batches=60, size=100, prefix="kill")
-    producer.extensions["usage_outbox"].flush()
+    services(producer).outbox.flush()
     # With the whole worker killed, nothing hands its unacknowledged batches back
     # but Redis's visibility timeout (120 s by default): shortened here, so this
     # test measures recovery, not the wait. test_soak kills a pool process and
@@ -110,7 +111,7 @@ def test_batches_redis_handed_to_a_worker_that_died_are_sent_again(
 
     producer, redis_server, local = stack
     ids = _send(producer.test_client(), batches=3, size=100, prefix="popped")
-    producer.extensions["usage_outbox"].flush()
+    services(producer).outbox.flush()
     broker = redis.Redis(port=redis_server.port)
     popped = 0
     while broker.rpop("celery") is not None:  # taken by a worker that died at once
@@ -134,8 +135,10 @@ def test_batches_whose_stored_events_are_gone_are_sent_again(
 
     producer, redis_server, local = stack
     ids = _send(producer.test_client(), batches=3, size=100, prefix="gone")
-    producer.extensions["usage_outbox"].flush()
+    services(producer).outbox.flush()
     broker = redis.Redis(port=redis_server.port)
+    # The outbox's thread may be between a batch's store and its message.
+    wait_for(lambda: len(broker.keys("usage-billing:batch:*")) == broker.llen("celery"))
     messages = [wire.loads(envelope(m)["body"]) for m in broker.lrange("celery", 0, -1)]
     assert messages and all(args == [None] for args, _, _ in messages)  # ids only
     stored = broker.keys("usage-billing:batch:*")
@@ -150,7 +153,7 @@ def test_batches_whose_stored_events_are_gone_are_sent_again(
 def test_redis_stopped_while_requests_keep_coming(app: Flask, stack, tmp_path: Path) -> None:
     producer, redis_server, local = stack
     client = producer.test_client()
-    outbox = producer.extensions["usage_outbox"]
+    outbox = services(producer).outbox
     worker = shipped_worker(local, tmp_path)
     try:
         ids = _send(client, batches=5, size=50, prefix="redis-a")
@@ -184,7 +187,7 @@ def test_postgres_restarted_during_ingest(
     local = local.replace(database_url=private_postgres.url, auto_migrate=True)
     producer = create_extra_app(local, app)  # migrates the new cluster
     client = producer.test_client()
-    outbox = producer.extensions["usage_outbox"]
+    outbox = services(producer).outbox
     restarted: list[BaseException | None] = []
 
     def restart() -> None:

@@ -10,11 +10,11 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import func, select
 
+from app.billing.models import FrozenUsage
+from app.billing.report import cumulative_usage
 from app.extensions import db
 from app.ingest.models import UsageDaily
-from app.models.billing import FrozenUsage
 from app.security import hash_api_key
-from app.services.reporting import cumulative_usage
 from tests.factories import CustomerFactory, event
 from tests.helpers import record
 

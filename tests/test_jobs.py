@@ -23,15 +23,11 @@ import yaml
 from flask import Flask
 from sqlalchemy import func, select, update
 
+from app.columns import utcnow
 from app.errors import JobAlreadyRunning
 from app.extensions import db
 from app.ingest.partitions import Partition, partitions, week_of
-from app.models import JobRun, ModelPrice
-from app.models.types import utcnow
-from app.pricing.book import price_book
-from app.pricing.catalog import PriceSourceError
-from app.services.jobs import run_job
-from app.services.scheduled import (
+from app.jobs.definitions import (
     CLEANUP_JOB,
     RECONCILE_JOB,
     REFRESH_JOB,
@@ -40,6 +36,11 @@ from app.services.scheduled import (
     run_cleanup,
     run_price_refresh,
 )
+from app.jobs.models import JobRun
+from app.jobs.runner import run_job
+from app.pricing.book import price_book
+from app.pricing.catalog import PriceSourceError
+from app.pricing.models import ModelPrice
 from tests.factories import UsageReportFactory, event
 from tests.fake_stripe import FakeStripe
 from tests.helpers import count_events, project_root, record, wait_for
@@ -84,10 +85,10 @@ def test_beat_uses_redbeat_and_stores_the_schedule_in_redis(app: Flask) -> None:
     from redbeat import RedBeatScheduler
     from redbeat.schedulers import get_redis
 
-    from app.beat import ResilientRedBeatScheduler
+    from app.jobs.beat import ResilientRedBeatScheduler
 
     celery_app = app.extensions["celery"]
-    assert celery_app.conf.beat_scheduler == "app.beat:ResilientRedBeatScheduler"
+    assert celery_app.conf.beat_scheduler == "app.jobs.beat:ResilientRedBeatScheduler"
     assert issubclass(ResilientRedBeatScheduler, RedBeatScheduler)
     scheduler = ResilientRedBeatScheduler(app=celery_app, lazy=True)
     scheduler.setup_schedule()
@@ -261,7 +262,7 @@ def _hold_lock_script(day: str) -> str:
         "import time\n"
         "from datetime import timedelta\n"
         "from app import create_app\n"
-        "from app.services.jobs import run_job\n"
+        "from app.jobs.runner import run_job\n"
         "app = create_app()\n"
         "with app.app_context():\n"
         f"    run_job('{REPORT_JOB}', '{day}', lambda: time.sleep(600) or {{}}, timedelta(hours=1))\n"

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.customers.models import ApiKey
 from app.database import MIGRATIONS_DIR
 from app.extensions import db
-from app.services.scheduled import run_report
+from app.jobs.definitions import run_report
 from tests.factories import event
 from tests.fake_stripe import FakeStripe
 from tests.helpers import (

@@ -17,8 +17,8 @@ from prometheus_client import REGISTRY
 
 from app.extensions import db
 from app.ingest.partitions import WEEK, create_partitions, week_of
+from app.jobs.definitions import run_reconciliation, run_report
 from app.observability.logs import JsonLines
-from app.services.scheduled import run_reconciliation, run_report
 from tests.factories import event
 from tests.fake_stripe import FakeStripe
 from tests.helpers import (
@@ -248,8 +248,10 @@ def test_the_alert_rules_parse_and_name_only_metrics_we_export() -> None:
         "LedgerPartitionsRunningOut",
         "BudgetChecksUnavailable",
     } <= names
+    # The counted metrics, and the states read at a scrape.
     sources = "".join(
-        path.read_text() for path in (project_root() / "app/observability").glob("*.py")
+        path.read_text()
+        for path in [*(project_root() / "app/observability").glob("*.py"), project_root() / "app/api/states.py"]
     )
     for rule in group["rules"]:
         for metric in re.findall(r"\bub_[a-z_]+", rule["expr"]):

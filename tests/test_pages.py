@@ -26,10 +26,10 @@ from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
 from app.customers.models import BillingCustomer
+from app.dashboard.overview import overview
 from app.extensions import db
 from app.ingest.models import RejectedEvent
 from app.security import hash_api_key
-from app.services.overview import overview
 from tests.factories import event
 from tests.helpers import ADMIN_TOKEN, auth, issue_key, measured, project_root, record
 
@@ -398,7 +398,7 @@ def test_the_dashboard_data_is_the_api_answer(
 def test_the_top_customers_are_a_snapshot_that_beat_refreshes(
     app: Flask, client: FlaskClient, make_customer: Callable[..., BillingCustomer]
 ) -> None:
-    from app.schedule import beat_schedule
+    from app.jobs.timetable import beat_schedule
     from tasks.jobs import refresh_overview
 
     make_customer("key-top")

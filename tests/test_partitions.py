@@ -28,9 +28,9 @@ from app.ingest.partitions import (
     partitions,
     week_of,
 )
-from app.schedule import PARTITIONS_TASK
-from app.services.cleanup import Pace, delete_ids_before
-from app.services.scheduled import run_cleanup
+from app.ingest.retention import Pace, delete_ids_before
+from app.jobs.definitions import run_cleanup
+from app.jobs.timetable import PARTITIONS_TASK
 from tests.factories import event
 from tests.helpers import (
     count_events,

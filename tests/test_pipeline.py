@@ -20,6 +20,7 @@ from app.extensions import db
 from app.ingest.ledger import recorded_batches
 from app.ingest.models import RejectedEvent, UsageDaily, UsageEvent, UsageEventId
 from app.ingest.recording import RecordResult
+from app.registry import services
 from tests.factories import event
 from tests.helpers import (
     SERVICE_TOKEN,
@@ -45,7 +46,7 @@ def test_metered_execute_call_becomes_one_priced_row(
     resp = client.post("/v1/execute/code_generation", json={"prompt": "x"}, headers=auth(API_KEY))
     assert resp.status_code == 200
     execution_id = resp.get_json()["execution_id"]
-    app.extensions["usage_outbox"].flush()
+    services(app).outbox.flush()
     wait_for(lambda: count_events(app, execution_id=execution_id) == 1)
     [row] = stored_events(app, execution_id=execution_id)
     # gpt-4o: $2.50 / $10 per MTok, cached input $1.25 per MTok.
@@ -311,10 +312,9 @@ def test_a_batch_waits_in_redis_until_recorded_and_a_redelivery_changes_nothing(
     """The message carries only the batch id (app/ingest/batch_store.py). Once recorded,
     the events leave Redis; the same message delivered again (its worker died
     before acknowledging it) finds the receipt and is not reported as lost."""
-    from app.ingest.batch_store import batch_store
     from tasks.ingest import record_events_task
 
-    store = batch_store(app)
+    store = services(app).batches
     assert store is not None
     sent = [event(), event()]
     store.put("stored-batch-0", sent)
@@ -368,8 +368,8 @@ def test_a_parked_event_is_recorded_when_replayed_after_its_cause_is_fixed(app: 
     the price is corrected, replaying the park stores it."""
     from decimal import Decimal
 
-    from app.models import ModelPrice
     from app.pricing.book import SEED_EFFECTIVE_FROM, price_book
+    from app.pricing.models import ModelPrice
 
     with app.app_context():
         db.session.add(
@@ -453,7 +453,7 @@ def test_long_commands_draw_a_progress_bar_on_a_terminal_and_nothing_in_a_pipe(
 def _spooled_and_parked(app: Flask, events: list[dict], bad: list[dict]) -> dict[str, str | None]:
     """Send ``events`` through the outbox as the middleware does; once every one of
     ``bad`` is parked, their event id -> the field named."""
-    outbox = app.extensions["usage_outbox"]
+    outbox = services(app).outbox
     outbox.append(events)
     outbox.flush()
 
@@ -524,7 +524,7 @@ def test_a_metered_response_with_nan_or_infinity_is_parked_not_changed(
 @pytest.mark.services
 def test_id_lookups_refuse_an_id_with_a_comma_rather_than_split_it(app: Flask) -> None:
     """On PostgreSQL the ids of a lookup travel as one comma-joined string
-    (app/models/dialect.py): an id with a comma would be read as two."""
+    (app/dialect.py): an id with a comma would be read as two."""
     from sqlalchemy.exc import StatementError
 
     from app.ingest.ledger import recorded_batches

@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, func, select, text
 
+from app.columns import utcnow
 from app.customers.models import BillingCustomer
 from app.extensions import db
 from app.ingest.models import UsageDaily
-from app.models.types import utcnow
 from app.plans.charges import (
     ZERO,
     Override,
@@ -306,10 +306,10 @@ def test_two_customers_on_plans_with_a_change_of_plan_and_of_price_are_reported_
     unit): 0.007 × 1.1 + 0.004 × 1.5 = $0.0137. Reported every day, the meter events add
     up to exactly that; a plan corrected upwards afterwards sends the difference, one
     corrected downwards records a credit for an operator and sends nothing."""
-    from app.models import UsageReport
+    from app.billing.models import UsageReport
+    from app.jobs.definitions import run_report
     from app.pricing.book import SEED_EFFECTIVE_FROM, price_book, price_row
     from app.pricing.cost import TokenPrice
-    from app.services.scheduled import run_report
 
     settings = app.config["SETTINGS"].replace(
         billing_quantity="cost", billing_cost_unit=Decimal("0.000001")
@@ -445,8 +445,8 @@ def test_a_period_no_event_can_reach_is_priced_once_and_frozen(
     """A customer billed from 100 days ago: the periods that ended more than
     MAX_EVENT_AGE_DAYS ago are frozen by the first report with their minimum, and a
     later change to the plan of those days no longer changes them."""
+    from app.billing.report import owed_in_units
     from app.plans.models import PeriodCharge
-    from app.services.reporting import owed_in_units
 
     settings = app.config["SETTINGS"].replace(
         billing_quantity="cost", billing_cost_unit=Decimal("0.000001")
@@ -630,7 +630,7 @@ def test_usage_dated_before_a_customer_was_onboarded_is_its_first_periods_everyw
     day. The upcoming invoice, the usage endpoint's charges and what the daily report
     owes agree to the cent (the invoice showed $105.66 where the report sent
     $7,105.38: the earlier days fell in periods before the customer's first)."""
-    from app.services.reporting import owed_in_units
+    from app.billing.report import owed_in_units
 
     today = utcnow().date()
     customer = make_customer("key-onboarded")  # created now: its first period opens today

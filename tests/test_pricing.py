@@ -15,7 +15,6 @@ from sqlalchemy import create_engine, select
 
 from app.extensions import db
 from app.ingest.models import UsageEvent
-from app.models import ModelPrice
 from app.pricing.book import SEED_EFFECTIVE_FROM, PriceBook, price_row
 from app.pricing.catalog import (
     PriceSourceError,
@@ -25,6 +24,7 @@ from app.pricing.catalog import (
 )
 from app.pricing.cost import TokenPrice, cost_of, to_money
 from app.pricing.dimensions import COLUMNS, USAGE_KEY_OF
+from app.pricing.models import ModelPrice
 from tests.factories import event
 from tests.helpers import measured, record, tokens
 

@@ -10,9 +10,9 @@ from typing import Any
 import stripe
 from flask import Flask
 
+from app.billing.models import ReconciliationDifference
 from app.extensions import db
-from app.models.billing import ReconciliationDifference
-from app.services.scheduled import RECONCILE_JOB, run_reconciliation, run_report
+from app.jobs.definitions import RECONCILE_JOB, run_reconciliation, run_report
 from tests.factories import event
 from tests.fake_stripe import API_KEY, METER_ID, FakeStripe
 from tests.helpers import record

@@ -12,6 +12,7 @@ from flask import Flask
 from sqlalchemy import create_engine, text
 
 from app.config import Settings, with_driver
+from app.registry import services
 from tests.helpers import (
     auth,
     count_events,
@@ -53,7 +54,7 @@ def test_broker_down_does_not_fail_requests_and_events_arrive_when_it_is_back(
         resp = client.post("/v1/execute/code_generation", json={}, headers=auth("sk-broker-test"))
         assert resp.status_code == 200
         execution_ids.append(resp.get_json()["execution_id"])
-    outbox = metered.extensions["usage_outbox"]
+    outbox = services(metered).outbox
     outbox.flush()
     spooled = list((tmp_path / "spool").glob("seg-*.jsonl"))
     assert spooled, "events must be kept on disk while the broker is down"

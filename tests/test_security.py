@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import inspect, text
 
 from app.extensions import db
+from app.registry import services
 from app.security import hash_api_key
 from tests.factories import event
 from tests.fake_stripe import FakeStripe
@@ -97,7 +98,7 @@ def test_raw_api_key_is_in_no_log_line_row_or_spool_file(
     )
     spool_dir = app.config["SETTINGS"].spool_dir
     spooled = "".join(p.read_text() for p in Path(spool_dir).glob("*.jsonl"))
-    app.extensions["usage_outbox"].flush()
+    services(app).outbox.flush()
     wait_for(lambda: count_events(app, api_key_hash=hash_api_key(RAW_KEY)) == 4)  # 4 metered calls
 
     assert len(all_logs.lines) > 10

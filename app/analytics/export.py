@@ -21,10 +21,10 @@ import orjson
 from sqlalchemy import Select, func, literal_column, select
 
 from app.analytics.usage import day_start
+from app.columns import money_str
 from app.customers.models import ApiKey
 from app.extensions import db
 from app.ingest.models import UsageEvent
-from app.models.types import money_str
 from app.pricing.dimensions import COLUMNS
 
 EXPORT_CHUNK = 10_000

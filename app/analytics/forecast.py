@@ -18,9 +18,10 @@ from typing import Any
 
 from app.analytics.usage import UsageRequest, rollup_rows
 from app.budgets.models import USD, Budget
-from app.budgets.services import budget_period, describe_budget
+from app.budgets.services import budget_period
+from app.budgets.views import BudgetAnswer
+from app.columns import amount_str
 from app.customers.models import ApiKey
-from app.models.types import amount_str
 from app.periods import Period, period_at
 
 BASIS_DAYS = 7
@@ -95,7 +96,7 @@ def _trend(days: dict[date, Decimal], month: Period, today: date, metric: str) -
 
 def _budget_projection(budget: Budget, keys: list[ApiKey], now: datetime) -> dict[str, Any]:
     """The budget as its customer reads it, with its period's projected spend."""
-    described = describe_budget(budget, now)
+    described = BudgetAnswer.of(budget, now).model_dump(mode="json")
     today = now.astimezone(UTC).date()
     period = budget_period(budget, now)
     scope = [k for k in keys if budget.api_key_id in (None, k.id)]

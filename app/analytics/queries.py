@@ -27,14 +27,20 @@ def _split(value: Any) -> Any:
     return [part.strip() for part in value.split(",")] if value.strip() else []
 
 
-def comma_list(item: Any, description: str) -> Any:
-    """A comma-separated list in one query parameter: at most 50 distinct items."""
+def comma_list(item: Any, description: str, pattern: str) -> Any:
+    """A comma-separated list in one query parameter: at most 50 distinct items, each
+    as ``pattern`` (a regular expression) has it."""
+    listed = rf"^(\s*{pattern}\s*(,\s*{pattern}\s*){{0,49}})?$"
     return Annotated[
         list[item],
         BeforeValidator(_split),
         Field(max_length=50),
-        WithJsonSchema({"type": "string", "description": description}),
+        WithJsonSchema({"type": "string", "description": description, "pattern": listed}),
     ]
+
+
+_NAME = "[^,]+"  # the names' own pattern (``text``) is each item's, past the split
+_ID = r"\d+"
 
 
 KeyId = Annotated[int, Field(ge=1, le=MAX_ID)]
@@ -65,11 +71,11 @@ class DateRange(BaseModel):
 class Filters(BaseModel):
     """Keep only the usage whose field is one of the listed values."""
 
-    model: comma_list(text(128), "only these models (comma-separated)") | None = None
-    provider: comma_list(text(64), "only these providers (comma-separated)") | None = None
-    task_type: comma_list(text(64), "only these task types (comma-separated)") | None = None
-    status: comma_list(text(32), "only these call statuses (comma-separated)") | None = None
-    key: comma_list(KeyId, "only these API keys, by id (comma-separated)") | None = None
+    model: comma_list(text(128), "only these models (comma-separated)", _NAME) | None = None
+    provider: comma_list(text(64), "only these providers (comma-separated)", _NAME) | None = None
+    task_type: comma_list(text(64), "only these task types (comma-separated)", _NAME) | None = None
+    status: comma_list(text(32), "only these call statuses (comma-separated)", _NAME) | None = None
+    key: comma_list(KeyId, "only these API keys, by id (comma-separated)", _ID) | None = None
 
     def given(self) -> dict[str, tuple[Any, ...]]:
         return {
@@ -85,9 +91,11 @@ class UsageQuery(DateRange, Filters):
     granularity: Granularity = Field(
         default="day", description="hour, day, month, or total (the whole range as one)"
     )
-    group_by: comma_list(Dimension, "any of model, provider, task_type, status, key") = Field(
-        default=["provider", "model"]
-    )
+    group_by: comma_list(
+        Dimension,
+        "any of model, provider, task_type, status, key",
+        "(model|provider|task_type|status|key)",
+    ) = Field(default=["provider", "model"])
 
 
 class PerformanceQuery(DateRange, Filters):

@@ -18,8 +18,8 @@ from decimal import Decimal
 from typing import Any
 
 from app.analytics.usage import UsageRequest, rollup_rows
+from app.columns import money_str
 from app.customers.models import ApiKey
-from app.models.types import money_str
 from app.pricing.book import PriceBook
 from app.pricing.dimensions import COLUMNS, USAGE_KEY_OF
 

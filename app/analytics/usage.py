@@ -18,10 +18,10 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from app.columns import amount_str, money_str
 from app.customers.models import ApiKey
 from app.extensions import db
 from app.ingest.models import NO_TASK_TYPE, UsageDaily, UsageHourly
-from app.models.types import amount_str, money_str
 from app.plans.charges import exact_sum
 from app.pricing.dimensions import COLUMNS
 

@@ -10,6 +10,12 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request, stream_with_context
 from pydantic import BaseModel, ConfigDict
 
+from app.analytics.answers import (
+    ForecastAnswer,
+    PerformanceAnswer,
+    RecommendationsAnswer,
+    UsageAnswer,
+)
 from app.analytics.export import ExportRequest, download_headers, export_chunks
 from app.analytics.forecast import forecast
 from app.analytics.performance import performance
@@ -23,18 +29,18 @@ from app.analytics.queries import (
 from app.analytics.recommendations import recommendations
 from app.analytics.usage import UsageRequest, usage_between
 from app.budgets.services import budgets_of
+from app.columns import utcnow
 from app.config import Settings
+from app.contract import ADMIN, Media, operation
 from app.customers.keys import keys_of
 from app.customers.models import ApiKey, BillingCustomer
-from app.customers.services import authenticate_customer
+from app.customers.services import API_KEY, authenticate_customer
 from app.database import read_snapshot
 from app.errors import NotFound, ValidationError
 from app.extensions import db
-from app.models.types import utcnow
 from app.plans.services import daily_charges
 from app.pricing.book import price_book
 from app.security import is_admin
-from app.shapes import parse_query, takes_query
 
 analytics = Blueprint("analytics", __name__)
 
@@ -96,9 +102,9 @@ def usage_request(query: UsageQuery, settings: Settings) -> UsageRequest:
     return wanted
 
 
-def usage_answer(customer: BillingCustomer) -> dict[str, Any]:
-    """``GET /v1/billing/usage``'s answer to this request's query, for ``customer``."""
-    wanted = usage_request(parse_query(UsageQuery), _settings())
+def usage_answer(customer: BillingCustomer, query: UsageQuery) -> dict[str, Any]:
+    """``GET /v1/billing/usage``'s answer to ``query``, for ``customer``."""
+    wanted = usage_request(query, _settings())
     read_snapshot()  # the charges and the usage they are of, at one moment
     keys = _keys(customer.id, wanted.filters.get("key"))
     charges: dict[date, Any] = {}
@@ -107,8 +113,7 @@ def usage_answer(customer: BillingCustomer) -> dict[str, Any]:
     return usage_between(keys, wanted, charges).as_json()
 
 
-def performance_answer(customer: BillingCustomer) -> dict[str, Any]:
-    query = parse_query(PerformanceQuery)
+def performance_answer(customer: BillingCustomer, query: PerformanceQuery) -> dict[str, Any]:
     check_range(query, _settings(), hours=True)
     wanted = UsageRequest(query.start_date, query.end_date, "day", (), query.given())
     keys = _keys(customer.id, wanted.filters.get("key"))
@@ -120,48 +125,98 @@ def performance_answer(customer: BillingCustomer) -> dict[str, Any]:
     }
 
 
-def forecast_answer(customer: BillingCustomer) -> dict[str, Any]:
-    parse_query(NoQuery)
+def forecast_answer(customer: BillingCustomer, query: NoQuery) -> dict[str, Any]:
     return forecast(keys_of(customer.id), budgets_of(customer.id), utcnow())
 
 
-def recommendations_answer(customer: BillingCustomer) -> dict[str, Any]:
-    query = parse_query(RecommendationQuery)
+def recommendations_answer(customer: BillingCustomer, query: RecommendationQuery) -> dict[str, Any]:
     book = price_book.get()
     return recommendations(keys_of(customer.id), book, utcnow(), query.days)
 
 
+_RANGE_RULE = (
+    "end_date is on or after start_date; the range is at most MAX_USAGE_RANGE_DAYS long"
+    " (366 by default)"
+)
+_HOURLY_RULE = (
+    f"; hourly detail (granularity hour, task_type or status) covers at most"
+    f" {MAX_HOURLY_RANGE_DAYS} days within USAGE_HOURLY_RETENTION_DAYS; key names the"
+    " caller's own keys."
+)
+
+
 # Each answer above, for the customer whose key is the request's bearer token; the
 # pages (app/dashboard/customer.py) serve the same answers to a signed-in customer.
-@analytics.get("/v1/billing/usage")
-@takes_query
-def get_usage() -> dict[str, Any]:
-    return usage_answer(authenticate_customer(request))
+@operation(
+    analytics,
+    "GET",
+    "/v1/billing/usage",
+    summary="The caller's usage by hour, day or month, grouped and filtered",
+    auth=API_KEY,
+    query=UsageQuery,
+    answers={200: UsageAnswer},
+    errors=(400, 401, 503),
+    rules=_RANGE_RULE + _HOURLY_RULE,
+)
+def get_usage(caller: BillingCustomer, query: UsageQuery) -> dict[str, Any]:
+    return usage_answer(caller, query)
 
 
-@analytics.get("/v1/billing/performance")
-@takes_query
-def get_performance() -> dict[str, Any]:
-    return performance_answer(authenticate_customer(request))
+@operation(
+    analytics,
+    "GET",
+    "/v1/billing/performance",
+    summary="Calls, error rate, latency percentiles and tokens/s per model",
+    auth=API_KEY,
+    query=PerformanceQuery,
+    answers={200: PerformanceAnswer},
+    errors=(400, 401, 503),
+    rules=_RANGE_RULE + _HOURLY_RULE,
+)
+def get_performance(caller: BillingCustomer, query: PerformanceQuery) -> dict[str, Any]:
+    return performance_answer(caller, query)
 
 
-@analytics.get("/v1/billing/forecast")
-@takes_query
-def get_forecast() -> dict[str, Any]:
-    return forecast_answer(authenticate_customer(request))
+@operation(
+    analytics,
+    "GET",
+    "/v1/billing/forecast",
+    summary="This month against the last, the month-end projection and budgets'",
+    auth=API_KEY,
+    answers={200: ForecastAnswer},
+    errors=(400, 401, 503),
+)
+def get_forecast(caller: BillingCustomer) -> dict[str, Any]:
+    return forecast_answer(caller, NoQuery())
 
 
-@analytics.get("/v1/billing/recommendations")
-@takes_query
-def get_recommendations() -> dict[str, Any]:
-    return recommendations_answer(authenticate_customer(request))
+@operation(
+    analytics,
+    "GET",
+    "/v1/billing/recommendations",
+    summary="Cheaper models for the caller's token mix, and caching's saving",
+    auth=API_KEY,
+    query=RecommendationQuery,
+    answers={200: RecommendationsAnswer},
+    errors=(400, 401, 503),
+)
+def get_recommendations(caller: BillingCustomer, query: RecommendationQuery) -> dict[str, Any]:
+    return recommendations_answer(caller, query)
 
 
-@analytics.get("/v1/billing/usage/export")
-@takes_query
-def export_usage() -> Response:
+@operation(
+    analytics,
+    "GET",
+    "/v1/billing/usage/export",
+    summary="Raw events as CSV or JSON lines, streamed (admins: any customer's)",
+    auth=(API_KEY, ADMIN),
+    query=ExportQuery,
+    answers={200: Media(("text/csv", "application/x-ndjson"))},
+    errors=(400, 401, 404, 503),
+    rules=_RANGE_RULE + "; customer_id is for admins only.",
+)
+def export_usage(query: ExportQuery) -> Response:
     """Stream raw events: a customer's own, or (admin token) one customer's or all."""
-    query = parse_query(ExportQuery)
     settings = _settings()
     check_range(query, settings, hours=False)
     if is_admin(request, settings):

@@ -75,10 +75,10 @@ def _unexpected(error: Exception) -> tuple[Any, int]:
 def register_api(app: Flask) -> None:
     app.json = JSONProvider(app)
     from app.analytics.views import analytics
-    from app.api.billing import billing
     from app.api.health import health
     from app.api.metrics import metrics
     from app.api.openapi import openapi
+    from app.billing.views import billing
     from app.budgets.views import budgets
     from app.customers.views import customers
     from app.ingest.views import ingest

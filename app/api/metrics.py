@@ -2,7 +2,7 @@
 
 Under gunicorn the counters of every worker process are summed from the
 multiprocess directory; the states are read at the scrape
-(``app/observability/collectors.py``). With ``METRICS_TOKEN`` set, a scrape
+(``app/api/states.py``). With ``METRICS_TOKEN`` set, a scrape
 needs it as a bearer token.
 """
 
@@ -17,7 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 import app.observability.metrics  # noqa: F401 - the metrics exist before the first scrape
-from app.observability.collectors import StateCollector
+from app.api.states import StateCollector
 from app.observability.processes import multiprocess
 from app.security import require_token
 

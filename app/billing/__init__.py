@@ -1,1 +1,1 @@
-"""Everything that reaches Stripe goes through ``app.billing.stripe_gateway``."""
+"""Everything that reaches Stripe goes through ``app.billing.gateway``."""

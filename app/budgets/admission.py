@@ -28,20 +28,21 @@ from datetime import UTC, datetime
 from functools import partial
 
 import redis
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Response, current_app, g, jsonify, request
 
 from app.budgets.counters import REBUILDING, Admission, Counters, from_units
 from app.budgets.leases import Leases
-from app.budgets.spend import Estimates, sync_customer
+from app.budgets.spend import REBUILD_TASK, Estimates, sync_customer
+from app.columns import utcnow
+from app.config import Settings
 from app.customers.keys import keys_changed
 from app.customers.services import customer_for_key_hash
 from app.database import UNAVAILABLE as DATABASE_UNAVAILABLE
 from app.errors import AuthenticationError, BudgetExceeded, ServiceError, ServiceUnavailable
 from app.extensions import db
 from app.ingest.meter import METERED_PREFIX, api_key_of
-from app.models.types import utcnow
 from app.observability.metrics import BUDGET_ADMISSIONS, BUDGET_REFUSALS
-from app.schedule import BUDGETS_REBUILD_TASK
+from app.registry import services
 from app.security import hash_api_key
 
 log = logging.getLogger("usage_billing.budgets")
@@ -53,33 +54,24 @@ _UNCHECKED, _UNAVAILABLE = (
 )
 
 
-def counters_for(app: Flask) -> Counters | None:
-    """The app's budget counters in Redis; None without Redis (the embedded default)."""
-    counters = app.extensions.get("budget_counters")
-    settings = app.config["SETTINGS"]
-    if counters is None and settings.redis_url:
-        timeout = settings.budget_redis_timeout_ms / 1000
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
-        )
-        counters = Counters(client, settings.budget_reservation_ttl_seconds)
-        app.extensions["budget_counters"] = counters
-    return counters
+def make_counters(settings: Settings) -> Counters | None:
+    """The budget counters in Redis; None without Redis (the embedded default)."""
+    if not settings.redis_url:
+        return None
+    timeout = settings.budget_redis_timeout_ms / 1000
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout
+    )
+    return Counters(client, settings.budget_reservation_ttl_seconds)
 
 
-def leases_for(app: Flask) -> Leases | None:
+def make_leases(counters: Counters | None, settings: Settings) -> Leases | None:
     """The process's admission leases (``BUDGET_LEASE_SECONDS`` 0: every call asks Redis)."""
-    leases = app.extensions.get("budget_leases")
-    if leases is None and (counters := counters_for(app)) is not None:
-        settings = app.config["SETTINGS"]
-        leases = Leases(
-            counters,
-            settings.redis_url,
-            settings.budget_lease_seconds,
-            settings.budget_lease_calls,
-        )
-        app.extensions["budget_leases"] = leases
-    return leases
+    if counters is None:
+        return None
+    return Leases(
+        counters, settings.redis_url, settings.budget_lease_seconds, settings.budget_lease_calls
+    )
 
 
 def _error(error: ServiceError, headers: dict[str, str] | None = None) -> Response:
@@ -93,7 +85,7 @@ def _request_rebuild(counters: Counters) -> None:
     """Queue one rebuild of the lost state (at most one per five minutes)."""
     try:
         if counters.redis.set(REBUILDING, "1", nx=True, ex=300):
-            current_app.extensions["celery"].send_task(BUDGETS_REBUILD_TASK)
+            services().celery.send_task(REBUILD_TASK)
     except Exception as exc:  # noqa: BLE001 - the broker down too: the Beat job rebuilds
         log.warning("could not queue the budgets' rebuild: %s", exc)
 
@@ -163,7 +155,7 @@ def admit() -> Response | None:
     if not request.path.startswith(METERED_PREFIX):
         return None
     api_key = api_key_of(request)
-    leases = leases_for(current_app._get_current_object())  # type: ignore[attr-defined]
+    leases = services().budget_leases
     if api_key is None:
         return None if leases is None else _unknown_key()
     if leases is None:
@@ -210,7 +202,7 @@ def publish_customer(customer_id: int) -> None:
     after a change, and end the leases of its keys in every API process; should Redis
     be away, the minute's rebuild job publishes them (and a lease ends within
     ``BUDGET_LEASE_SECONDS``)."""
-    leases = leases_for(current_app._get_current_object())  # type: ignore[attr-defined]
+    leases = services().budget_leases
     if leases is None:
         return
     defaults = Estimates.from_settings(current_app.config["SETTINGS"])

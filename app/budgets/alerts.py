@@ -58,16 +58,17 @@ from app.budgets.models import (
     Budget,
     BudgetAlert,
 )
+from app.columns import amount_str, utcnow
 from app.config import Settings
 from app.customers.models import BillingCustomer
+from app.dialect import insert_for
 from app.errors import ValidationError
 from app.extensions import db
-from app.models.dialect import insert_for
-from app.models.types import amount_str, utcnow
 from app.observability.metrics import ALERT_DELIVERIES
 from app.periods import Period
 
 log = logging.getLogger("usage_billing.alerts")
+DELIVER_TASK = "alerts.deliver_due"  # every minute, and after a batch raised alerts
 
 
 # -- raising ------------------------------------------------------------------

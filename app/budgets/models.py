@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Date, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import Quantity, UTCDateTime, utcnow
 from app.extensions import db
-from app.models.types import Quantity, UTCDateTime, utcnow
 
 USD, TOKENS = "usd", "tokens"
 # Alert delivery states: queued until a delivery succeeds or the retry window ends;

@@ -1,5 +1,8 @@
 """Setting budgets (admins), a customer's own lower limit and its alert webhook, and reading
-them back with what each has spent this period."""
+them back with what each has spent this period.
+
+The changes are the caller's to commit, so several can share one transaction.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +10,16 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import select
 
 from app.budgets.alerts import check_url
 from app.budgets.models import Budget, BudgetAlert
-from app.budgets.spend import spent_in
+from app.columns import amount_str
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
 from app.errors import NotFound, ValidationError
 from app.extensions import db
-from app.models.types import amount_str, money_str
 from app.periods import Period, period_at
 
 
@@ -65,7 +66,7 @@ def create_budget(customer_id: int, spec: BudgetSpec) -> Budget:
         hard_limit=spec.hard_limit,
     )
     db.session.add(budget)
-    db.session.commit()
+    db.session.flush()
     return budget
 
 
@@ -84,7 +85,6 @@ def update_budget(
         budget.thresholds = sorted(set(thresholds))
     if hard is not None:
         budget.hard_limit = hard
-    db.session.commit()
     return budget
 
 
@@ -96,13 +96,11 @@ def set_customer_limit(budget: Budget, limit: Decimal | None) -> Budget:
             field="limit",
         )
     budget.customer_limit = limit
-    db.session.commit()
     return budget
 
 
 def delete_budget(budget: Budget) -> None:
     db.session.delete(budget)
-    db.session.commit()
 
 
 def budgets_of(customer_id: int) -> list[Budget]:
@@ -120,43 +118,15 @@ def budget_period(budget: Budget, now: datetime) -> Period:
     return period_at(budget.period, now, anchor)  # type: ignore[arg-type]
 
 
-def describe_budget(budget: Budget, now: datetime) -> dict[str, Any]:
-    """A budget with this period's spend, as admins and its customer read it."""
-    period = budget_period(budget, now)
-    spent, calls = spent_in(budget, period)
-    limit = budget.effective_limit
-    return {
-        "id": budget.id,
-        "customer_id": budget.customer_id,
-        "api_key_id": budget.api_key_id,
-        "metric": budget.metric,
-        "period": budget.period,
-        "limit": amount_str(budget.limit_value),
-        "customer_limit": amount_str(budget.customer_limit) if budget.customer_limit else None,
-        "effective_limit": amount_str(limit),
-        "thresholds": budget.thresholds,
-        "hard_limit": budget.hard_limit,
-        "period_start": period.start.isoformat(),
-        "period_end": period.ends_at.isoformat(),
-        "spent": amount_str(spent),
-        "calls": calls,
-        "used_percent": money_str((spent * 100 / limit).quantize(Decimal("0.01")))
-        if limit
-        else None,
-    }
-
-
 def set_webhook(customer: BillingCustomer, url: str | None, settings: Settings) -> str | None:
     """Set (or, with None, remove) where alerts go; a new signing secret each time,
     returned once. The URL is checked now, and again at every delivery."""
     if url is None:
         customer.alert_webhook_url = customer.alert_webhook_secret = None
-        db.session.commit()
         return None
     check_url(url, settings, resolve=False)
     customer.alert_webhook_url = url
     customer.alert_webhook_secret = "whsec_" + secrets.token_urlsafe(32)
-    db.session.commit()
     return customer.alert_webhook_secret
 
 

@@ -23,18 +23,19 @@ from sqlalchemy import Select, func, select
 from app.budgets.alerts import raise_alerts
 from app.budgets.counters import Counters, KeyRecord, Rule, to_units
 from app.budgets.models import USD, Budget
+from app.columns import MONEY_SCALE
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
+from app.dialect import one_of
 from app.extensions import db
 from app.ingest.models import UsageDaily
-from app.models.dialect import one_of
-from app.models.types import MONEY_SCALE
 from app.observability.metrics import BUDGET_LIMITS_REACHED
 from app.periods import Period
 from app.plans.charges import PRECISION, ZERO
 from app.plans.services import owed_between
 
 log = logging.getLogger("usage_billing.budgets")
+REBUILD_TASK = "budgets.rebuild"  # every minute, and when the API finds Redis emptied
 _HASH = re.compile(r"[0-9a-f]{64}")
 _STORED = Decimal(1).scaleb(-MONEY_SCALE)
 

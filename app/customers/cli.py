@@ -8,9 +8,11 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from app.customers.keys import IssuedKey, describe_key, issue_key, keys_of, revoke_key, rotate_key
-from app.customers.services import PENDING, link_state, link_stripe_customer, register_customer
+from app.customers.keys import IssuedKey, issue_key, keys_of, revoke_key, rotate_key
+from app.customers.services import LinkState, link_state, link_stripe_customer, register_customer
+from app.customers.views import IssuedKeyAnswer, KeyAnswer
 from app.errors import BillingRejected, BillingUnavailable, Conflict, NotFound
+from app.registry import services
 from app.security import hash_api_key
 
 customers_cli = AppGroup("customers", help="Billing customers.")
@@ -28,9 +30,9 @@ def customers_create(email: str, name: str, api_key: str, company: str | None) -
     except Conflict as exc:
         raise click.ClickException(exc.message) from None
     settings = current_app.config["SETTINGS"]
-    if link_state(customer, settings) == PENDING:
+    if link_state(customer, settings) == LinkState.PENDING:
         try:
-            link_stripe_customer(customer)
+            link_stripe_customer(customer, services().stripe)
         except (BillingUnavailable, BillingRejected) as exc:
             click.echo(f"not linked to Stripe yet (the daily report retries): {exc}", err=True)
     click.echo(
@@ -48,7 +50,7 @@ keys_cli = AppGroup("keys", help="A customer's API keys.")
 
 
 def _echo_issued(issued: IssuedKey) -> None:
-    click.echo(json.dumps(issued.as_json()))
+    click.echo(IssuedKeyAnswer.issued(issued).model_dump_json())
     click.echo("the key is shown only now: hand it over and do not store it", err=True)
 
 
@@ -72,14 +74,14 @@ def keys_list(customer_id: int) -> None:
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
     for key in keys:
-        click.echo(json.dumps(describe_key(key)))
+        click.echo(KeyAnswer.of(key).model_dump_json())
 
 
 @keys_cli.command("revoke")
 @click.argument("key_id", type=int)
 def keys_revoke(key_id: int) -> None:
     try:
-        click.echo(json.dumps(describe_key(revoke_key(key_id))))
+        click.echo(KeyAnswer.of(revoke_key(key_id)).model_dump_json())
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
 

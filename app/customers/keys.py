@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from blinker import Namespace
 from sqlalchemy import select
 
+from app.columns import utcnow
 from app.customers.models import ApiKey, BillingCustomer
 from app.errors import Conflict, NotFound
 from app.extensions import db
-from app.models.types import utcnow
 from app.security import hash_api_key
 
 # Sent with the customer's id after its keys change; the budgets publish the change
@@ -33,10 +33,6 @@ class IssuedKey:
 
     key: ApiKey
     raw: str
-
-    def as_json(self) -> dict[str, object]:
-        """The key's description with the key itself: the only time it is shown."""
-        return {**describe_key(self.key), "key": self.raw}
 
 
 def _customer(customer_id: int) -> BillingCustomer:
@@ -99,15 +95,3 @@ def rotate_key(key_id: int) -> IssuedKey:
     db.session.commit()
     keys_changed.send(old.customer_id)
     return issued
-
-
-def describe_key(key: ApiKey) -> dict[str, object]:
-    """A key as the admin endpoints and commands show it: never the key nor its hash."""
-    return {
-        "id": key.id,
-        "customer_id": key.customer_id,
-        "label": key.label,
-        "prefix": key.prefix,
-        "created_at": key.created_at.isoformat(),
-        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
-    }

@@ -14,8 +14,8 @@ from datetime import datetime
 from sqlalchemy import Boolean, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import UTCDateTime, utcnow
 from app.extensions import db
-from app.models.types import UTCDateTime, utcnow
 
 
 class BillingCustomer(db.Model):

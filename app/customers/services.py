@@ -12,26 +12,41 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from enum import StrEnum
+from typing import Any, Protocol
 
-from flask import Request, current_app
+from flask import Request, request
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app.billing.stripe_gateway import gateway
 from app.config import Settings
+from app.contract import Auth
 from app.customers.keys import keys_changed
 from app.customers.models import ApiKey, BillingCustomer
+from app.dialect import one_of
 from app.errors import AuthenticationError, BillingRejected, BillingUnavailable, Conflict
 from app.extensions import db
-from app.models.dialect import one_of
 from app.observability.metrics import EVENTS_UNATTRIBUTED
+from app.registry import services
 from app.security import bearer_token, hash_api_key
 
 log = logging.getLogger("usage_billing.customers")
 
 LINK_TASK = "billing.link_customer"
-LINKED, PENDING, NOT_CONFIGURED = "linked", "pending", "not_configured"
+
+
+class LinkState(StrEnum):
+    LINKED = "linked"
+    PENDING = "pending"  # made in the background, or by the next report
+    NOT_CONFIGURED = "not_configured"  # no Stripe key: metered, never billed
+
+
+class StripeCustomers(Protocol):
+    """What linking needs of Stripe (``app.billing.gateway.StripeGateway`` has it)."""
+
+    def create_customer(
+        self, email: str, name: str, api_key_hash: str, idempotency_key: str
+    ) -> str: ...
 
 
 def customer_for_key_hash(key_hash: str, *, revoked: bool = True) -> BillingCustomer | None:
@@ -109,13 +124,22 @@ def authenticate_customer(request: Request) -> BillingCustomer:
     return customer
 
 
-def link_state(customer: BillingCustomer, settings: Settings) -> str:
+API_KEY = Auth(
+    "apiKey",
+    {"type": "http", "scheme": "bearer", "description": "the customer's API key"},
+    lambda: authenticate_customer(request),
+    passes_caller=True,
+)
+"""A customer calling with its own key: the view gets the customer as ``caller``."""
+
+
+def link_state(customer: BillingCustomer, settings: Settings) -> LinkState:
     if customer.stripe_customer_id:
-        return LINKED
-    return PENDING if settings.stripe_api_key else NOT_CONFIGURED
+        return LinkState.LINKED
+    return LinkState.PENDING if settings.stripe_api_key else LinkState.NOT_CONFIGURED
 
 
-def link_stripe_customer(customer: BillingCustomer) -> str:
+def link_stripe_customer(customer: BillingCustomer, stripe: StripeCustomers) -> str:
     """Create (once) the Stripe customer for a local one and return its id.
 
     A retry after a crash before our commit reuses the idempotency key, so
@@ -123,7 +147,7 @@ def link_stripe_customer(customer: BillingCustomer) -> str:
     """
     if customer.stripe_customer_id:
         return customer.stripe_customer_id
-    customer.stripe_customer_id = gateway().create_customer(
+    customer.stripe_customer_id = stripe.create_customer(
         email=customer.email,
         name=customer.name,
         api_key_hash=customer.api_key_hash,
@@ -136,12 +160,12 @@ def link_stripe_customer(customer: BillingCustomer) -> str:
 def request_link(customer: BillingCustomer) -> None:
     """Queue the link; a broker that is down only delays it to the next report."""
     try:
-        current_app.extensions["celery"].send_task(LINK_TASK, args=[customer.id])
+        services().celery.send_task(LINK_TASK, args=[customer.id])
     except Exception as exc:  # noqa: BLE001 - whatever the broker raised, onboarding stands
         log.warning("could not queue the Stripe link of customer %s: %s", customer.id, exc)
 
 
-def link_unlinked_customers(settings: Settings) -> tuple[int, int]:
+def link_unlinked_customers(settings: Settings, stripe: StripeCustomers) -> tuple[int, int]:
     """Link every active customer that has no Stripe customer yet: (linked, failed)."""
     if not settings.stripe_api_key:
         return 0, 0
@@ -153,7 +177,7 @@ def link_unlinked_customers(settings: Settings) -> tuple[int, int]:
     linked = failed = 0
     for customer in unlinked:
         try:
-            link_stripe_customer(customer)
+            link_stripe_customer(customer, stripe)
         except (BillingUnavailable, BillingRejected) as exc:
             db.session.rollback()
             failed += 1

@@ -9,7 +9,9 @@ from typing import Any
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
+from app.columns import utcnow
 from app.config import Settings
+from app.dashboard.overview import overview
 from app.dashboard.session import (
     check_csrf,
     csrf_token,
@@ -20,9 +22,7 @@ from app.dashboard.session import (
     signed_in_admin,
 )
 from app.errors import AuthenticationError
-from app.extensions import shared_redis
-from app.models.types import utcnow
-from app.services.overview import overview
+from app.registry import services
 
 admin = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
 admin.after_request(page_headers)
@@ -62,4 +62,4 @@ def data() -> dict[str, Any]:
     settings = _settings()
     if not signed_in_admin(settings):
         raise AuthenticationError("sign in first", field="session")
-    return overview(settings, utcnow(), shared_redis(current_app))
+    return overview(settings, utcnow(), services().redis)

@@ -4,22 +4,34 @@ with exactly what the API answers for the signed-in customer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request, url_for
+from pydantic import BaseModel
 from werkzeug.wrappers import Response as BaseResponse
 
+from app.analytics.answers import (
+    ForecastAnswer,
+    PerformanceAnswer,
+    RecommendationsAnswer,
+    UsageAnswer,
+)
 from app.analytics.export import ExportRequest, csv_text, download_headers
+from app.analytics.queries import PerformanceQuery, RecommendationQuery, UsageQuery
 from app.analytics.usage import UsageRequest, usage_between
 from app.analytics.views import (
+    NoQuery,
     export_response,
     forecast_answer,
     performance_answer,
     recommendations_answer,
     usage_answer,
 )
-from app.budgets.views import alerts_answer, budgets_answer
+from app.budgets.views import AlertList, BudgetList, alerts_answer, budgets_answer
+from app.columns import money_str, utcnow
+from app.contract import as_answer
 from app.customers.keys import keys_of
 from app.customers.models import BillingCustomer
 from app.dashboard.session import (
@@ -32,8 +44,8 @@ from app.dashboard.session import (
     signed_in_customer,
 )
 from app.errors import AuthenticationError, NotFound
-from app.models.types import money_str, utcnow
 from app.pricing.dimensions import COLUMNS
+from app.shapes import parse_query
 
 dashboard = Blueprint(
     "dashboard",
@@ -45,14 +57,16 @@ dashboard = Blueprint(
 )
 dashboard.after_request(page_headers)
 
-# What each /dashboard/data/<name> answers: the API's own answer for the customer.
-DATA = {
-    "usage": usage_answer,
-    "performance": performance_answer,
-    "forecast": forecast_answer,
-    "recommendations": recommendations_answer,
-    "budgets": budgets_answer,
-    "alerts": alerts_answer,
+# What each /dashboard/data/<name> answers: the API's own answer for the customer, to
+# the same query, through the same model.
+Answering = Callable[[BillingCustomer, Any], Any]
+DATA: dict[str, tuple[type[BaseModel], Answering, type[BaseModel]]] = {
+    "usage": (UsageQuery, usage_answer, UsageAnswer),
+    "performance": (PerformanceQuery, performance_answer, PerformanceAnswer),
+    "forecast": (NoQuery, forecast_answer, ForecastAnswer),
+    "recommendations": (RecommendationQuery, recommendations_answer, RecommendationsAnswer),
+    "budgets": (NoQuery, lambda customer, _: budgets_answer(customer), BudgetList),
+    "alerts": (NoQuery, lambda customer, _: alerts_answer(customer), AlertList),
 }
 RANGES = (7, 30, 90)  # the days the page can show
 BREAKDOWN_COLUMNS = ("provider", "model", "events", *COLUMNS, "cost")
@@ -117,7 +131,9 @@ def data(name: str) -> dict[str, Any]:
     customer = _customer()
     if name not in DATA:
         raise NotFound(f"no data named {name}", field="name")
-    return DATA[name](customer)
+    query, answer, reply = DATA[name]
+    result = as_answer(reply, answer(customer, parse_query(query)))
+    return result.model_dump(mode="json", exclude_unset=True)
 
 
 @dashboard.get("/breakdown.csv")

@@ -14,8 +14,8 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import UTCDateTime, utcnow
 from app.extensions import db
-from app.models.types import UTCDateTime, utcnow
 
 CUSTOMER, ADMIN = "customer", "admin"
 

@@ -34,11 +34,11 @@ from sqlalchemy import delete, select
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response as BaseResponse
 
+from app.columns import utcnow
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
 from app.dashboard.models import ADMIN, CUSTOMER, PageSession
 from app.extensions import db
-from app.models.types import utcnow
 from app.security import hash_api_key, token_matches
 
 CSRF_FIELD = "csrf_token"

@@ -14,15 +14,15 @@ from typing import Any
 
 from sqlalchemy import Select, select
 
+from app.columns import utcnow
 from app.database import UNAVAILABLE, quick_read
+from app.dialect import one_of
 from app.errors import ValidationError
 from app.extensions import db
 from app.ingest.ledger import stored_ids_column
 from app.ingest.outbox import Outbox
 from app.ingest.recording import reject
 from app.ingest.validation import EventIn, EventLimits, validate_event
-from app.models.dialect import one_of
-from app.models.types import utcnow
 from app.observability.metrics import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_REJECTED
 
 log = logging.getLogger("usage_billing.ingest")
@@ -50,18 +50,10 @@ def _already_stored(event_ids: list[str]) -> set[str]:
 class BatchAccepted:
     """What became of each event of a batch, in the order sent (the response's body)."""
 
-    results: list[dict[str, Any]]
     accepted: int
     duplicates: int
     rejected: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "rejected": self.rejected,
-            "results": self.results,
-        }
+    results: list[dict[str, Any]]
 
 
 def accept_batch(raw_events: list[Any], outbox: Outbox, limits: EventLimits) -> BatchAccepted:
@@ -98,4 +90,4 @@ def accept_batch(raw_events: list[Any], outbox: Outbox, limits: EventLimits) -> 
     for result in results:
         if result["status"] == "rejected":
             EVENTS_REJECTED.labels(result["error"]["field"] or "event").inc()
-    return BatchAccepted(results, statuses["accepted"], statuses["duplicate"], statuses["rejected"])
+    return BatchAccepted(statuses["accepted"], statuses["duplicate"], statuses["rejected"], results)

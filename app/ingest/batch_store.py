@@ -25,14 +25,12 @@ import logging
 from typing import Any
 
 import redis
-from flask import Flask
 
 from app.ingest import wire
 
 log = logging.getLogger("usage_billing.ingest")
 
 _KEY_PREFIX = "usage-billing:batch:"
-EXTENSION = "batch_store"
 # Redis being unreachable: the caller's retry (the outbox, or Celery's) handles it.
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError)
 
@@ -67,17 +65,3 @@ class BatchStore:
                 batch_id,
                 type(exc).__name__,
             )
-
-
-def init_batch_store(app: Flask) -> None:
-    settings = app.config["SETTINGS"]
-    app.extensions[EXTENSION] = (
-        BatchStore(settings.redis_url, settings.meter_batch_ttl_seconds)
-        if settings.uses_redis
-        else None
-    )
-
-
-def batch_store(app: Flask) -> BatchStore | None:
-    """The app's store, or None when batches travel inside their messages."""
-    return app.extensions.get(EXTENSION)

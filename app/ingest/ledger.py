@@ -37,7 +37,9 @@ from sqlalchemy import TextClause, func, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from app.columns import utcnow
 from app.database import quick_read
+from app.dialect import insert_for, one_of
 from app.extensions import db
 from app.ingest.latency import LATENCY_COLUMNS, bucket_of, bucket_sql
 from app.ingest.models import (
@@ -50,8 +52,6 @@ from app.ingest.models import (
     UsageHourly,
 )
 from app.ingest.partitions import require_partitions
-from app.models.dialect import insert_for, one_of
-from app.models.types import utcnow
 from app.pricing.dimensions import COLUMNS
 
 # Summed into usage_daily from each new event, beside the counts of events, of those
@@ -78,6 +78,11 @@ _HOURLY_ADDED = (
 class Written:
     inserted: int
     unpriced: int
+
+
+def latest_event_at() -> datetime | None:
+    """The timestamp of the latest event stored: new prices start after it."""
+    return db.session.scalar(select(func.max(UsageEvent.created_at)))
 
 
 def claim_batch(batch_id: str, events: int) -> bool:

@@ -24,17 +24,20 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from flask import Flask, Request, Response, current_app, g, request
+from celery import Celery
+from flask import Flask, Request, Response, g, request
 
+from app.columns import finite_json
+from app.config import Settings
 from app.ingest import wire
-from app.ingest.batch_store import batch_store
+from app.ingest.batch_store import BatchStore
 from app.ingest.ledger import recorded_batches
 from app.ingest.outbox import Outbox
 from app.ingest.provider_usage import response_keys
 from app.ingest.streams import MeteredStream, StreamUsage
-from app.models.types import finite_json
 from app.observability.metrics import EVENTS_ACCEPTED, STREAMS_FLAGGED
 from app.pricing.dimensions import COLUMNS
+from app.registry import services
 from app.security import hash_api_key
 
 log = logging.getLogger("usage_billing.metering")
@@ -160,52 +163,47 @@ def stream_event(base: dict[str, Any], usage: StreamUsage, seconds: float) -> di
     return event
 
 
-def outbox_for(app: Flask) -> Outbox:
+def make_outbox(
+    app: Flask, settings: Settings, celery_app: Celery, store: BatchStore | None
+) -> Outbox:
     """The app's one outbox: the metering middleware and the batch endpoint share it."""
-    outbox = app.extensions.get("usage_outbox")
-    if outbox is None:
-        settings = app.config["SETTINGS"]
-        celery_app = app.extensions["celery"]
-        store = batch_store(app)
 
-        def publish(batch_id: str, events: list[dict[str, Any]]) -> None:
-            if store is not None:
-                store.put(batch_id, events)  # the message then carries only the id
-            celery_app.send_task(
-                RECORD_TASK,
-                args=[events if store is None else None],
-                kwargs={"batch_id": batch_id},
-                retry=False,
-                serializer=wire.SERIALIZER,
-                # What Flower shows; Celery's own repr of a batch costs more
-                # than the rest of the publish together.
-                argsrepr=f"[<{len(events)} events>]",
-                kwargsrepr=f"{{'batch_id': '{batch_id}'}}",
-            )
-
-        def recorded(batch_ids: list[str]) -> set[str]:
-            with app.app_context():
-                return recorded_batches(batch_ids)
-
-        def queue_depth() -> int:
-            # Declared as Celery declares it (the same arguments), since a passive
-            # declare of an empty Redis queue answers "not found".
-            queue = celery_app.amqp.queues[celery_app.conf.task_default_queue]
-            with celery_app.connection_for_read() as conn:
-                declared = queue(conn.default_channel).queue_declare()
-            return int(declared.message_count)
-
-        outbox = Outbox(
-            settings.spool_dir,
-            publish,
-            recorded,
-            queue_depth,
-            batch_size=settings.meter_batch_size,
-            flush_ms=settings.meter_flush_ms,
-            redeliver_after=settings.meter_redeliver_after_seconds,
+    def publish(batch_id: str, events: list[dict[str, Any]]) -> None:
+        if store is not None:
+            store.put(batch_id, events)  # the message then carries only the id
+        celery_app.send_task(
+            RECORD_TASK,
+            args=[events if store is None else None],
+            kwargs={"batch_id": batch_id},
+            retry=False,
+            serializer=wire.SERIALIZER,
+            # What Flower shows; Celery's own repr of a batch costs more
+            # than the rest of the publish together.
+            argsrepr=f"[<{len(events)} events>]",
+            kwargsrepr=f"{{'batch_id': '{batch_id}'}}",
         )
-        app.extensions["usage_outbox"] = outbox
-    return outbox
+
+    def recorded(batch_ids: list[str]) -> set[str]:
+        with app.app_context():
+            return recorded_batches(batch_ids)
+
+    def queue_depth() -> int:
+        # Declared as Celery declares it (the same arguments), since a passive
+        # declare of an empty Redis queue answers "not found".
+        queue = celery_app.amqp.queues[celery_app.conf.task_default_queue]
+        with celery_app.connection_for_read() as conn:
+            declared = queue(conn.default_channel).queue_declare()
+        return int(declared.message_count)
+
+    return Outbox(
+        settings.spool_dir,
+        publish,
+        recorded,
+        queue_depth,
+        batch_size=settings.meter_batch_size,
+        flush_ms=settings.meter_flush_ms,
+        redeliver_after=settings.meter_redeliver_after_seconds,
+    )
 
 
 class UsageMeter:
@@ -214,7 +212,6 @@ class UsageMeter:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        outbox_for(app)
         app.after_request(self._meter)
 
     @staticmethod
@@ -222,7 +219,7 @@ class UsageMeter:
         if not request.path.startswith(METERED_PREFIX):
             return resp
         try:
-            outbox = outbox_for(current_app._get_current_object())  # type: ignore[attr-defined]
+            outbox = services().outbox
             if resp.mimetype == _STREAM and resp.is_streamed and api_key_of(request):
                 return _metered_stream(resp, outbox)
             event = event_from_response(request, resp, datetime.now(UTC))

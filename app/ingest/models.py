@@ -27,9 +27,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import AnyJSON, Money, UTCDateTime, utcnow
 from app.extensions import db
 from app.ingest.latency import LATENCY_COLUMNS
-from app.models.types import AnyJSON, Money, UTCDateTime, utcnow
 from app.pricing.dimensions import PART_COLUMNS
 
 PRICED = "priced"

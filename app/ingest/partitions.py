@@ -4,7 +4,7 @@ dropped whole past retention.
 ``usage_events`` is range-partitioned on ``created_at``, one partition per UTC
 week (Monday to Monday), named ``usage_events_wYYYYMMDD`` after its Monday.
 Retention then drops a week in one catalog operation instead of deleting its
-rows one by one (``app/services/cleanup.py``).
+rows one by one (``app/ingest/retention.py``).
 
 A partition is made as a plain table and then attached: ``ATTACH PARTITION``
 takes only SHARE UPDATE EXCLUSIVE on ``usage_events``, which inserts do not

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
+from app.columns import utcnow
 from app.errors import LedgerMismatch, ValidationError
 from app.extensions import db
 from app.ingest.ledger import (
@@ -30,7 +31,6 @@ from app.ingest.ledger import (
 from app.ingest.models import PRICED, UNPRICED, RejectedEvent
 from app.ingest.partitions import forget_attached
 from app.ingest.validation import EventIn, EventLimits, validate_event
-from app.models.types import utcnow
 from app.observability.metrics import (
     BATCHES_RECORDED,
     EVENTS_PARKED,

@@ -30,13 +30,13 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from app.columns import NON_FINITE
 from app.config import Settings
 from app.errors import ValidationError
 from app.ingest.provider_usage import UsageShapeError, extract
-from app.models.types import NON_FINITE
 from app.observability.metrics import EVENTS_PARKED, EVENTS_REJECTED, at_zero
 from app.pricing.dimensions import COLUMN_OF, DIMENSIONS, PART_COLUMNS, check_parts, usage_keys
-from app.shapes import parse, trimmed
+from app.shapes import parse, printable, trimmed
 
 MAX_TOKENS = 10**9  # far above any context window; rejects counter overflows
 EVENT_SCHEMA = "UsageEvent"  # the name /openapi.json gives an event's shape
@@ -408,7 +408,7 @@ def validate_event(raw: Any, now: datetime, limits: EventLimits) -> EventIn:
     get = event.get
     for name in _TEXT_FIELDS:
         value = get(name)
-        if value is not None and not value.isprintable():
+        if value is not None and not printable(value):
             raise ValidationError(f"{name} must be printable characters", field=name)
     if get("provider_usage") is not None:
         usage, extra, model = _provider_usage(event)
@@ -442,4 +442,8 @@ class EventBatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    events: list[Any] = Field(min_length=1, description="at most MAX_BATCH_EVENTS (413 beyond)")
+    events: list[Any] = Field(
+        min_length=1,
+        description="at most MAX_BATCH_EVENTS (413 beyond)",
+        json_schema_extra={"items": {"$ref": f"#/components/schemas/{EVENT_SCHEMA}"}},
+    )

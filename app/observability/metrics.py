@@ -10,7 +10,7 @@ Counters are counted where their event happens (the API's accept, the worker's
 write, the report, the Stripe gateway, budget admission, alert delivery);
 figures that are a state rather than events (the spool, the queue, reports
 waiting for an operator, reconciliation differences, jobs' last success) are
-read when Prometheus scrapes (``app/observability/collectors.py``).
+read when Prometheus scrapes (``app/api/states.py``).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 from flask.cli import AppGroup
 
+from app.columns import utcnow
 from app.errors import NotFound, ValidationError
-from app.models.types import utcnow
+from app.extensions import db
 from app.plans.services import all_plans, assign_plan, check_effective, create_version, plan_version
 from app.plans.terms import PlanTerms
 from app.shapes import parse
@@ -33,6 +34,7 @@ def plans_create(code: str, name: str, terms_file: Path) -> None:
     try:
         terms = parse(PlanTerms, json.loads(terms_file.read_text()), whole="terms")
         plan = create_version(code, name, terms)
+        db.session.commit()
     except ValidationError as exc:
         raise click.ClickException(f"{exc.field}: {exc.message}") from exc
     except json.JSONDecodeError as exc:
@@ -59,6 +61,7 @@ def plans_assign(customer_id: int, code: str, version: int | None, effective_fro
         day = check_effective(date.fromisoformat(effective_from), utcnow().date())
         plan = plan_version(code, version)
         assign_plan(customer_id, plan, day)
+        db.session.commit()
     except (NotFound, ValidationError) as exc:
         raise click.ClickException(exc.message) from exc
     except ValueError as exc:

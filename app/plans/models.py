@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import JSON, Date, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import UTCDateTime, utcnow
 from app.extensions import db
-from app.models.types import UTCDateTime, utcnow
 
 DEFAULT_PLAN = "standard"  # every customer without a plan of its own: provider cost, no markup
 

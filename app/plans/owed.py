@@ -23,9 +23,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from app.customers.models import ApiKey, BillingCustomer
+from app.dialect import in_ids
 from app.extensions import db
 from app.ingest.models import UsageDaily
-from app.models.dialect import in_ids
 from app.periods import Period, billing_periods
 from app.plans.charges import Usage, exact_sum
 from app.plans.models import PeriodCharge, PricePlan

@@ -13,10 +13,10 @@ from sqlalchemy import BigInteger, cast, func, select
 from sqlalchemy.exc import IntegrityError
 
 from app.customers.models import ApiKey, BillingCustomer
+from app.dialect import in_ids
 from app.errors import NotFound, ValidationError
 from app.extensions import db
 from app.ingest.models import UsageDaily
-from app.models.dialect import in_ids
 from app.periods import Period, billing_periods, period_at
 from app.plans.charges import (
     ZERO,
@@ -35,7 +35,8 @@ AT_COST = Terms()  # the standard plan's terms: what a call cost us, unchanged
 
 
 def create_version(code: str, name: str, terms: PlanTerms) -> PricePlan:
-    """A new version of plan ``code`` (its first, if new); versions are never edited."""
+    """A new version of plan ``code`` (its first, if new); versions are never edited.
+    The caller commits (as with ``assign_plan``), so both may share a transaction."""
     latest = db.session.scalar(select(func.max(PricePlan.version)).where(PricePlan.code == code))
     plan = PricePlan(
         code=code,
@@ -44,7 +45,7 @@ def create_version(code: str, name: str, terms: PlanTerms) -> PricePlan:
         terms=terms.checked().model_dump(mode="json"),
     )
     db.session.add(plan)
-    db.session.commit()
+    db.session.flush()
     return plan
 
 
@@ -72,7 +73,9 @@ def default_plan() -> PricePlan:
     if plan is not None:
         return plan
     try:
-        return create_version(DEFAULT_PLAN, "Standard: provider cost", PlanTerms())
+        plan = create_version(DEFAULT_PLAN, "Standard: provider cost", PlanTerms())
+        db.session.commit()  # a seed, not the caller's change: it stands on its own
+        return plan
     except IntegrityError:  # made meanwhile by a concurrent request
         db.session.rollback()
         made = _latest(DEFAULT_PLAN)
@@ -97,7 +100,7 @@ def assign_plan(customer_id: int, plan: PricePlan, effective_from: date) -> Plan
     ) or PlanAssignment(customer_id=customer_id, effective_from=effective_from)
     assignment.plan_id = plan.id
     db.session.add(assignment)
-    db.session.commit()
+    db.session.flush()
     return assignment
 
 

@@ -3,17 +3,19 @@ owes this period (admins see our cost and the margin beside it)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from flask import Blueprint, current_app, request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
+from flask import Blueprint
+from pydantic import BaseModel, ConfigDict, StrictStr, StringConstraints
 
+from app.columns import utcnow
+from app.contract import ADMIN, Answer, Day, Instant, Quantity, operation
 from app.customers.models import BillingCustomer
-from app.customers.services import authenticate_customer
+from app.customers.services import API_KEY
 from app.errors import NotFound
 from app.extensions import db
-from app.models.types import amount_str, utcnow
 from app.plans.models import PricePlan
 from app.plans.services import (
     Invoice,
@@ -25,8 +27,7 @@ from app.plans.services import (
     upcoming_invoice,
 )
 from app.plans.terms import PlanTerms
-from app.security import require_token
-from app.shapes import MAX_ID, CalendarDate, json_body, parse, path_id, text
+from app.shapes import CalendarDate, Id, text
 
 plans = Blueprint("plans", __name__)
 Code = Annotated[StrictStr, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
@@ -48,91 +49,183 @@ class PlanAssign(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     code: Code
-    version: Annotated[StrictInt, Field(ge=1, le=MAX_ID)] | None = None
+    version: Id | None = None
     effective_from: CalendarDate
 
 
-def _admin() -> None:
-    require_token(request, current_app.config["SETTINGS"].admin_token, "admin")
+class PlanAnswer(Answer):
+    """A version of a plan."""
+
+    code: str
+    version: int
+    name: str
+    terms: dict[str, Any]
+    created_at: Instant
+
+    @classmethod
+    def of(cls, plan: PricePlan) -> PlanAnswer:
+        return cls(
+            code=plan.code,
+            version=plan.version,
+            name=plan.name,
+            terms=plan.terms,
+            created_at=plan.created_at,
+        )
 
 
-def _plan(plan: PricePlan) -> dict[str, Any]:
+class PlanList(Answer):
+    """Every plan version."""
+
+    plans: list[PlanAnswer]
+
+
+class PlanVersion(Answer):
+    code: str
+    version: int
+
+
+class Assigned(Answer):
+    """The customer's plan from that day on."""
+
+    customer_id: int
+    plan: PlanVersion
+    effective_from: Day
+
+
+class InvoiceLine(Answer):
+    plan: str
+    kind: Literal["usage", "included", "flat", "minimum"]
+    provider: str
+    model: str
+    tier: int
+    units: Quantity
+    unit_price: Quantity
+    amount: Quantity
+
+
+class InvoiceAnswer(Answer):
+    """The billing period so far, line by line."""
+
+    currency: Literal["usd"]
+    period_start: Day
+    period_end: Instant
+    through: Day
+    plans: list[PlanVersion]
+    lines: list[InvoiceLine]
+    included_used: Quantity
+    total: Quantity
+
+    @classmethod
+    def of(cls, invoice: Invoice) -> InvoiceAnswer:
+        return cls(**_invoice_fields(invoice))
+
+
+def _invoice_fields(invoice: Invoice) -> dict[str, Any]:
     return {
-        "code": plan.code,
-        "version": plan.version,
-        "name": plan.name,
-        "terms": plan.terms,
-        "created_at": plan.created_at.isoformat(),
-    }
-
-
-def _invoice(invoice: Invoice, with_cost: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {
         "currency": "usd",
-        "period_start": invoice.period.start.isoformat(),
-        "period_end": invoice.period.ends_at.isoformat(),
-        "through": invoice.through.isoformat(),
-        "plans": [{"code": plan.code, "version": plan.version} for plan, _ in invoice.parts],
+        "period_start": invoice.period.start,
+        "period_end": invoice.period.ends_at,
+        "through": invoice.through,
+        "plans": [PlanVersion(code=plan.code, version=plan.version) for plan, _ in invoice.parts],
         "lines": [
-            {
-                "plan": plan.code,
-                "kind": line.kind,
-                "provider": line.provider,
-                "model": line.model,
-                "tier": line.tier,
-                "units": amount_str(line.units),
-                "unit_price": amount_str(line.unit_price),
-                "amount": amount_str(line.amount),
-            }
+            InvoiceLine(plan=plan.code, **asdict(line))
             for plan, charge in invoice.parts
             for line in charge.lines
         ],
-        "included_used": amount_str(invoice.included_used),
-        "total": amount_str(invoice.total),
+        "included_used": invoice.included_used,
+        "total": invoice.total,
     }
-    if with_cost:
-        body["cost"] = amount_str(invoice.cost)
-        body["margin"] = amount_str(invoice.total - invoice.cost)
-    return body
 
 
-@plans.post("/v1/billing/plans")
-def create() -> tuple[dict[str, Any], int]:
-    _admin()
-    body = parse(PlanCreate, json_body(request))
-    return _plan(create_version(body.code, body.name, body.terms)), 201
+class AdminInvoiceAnswer(InvoiceAnswer):
+    """The period so far, with what it cost us and the margin."""
+
+    cost: Quantity
+    margin: Quantity
+
+    @classmethod
+    def of(cls, invoice: Invoice) -> AdminInvoiceAnswer:
+        cost = invoice.cost
+        return cls(**_invoice_fields(invoice), cost=cost, margin=invoice.total - cost)
 
 
-@plans.get("/v1/billing/plans")
-def listing() -> dict[str, Any]:
-    _admin()
-    return {"plans": [_plan(plan) for plan in all_plans()]}
+@operation(
+    plans,
+    "POST",
+    "/v1/billing/plans",
+    summary="A new version of a plan (admin); versions are never edited",
+    auth=ADMIN,
+    body=PlanCreate,
+    answers={201: PlanAnswer},
+    errors=(400, 401, 403, 413, 415),
+)
+def create(body: PlanCreate) -> tuple[PlanAnswer, int]:
+    plan = create_version(body.code, body.name, body.terms)
+    db.session.commit()
+    return PlanAnswer.of(plan), 201
 
 
-@plans.post("/v1/billing/customers/<customer_id>/plan")
-def assign(customer_id: str) -> tuple[dict[str, Any], int]:
-    _admin()
-    body = parse(PlanAssign, json_body(request))
+@operation(
+    plans,
+    "GET",
+    "/v1/billing/plans",
+    summary="Every plan version (admin)",
+    auth=ADMIN,
+    answers={200: PlanList},
+    errors=(401, 403),
+)
+def listing() -> PlanList:
+    return PlanList(plans=[PlanAnswer.of(plan) for plan in all_plans()])
+
+
+@operation(
+    plans,
+    "POST",
+    "/v1/billing/customers/<customer_id>/plan",
+    summary="Put a customer on a plan from a day's start, UTC (admin)",
+    auth=ADMIN,
+    body=PlanAssign,
+    answers={201: Assigned},
+    errors=(400, 401, 403, 404, 413, 415),
+    rules="effective_from is at most a year back.",
+)
+def assign(customer_id: int, body: PlanAssign) -> tuple[Assigned, int]:
     plan = plan_version(body.code, body.version)
     day: date = check_effective(body.effective_from, utcnow().date())
-    assignment = assign_plan(path_id(customer_id, "customer_id"), plan, day)
-    return {
-        "customer_id": assignment.customer_id,
-        "plan": {"code": plan.code, "version": plan.version},
-        "effective_from": assignment.effective_from.isoformat(),
-    }, 201
+    assignment = assign_plan(customer_id, plan, day)
+    db.session.commit()
+    assigned = Assigned(
+        customer_id=assignment.customer_id,
+        plan=PlanVersion(code=plan.code, version=plan.version),
+        effective_from=assignment.effective_from,
+    )
+    return assigned, 201
 
 
-@plans.get("/v1/billing/customers/<customer_id>/invoice/upcoming")
-def upcoming_for_admin(customer_id: str) -> dict[str, Any]:
-    _admin()
-    customer = db.session.get(BillingCustomer, path_id(customer_id, "customer_id"))
+@operation(
+    plans,
+    "GET",
+    "/v1/billing/customers/<customer_id>/invoice/upcoming",
+    summary="A customer's period so far, with our cost and the margin (admin)",
+    auth=ADMIN,
+    answers={200: AdminInvoiceAnswer},
+    errors=(401, 403, 404),
+)
+def upcoming_for_admin(customer_id: int) -> AdminInvoiceAnswer:
+    customer = db.session.get(BillingCustomer, customer_id)
     if customer is None:
         raise NotFound(f"no customer {customer_id}", field="customer_id")
-    return _invoice(upcoming_invoice(customer, utcnow()), with_cost=True)
+    return AdminInvoiceAnswer.of(upcoming_invoice(customer, utcnow()))
 
 
-@plans.get("/v1/billing/invoice/upcoming")
-def upcoming() -> dict[str, Any]:
-    customer = authenticate_customer(request)
-    return _invoice(upcoming_invoice(customer, utcnow()), with_cost=False)
+@operation(
+    plans,
+    "GET",
+    "/v1/billing/invoice/upcoming",
+    summary="The caller's billing period so far, line by line",
+    auth=API_KEY,
+    answers={200: InvoiceAnswer},
+    errors=(401,),
+)
+def upcoming(caller: BillingCustomer) -> InvoiceAnswer:
+    return InvoiceAnswer.of(upcoming_invoice(caller, utcnow()))

@@ -20,14 +20,13 @@ import bisect
 import logging
 import threading
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select, text
 
 from app.extensions import db
-from app.ingest.models import UsageEvent
-from app.models import ModelPrice
 from app.pricing.catalog import (
     BUNDLED_SOURCE,
     PriceSourceError,
@@ -36,6 +35,7 @@ from app.pricing.catalog import (
     parse_price_list,
 )
 from app.pricing.cost import Cost, Counts, PriceRules, TokenPrice, cost_of
+from app.pricing.models import ModelPrice
 
 log = logging.getLogger("usage_billing.pricing")
 
@@ -53,6 +53,9 @@ class RefreshResult:
 
 
 _PRICES_LOCK = 0x75627072  # "ubpr": held shared by a batch being priced, exclusively by a refresh
+# The timestamp of the latest event the ledger holds (``app.ingest.ledger.latest_event_at``):
+# the ledger sits above pricing, so the caller hands it in.
+LatestEvent = Callable[[], datetime | None]
 
 
 def _as_price(row: ModelPrice) -> TokenPrice:
@@ -95,7 +98,9 @@ def fetch_price_source(url: str) -> bytes:
     return body
 
 
-def refresh_prices(source_url: str = "", now: datetime | None = None) -> RefreshResult:
+def refresh_prices(
+    latest_event: LatestEvent, source_url: str = "", now: datetime | None = None
+) -> RefreshResult:
     """Add an effective-dated row wherever a price changed; touch nothing else.
 
     The URL source (when configured) is fetched and parsed in full before any
@@ -116,7 +121,7 @@ def refresh_prices(source_url: str = "", now: datetime | None = None) -> Refresh
         for provider, model, price in parse_price_list(body, source_url, now):
             incoming[(provider, model)] = price
         sources.append(source_url)
-    effective_from = _effective_from(now) if current else SEED_EFFECTIVE_FROM
+    effective_from = _effective_from(now, latest_event) if current else SEED_EFFECTIVE_FROM
     added = 0
     for (provider, model), price in incoming.items():
         known = current.get((provider, model))
@@ -129,7 +134,16 @@ def refresh_prices(source_url: str = "", now: datetime | None = None) -> Refresh
     return RefreshResult(checked=len(incoming), added=added, sources=tuple(sources))
 
 
-def _effective_from(now: datetime) -> datetime:
+def seed_prices(latest_event: LatestEvent) -> RefreshResult | None:
+    """Seed an empty table from the bundled source; and once after migration 0004,
+    add the source's whole rules (tiers, time-of-day prices) to a table that predates
+    them. None when the table holds them already."""
+    if db.session.scalar(select(ModelPrice.id).where(ModelPrice.rules.is_not(None)).limit(1)):
+        return None
+    return refresh_prices(latest_event)
+
+
+def _effective_from(now: datetime, latest_event: LatestEvent) -> datetime:
     """When new prices take effect: now, or just after the latest event stored.
 
     On PostgreSQL this first waits, under ``_PRICES_LOCK``, for every batch being
@@ -138,7 +152,7 @@ def _effective_from(now: datetime) -> datetime:
     """
     if db.engine.dialect.name == "postgresql":
         db.session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PRICES_LOCK})
-    latest = db.session.scalar(select(func.max(UsageEvent.created_at)))
+    latest = latest_event()
     if latest is None or latest < now:
         return now
     return latest + timedelta(microseconds=1)

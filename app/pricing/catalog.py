@@ -18,7 +18,7 @@ from typing import Any
 
 from genai_prices import data_snapshot
 
-from app.models.types import MONEY_SCALE
+from app.columns import MONEY_SCALE
 from app.pricing.cost import TokenPrice, definition_of
 
 BUNDLED_SOURCE = "genai-prices"

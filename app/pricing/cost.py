@@ -37,7 +37,7 @@ from genai_prices.types import (  # the source's own steps of ModelPrice.calc_pr
 )
 from genai_prices.units import _get_registry
 
-from app.models.types import MONEY_SCALE
+from app.columns import MONEY_SCALE
 
 PER_MILLION = Decimal(1_000_000)
 _QUANTUM = Decimal(1).scaleb(-MONEY_SCALE)

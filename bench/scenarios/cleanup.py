@@ -22,7 +22,7 @@ ENABLED = SCALE_EVENTS > 0  # it removes weeks of the data ``reads`` loaded
 _PRELUDE = (
     "import json, sys, time; from datetime import datetime; from app import create_app;"
     "from sqlalchemy import text; from app.extensions import db;"
-    "from app.services.cleanup import cleanup_pace, delete_events_before, drop_partitions;"
+    "from app.ingest.retention import cleanup_pace, delete_events_before, drop_partitions;"
     "app = create_app(); app.app_context().push();"
     "keys = list(db.session.scalars(text('SELECT DISTINCT api_key_hash FROM usage_daily')));"
     "end = datetime.fromisoformat(sys.argv[1]);"

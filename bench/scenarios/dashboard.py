@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from app.extensions import shared_redis
-from app.services.overview import refresh_top_customers
+from app.dashboard.overview import refresh_top_customers
+from app.registry import services
 from bench.plots import figure
 from bench.stack import ADMIN_TOKEN, CUSTOMERS, SCALE_EVENTS, Run, in_process_app, log
 
@@ -110,7 +110,7 @@ def run(run: Run, results: dict[str, Any]) -> None:
             assert resp.status_code == 200, (path, resp.get_json())
     with app.app_context():  # what Beat does every five minutes, timed
         t = time.perf_counter()
-        refresh_top_customers(shared_redis(app), datetime.now(UTC))
+        refresh_top_customers(services(app).redis, datetime.now(UTC))
         snapshot_s = round(time.perf_counter() - t, 3)
     admin = app.test_client()
     _sign_in(admin, "/admin/sign-in", "token", ADMIN_TOKEN)

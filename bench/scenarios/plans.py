@@ -29,11 +29,11 @@ def run(run: Run, results: dict[str, Any]) -> None:
     app = in_process_app(run, BILLING_QUANTITY="cost")
     from sqlalchemy import select
 
+    from app.billing.report import owed_in_units
     from app.customers.models import BillingCustomer
     from app.extensions import db
     from app.plans.services import assign_plan, create_version
     from app.plans.terms import PlanTerms
-    from app.services.reporting import owed_in_units
 
     settings = app.config["SETTINGS"]
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
@@ -43,6 +43,7 @@ def run(run: Run, results: dict[str, Any]) -> None:
         start = yesterday - timedelta(days=120)
         for customer in customers[::2]:
             assign_plan(customer.id, plan, start)
+        db.session.commit()
         timings = []
         for _ in range(2):
             # As the report has them: loaded just before (a commit expires them).

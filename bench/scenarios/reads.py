@@ -91,7 +91,7 @@ def run(run: Run, results: dict[str, Any]) -> None:
     load_scale(run.db_url)
     results["scale_load_s"] = round(time.perf_counter() - t0, 1)
     app = in_process_app(run)
-    from app.services.reporting import cumulative_usage
+    from app.billing.report import cumulative_usage
 
     settings = app.config["SETTINGS"]
     yesterday = datetime.now(UTC).date() - timedelta(days=1)

@@ -43,8 +43,8 @@ def extend_to_a_year(db_url: str) -> int:
 
 
 def _measure(app: Any, label: str) -> dict[str, float]:
+    from app.billing.report import _sums, cumulative_usage
     from app.extensions import db
-    from app.services.reporting import _sums, cumulative_usage
 
     settings = app.config["SETTINGS"]
     yesterday = datetime.now(UTC).date() - timedelta(days=1)

@@ -9,7 +9,7 @@ Create Date: 2026-11-25 04:38:21.815528
 import sqlalchemy as sa
 from alembic import op
 
-from app.models.types import Money, UTCDateTime
+from app.columns import Money, UTCDateTime
 
 # revision identifiers, used by Alembic.
 revision = "0001"

@@ -9,7 +9,7 @@ Create Date: 2026-11-25 08:30:00
 import sqlalchemy as sa
 from alembic import op
 
-from app.models.types import UTCDateTime
+from app.columns import UTCDateTime
 
 revision = "0002"
 down_revision = "0001"

@@ -14,7 +14,7 @@ Create Date: 2026-11-28 23:40:00
 import sqlalchemy as sa
 from alembic import op
 
-from app.models.types import UTCDateTime
+from app.columns import UTCDateTime
 
 revision = "0005"
 down_revision = "0004"

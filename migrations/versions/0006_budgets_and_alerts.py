@@ -12,7 +12,7 @@ Create Date: 2026-11-28 23:50:00
 import sqlalchemy as sa
 from alembic import op
 
-from app.models.types import Money, UTCDateTime
+from app.columns import Money, UTCDateTime
 
 revision = "0006"
 down_revision = "0005"

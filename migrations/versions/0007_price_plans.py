@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
-from app.models.types import UTCDateTime
+from app.columns import UTCDateTime
 
 revision = "0007"
 down_revision = "0006"

@@ -20,8 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
+from app.columns import Money, UTCDateTime
 from app.ingest.latency import LATENCY_COLUMNS, bucket_of, bucket_sql
-from app.models.types import Money, UTCDateTime
 
 revision = "0008"
 down_revision = "0007"

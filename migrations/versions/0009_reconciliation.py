@@ -13,7 +13,7 @@ Create Date: 2026-11-29 03:00:00
 import sqlalchemy as sa
 from alembic import op
 
-from app.models.types import Money, UTCDateTime
+from app.columns import Money, UTCDateTime
 
 revision = "0009"
 down_revision = "0008"

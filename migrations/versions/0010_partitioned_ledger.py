@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from alembic import op
 from flask import current_app
 
+from app.columns import UTCDateTime
 from app.ingest.partitions import create_partitions, ensure_partitions, weeks_between
-from app.models.types import UTCDateTime
 
 revision = "0010"
 down_revision = "0009"

@@ -14,7 +14,7 @@ Create Date: 2026-12-02 12:00:00
 import sqlalchemy as sa
 from alembic import op
 
-from app.models.types import UTCDateTime
+from app.columns import UTCDateTime
 
 revision = "0011"
 down_revision = "0010"

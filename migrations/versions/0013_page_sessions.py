@@ -12,7 +12,7 @@ Create Date: 2026-12-03 15:00:00
 import sqlalchemy as sa
 from alembic import op
 
-from app.models.types import UTCDateTime
+from app.columns import UTCDateTime
 
 revision = "0013"
 down_revision = "0012"

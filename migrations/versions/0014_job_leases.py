@@ -13,7 +13,7 @@ Create Date: 2026-12-03 16:00:00
 import sqlalchemy as sa
 from alembic import op
 
-from app.models.types import UTCDateTime
+from app.columns import UTCDateTime
 
 revision = "0014"
 down_revision = "0013"

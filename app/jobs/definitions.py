@@ -9,22 +9,18 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from app.billing.stripe_gateway import gateway
+from app.billing.reconcile import open_differences, reconcile
+from app.billing.report import report_day, reports_needing_manual
+from app.billing.settled import cleanup_cutoff, customer_cutoffs
+from app.columns import utcnow
 from app.config import Settings
 from app.customers.services import link_unlinked_customers
 from app.errors import ValidationError
 from app.extensions import db
-from app.models import JobRun
-from app.models.jobs import FAILED
-from app.models.types import utcnow
-from app.observability.metrics import REPORTS
-from app.pricing.book import price_book, refresh_prices
-from app.progress import Progress, unwatched
-from app.services.cleanup import (
+from app.ingest.ledger import latest_event_at
+from app.ingest.retention import (
     RECEIPT_RETENTION,
-    cleanup_cutoff,
     cleanup_pace,
-    customer_cutoffs,
     delete_events_before,
     delete_hours_before,
     delete_ids_before,
@@ -32,9 +28,12 @@ from app.services.cleanup import (
     drop_partitions,
     whole_weeks,
 )
-from app.services.jobs import JobFailed, last_completed, last_runs, last_success, run_job
-from app.services.reconciliation import open_differences, reconcile
-from app.services.reporting import report_day, reports_needing_manual
+from app.jobs.models import JobRun, JobStatus
+from app.jobs.runner import JobFailed, last_completed, last_runs, last_success, run_job
+from app.observability.metrics import REPORTS
+from app.pricing.book import price_book, refresh_prices
+from app.progress import Progress, unwatched
+from app.registry import services
 
 REPORT_JOB = "usage_report"
 REFRESH_JOB = "price_refresh"
@@ -71,12 +70,15 @@ def run_report(
             f"{day} is not over yet (UTC): a day is reported once it has ended", field="date"
         )
     days = [day] if day else days_to_report(now.date())
-    link_unlinked_customers(settings)  # onboarded while Stripe was away: billed from today's report
+    stripe = services().stripe
+    link_unlinked_customers(
+        settings, stripe
+    )  # onboarded while Stripe was away: billed from today's report
     runs = []
     for each in days:
 
         def work(each: date = each) -> dict[str, Any]:
-            summary = report_day(settings, each, now, progress)
+            summary = report_day(settings, stripe, each, now, progress)
             for outcome, customers in summary.as_counts().items():
                 if outcome != "customers":
                     REPORTS.labels(outcome).inc(customers)
@@ -92,7 +94,7 @@ def run_price_refresh(settings: Settings, now: datetime | None = None) -> JobRun
     now = now or utcnow()
 
     def work() -> dict[str, Any]:
-        result = refresh_prices(settings.pricing_source_url, now)
+        result = refresh_prices(latest_event_at, settings.pricing_source_url, now)
         price_book.invalidate()
         return {"checked": result.checked, "added": result.added, "sources": len(result.sources)}
 
@@ -155,7 +157,9 @@ def run_reconciliation(
     first, last = reconcile_window(settings, now.date())
 
     def work() -> dict[str, Any]:
-        result = reconcile(gateway(), settings.stripe_meter_event_name, first, last, now, progress)
+        result = reconcile(
+            services().stripe, settings.stripe_meter_event_name, first, last, now, progress
+        )
         return {
             "first_day": first.isoformat(),
             "last_day": last.isoformat(),
@@ -210,7 +214,7 @@ def job_status(settings: Settings, now: datetime) -> dict[str, Any]:
     healthy = (
         not manual
         and not differences
-        and all(not e["overdue"] and e["status"] != FAILED for e in jobs.values())
+        and all(not e["overdue"] and e["status"] != JobStatus.FAILED for e in jobs.values())
     )
     return {
         "healthy": healthy,

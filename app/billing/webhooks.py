@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from app.billing.stripe_gateway import StripeEvent
+from app.billing.gateway import StripeEvent
+from app.billing.models import StripeWebhookEvent
 from app.customers.models import BillingCustomer
 from app.extensions import db
-from app.models import StripeWebhookEvent
 
 log = logging.getLogger("usage_billing.webhooks")
 

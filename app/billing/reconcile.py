@@ -21,10 +21,10 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
-from app.billing.stripe_gateway import StripeGateway
+from app.billing.gateway import StripeGateway
+from app.billing.models import ReconciliationDifference, ReportStatus, UsageReport
 from app.customers.models import BillingCustomer
 from app.extensions import db
-from app.models.billing import SENT, ReconciliationDifference, UsageReport
 from app.progress import Progress, unwatched
 
 
@@ -40,7 +40,7 @@ def sent_by_day(first: date, last: date) -> dict[int, dict[date, Decimal]]:
     """Per customer and day, the quantity our ledger says Stripe was sent."""
     rows = db.session.execute(
         select(UsageReport.customer_id, UsageReport.day, func.sum(UsageReport.quantity))
-        .where(UsageReport.status == SENT, UsageReport.day.between(first, last))
+        .where(UsageReport.status == ReportStatus.SENT, UsageReport.day.between(first, last))
         .group_by(UsageReport.customer_id, UsageReport.day)
     )
     sent: dict[int, dict[date, Decimal]] = defaultdict(dict)

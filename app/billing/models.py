@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -17,14 +18,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import Money, UTCDateTime, utcnow
 from app.extensions import db
-from app.models.types import Money, UTCDateTime, utcnow
 
-PENDING = "pending"
-SENT = "sent"
-FAILED = "failed"
-NEEDS_MANUAL = "needs_manual"
-RESOLVED = "resolved"  # a needs_manual report an operator has settled by hand
+
+class ReportStatus(StrEnum):
+    """Where a report of a customer's day stands with Stripe."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"  # retried by the next run
+    NEEDS_MANUAL = "needs_manual"  # Stripe can no longer take it: an operator bills it
+    RESOLVED = "resolved"  # a needs_manual report an operator has settled by hand
 
 
 class UsageReport(db.Model):
@@ -50,7 +55,7 @@ class UsageReport(db.Model):
     identifier: Mapped[str] = mapped_column(String(100), unique=True)
     idempotency_key: Mapped[str] = mapped_column(String(100))
     stripe_event_name: Mapped[str] = mapped_column(String(100))
-    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    status: Mapped[str] = mapped_column(String(16), default=ReportStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -74,7 +79,7 @@ class StripeWebhookEvent(db.Model):
 class ReconciliationDifference(db.Model):
     """A customer and day where Stripe's meter holds other than our ledger says was sent.
 
-    Found by the daily reconciliation (``app/services/reconciliation.py``); kept
+    Found by the daily reconciliation (``app/billing/reconcile.py``); kept
     open until a later run finds the two equal again (``resolved_at``), so
     ``flask billing status`` fails while any is open.
     """

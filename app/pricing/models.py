@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import JSON, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import Money, UTCDateTime, utcnow
 from app.extensions import db
-from app.models.types import Money, UTCDateTime, utcnow
 
 
 class ModelPrice(db.Model):

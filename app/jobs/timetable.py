@@ -7,6 +7,8 @@ from typing import Any
 
 from celery.schedules import crontab
 
+from app.budgets.alerts import DELIVER_TASK
+from app.budgets.spend import REBUILD_TASK
 from app.config import Settings
 
 REPORT_TASK = "billing.report_usage"
@@ -14,8 +16,6 @@ REFRESH_TASK = "jobs.refresh_prices"
 CLEANUP_TASK = "jobs.cleanup_usage"
 PARTITIONS_TASK = "jobs.make_partitions"
 RECONCILE_TASK = "billing.reconcile"
-BUDGETS_REBUILD_TASK = "budgets.rebuild"
-ALERTS_TASK = "alerts.deliver_due"
 OVERVIEW_TASK = "overview.refresh"
 OVERVIEW_EVERY_SECONDS = 300.0  # the operators' snapshot of the month's top customers
 
@@ -48,7 +48,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": RECONCILE_TASK,
             "schedule": crontab(minute="0", hour=str(settings.reconcile_hour_utc)),
         },
-        "budgets-rebuild": {"task": BUDGETS_REBUILD_TASK, "schedule": 60.0},
-        "alerts-delivery": {"task": ALERTS_TASK, "schedule": 60.0},
+        "budgets-rebuild": {"task": REBUILD_TASK, "schedule": 60.0},
+        "alerts-delivery": {"task": DELIVER_TASK, "schedule": 60.0},
         "operators-overview": {"task": OVERVIEW_TASK, "schedule": OVERVIEW_EVERY_SECONDS},
     }

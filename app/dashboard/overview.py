@@ -23,13 +23,13 @@ from typing import Any
 import redis
 from sqlalchemy import func, select
 
+from app.columns import money_str
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
 from app.ingest.models import RejectedEvent, UsageDaily, UsageEvent
-from app.models.types import money_str
-from app.schedule import OVERVIEW_EVERY_SECONDS
-from app.services.scheduled import job_status
+from app.jobs.definitions import job_status
+from app.jobs.timetable import OVERVIEW_EVERY_SECONDS
 
 UNPRICED_DAYS = 30
 TOP_CUSTOMERS = 10

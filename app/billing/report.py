@@ -28,15 +28,14 @@ from typing import Any
 
 from sqlalchemy import Date, Select, and_, func, insert, literal, select, update
 
-from app.billing.stripe_gateway import gateway
+from app.billing.gateway import StripeGateway
+from app.billing.models import FrozenUsage, ReportStatus, UsageReport
+from app.columns import MONEY_SCALE, utcnow
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
 from app.errors import BillingRejected, BillingUnavailable, Conflict, NotFound
 from app.extensions import db
 from app.ingest.models import UsageDaily
-from app.models import UsageReport
-from app.models.billing import FAILED, NEEDS_MANUAL, PENDING, RESOLVED, SENT, FrozenUsage
-from app.models.types import MONEY_SCALE, utcnow
 from app.plans.charges import PRECISION
 from app.plans.owed import owed_through
 from app.progress import Progress, unwatched
@@ -194,14 +193,16 @@ def _event_timestamp(day: date, now: datetime) -> int:
 
 def _needs_manual(report: UsageReport, reason: str) -> str:
     """Park a report for an operator (``flask billing status`` lists it); never send it."""
-    report.status = NEEDS_MANUAL
+    report.status = ReportStatus.NEEDS_MANUAL
     report.last_error = reason
     db.session.commit()
     log.error("report needs manual billing: %s", reason, extra={"identifier": report.identifier})
-    return NEEDS_MANUAL
+    return ReportStatus.NEEDS_MANUAL
 
 
-def _send(report: UsageReport, customer: BillingCustomer, now: datetime) -> str:
+def _send(
+    stripe: StripeGateway, report: UsageReport, customer: BillingCustomer, now: datetime
+) -> str:
     """Send one ledger row; its status afterwards (a Stripe failure raises)."""
     if datetime.combine(report.day, time(23, 59, 59), tzinfo=UTC) < now - STRIPE_MAX_EVENT_AGE:
         return _needs_manual(report, "older than Stripe accepts for meter events; bill by hand")
@@ -215,7 +216,7 @@ def _send(report: UsageReport, customer: BillingCustomer, now: datetime) -> str:
         )
     report.attempts += 1
     try:
-        gateway().send_meter_event(
+        stripe.send_meter_event(
             event_name=report.stripe_event_name,
             stripe_customer_id=customer.stripe_customer_id or "",
             value=report.quantity,
@@ -223,31 +224,39 @@ def _send(report: UsageReport, customer: BillingCustomer, now: datetime) -> str:
             timestamp=_event_timestamp(report.day, now),
         )
     except (BillingUnavailable, BillingRejected, Conflict) as exc:
-        report.status = FAILED
+        report.status = ReportStatus.FAILED
         report.last_error = str(exc)[:2000]
         db.session.commit()
         raise
     mark_sent(report)
-    return SENT
+    return ReportStatus.SENT
 
 
 def mark_sent(report: UsageReport) -> None:
-    report.status = SENT
+    report.status = ReportStatus.SENT
     report.sent_at = utcnow()
     report.last_error = None
     db.session.commit()
 
 
 def report_customer(
-    settings: Settings, customer: BillingCustomer, day: date, exact: Decimal, now: datetime
+    settings: Settings,
+    stripe: StripeGateway,
+    customer: BillingCustomer,
+    day: date,
+    exact: Decimal,
+    now: datetime,
 ) -> str:
     """Settle one customer for ``day``: re-send what is owed, then report anything new."""
     owed = db.session.scalars(
         select(UsageReport)
-        .where(UsageReport.customer_id == customer.id, UsageReport.status.in_([PENDING, FAILED]))
+        .where(
+            UsageReport.customer_id == customer.id,
+            UsageReport.status.in_([ReportStatus.PENDING, ReportStatus.FAILED]),
+        )
         .order_by(UsageReport.id)
     ).all()
-    outcomes = [_send(report, customer, now) for report in owed]
+    outcomes = [_send(stripe, report, customer, now) for report in owed]
     already = db.session.scalar(
         select(func.coalesce(func.sum(UsageReport.quantity), 0)).where(
             UsageReport.customer_id == customer.id
@@ -260,11 +269,11 @@ def report_customer(
         # operator gives by hand, never a negative meter event.
         report = _ledger_row(settings, customer, day, exact, target, delta)
         _needs_manual(report, f"credit of {-delta} {report.quantity_unit}: owed less than was sent")
-        return _outcome([*outcomes, NEEDS_MANUAL])
+        return _outcome([*outcomes, ReportStatus.NEEDS_MANUAL])
     if delta == 0:
         return _outcome(outcomes)
     report = _ledger_row(settings, customer, day, exact, target, delta)
-    outcomes.append(_send(report, customer, now))
+    outcomes.append(_send(stripe, report, customer, now))
     return _outcome(outcomes)
 
 
@@ -300,7 +309,7 @@ def _ledger_row(
         identifier=identifier,
         idempotency_key=identifier,
         stripe_event_name=settings.stripe_meter_event_name,
-        status=PENDING,
+        status=ReportStatus.PENDING,
         attempts=0,
     )
     db.session.add(report)
@@ -309,13 +318,17 @@ def _ledger_row(
 
 
 def _outcome(statuses: list[str]) -> str:
-    if NEEDS_MANUAL in statuses:
-        return NEEDS_MANUAL
-    return SENT if SENT in statuses else "nothing_to_send"
+    if ReportStatus.NEEDS_MANUAL in statuses:
+        return ReportStatus.NEEDS_MANUAL
+    return ReportStatus.SENT if ReportStatus.SENT in statuses else "nothing_to_send"
 
 
 def report_day(
-    settings: Settings, day: date, now: datetime | None = None, progress: Progress = unwatched
+    settings: Settings,
+    stripe: StripeGateway,
+    day: date,
+    now: datetime | None = None,
+    progress: Progress = unwatched,
 ) -> ReportSummary:
     """Report ``day`` for every active Stripe customer; one customer's failure stops no other."""
     now = now or utcnow()
@@ -336,15 +349,15 @@ def report_day(
         exact = usage.get(customer.id, Decimal(0))
         summary.customers += 1
         try:
-            outcome = report_customer(settings, customer, day, exact, now)
+            outcome = report_customer(settings, stripe, customer, day, exact, now)
         except (BillingUnavailable, BillingRejected, Conflict) as exc:
             db.session.rollback()
             summary.failed.append(f"customer {customer.id}: {exc}")
             log.error("report failed for customer %s: %s", customer.id, exc)
             continue
-        if outcome == SENT:
+        if outcome == ReportStatus.SENT:
             summary.sent += 1
-        elif outcome == NEEDS_MANUAL:
+        elif outcome == ReportStatus.NEEDS_MANUAL:
             summary.needs_manual += 1
         else:
             summary.nothing_to_send += 1
@@ -355,7 +368,9 @@ def report_day(
 def reports_needing_manual() -> list[UsageReport]:
     return list(
         db.session.scalars(
-            select(UsageReport).where(UsageReport.status == NEEDS_MANUAL).order_by(UsageReport.id)
+            select(UsageReport)
+            .where(UsageReport.status == ReportStatus.NEEDS_MANUAL)
+            .order_by(UsageReport.id)
         )
     )
 
@@ -364,12 +379,12 @@ def resolve_manual(identifier: str, note: str) -> UsageReport:
     """Record that an operator settled a needs_manual report; it is never sent."""
     report = db.session.scalar(
         select(UsageReport).where(
-            UsageReport.identifier == identifier, UsageReport.status == NEEDS_MANUAL
+            UsageReport.identifier == identifier, UsageReport.status == ReportStatus.NEEDS_MANUAL
         )
     )
     if report is None:
         raise NotFound(f"no report {identifier} needs manual billing", field="identifier")
-    report.status = RESOLVED
+    report.status = ReportStatus.RESOLVED
     report.last_error = f"resolved by hand: {note}"[:2000]
     db.session.commit()
     return report

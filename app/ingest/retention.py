@@ -1,9 +1,8 @@
 """Retention: delete raw events past their retention, never an unreported day's.
 
-The guard is per customer: a customer's events may go up to the last day the
-report job reached, but never from the first day of a report of theirs that is
-not settled (pending, failed, or waiting for manual billing). Events of a key
-that no Stripe-linked customer holds were never reported, and stay.
+Which events may go is billing's to say (``app.billing.settled``): each
+cutoff instant with the API keys whose events before it may go. Events of any
+other key stay.
 
 On PostgreSQL the ledger goes a week at a time: a weekly partition wholly
 past retention is dropped when every key with events in it may lose them up to
@@ -24,64 +23,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as clock
+from datetime import datetime, timedelta
 
 from sqlalchemy import Column, ColumnElement, delete, func, select
 
 from app.config import Settings
-from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
 from app.ingest.models import IngestBatch, UsageDaily, UsageEvent, UsageEventId, UsageHourly
 from app.ingest.partitions import Partition, drop_partition, partitions, week_of
-from app.models import UsageReport
-from app.models.billing import FAILED, NEEDS_MANUAL, PENDING
 from app.progress import Progress, unwatched
 
-UNSETTLED = (PENDING, FAILED, NEEDS_MANUAL)
 _KEYS_PER_DELETE = 500
 
 # Batch receipts only matter while an outbox may still wait for one (minutes, or
 # the length of an outage); a week is ample, and a late re-send is still stored
 # once by event id.
 RECEIPT_RETENTION = timedelta(days=7)
-
-
-def cleanup_cutoff(
-    now: datetime, retention_days: int, last_reported_day: date | None
-) -> datetime | None:
-    """Events strictly before this instant may go; None when nothing may."""
-    if last_reported_day is None:
-        return None
-    reported_until = datetime.combine(last_reported_day + timedelta(days=1), clock(), tzinfo=UTC)
-    return min(now - timedelta(days=retention_days), reported_until)
-
-
-def customer_cutoffs(
-    now: datetime, retention_days: int, last_reported_day: date | None
-) -> dict[datetime, list[str]]:
-    """Each cutoff instant → the API key hashes whose events before it may go."""
-    unsettled = (
-        select(UsageReport.customer_id, func.min(UsageReport.day).label("day"))
-        .where(UsageReport.status.in_(UNSETTLED))
-        .group_by(UsageReport.customer_id)
-        .subquery()
-    )
-    keys = db.session.execute(
-        select(ApiKey.key_hash, unsettled.c.day)
-        .join(BillingCustomer, BillingCustomer.id == ApiKey.customer_id)
-        .outerjoin(unsettled, unsettled.c.customer_id == BillingCustomer.id)
-        .where(BillingCustomer.stripe_customer_id.is_not(None))
-    ).all()
-    cutoffs: dict[datetime, list[str]] = {}
-    for key_hash, first_unsettled in keys:
-        reported = last_reported_day
-        if first_unsettled is not None and reported is not None:
-            reported = min(reported, first_unsettled - timedelta(days=1))
-        cutoff = cleanup_cutoff(now, retention_days, reported)
-        if cutoff is not None:
-            cutoffs.setdefault(cutoff, []).append(key_hash)
-    return cutoffs
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import distinct, func, select
 
+from app.billing.reconcile import open_difference_count
+from app.billing.report import reports_needing_manual
+from app.columns import utcnow
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.ingest.partitions import partitions, week_of
-from app.models.types import utcnow
-from app.services.jobs import last_success
-from app.services.reconciliation import open_difference_count
-from app.services.reporting import reports_needing_manual
-from app.services.scheduled import scheduled_jobs
+from app.jobs.definitions import scheduled_jobs
+from app.jobs.runner import last_success
+from app.registry import services
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -40,17 +41,16 @@ class StateCollector(Collector):
         self._app = app
 
     def collect(self) -> Iterator[Metric]:
-        outbox = self._app.extensions.get("usage_outbox")
-        if outbox is not None:
-            segments, oldest = outbox.backlog()
-            yield _gauge("ub_spool_segments", "Spool segments not yet recorded", segments)
-            yield _gauge("ub_spool_oldest_age_seconds", "Age of the oldest spool segment", oldest)
-            try:
-                depth = outbox.queue_depth()
-            except Exception:  # the broker is down: the spool's age tells the story
-                depth = None
-            if depth is not None:
-                yield _gauge("ub_queue_depth", "Batches waiting in the broker's queue", depth)
+        outbox = services(self._app).outbox
+        segments, oldest = outbox.backlog()
+        yield _gauge("ub_spool_segments", "Spool segments not yet recorded", segments)
+        yield _gauge("ub_spool_oldest_age_seconds", "Age of the oldest spool segment", oldest)
+        try:
+            depth = outbox.queue_depth()
+        except Exception:  # the broker is down: the spool's age tells the story
+            depth = None
+        if depth is not None:
+            yield _gauge("ub_queue_depth", "Batches waiting in the broker's queue", depth)
         with self._app.app_context():
             try:
                 yield from self._ledger()

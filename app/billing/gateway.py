@@ -22,7 +22,6 @@ from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
 import stripe
-from flask import current_app
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, StringConstraints
 
 from app.config import Settings
@@ -194,14 +193,6 @@ class StripeGateway:
             ),
         )
         return session.url
-
-
-def gateway() -> StripeGateway:
-    """One gateway per app (its rate limiter is shared by every caller in the process)."""
-    extensions = current_app.extensions
-    if "stripe_gateway" not in extensions:
-        extensions["stripe_gateway"] = StripeGateway(current_app.config["SETTINGS"])
-    return extensions["stripe_gateway"]
 
 
 def verify_webhook(

@@ -21,11 +21,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from app.columns import utcnow
 from app.errors import JobAlreadyRunning
 from app.extensions import db
-from app.models import JobRun
-from app.models.jobs import FAILED, RUNNING, SUCCEEDED
-from app.models.types import utcnow
+from app.jobs.models import JobRun, JobStatus
 
 log = logging.getLogger("usage_billing.jobs")
 
@@ -61,12 +60,14 @@ def _gone(holder: str | None) -> bool:
 def _expire_dead(job: str, period: str, lease: timedelta) -> None:
     now = utcnow()
     running = db.session.scalars(
-        select(JobRun).where(JobRun.job == job, JobRun.period == period, JobRun.status == RUNNING)
+        select(JobRun).where(
+            JobRun.job == job, JobRun.period == period, JobRun.status == JobStatus.RUNNING
+        )
     ).all()
     for run in running:
         last = run.heartbeat_at or run.started_at
         if last < now - lease or _gone(run.holder):
-            run.status, run.finished_at = FAILED, now
+            run.status, run.finished_at = JobStatus.FAILED, now
             run.error = f"abandoned: its process ({run.holder}) died"
             log.warning("taking over a dead run", extra={"job": job, "period": period})
     db.session.commit()
@@ -76,7 +77,12 @@ def _start(job: str, period: str, lease: timedelta) -> JobRun:
     _expire_dead(job, period, lease)
     now = utcnow()
     run = JobRun(
-        job=job, period=period, status=RUNNING, started_at=now, holder=_holder(), heartbeat_at=now
+        job=job,
+        period=period,
+        status=JobStatus.RUNNING,
+        started_at=now,
+        holder=_holder(),
+        heartbeat_at=now,
     )
     db.session.add(run)
     try:
@@ -105,7 +111,7 @@ class _Heartbeat:
                 with self._engine.begin() as conn:
                     conn.execute(
                         update(JobRun)
-                        .where(JobRun.id == self._run_id, JobRun.status == RUNNING)
+                        .where(JobRun.id == self._run_id, JobRun.status == JobStatus.RUNNING)
                         .values(heartbeat_at=utcnow())
                     )
             except Exception as exc:  # noqa: BLE001 - the database away: the next beat retries
@@ -134,15 +140,15 @@ def run_job(job: str, period: str, work: Callable[[], dict[str, Any]], lease: ti
         counts = work()
     except JobFailed as exc:
         db.session.rollback()
-        _finish(run_id, FAILED, exc.counts, str(exc))
+        _finish(run_id, JobStatus.FAILED, exc.counts, str(exc))
         raise
     except Exception as exc:
         db.session.rollback()
-        _finish(run_id, FAILED, None, f"{type(exc).__name__}: {exc}")
+        _finish(run_id, JobStatus.FAILED, None, f"{type(exc).__name__}: {exc}")
         raise
     finally:  # whatever ended the work (an exit too): the lease is no longer renewed
         heartbeat.stop()
-    return _finish(run_id, SUCCEEDED, counts, None)
+    return _finish(run_id, JobStatus.SUCCEEDED, counts, None)
 
 
 def _finish(run_id: int, status: str, counts: dict[str, Any] | None, error: str | None) -> JobRun:
@@ -170,7 +176,8 @@ def last_completed(job: str) -> JobRun | None:
         select(JobRun)
         .where(
             JobRun.job == job,
-            (JobRun.status == SUCCEEDED) | ((JobRun.status == FAILED) & JobRun.counts.is_not(None)),
+            (JobRun.status == JobStatus.SUCCEEDED)
+            | ((JobRun.status == JobStatus.FAILED) & JobRun.counts.is_not(None)),
         )
         .order_by(JobRun.period.desc())
         .limit(1)
@@ -180,7 +187,7 @@ def last_completed(job: str) -> JobRun | None:
 def last_success(job: str) -> JobRun | None:
     return db.session.scalar(
         select(JobRun)
-        .where(JobRun.job == job, JobRun.status == SUCCEEDED)
+        .where(JobRun.job == job, JobRun.status == JobStatus.SUCCEEDED)
         .order_by(JobRun.period.desc())
         .limit(1)
     )

@@ -4,23 +4,26 @@ A partial unique index on (job, period) WHERE status = 'running' makes a second
 concurrent run of the same job for the same period fail at INSERT, on both
 PostgreSQL and SQLite, without any lock server. The running row names its holder
 (host and process) and is renewed while the holder lives (``heartbeat_at``): a row
-whose holder is gone is taken over (``app.services.jobs``).
+whose holder is gone is taken over (``app.jobs.runner``).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import UTCDateTime, utcnow
 from app.extensions import db
-from app.models.types import UTCDateTime, utcnow
 
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
+
+class JobStatus(StrEnum):
+    RUNNING = "running"  # holds the (job, period) lock while its holder lives
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
 
 
 class JobRun(db.Model):
@@ -29,7 +32,7 @@ class JobRun(db.Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job: Mapped[str] = mapped_column(String(64))
     period: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default=RUNNING)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.RUNNING)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     counts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
