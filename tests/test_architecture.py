@@ -11,7 +11,11 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINT_IMPORTS = [sys.executable, "-c", "from importlinter.cli import lint_imports_command; lint_imports_command()"]
+LINT_IMPORTS = [
+    sys.executable,
+    "-c",
+    "from importlinter.cli import lint_imports_command; lint_imports_command()",
+]
 
 
 def _layers() -> list[str]:
@@ -63,5 +67,7 @@ def test_every_package_has_a_layer_and_the_documents_name_them() -> None:
     layout = readme[readme.index("## Layout") :]
     for name in packages:
         path = f"app/{name}/" if (ROOT / "app" / name).is_dir() else f"app/{name}.py"
-        assert re.search(re.escape(f"`{path}`"), architecture), f"{path} not in docs/architecture.md"
+        assert re.search(re.escape(f"`{path}`"), architecture), (
+            f"{path} not in docs/architecture.md"
+        )
         assert path in layout, f"{path} not in the README's layout section"

@@ -251,7 +251,10 @@ def test_the_alert_rules_parse_and_name_only_metrics_we_export() -> None:
     # The counted metrics, and the states read at a scrape.
     sources = "".join(
         path.read_text()
-        for path in [*(project_root() / "app/observability").glob("*.py"), project_root() / "app/api/states.py"]
+        for path in [
+            *(project_root() / "app/observability").glob("*.py"),
+            project_root() / "app/api/states.py",
+        ]
     )
     for rule in group["rules"]:
         for metric in re.findall(r"\bub_[a-z_]+", rule["expr"]):
