@@ -31,5 +31,9 @@ flower:
 bench:
 	$(PY) -m bench
 
+# What CI checks besides the tests: lint, format, the import contract, types.
 lint:
-	$(PY) -m ruff check app tasks tests bench scripts
+	$(PY) -m ruff check app tasks tests bench scripts migrations
+	$(PY) -m ruff format --check app tasks tests bench scripts migrations
+	$(dir $(PY))lint-imports
+	$(PY) -m mypy

@@ -77,7 +77,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-class FlaskTask(Task):  # type: ignore[misc]  # Celery's Task is untyped
+class FlaskTask(Task):  # Celery ships no types: Task is Any
     """The base of every task: the app context, the app's settings and services, and
     no session left behind.
 

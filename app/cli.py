@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import date
 
 import click
@@ -28,6 +29,7 @@ from app.jobs.definitions import (
     run_reconciliation,
     run_report,
 )
+from app.jobs.models import JobRun
 from app.jobs.runner import JobFailed
 from app.jobs.timetable import REPORT_TASK
 from app.plans.cli import plans_cli
@@ -45,7 +47,7 @@ def _settings() -> Settings:
     return current_app.config["SETTINGS"]
 
 
-def _run(label: str, action) -> None:  # type: ignore[no-untyped-def]
+def _run(label: str, action: Callable[[], JobRun | list[JobRun]]) -> None:
     try:
         result = action()
     except (JobAlreadyRunning, ValidationError) as exc:

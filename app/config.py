@@ -7,21 +7,22 @@ Every value has a safe default so a fresh clone runs on the embedded default
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, fields
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _bool(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _list(value: str) -> tuple[str, ...]:
-    return tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
 
 
 def _without_password(url: str) -> str:
@@ -44,21 +45,15 @@ def with_driver(url: str) -> str:
     return url
 
 
-SECRETS = frozenset(
-    {
-        "service_token",
-        "admin_token",
-        "secret_key",
-        "metrics_token",
-        "stripe_api_key",
-        "stripe_webhook_secret",
-    }
-)
+class Settings(BaseSettings):
+    """One immutable settings object; ``from_env`` is the only reader of os.environ.
 
+    Each field is read from the variable of its name in capitals (``ADMIN_TOKEN``).
+    Secrets are ``SecretStr``, and URLs show no password, so neither ``repr`` nor a
+    traceback ever prints one.
+    """
 
-@dataclass(frozen=True, repr=False)
-class Settings:
-    """One immutable settings object; ``from_env`` is the only reader of os.environ."""
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", env_ignore_empty=True)
 
     instance_dir: Path = PROJECT_ROOT / "instance"
     database_url: str = ""
@@ -73,8 +68,8 @@ class Settings:
 
     # Ingest
     enable_pricing_middleware: bool = False
-    service_token: str = ""
-    admin_token: str = ""
+    service_token: SecretStr = SecretStr("")
+    admin_token: SecretStr = SecretStr("")
     max_batch_events: int = 1000
     max_body_bytes: int = 4 * 1024 * 1024
     max_metadata_bytes: int = 8 * 1024
@@ -101,7 +96,7 @@ class Settings:
 
     # Pages (/dashboard, /admin). Sessions are signed with SECRET_KEY; unset, a random
     # key is made once and kept in the instance folder (one host's processes share it).
-    secret_key: str = ""
+    secret_key: SecretStr = SecretStr("")
     session_hours: int = 8
     # Behind a proxy that terminates https: trust its X-Forwarded-Proto/-For (one hop),
     # so the session cookie is marked Secure and links stay https.
@@ -111,27 +106,27 @@ class Settings:
     # Observability. Metrics files of the multiprocess roles live under METRICS_DIR
     # (default: instance/metrics); workers and Beat serve theirs on these ports (0: off).
     metrics_dir: str = ""
-    metrics_token: str = ""
+    metrics_token: SecretStr = SecretStr("")
     worker_metrics_port: int = 9101
     beat_metrics_port: int = 9102
-    log_format: str = "text"  # or "json": one JSON object per line
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line
 
     # Pricing
     pricing_source_url: str = ""
 
     # Stripe
-    stripe_api_key: str = ""
+    stripe_api_key: SecretStr = SecretStr("")
     stripe_api_base: str = ""
-    stripe_webhook_secret: str = ""
+    stripe_webhook_secret: SecretStr = SecretStr("")
     stripe_meter_event_name: str = "llm_usage"
     stripe_max_attempts: int = 6
     stripe_retry_base_ms: int = 500
     stripe_max_requests_per_second: int = 25
     # Per attempt; a timed-out call is retried with the same idempotency key.
     stripe_timeout_seconds: float = 30.0
-    billing_quantity: str = "tokens"  # or "cost"
-    billing_cost_unit: Decimal = Decimal("0.000001")  # one quantity = this many USD
-    billing_portal_allowed_origins: tuple[str, ...] = ()
+    billing_quantity: Literal["tokens", "cost"] = "tokens"
+    billing_cost_unit: Annotated[Decimal, Field(gt=0)] = Decimal("0.000001")  # a quantity's USD
+    billing_portal_allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()  # comma-separated
 
     # Budgets. With enforcement on, a metered call over a hard limit gets 402 and one
     # of a revoked key 401, decided in Redis before the view runs (needs REDIS_URL).
@@ -139,7 +134,7 @@ class Settings:
     # Redis unreachable while enforcing: "open" serves the call (it is metered and
     # counted once the worker records it; each such call is logged), "closed" refuses
     # it with 503. Open by default: metering must never fail the metered request.
-    budget_redis_down: str = "open"
+    budget_redis_down: Literal["open", "closed"] = "open"
     budget_redis_timeout_ms: int = 100
     # Far from every hard limit an admission reserves up to BUDGET_LEASE_CALLS calls
     # (at most 1/16 of what is left) and the API process admits them itself for this
@@ -173,7 +168,7 @@ class Settings:
     cleanup_batch_size: int = 5000
     # Share of its time the cleanup spends deleting; it rests the remainder so
     # ingest keeps up while a week of events goes.
-    cleanup_duty_cycle: float = 0.5
+    cleanup_duty_cycle: Annotated[float, Field(gt=0, le=1)] = 0.5
     report_hour_utc: int = 2
     report_minute_utc: int = 0
     price_refresh_hour_utc: int = 1
@@ -187,38 +182,48 @@ class Settings:
     # (its process gone), or whose process on this host is gone, is taken over.
     job_lease_seconds: int = 60
 
-    def __post_init__(self) -> None:
-        if self.log_format not in {"text", "json"}:
-            raise ValueError("LOG_FORMAT must be text or json")
-        if self.billing_quantity not in {"tokens", "cost"}:
-            raise ValueError(
-                f"BILLING_QUANTITY must be tokens or cost, not {self.billing_quantity!r}"
-            )
-        if self.billing_cost_unit <= 0:
-            raise ValueError("BILLING_COST_UNIT must be a positive number of USD")
-        if not 0 < self.cleanup_duty_cycle <= 1:
-            raise ValueError("CLEANUP_DUTY_CYCLE must be in (0, 1]")
-        if self.budget_redis_down not in {"open", "closed"}:
-            raise ValueError(
-                f"BUDGET_REDIS_DOWN must be open or closed, not {self.budget_redis_down!r}"
-            )
+    @field_validator("billing_portal_allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip().rstrip("/") for part in value.split(",") if part.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _enforcing_needs_redis(self) -> Settings:
         if self.enforce_budgets and not (self.redis_url and self.enable_pricing_middleware):
             raise ValueError(
                 "ENFORCE_BUDGETS needs REDIS_URL (admission is decided in Redis) and "
                 "ENABLE_PRICING_MIDDLEWARE (it admits the metered calls)"
             )
+        return self
 
-    def __repr__(self) -> str:
-        """Every setting, secrets masked: a traceback or a debug log prints the settings."""
-        shown = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in SECRETS and value:
-                value = "***"
-            elif f.name.endswith("_url") and isinstance(value, str):
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """``Settings(...)`` holds the values given and the defaults, never the
+        environment's: a test states what it runs with."""
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(**EnvSettingsSource(cls)())
+
+    def replace(self, **changes: object) -> Settings:
+        """These settings with ``changes``, validated as the environment's are."""
+        return type(self)(**{**dict(self), **changes})
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, object]]:
+        for name, value in super().__repr_args__():
+            if name is not None and name.endswith("_url") and isinstance(value, str):
                 value = _without_password(value)
-            shown.append(f"{f.name}={value!r}")
-        return f"Settings({', '.join(shown)})"
+            yield name, value
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -237,33 +242,3 @@ class Settings:
     @property
     def spool_dir(self) -> Path:
         return Path(self.meter_spool_dir) if self.meter_spool_dir else self.instance_dir / "spool"
-
-    @classmethod
-    def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for f in fields(cls):
-            raw = env.get(f.name.upper())
-            if raw is None:
-                continue
-            default = f.default
-            if isinstance(default, bool):
-                values[f.name] = _bool(raw)
-            elif isinstance(default, int):
-                values[f.name] = int(raw)
-            elif isinstance(default, float):
-                values[f.name] = float(raw)
-            elif isinstance(default, Decimal):
-                values[f.name] = Decimal(raw)
-            elif isinstance(default, tuple):
-                values[f.name] = _list(raw)
-            elif isinstance(default, Path):
-                values[f.name] = Path(raw)
-            else:
-                values[f.name] = raw
-        return cls(**values)  # type: ignore[arg-type]
-
-    def replace(self, **changes: object) -> Settings:
-        current = {f.name: getattr(self, f.name) for f in fields(self)}
-        current.update(changes)
-        return Settings(**current)  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from pydantic.json_schema import models_json_schema
 from werkzeug.wrappers import Response as BaseResponse
 
 from app.columns import amount_str, money_str
+from app.errors import ValidationError
 from app.security import require_token
 from app.shapes import MAX_ID, Model, json_body, parse, parse_query, path_id
 
@@ -87,7 +88,8 @@ def token_auth(scheme: str, setting: str, what: str) -> Auth:
     """A shared bearer token of the settings (an unset one locks the operation)."""
 
     def check() -> None:
-        require_token(request, getattr(current_app.config["SETTINGS"], setting), what)
+        token = getattr(current_app.config["SETTINGS"], setting).get_secret_value()
+        require_token(request, token, what)
 
     return Auth(scheme, {"type": "http", "scheme": "bearer", "description": f"{what} token"}, check)
 
@@ -186,11 +188,22 @@ def operation(
             return _render(declared, view(**arguments))
 
         setattr(endpoint, _OPERATION, declared)
-        endpoint.takes_query = query is not None  # type: ignore[attr-defined]
         blueprint.add_url_rule(rule, view_func=endpoint, methods=[declared.method])
         return endpoint
 
     return register
+
+
+def refuse_unasked_query() -> None:
+    """``before_request`` of the API's blueprints: a query parameter on an operation that
+    declares none is a 400 naming it, as an unknown one is where an operation reads some."""
+    if not request.args:
+        return
+    view = current_app.view_functions.get(request.endpoint or "")
+    declared = getattr(view, _OPERATION, None)
+    if declared is None or declared.query is None:
+        name = next(iter(request.args))
+        raise ValidationError(f"{name} is not a parameter of this endpoint", field=name)
 
 
 def _render(declared: Operation, result: Any) -> Any:
@@ -221,7 +234,7 @@ def operations(app: Flask) -> list[Operation]:
     return [op for op in found if op is not None]
 
 
-def _schemas(declared: list[Operation]) -> tuple[dict[tuple[Any, str], Any], dict[str, Any]]:
+def _schemas(declared: list[Operation]) -> tuple[dict[Any, Any], dict[str, Any]]:
     models: dict[type[BaseModel], str] = {ErrorAnswer: "serialization"}
     for op in declared:
         if op.body is not None:
@@ -229,6 +242,7 @@ def _schemas(declared: list[Operation]) -> tuple[dict[tuple[Any, str], Any], dic
         for reply in op.answers.values():
             if isinstance(reply, type):
                 models.setdefault(reply, "serialization")
+    refs: dict[Any, Any]
     refs, document = models_json_schema(
         [(model, mode) for model, mode in models.items()],  # type: ignore[misc]
         ref_template=_REF,
@@ -269,7 +283,7 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
     return found
 
 
-def _described(op: Operation, refs: dict[tuple[Any, str], Any]) -> dict[str, Any]:
+def _described(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, reply in op.answers.items():
         if isinstance(reply, Media):

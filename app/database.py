@@ -12,11 +12,11 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import import_module
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask
 from flask_migrate import upgrade
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, CursorResult, Executable, event, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.config import PROJECT_ROOT, Settings
@@ -40,6 +40,12 @@ TABLE_MODULES = (
     "app.jobs.models",
     "app.pricing.models",
 )
+
+
+def execute_dml(statement: Executable, params: Any = None) -> CursorResult[Any]:
+    """Run an INSERT, UPDATE or DELETE in the session: SQLAlchemy types the result as
+    any statement's, though it is a cursor's, which counts the rows it changed."""
+    return cast(CursorResult[Any], db.session.execute(statement, params))
 
 
 def import_tables() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Dialect, Integer, String, Table, any_, bindparam, func
+from sqlalchemy import ColumnElement, Dialect, Integer, String, any_, bindparam, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import TypeDecorator
@@ -12,7 +12,8 @@ from sqlalchemy.types import TypeDecorator
 from app.extensions import db
 
 
-def insert_for(table: Table) -> postgresql.Insert | sqlite.Insert:
+def insert_for(table: Any) -> Any:
+    """The dialect's INSERT (both have ``on_conflict_do_nothing``), for ``table``."""
     if db.engine.dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)

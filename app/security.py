@@ -44,4 +44,4 @@ def require_token(request: Request, expected: str, what: str) -> None:
 def is_admin(request: Request, settings: Any) -> bool:
     """Whether the bearer token is the admin token (set, and equal in constant time)."""
     supplied = request.headers.get("Authorization", "").partition(" ")[2].strip()
-    return token_matches(supplied, settings.admin_token)
+    return token_matches(supplied, settings.admin_token.get_secret_value())

@@ -13,6 +13,7 @@ import secrets
 import signal
 import subprocess
 import sys
+from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
@@ -52,7 +53,7 @@ class _Server(BaseApplication):
 # Ctrl-C reaches the whole terminal's process group: in a group of their own, the
 # Celery processes get one SIGTERM, from us, to their main process. A worker's
 # pool processes signalled directly die mid-task and leave it waiting for them.
-_own_group = {"start_new_session": True}
+_own_group: dict[str, Any] = {"start_new_session": True}
 
 
 def _demo_key(settings: Settings) -> str:

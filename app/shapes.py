@@ -9,26 +9,29 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
-from flask import Request, current_app, request
+from annotated_types import GroupedMetadata
+from flask import Request, request
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     Field,
-    PlainSerializer,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    Strict,
     StringConstraints,
     TypeAdapter,
     ValidationInfo,
     WithJsonSchema,
 )
 from pydantic import ValidationError as PydanticError
+from pydantic_core import core_schema
 
 from app.errors import NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationError
 
@@ -98,19 +101,22 @@ def _printable(value: str, info: ValidationInfo) -> str:
     return value
 
 
-def trimmed(max_length: int) -> Any:
-    """A trimmed, non-empty string; whether it is printable is the caller's to check
-    (the document says it must be)."""
-    return Annotated[
-        StrictStr,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length),
-        Field(json_schema_extra={"pattern": PRINTABLE}),
-    ]
+@dataclass(frozen=True)
+class Text(GroupedMetadata):
+    """``Annotated[str, Text(n)]``: a trimmed, non-empty string of at most ``n``
+    printable characters. With ``checked`` off, whether it is printable is the
+    caller's to check (the event checks its names in one pass); the document says
+    it must be either way."""
 
+    max_length: int
+    checked: bool = True
 
-def text(max_length: int) -> Any:
-    """A trimmed, non-empty string of printable characters."""
-    return Annotated[trimmed(max_length), AfterValidator(_printable)]
+    def __iter__(self) -> Iterator[Any]:
+        yield Strict()
+        yield StringConstraints(strip_whitespace=True, min_length=1, max_length=self.max_length)
+        yield Field(json_schema_extra={"pattern": PRINTABLE})
+        if self.checked:
+            yield AfterValidator(_printable)
 
 
 def parse_query(shape: type[Model]) -> Model:
@@ -120,18 +126,6 @@ def parse_query(shape: type[Model]) -> Model:
         if len(values) > 1:
             raise ValidationError(f"{name} is given more than once", field=name)
     return parse(shape, {name: values[0] for name, values in given.items()}, whole="query")
-
-
-def refuse_unasked_query() -> None:
-    """``before_request`` of the API's blueprints: a query parameter on a route that
-    declares none (``app.contract``) is a 400 naming it, as an unknown one is where a
-    route reads some."""
-    if not request.args:
-        return
-    view = current_app.view_functions.get(request.endpoint or "")
-    if view is not None and not getattr(view, "takes_query", False):
-        name = next(iter(request.args))
-        raise ValidationError(f"{name} is not a parameter of this endpoint", field=name)
 
 
 def json_body(request: Request) -> Any:
@@ -191,25 +185,26 @@ def _cut_deep(text: str) -> str:
 MAX_ID = 2**31 - 1  # an id column's range: beyond it, no such row
 
 
-def whole(minimum: int, maximum: int) -> Any:
-    """An integer of a JSON body within [minimum, maximum]: as JSON Schema's
-    ``integer`` has it, ``35.0`` is one (and ``true`` or ``"35"`` are not)."""
-
-    def check(value: int | float) -> int:
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError("must be a whole number")
-        if not minimum <= value <= maximum:
-            raise ValueError(f"must be from {minimum} to {maximum}")
-        return int(value)
-
-    return Annotated[
-        StrictInt | StrictFloat,
-        AfterValidator(check),
-        WithJsonSchema({"type": "integer", "minimum": minimum, "maximum": maximum}),
-    ]
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-Id = whole(1, MAX_ID)
+@dataclass(frozen=True)
+class Whole(GroupedMetadata):
+    """``Annotated[int, Whole(lo, hi)]``: an integer of a JSON body in [lo, hi]. As JSON
+    Schema's ``integer`` has it, ``35.0`` is one (and ``true`` or ``"35"`` are not)."""
+
+    minimum: int
+    maximum: int
+
+    def __iter__(self) -> Iterator[Any]:
+        yield BeforeValidator(_integral)
+        yield Strict()
+        yield Field(ge=self.minimum, le=self.maximum)
+        yield WithJsonSchema({"type": "integer", "minimum": self.minimum, "maximum": self.maximum})
+
+
+Id = Annotated[int, Whole(1, MAX_ID)]
 
 
 def path_id(value: str, field: str) -> int:
@@ -219,33 +214,46 @@ def path_id(value: str, field: str) -> int:
     return int(value)
 
 
-Amount = Annotated[
-    StrictStr,
-    StringConstraints(pattern=r"^\d{1,12}(\.\d{1,12})?$"),
-    AfterValidator(Decimal),
-    PlainSerializer(lambda value: format(value, "f"), return_type=str),
-    Field(description="a decimal string, at least zero, at most 12 places"),
-]
+@dataclass(frozen=True)
+class DecimalText:
+    """``Annotated[Decimal, DecimalText(...)]``: an exact Decimal read from a decimal
+    string (never a JSON number, which would pass through a float), written back as
+    one. ``above_zero`` refuses zero; pydantic-core's regular expressions have no
+    look-ahead, so the document's pattern says it and a check does it."""
+
+    description: str
+    above_zero: bool = False
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.with_info_after_validator_function(
+            self._read,
+            core_schema.str_schema(strict=True, pattern=_DECIMAL),
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda value: format(value, "f"), return_schema=core_schema.str_schema()
+            ),
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        pattern = _POSITIVE_DECIMAL if self.above_zero else _DECIMAL
+        return {"type": "string", "pattern": pattern, "description": self.description}
+
+    def _read(self, value: str, info: ValidationInfo) -> Decimal:
+        amount = Decimal(value)
+        if self.above_zero and amount <= 0:
+            raise ValidationError(f"{info.field_name} must be above zero", field=info.field_name)
+        return amount
+
+
+_DECIMAL = r"^\d{1,12}(\.\d{1,12})?$"
+_POSITIVE_DECIMAL = r"^(?=.*[1-9])\d{1,12}(\.\d{1,12})?$"
+Amount = Annotated[Decimal, DecimalText("a decimal string, at least zero, at most 12 places")]
 """Money and quantities as people write them: a decimal string, read as an exact Decimal."""
-
-
-def _positive(value: Decimal, info: ValidationInfo) -> Decimal:
-    if value <= 0:
-        raise ValidationError(f"{info.field_name} must be above zero", field=info.field_name)
-    return value
-
-
 PositiveAmount = Annotated[
-    Amount,
-    AfterValidator(_positive),
-    # pydantic-core's regular expressions have no look-ahead; the document's do.
-    WithJsonSchema(
-        {
-            "type": "string",
-            "pattern": r"^(?=.*[1-9])\d{1,12}(\.\d{1,12})?$",
-            "description": "a decimal string above zero, at most 12 places",
-        }
-    ),
+    Decimal, DecimalText("a decimal string above zero, at most 12 places", above_zero=True)
 ]
 """An ``Amount`` above zero: a limit."""
 
@@ -259,8 +267,22 @@ def _calendar_date(value: str) -> date:
     return day
 
 
-CalendarDate = Annotated[
-    Annotated[StrictStr, StringConstraints(pattern=r"^\d{4}-\d{2}-\d{2}$")],  # not ISO weeks
-    AfterValidator(_calendar_date),
-    WithJsonSchema({"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"}),
-]
+@dataclass(frozen=True)
+class CalendarDay:
+    """``Annotated[date, CalendarDay()]``: a day written YYYY-MM-DD (not an ISO week)."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            _calendar_date, core_schema.str_schema(strict=True, pattern=_DAY)
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        return {"type": "string", "format": "date", "pattern": _DAY}
+
+
+_DAY = r"^\d{4}-\d{2}-\d{2}$"
+CalendarDate = Annotated[date, CalendarDay()]

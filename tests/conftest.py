@@ -239,8 +239,8 @@ def stack(
         meter_spool_dir=str(tmp_path / "spool"),
         instance_dir=tmp_path,
         auto_migrate=False,
-        # Re-send a published batch with no receipt after 5 s instead of 15 min, so a
-        # batch Redis handed to a killed worker is recovered within the test.
+        # Re-send a published batch with no receipt after 5 s, not the default 180 s, so
+        # a batch Redis handed to a killed worker is recovered within the test.
         meter_redeliver_after_seconds=5,
     )
     producer = create_extra_app(local, app)

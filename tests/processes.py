@@ -21,7 +21,7 @@ from tests.helpers import project_root, wait_for
 SHIPPED_SERVICE_TOKEN = "stack-svc-" + uuid.uuid4().hex
 _WORKER_MAIN = r"^\S*python[0-9.]* -m celery -A tasks.worker worker"  # not make
 # Settings a developer's shell may export; the shipped stack runs on the defaults.
-_APP_SETTINGS = {f.upper() for f in Settings.__dataclass_fields__}
+_APP_SETTINGS = {name.upper() for name in Settings.model_fields}
 
 
 def free_port() -> int:

@@ -67,7 +67,7 @@ def _enforcing(app: Flask, settings: Settings, tmp_path: Path, **changes: object
     return extra
 
 
-@pytest.fixture(params=[Settings.budget_lease_seconds, 0], ids=["leases", "no-leases"])
+@pytest.fixture(params=[Settings().budget_lease_seconds, 0], ids=["leases", "no-leases"])
 def enforcing(
     app: Flask, settings: Settings, tmp_path: Path, celery_worker, request
 ) -> Iterator[Flask]:

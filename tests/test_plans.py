@@ -24,10 +24,10 @@ from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.plans.charges import (
     ZERO,
+    ModelDay,
     Override,
     Terms,
     Tier,
-    Usage,
     charge_segment,
     units_of,
     with_minimum,
@@ -52,8 +52,8 @@ def tiered_terms(draw: st.DrawFn, mode: str) -> Terms:
     return Terms(unit="tokens", mode=mode, tiers=tuple(tiers), included=included)  # type: ignore[arg-type]
 
 
-def _usage(tokens: int, day: date = DAY, model: str = "m") -> Usage:
-    return Usage(day, "p", model, tokens, 0, 0, 0, Decimal(tokens) * Decimal("0.000003"))
+def _usage(tokens: int, day: date = DAY, model: str = "m") -> ModelDay:
+    return ModelDay(day, "p", model, tokens, 0, 0, 0, Decimal(tokens) * Decimal("0.000003"))
 
 
 def _direct_graduated(terms: Terms, n: int) -> Fraction:
@@ -142,8 +142,8 @@ def test_a_periods_daily_figures_add_up_to_its_charge(terms: Terms, days: list[i
 
 def test_markup_overrides_and_the_minimum() -> None:
     usage = [
-        Usage(DAY, "openai", "gpt-4o", 1_000_000, 100_000, 200_000, 0, Decimal("3.5")),
-        Usage(DAY, "anthropic", "claude", 10, 10, 0, 0, Decimal("0.000180")),
+        ModelDay(DAY, "openai", "gpt-4o", 1_000_000, 100_000, 200_000, 0, Decimal("3.5")),
+        ModelDay(DAY, "anthropic", "claude", 10, 10, 0, 0, Decimal("0.000180")),
     ]
     plan = Terms(
         markup_percent=Decimal("20"),

@@ -141,7 +141,7 @@ def test_database_down_is_a_503_to_retry_not_a_500(
         client.post(
             "/v1/billing/customers",
             json={"api_key": "key-a", "email": "a@example.com", "name": "A"},
-            headers=auth(settings.admin_token),
+            headers=auth(settings.admin_token.get_secret_value()),
         ),
     ]
     for response in responses:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
+from typing import TextIO
 
 import click
 from flask.cli import with_appcontext
@@ -26,7 +27,7 @@ def export_command(
     end_date: datetime,
     file_format: str,
     customer_id: int | None,
-    output: click.utils.LazyFile,
+    output: TextIO,
 ) -> None:
     """Write raw events as CSV or JSON lines, with a progress bar on a terminal."""
     if end_date < start_date:

@@ -194,7 +194,7 @@ def export_chunks(request: ExportRequest) -> Iterator[str]:
                 yield from _sqlite_chunk(request, chunk)
 
 
-def _sqlite_chunk(request: ExportRequest, chunk: list[Any]) -> Iterator[str]:
+def _sqlite_chunk(request: ExportRequest, chunk: Sequence[Any]) -> Iterator[str]:
     rows = [[_text(name, value) for name, value in zip(COLUMNS, row, strict=True)] for row in chunk]
     if request.format == "csv":
         yield csv_text(rows)

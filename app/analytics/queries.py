@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+from annotated_types import GroupedMetadata
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -14,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.shapes import MAX_ID, CalendarDate, text
+from app.shapes import MAX_ID, CalendarDate, Text
 
 Dimension = Literal["model", "provider", "task_type", "status", "key"]
 Granularity = Literal["hour", "day", "month", "total"]
@@ -27,16 +30,21 @@ def _split(value: Any) -> Any:
     return [part.strip() for part in value.split(",")] if value.strip() else []
 
 
-def comma_list(item: Any, description: str, pattern: str) -> Any:
-    """A comma-separated list in one query parameter: at most 50 distinct items, each
-    as ``pattern`` (a regular expression) has it."""
-    listed = rf"^(\s*{pattern}\s*(,\s*{pattern}\s*){{0,49}})?$"
-    return Annotated[
-        list[item],
-        BeforeValidator(_split),
-        Field(max_length=50),
-        WithJsonSchema({"type": "string", "description": description, "pattern": listed}),
-    ]
+@dataclass(frozen=True)
+class CommaList(GroupedMetadata):
+    """``Annotated[list[T], CommaList(...)]``: a comma-separated list in one query
+    parameter, at most 50 distinct items, each as ``pattern`` (a regular expression)
+    has it in the document."""
+
+    description: str
+    pattern: str
+
+    def __iter__(self) -> Iterator[Any]:
+        listed = rf"^(\s*{self.pattern}\s*(,\s*{self.pattern}\s*){{0,49}})?$"
+        yield BeforeValidator(_split)
+        yield Field(max_length=50)
+        described = f"{self.description} (comma-separated)"
+        yield WithJsonSchema({"type": "string", "description": described, "pattern": listed})
 
 
 _NAME = "[^,]+"  # the names' own pattern (``text``) is each item's, past the split
@@ -44,6 +52,9 @@ _ID = r"\d+"
 
 
 KeyId = Annotated[int, Field(ge=1, le=MAX_ID)]
+Name128 = Annotated[str, Text(128)]
+Name64 = Annotated[str, Text(64)]
+Name32 = Annotated[str, Text(32)]
 
 
 class DateRange(BaseModel):
@@ -71,11 +82,11 @@ class DateRange(BaseModel):
 class Filters(BaseModel):
     """Keep only the usage whose field is one of the listed values."""
 
-    model: comma_list(text(128), "only these models (comma-separated)", _NAME) | None = None
-    provider: comma_list(text(64), "only these providers (comma-separated)", _NAME) | None = None
-    task_type: comma_list(text(64), "only these task types (comma-separated)", _NAME) | None = None
-    status: comma_list(text(32), "only these call statuses (comma-separated)", _NAME) | None = None
-    key: comma_list(KeyId, "only these API keys, by id (comma-separated)", _ID) | None = None
+    model: Annotated[list[Name128], CommaList("only these models", _NAME)] | None = None
+    provider: Annotated[list[Name64], CommaList("only these providers", _NAME)] | None = None
+    task_type: Annotated[list[Name64], CommaList("only these task types", _NAME)] | None = None
+    status: Annotated[list[Name32], CommaList("only these call statuses", _NAME)] | None = None
+    key: Annotated[list[KeyId], CommaList("only these API keys, by id", _ID)] | None = None
 
     def given(self) -> dict[str, tuple[Any, ...]]:
         return {
@@ -91,11 +102,13 @@ class UsageQuery(DateRange, Filters):
     granularity: Granularity = Field(
         default="day", description="hour, day, month, or total (the whole range as one)"
     )
-    group_by: comma_list(
-        Dimension,
-        "any of model, provider, task_type, status, key",
-        "(model|provider|task_type|status|key)",
-    ) = Field(default=["provider", "model"])
+    group_by: Annotated[
+        list[Dimension],
+        CommaList(
+            "any of model, provider, task_type, status, key",
+            "(model|provider|task_type|status|key)",
+        ),
+    ] = Field(default=["provider", "model"])
 
 
 class PerformanceQuery(DateRange, Filters):

@@ -130,9 +130,10 @@ def recommendations(
                         "provider": other[0],
                         "model": other[1],
                         "cost": money_str(cost),
-                        "saving": money_str(current - cost),  # type: ignore[operator]
+                        "saving": money_str(current - cost),
                     }
                     for cost, other in cheaper[:ALTERNATIVES]
+                    if current is not None  # cheaper is empty otherwise
                 ],
                 "caching": _caching(mix, book, provider, model, now, current),
             }

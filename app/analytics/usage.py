@@ -56,7 +56,9 @@ class Usage:
     tokens_total: int = 0
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return Usage(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
+        )
 
     def as_json(self) -> dict[str, Any]:
         shown: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -70,13 +72,10 @@ USAGE_SUMS = ("events", "unpriced_events", "flagged_events", "cost_total", *COLU
 
 def usage_of_row(row: Any) -> Usage:
     """A rollup row's ``USAGE_SUMS`` as a Usage (PostgreSQL sums integers as numeric)."""
-    return Usage(
-        *(
-            Decimal(value or 0) if name == "cost_total" else int(value or 0)
-            for name in USAGE_SUMS
-            for value in (getattr(row, name),)
-        )
-    )
+    counts: dict[str, Any] = {
+        name: int(getattr(row, name) or 0) for name in USAGE_SUMS if name != "cost_total"
+    }
+    return Usage(cost=Decimal(row.cost_total or 0), **counts)
 
 
 def _total(usages: Iterable[Usage]) -> Usage:

@@ -10,9 +10,9 @@ from flask import Flask, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
+from app.contract import refuse_unasked_query
 from app.database import UNAVAILABLE as DATABASE_UNAVAILABLE
 from app.errors import ServiceError, ServiceUnavailable
-from app.shapes import refuse_unasked_query
 
 log = logging.getLogger("usage_billing.api")
 

@@ -45,6 +45,7 @@ def counted() -> Collector:
 def scrape() -> Response:
     settings = current_app.config["SETTINGS"]
     if settings.metrics_token:
-        require_token(request, settings.metrics_token, "metrics")
+        require_token(request, settings.metrics_token.get_secret_value(), "metrics")
+    # The app itself (its proxy would be gone when the collector reads it).
     state = StateCollector(current_app._get_current_object())  # type: ignore[attr-defined]
-    return Response(generate_latest(Scrape(counted(), state)), mimetype=CONTENT_TYPE_LATEST)  # type: ignore[arg-type]
+    return Response(generate_latest(Scrape(counted(), state)), mimetype=CONTENT_TYPE_LATEST)

@@ -55,7 +55,7 @@ class StripeGateway:
     def __init__(self, settings: Settings) -> None:
         bases = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
         self._client = stripe.StripeClient(
-            settings.stripe_api_key or "sk_unset",
+            settings.stripe_api_key.get_secret_value() or "sk_unset",
             base_addresses=bases,  # type: ignore[arg-type]
             max_network_retries=0,
             http_client=stripe.RequestsClient(timeout=settings.stripe_timeout_seconds),

@@ -19,7 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.columns import Money, UTCDateTime, utcnow
-from app.extensions import db
+from app.extensions import Model
 
 
 class ReportStatus(StrEnum):
@@ -32,7 +32,7 @@ class ReportStatus(StrEnum):
     RESOLVED = "resolved"  # a needs_manual report an operator has settled by hand
 
 
-class UsageReport(db.Model):
+class UsageReport(Model):
     """One meter event we owe or sent Stripe for one customer and day.
 
     ``seq`` numbers the reports of the same day: 0 is the daily report, later ones
@@ -65,7 +65,7 @@ class UsageReport(db.Model):
     __table_args__ = (UniqueConstraint("customer_id", "day", "seq", name="uq_usage_reports_seq"),)
 
 
-class StripeWebhookEvent(db.Model):
+class StripeWebhookEvent(Model):
     """Each Stripe event id once: a replayed delivery is acknowledged and ignored."""
 
     __tablename__ = "stripe_webhook_events"
@@ -76,7 +76,7 @@ class StripeWebhookEvent(db.Model):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class ReconciliationDifference(db.Model):
+class ReconciliationDifference(Model):
     """A customer and day where Stripe's meter holds other than our ledger says was sent.
 
     Found by the daily reconciliation (``app/billing/reconcile.py``); kept
@@ -98,7 +98,7 @@ class ReconciliationDifference(db.Model):
     __table_args__ = (UniqueConstraint("customer_id", "day"),)
 
 
-class FrozenUsage(db.Model):
+class FrozenUsage(Model):
     """A customer's usage summed through a day no event can reach any more.
 
     Events older than ``MAX_EVENT_AGE_DAYS`` are refused, so the rollup of such a

@@ -99,7 +99,7 @@ def reconcile(
     days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
     open_count = resolved = 0
     for done, (customer_id, stripe_id) in enumerate(customers, start=1):
-        held = gateway.daily_usage(meter, stripe_id, first, last)
+        held = gateway.daily_usage(meter, stripe_id or "", first, last)  # never None here
         ours = sent.get(customer_id, {})
         for day in days:
             is_open, closed = _record(

@@ -89,10 +89,10 @@ def cumulative_usage(
     tokens = settings.billing_quantity == "tokens"
     totals: dict[int, Decimal] = defaultdict(Decimal)
     frozen_through = db.session.scalar(select(func.max(FrozenUsage.through_day)))
-    if frozen_through is not None and frozen_through > closed:  # type: ignore[operator]
+    if frozen_through is not None and closed is not None and frozen_through > closed:
         closed = None  # a day before the frozen sums (a report re-run by hand): all of it
-    else:
-        freeze_usage_through(closed)  # type: ignore[arg-type]
+    elif closed is not None:
+        freeze_usage_through(closed)
         frozen = select(FrozenUsage.customer_id, FrozenUsage.tokens_total, FrozenUsage.cost_total)
         for customer_id, tokens_total, cost_total in db.session.execute(frozen):
             totals[customer_id] = tokens_total if tokens else cost_total
@@ -102,7 +102,7 @@ def cumulative_usage(
     return {customer_id: total / unit for customer_id, total in totals.items()}
 
 
-def _sums(after: date | None, through: date) -> Select[tuple[int, Any, Any]]:
+def _sums(after: date | None, through: date) -> Select[int, Any, Any]:
     """Per customer, tokens and cost over the days after ``after`` through ``through``
     (from the first day when ``after`` is None).
 
@@ -263,7 +263,7 @@ def report_customer(
         )
     )
     target = int(exact.to_integral_value(rounding=ROUND_FLOOR))
-    delta = target - int(already)
+    delta = target - int(already or 0)
     if delta < 0:
         # Owed less than was sent (a plan or price corrected down): a credit an
         # operator gives by hand, never a negative meter event.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, request
@@ -17,7 +17,7 @@ from app.customers.models import BillingCustomer
 from app.customers.services import API_KEY
 from app.errors import NotFound, ValidationError
 from app.registry import services
-from app.shapes import text
+from app.shapes import Text
 
 billing = Blueprint("billing", __name__)
 
@@ -25,7 +25,7 @@ billing = Blueprint("billing", __name__)
 class PortalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    return_url: text(2000) = Field(
+    return_url: Annotated[str, Text(2000)] = Field(
         description="an absolute http(s) URL on an allowed origin",
         json_schema_extra={"format": "uri"},
     )
@@ -95,6 +95,6 @@ def stripe_webhook() -> WebhookReceived:
     event = verify_webhook(
         request.get_data(),
         request.headers.get("Stripe-Signature"),
-        current_app.config["SETTINGS"].stripe_webhook_secret,
+        current_app.config["SETTINGS"].stripe_webhook_secret.get_secret_value(),
     )
     return WebhookReceived(status="processed" if handle_event(event) else "duplicate")

@@ -17,9 +17,10 @@ nothing within ``ALERT_TIMEOUT_SECONDS``, has not acknowledged it: it is retried
 with backoff, with the same ``Webhook-Id``, until ``ALERT_RETRY_HOURS`` after the
 alert, then abandoned. Every attempt and its outcome stays in ``alert_deliveries``.
 
-Signature: ``Webhook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">``
-with the customer's secret; a receiver recomputes it and refuses a timestamp
-older than its tolerance (``verify_signature`` is the reference).
+Signature: the Standard Webhooks specification's (``Webhook-Id``,
+``Webhook-Timestamp``, ``Webhook-Signature: v1,<base64>``), with the customer's
+secret, made by the ``standardwebhooks`` library; a receiver verifies it with the
+same library in its own language, which refuses a timestamp five minutes off.
 
 Addresses: a webhook URL must be https (http only on a loopback address, and only
 with ``ALERT_ALLOW_LOOPBACK`` for development) and must not name a private,
@@ -30,16 +31,15 @@ that was checked, so a DNS answer that changes in between cannot redirect it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import base64
 import http.client
 import ipaddress
 import json
 import logging
 import random
+import secrets
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -47,6 +47,7 @@ from functools import partial
 from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
+from standardwebhooks import Webhook
 
 from app.budgets.models import (
     ABANDONED,
@@ -61,6 +62,7 @@ from app.budgets.models import (
 from app.columns import amount_str, utcnow
 from app.config import Settings
 from app.customers.models import BillingCustomer
+from app.database import execute_dml
 from app.dialect import insert_for
 from app.errors import ValidationError
 from app.extensions import db
@@ -186,23 +188,22 @@ def check_url(url: str, settings: Settings, resolve: bool = True) -> list[str]:
 # -- signing ------------------------------------------------------------------
 
 
-def sign(secret: str, body: bytes, at: int) -> str:
-    digest = hmac.new(secret.encode(), f"{at}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={at},v1={digest}"
+def new_secret() -> str:
+    """A signing secret as Standard Webhooks writes one: ``whsec_`` and 32 random bytes
+    in base64, which every stock verifier decodes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def verify_signature(
-    secret: str, body: bytes, header: str, tolerance_seconds: int = 300, now: float | None = None
-) -> bool:
-    """What a receiver does: recompute the signature, and refuse a stale timestamp."""
-    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-    try:
-        at = int(fields["t"])
-    except (KeyError, ValueError):
-        return False
-    if abs((now if now is not None else time.time()) - at) > tolerance_seconds:
-        return False
-    return hmac.compare_digest(sign(secret, body, at), header)
+def signed_headers(secret: str, message_id: str, body: bytes, now: datetime) -> dict[str, str]:
+    """``Webhook-Id``, ``Webhook-Timestamp`` and ``Webhook-Signature`` as the Standard
+    Webhooks specification has them (``v1,<base64 HMAC-SHA256 of "id.timestamp.body">``),
+    signed by its own library, so any of its verifiers accepts them."""
+    signature = Webhook(secret).sign(message_id, now, body.decode())
+    return {
+        "Webhook-Id": message_id,
+        "Webhook-Timestamp": str(int(now.timestamp())),
+        "Webhook-Signature": signature,
+    }
 
 
 # -- delivering ---------------------------------------------------------------
@@ -355,7 +356,7 @@ def _committing(attempt_id: int, alert_id: int, number: int, settings: Settings)
     attempt's (a worker slower than its lease finds another attempt and stops),
     and hold the alert while the answer comes."""
     now = utcnow()
-    held = db.session.execute(
+    held = execute_dml(
         update(BudgetAlert)
         .where(BudgetAlert.id == alert_id, BudgetAlert.attempts == number)
         .values(next_attempt_at=_lease(settings, now))
@@ -373,8 +374,9 @@ def _attempt(attempt_id: int, number: int, settings: Settings, now: datetime) ->
     attempt = db.session.get(AlertDelivery, attempt_id)
     assert attempt is not None
     alert = db.session.get(BudgetAlert, attempt.alert_id)
-    customer = db.session.get(BillingCustomer, alert.customer_id)  # type: ignore[union-attr]
-    assert alert is not None and customer is not None
+    assert alert is not None
+    customer = db.session.get(BillingCustomer, alert.customer_id)
+    assert customer is not None
     db.session.commit()  # no transaction held open across the request
     body = json.dumps({"id": f"alert_{alert.id}", **alert.payload}, sort_keys=True).encode()
     status_code: int | None = None
@@ -384,10 +386,7 @@ def _attempt(attempt_id: int, number: int, settings: Settings, now: datetime) ->
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "usage-billing-alerts",
-            "Webhook-Id": f"alert_{alert.id}",
-            "Webhook-Signature": sign(
-                customer.alert_webhook_secret or "", body, int(now.timestamp())
-            ),
+            **signed_headers(customer.alert_webhook_secret or "", f"alert_{alert.id}", body, now),
         }
         committing = partial(_committing, attempt_id, alert.id, number, settings)
         status_code = _post(

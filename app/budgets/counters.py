@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import redis
@@ -55,141 +56,13 @@ _MICRO = Decimal("0.000001")
 # leases of idle processes never hold much of it (and near the limit, none is taken).
 LEASE_SHARE = 16
 
-# Shared by the scripts. A reservation is a field of ``resv`` (with ``_sum`` kept
-# beside) and a member of ``at`` (when it lapses). A call's own is its amount; a
-# lease's is what it still holds, with ``<lease>|e`` (each call's part) and a bitmap
-# ``<resv>:<lease>`` of its calls released, so a call is released once.
-_ENTRIES = """
-local function int(x) return string.format('%d', x) end  -- never "-0" or "1e+14"
-local function drop(at, resv, id)
-  local amount = tonumber(redis.call('HGET', resv, id) or '0')
-  redis.call('HDEL', resv, id, id .. '|e')
-  redis.call('HINCRBY', resv, '_sum', int(0 - amount))
-  redis.call('ZREM', at, id)
-  redis.call('DEL', resv .. ':' .. id)
-end
-local function cut(at, resv, lease, amount)
-  local held = tonumber(redis.call('HGET', resv, lease) or '0')
-  if amount >= held then return drop(at, resv, lease) end
-  redis.call('HINCRBY', resv, lease, int(0 - amount))
-  redis.call('HINCRBY', resv, '_sum', int(0 - amount))
-end
-local function each(resv, lease)
-  return tonumber(redis.call('HGET', resv, lease .. '|e') or '0')
-end
-local function release(at, resv, id)
-  local lease, k = string.match(id, '^(%x+)%.(%d+)$')
-  if not lease then
-    if redis.call('HEXISTS', resv, id) == 1 then drop(at, resv, id) end
-  elseif redis.call('HEXISTS', resv, lease) == 1
-      and redis.call('SETBIT', resv .. ':' .. lease, tonumber(k), 1) == 0 then
-    cut(at, resv, lease, each(resv, lease))
-  end
-end
-local function close(at, resv, lease, unused)
-  if redis.call('HEXISTS', resv, lease) == 1 then
-    cut(at, resv, lease, unused * each(resv, lease))
-  end
-end
-"""
+_SCRIPTS = Path(__file__).with_name("lua")
 
-_ADMIT = (
-    _ENTRIES
-    + """
-local now, call, lapses, keep = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-local today, y, m, d = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local this_month, last_month = tonumber(ARGV[9]), tonumber(ARGV[10])
-local most, share = tonumber(ARGV[11]), tonumber(ARGV[12])
-local old, unused = ARGV[13], tonumber(ARGV[14])
-for i = 15, #ARGV, 2 do close(ARGV[i], ARGV[i + 1], old, unused) end
-local record = redis.call('HMGET', KEYS[1], 'revoked', 'rules')
--- A key's record is published with its budgets' spend: it decides the call alone.
--- Without it, the key is unknown, or the state is lost (no LOADED marker).
-if not record[1] then
-  if redis.call('EXISTS', KEYS[2]) == 0 then return {-1} end
-  return {-2}
-end
-if record[1] == '1' then return {-3} end
-local rules = cjson.decode(record[2])
-if #rules == 0 then return {0, most} end
-local function start_of(kind, anchor)
-  if kind == 'day' then return today end
-  if kind == 'month' then return string.format('%04d%02d01', y, m) end
-  local day = math.min(anchor, this_month)
-  if d >= day then return string.format('%04d%02d%02d', y, m, day) end
-  if m == 1 then return string.format('%04d12%02d', y - 1, math.min(anchor, last_month)) end
-  return string.format('%04d%02d%02d', y, m - 1, math.min(anchor, last_month))
-end
-local keys = {}
-for i, rule in ipairs(rules) do
-  local base = '__PREFIX__' .. string.format('%d', rule[1]) .. ':' .. start_of(rule[3], rule[6])
-  keys[i] = {base .. ':spend', base .. ':resv:at', base .. ':resv', base .. ':avg'}
-end
-for _, k in ipairs(keys) do
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k[2], '-inf', now)) do drop(k[2], k[3], id) end
-end
--- Far from every hard limit, the call takes a lease: reservations for up to
--- ``most`` calls, never more than 1/share of what is left, admitted by the API
--- process without asking again. Near a limit (or with no mean cost yet): one call.
-local estimates, calls = {}, most
-for i, k in ipairs(keys) do
-  estimates[i] = tonumber(redis.call('GET', k[4]) or '0')
-  if rules[i][5] then
-    local limit = rules[i][4]
-    local spent = tonumber(redis.call('GET', k[1]) or '0')
-    local reserved = tonumber(redis.call('HGET', k[3], '_sum') or '0')
-    local left = limit - spent - reserved - estimates[i]
-    if spent >= limit or left < 0 then return {i, record[2]} end
-    if estimates[i] <= 0 then calls = 1 else
-      calls = math.min(calls, 1 + math.floor(left / (estimates[i] * share)))
-    end
-  end
-end
-local held = {0, calls}
-for i, k in ipairs(keys) do
-  redis.call('ZADD', k[2], lapses, call)
-  redis.call('HSET', k[3], call, int(estimates[i] * calls))
-  redis.call('HINCRBY', k[3], '_sum', int(estimates[i] * calls))
-  if calls > 1 then
-    redis.call('HSET', k[3], call .. '|e', int(estimates[i]))
-    redis.call('SETBIT', k[3] .. ':' .. call, calls, 0)
-    redis.call('EXPIRE', k[3] .. ':' .. call, keep)
-  end
-  redis.call('EXPIRE', k[2], keep)
-  redis.call('EXPIRE', k[3], keep)
-  table.insert(held, k[2])
-  table.insert(held, k[3])
-end
-return held
-"""
-)
 
-_RELEASE = (
-    _ENTRIES
-    + """
-for i = 1, #KEYS, 2 do
-  for _, id in ipairs(ARGV) do release(KEYS[i], KEYS[i + 1], id) end
-end
-return 0
-"""
-)
-
-_CLOSE = (
-    _ENTRIES
-    + """
-for i = 1, #KEYS, 2 do close(KEYS[i], KEYS[i + 1], ARGV[1], tonumber(ARGV[2])) end
-return 0
-"""
-)
-
-_RAISE = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if tonumber(ARGV[1]) > current then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-end
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-return 0
-"""
+def _script(name: str, entries: bool = True) -> str:
+    """A Lua script of ``lua/``, after the helpers they share (``entries.lua``)."""
+    text = (_SCRIPTS / f"{name}.lua").read_text()
+    return (_SCRIPTS / "entries.lua").read_text() + text if entries else text
 
 
 def to_units(metric: str, amount: Decimal, rounding: str = ROUND_CEILING) -> int:
@@ -280,10 +153,10 @@ class Counters:
     def __init__(self, client: redis.Redis, reservation_ttl_seconds: int) -> None:
         self.redis = client
         self.ttl = reservation_ttl_seconds
-        self._admit = client.register_script(_ADMIT.replace("__PREFIX__", PREFIX))
-        self._release = client.register_script(_RELEASE)
-        self._close = client.register_script(_CLOSE)
-        self._raise = client.register_script(_RAISE)
+        self._admit = client.register_script(_script("admit").replace("__PREFIX__", PREFIX))
+        self._release = client.register_script(_script("release"))
+        self._close = client.register_script(_script("close"))
+        self._raise = client.register_script(_script("raise", entries=False))
 
     # -- the request path ------------------------------------------------------
 

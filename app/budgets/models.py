@@ -10,7 +10,7 @@ from sqlalchemy import JSON, Boolean, Date, ForeignKey, Integer, String, Text, U
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.columns import Quantity, UTCDateTime, utcnow
-from app.extensions import db
+from app.extensions import Model
 
 USD, TOKENS = "usd", "tokens"
 # Alert delivery states: queued until a delivery succeeds or the retry window ends;
@@ -20,7 +20,7 @@ QUEUED, DELIVERED, ABANDONED, NO_WEBHOOK = "queued", "delivered", "abandoned", "
 UNCONFIRMED = "unconfirmed"
 
 
-class Budget(db.Model):
+class Budget(Model):
     """A limit on a customer's spend (or one key's) over a period.
 
     ``limit_value`` is the admin's; ``customer_limit`` a lower one the customer set
@@ -52,7 +52,7 @@ class Budget(db.Model):
         return min(self.limit_value, self.customer_limit)
 
 
-class BudgetAlert(db.Model):
+class BudgetAlert(Model):
     """One threshold of one budget reached in one period: unique, so raised once."""
 
     __tablename__ = "budget_alerts"
@@ -75,7 +75,7 @@ class BudgetAlert(db.Model):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
-class AlertDelivery(db.Model):
+class AlertDelivery(Model):
     """One attempt to deliver an alert to the customer's webhook, whatever came of it."""
 
     __tablename__ = "alert_deliveries"

@@ -6,21 +6,21 @@ The changes are the caller's to commit, so several can share one transaction.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import cast
 
 from sqlalchemy import select
 
-from app.budgets.alerts import check_url
+from app.budgets.alerts import check_url, new_secret
 from app.budgets.models import Budget, BudgetAlert
 from app.columns import amount_str
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
 from app.errors import NotFound, ValidationError
 from app.extensions import db
-from app.periods import Period, period_at
+from app.periods import Period, PeriodKind, period_at
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,9 @@ def budgets_of(customer_id: int) -> list[Budget]:
 
 def budget_period(budget: Budget, now: datetime) -> Period:
     """The budget's period holding ``now`` (a billing period is its customer's)."""
-    anchor = db.session.get(BillingCustomer, budget.customer_id).created_at.day  # type: ignore[union-attr]
-    return period_at(budget.period, now, anchor)  # type: ignore[arg-type]
+    customer = db.session.get(BillingCustomer, budget.customer_id)
+    assert customer is not None  # a budget's customer is its foreign key
+    return period_at(cast(PeriodKind, budget.period), now, customer.created_at.day)
 
 
 def set_webhook(customer: BillingCustomer, url: str | None, settings: Settings) -> str | None:
@@ -126,7 +127,7 @@ def set_webhook(customer: BillingCustomer, url: str | None, settings: Settings) 
         return None
     check_url(url, settings, resolve=False)
     customer.alert_webhook_url = url
-    customer.alert_webhook_secret = "whsec_" + secrets.token_urlsafe(32)
+    customer.alert_webhook_secret = new_secret()
     return customer.alert_webhook_secret
 
 

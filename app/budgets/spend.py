@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Select, func, select
 
@@ -30,7 +30,7 @@ from app.dialect import one_of
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.observability.metrics import BUDGET_LIMITS_REACHED
-from app.periods import Period
+from app.periods import Period, PeriodKind
 from app.plans.charges import PRECISION, ZERO
 from app.plans.services import owed_between
 
@@ -42,10 +42,11 @@ _STORED = Decimal(1).scaleb(-MONEY_SCALE)
 
 def rule_of(budget: Budget, anchor_day: int) -> Rule:
     limit = to_units(budget.metric, budget.effective_limit, rounding=ROUND_FLOOR)
-    return Rule(budget.id, budget.metric, budget.period, limit, budget.hard_limit, anchor_day)  # type: ignore[arg-type]
+    period = cast(PeriodKind, budget.period)  # one of them: the API and the table check it
+    return Rule(budget.id, budget.metric, period, limit, budget.hard_limit, anchor_day)
 
 
-def _summed(keys: Select[tuple[str]], column: Any, period: Period) -> tuple[Decimal, int]:
+def _summed(keys: Select[Any], column: Any, period: Period) -> tuple[Decimal, int]:
     first, last = period.days
     total, calls = db.session.execute(
         select(
@@ -122,13 +123,13 @@ def estimate_of(
         )
     ).one()
     if past_calls:
-        return max(1, -(-to_units(budget.metric, Decimal(total)) // int(past_calls)))
+        return max(1, -(-to_units(budget.metric, Decimal(str(total))) // int(past_calls)))
     default = defaults.usd if budget.metric == USD else Decimal(defaults.tokens)
     limit = to_units(budget.metric, budget.effective_limit, rounding=ROUND_FLOOR)
     return max(1, min(to_units(budget.metric, default), limit))
 
 
-def _keys_of(budget: Budget) -> Select[tuple[str]]:
+def _keys_of(budget: Budget) -> Select[Any]:
     keys = select(ApiKey.key_hash).where(ApiKey.customer_id == budget.customer_id)
     if budget.api_key_id is not None:
         keys = keys.where(ApiKey.id == budget.api_key_id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Literal
 
 from flask import Blueprint, current_app
 from pydantic import (
@@ -37,12 +37,12 @@ from app.customers.models import BillingCustomer
 from app.customers.services import API_KEY
 from app.errors import ValidationError
 from app.extensions import db
-from app.shapes import Id, PositiveAmount, text, whole
+from app.shapes import Id, PositiveAmount, Text, Whole
 
 log = logging.getLogger("usage_billing.budgets")
 budgets = Blueprint("budgets", __name__)
 
-Threshold = whole(1, 100)
+Threshold = Annotated[int, Whole(1, 100)]
 
 
 class BudgetFields(BaseModel):
@@ -93,7 +93,7 @@ class WebhookSet(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: text(2000) | None
+    url: Annotated[str, Text(2000)] | None
 
 
 class BudgetAnswer(Answer):

@@ -15,10 +15,10 @@ from sqlalchemy import Boolean, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.columns import UTCDateTime, utcnow
-from app.extensions import db
+from app.extensions import Model
 
 
-class BillingCustomer(db.Model):
+class BillingCustomer(Model):
     __tablename__ = "billing_customers"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -38,7 +38,7 @@ class BillingCustomer(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
-class ApiKey(db.Model):
+class ApiKey(Model):
     """One key of a customer, by its SHA-256 hash; the raw key is shown once and never kept.
 
     ``prefix`` (the first characters of a key the service issued) lets a person

@@ -13,7 +13,7 @@ from app.customers.models import ApiKey
 from app.customers.services import LinkState, link_state, register_customer, request_link
 from app.errors import ValidationError
 from app.security import hash_api_key
-from app.shapes import text
+from app.shapes import Text
 
 customers = Blueprint("customers", __name__)
 
@@ -29,12 +29,12 @@ class CustomerCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    email: Annotated[text(320), AfterValidator(_address)] = Field(
+    email: Annotated[Annotated[str, Text(320)], AfterValidator(_address)] = Field(
         json_schema_extra={"format": "email"}
     )
-    name: text(200)
-    api_key: text(512)
-    company: text(200) | None = None
+    name: Annotated[str, Text(200)]
+    api_key: Annotated[str, Text(512)]
+    company: Annotated[str, Text(200)] | None = None
 
 
 class KeyCreate(BaseModel):
@@ -42,7 +42,7 @@ class KeyCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: text(100)
+    label: Annotated[str, Text(100)]
 
 
 class KeyAnswer(Answer):

@@ -15,12 +15,12 @@ from sqlalchemy import ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.columns import UTCDateTime, utcnow
-from app.extensions import db
+from app.extensions import Model
 
 CUSTOMER, ADMIN = "customer", "admin"
 
 
-class PageSession(db.Model):
+class PageSession(Model):
     __tablename__ = "page_sessions"
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -64,7 +64,7 @@ class _SessionInterface(SecureCookieSessionInterface):
 
 def _secret_key(settings: Settings) -> str:
     if settings.secret_key:
-        return settings.secret_key
+        return settings.secret_key.get_secret_value()
     path = Path(settings.instance_dir) / "secret_key"
     if not path.exists():
         path.touch(mode=0o600)
@@ -111,7 +111,9 @@ def _admin_check(settings: Settings) -> str:
     """What proves an admin session was opened with today's admin token: an HMAC of
     it under SECRET_KEY, kept on the server only."""
     key = current_app.config["SECRET_KEY"].encode()
-    return hmac.new(key, settings.admin_token.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(
+        key, settings.admin_token.get_secret_value().encode(), hashlib.sha256
+    ).hexdigest()
 
 
 def _start(kind: str, **who: object) -> None:
@@ -136,8 +138,9 @@ def _current(kind: str) -> PageSession | None:
     if not isinstance(token, str):
         return None
     found = db.session.get(PageSession, _hash(token))
-    live = found is not None and found.ended_at is None and found.expires_at > utcnow()
-    return found if live and found.kind == kind else None  # type: ignore[union-attr]
+    if found is None or found.ended_at is not None or found.expires_at <= utcnow():
+        return None
+    return found if found.kind == kind else None
 
 
 def _holder(key: ApiKey | None) -> BillingCustomer | None:
@@ -152,8 +155,8 @@ def sign_in_customer(api_key: str) -> BillingCustomer | None:
     """Start a customer's session from a live key; None (and no session) otherwise."""
     key = db.session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_api_key(api_key)))
     customer = _holder(key)
-    if customer is not None:
-        _start(CUSTOMER, customer_id=customer.id, key_id=key.id)  # type: ignore[union-attr]
+    if customer is not None and key is not None:
+        _start(CUSTOMER, customer_id=customer.id, key_id=key.id)
     return customer
 
 
@@ -170,7 +173,7 @@ def signed_in_customer() -> BillingCustomer | None:
 
 
 def sign_in_admin(token: str, settings: Settings) -> bool:
-    if not token_matches(token, settings.admin_token):
+    if not token_matches(token, settings.admin_token.get_secret_value()):
         return False
     _start(ADMIN, admin_check=_admin_check(settings))
     return True

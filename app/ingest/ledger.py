@@ -38,7 +38,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.columns import utcnow
-from app.database import quick_read
+from app.database import execute_dml, quick_read
 from app.dialect import insert_for, one_of
 from app.extensions import db
 from app.ingest.latency import LATENCY_COLUMNS, bucket_of, bucket_sql
@@ -410,7 +410,7 @@ def _insert_postgresql(rows: list[EventRow]) -> Written:
     except IntegrityError:
         result = db.session.execute(sql.merge).one()
         return Written(inserted=result.inserted, unpriced=result.unpriced)
-    appended = db.session.execute(sql.append).rowcount
+    appended = execute_dml(sql.append).rowcount
     db.session.execute(sql.roll_up)
     # As PostgreSQL counted them: the caller checks it against the batch.
     return Written(inserted=appended, unpriced=sum(row.pricing_status == UNPRICED for row in rows))
@@ -420,7 +420,8 @@ def _insert_postgresql(rows: list[EventRow]) -> Written:
 def insert_rows(rows: list[EventRow]) -> Written:
     """``insert_events`` on any database, without COPY: the embedded default's path,
     and PostgreSQL's for a row at a time (its staging table lives until commit)."""
-    table = UsageEvent.__table__
+    table: Any = UsageEvent.__table__
+    stmt: Any
     if db.engine.dialect.name == "postgresql":
         rows = _claim(rows)
         if not rows:
@@ -506,7 +507,7 @@ def _rollup(
     ]
 
 
-def roll_up_rows(rows: list[Any]) -> None:
+def roll_up_rows(rows: Sequence[Any]) -> None:
     """Add stored events (rows with the rollups' columns) to both rollups."""
     _upsert(
         db.session,
@@ -517,7 +518,7 @@ def roll_up_rows(rows: list[Any]) -> None:
     roll_up_hourly(rows, db.session)
 
 
-def roll_up_hourly(rows: list[Any], into: Any) -> None:
+def roll_up_hourly(rows: Sequence[Any], into: Any) -> None:
     """Add stored events to the hourly rollup, through a session or a connection."""
     rollups = _rollup(rows, _HOURLY_KEY, _hourly_key, _HOURLY_ADDED)
     _upsert(into, UsageHourly.__table__, _HOURLY_ADDED, rollups)

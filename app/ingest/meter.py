@@ -95,7 +95,7 @@ def _event(req: Request, call: MeteredCall, now: datetime, status: str) -> dict[
     api_key = api_key_of(req)
     assert api_key is not None
     execution_id = call.execution_id
-    event = {
+    event: dict[str, Any] = {
         "event_id": f"exec-{execution_id}" if execution_id else f"evt-{uuid.uuid4().hex}",
         "api_key_hash": hash_api_key(api_key),
         "provider": call.provider,

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.columns import AnyJSON, Money, UTCDateTime, utcnow
-from app.extensions import db
+from app.extensions import Model, db
 from app.ingest.latency import LATENCY_COLUMNS
 from app.pricing.dimensions import PART_COLUMNS
 
@@ -36,7 +36,7 @@ PRICED = "priced"
 UNPRICED = "unpriced"
 
 
-class UsageEvent(db.Model):
+class UsageEvent(Model):
     """One metered call, priced. On PostgreSQL the table is partitioned by week of
     ``created_at`` (``app/ingest/partitions.py``), its primary key is ``(id, created_at)``
     and ``usage_event_ids`` keeps event ids unique; on SQLite it is a plain table with a
@@ -101,7 +101,7 @@ class UsageEvent(db.Model):
     )
 
 
-class UsageEventId(db.Model):
+class UsageEventId(Model):
     """The event ids of the partitioned ledger (PostgreSQL), unique across its weeks.
 
     PostgreSQL only enforces a unique index on a partitioned table when it holds
@@ -121,7 +121,7 @@ class UsageEventId(db.Model):
     __table_args__ = (Index("ix_usage_event_ids_created", "created_at"),)
 
 
-class UsageDaily(db.Model):
+class UsageDaily(Model):
     """Per key, UTC day, provider and model: what the usage page and the report read."""
 
     __tablename__ = "usage_daily"
@@ -172,7 +172,7 @@ class UsageDaily(db.Model):
 NO_TASK_TYPE = ""
 
 
-class UsageHourly(db.Model):
+class UsageHourly(Model):
     """Per key, UTC hour, provider, model, task type and status: what analytics read.
 
     Besides the daily rollup's sums it keeps what performance figures need:
@@ -213,7 +213,7 @@ class UsageHourly(db.Model):
     )
 
 
-class IngestBatch(db.Model):
+class IngestBatch(Model):
     """One row per batch a worker has recorded, written in the batch's own transaction.
 
     It is the receipt the outbox waits for before it deletes a published spool
@@ -230,7 +230,7 @@ class IngestBatch(db.Model):
     __table_args__ = (Index("ix_ingest_batches_recorded", "recorded_at"),)
 
 
-class RejectedEvent(db.Model):
+class RejectedEvent(Model):
     """An event a worker could not store: kept, with the reason, for operators to replay."""
 
     __tablename__ = "rejected_events"

@@ -1,7 +1,8 @@
 """A durable, batching hand-off from request threads to Celery, confirmed end to end.
 
-Publishing one Celery message per request costs most of the API's capacity
-(see shared/FACTS.md), so a request only appends its event to an append-only
+Publishing one Celery message per request costs most of the API's capacity (a
+bare view under gunicorn served ~6,500 requests/s here, ~1,200 with one
+``delay()`` per request), so a request only appends its event to an append-only
 segment file (one ``write`` to the OS, no fsync, no network) and to an
 in-memory batch. A background thread publishes one Celery task per chunk of
 ``batch_size`` events (every ``batch_size`` events or ``flush_ms``).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -57,7 +58,8 @@ class RecordResult:
 def _row(event: EventIn, book: PriceBook, received_at: datetime) -> EventRow:
     cost = book.cost(event.provider, event.model, event.created_at, event.counts())
     if cost is None:
-        prices = costs = (None, None, None)
+        prices: tuple[Decimal | None, Decimal | None, Decimal | None] = (None, None, None)
+        costs: tuple[Decimal | None, Decimal | None, Decimal | None] = (None, None, None)
         charges = None
     else:
         prices = (cost.input_rate, cost.output_rate, cost.cache_read_rate)

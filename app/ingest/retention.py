@@ -24,10 +24,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Column, ColumnElement, delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 
 from app.config import Settings
+from app.database import execute_dml
 from app.extensions import db
 from app.ingest.models import IngestBatch, UsageDaily, UsageEvent, UsageEventId, UsageHourly
 from app.ingest.partitions import Partition, drop_partition, partitions, week_of
@@ -60,14 +62,14 @@ def cleanup_pace(settings: Settings) -> Pace:
 
 
 def _delete_before(
-    key: Column, when: Column, cutoff: datetime, pace: Pace, *where: ColumnElement[bool]
+    key: Any, when: Any, cutoff: datetime, pace: Pace, *where: ColumnElement[bool]
 ) -> int:
     deleted = 0
     while True:
         started = time.monotonic()
         keys = select(key).where(when < cutoff, *where).limit(pace.batch_size).scalar_subquery()
         # The time again outside: on the partitioned ledger it spares the other weeks.
-        result = db.session.execute(delete(key.table).where(key.in_(keys), when < cutoff))
+        result = execute_dml(delete(key.table).where(key.in_(keys), when < cutoff))
         db.session.commit()
         deleted += result.rowcount or 0
         if (result.rowcount or 0) < pace.batch_size:
@@ -144,12 +146,13 @@ def delete_receipts_before(cutoff: datetime, pace: Pace) -> int:
 
 def delete_hours_before(cutoff: datetime, pace: Pace) -> int:
     """Delete the hourly rollup's rows before ``cutoff``, one day of hours at a time."""
-    first = db.session.scalar(select(func.min(UsageHourly.hour)))
+    hour = UsageHourly.__table__.c.hour
+    first = db.session.scalar(select(func.min(hour)))
     deleted = 0
     while first is not None and first < cutoff:
         started = time.monotonic()
         until = min(first + timedelta(days=1), cutoff)
-        result = db.session.execute(delete(UsageHourly).where(UsageHourly.hour < until))
+        result = execute_dml(delete(UsageHourly).where(hour < until))
         db.session.commit()
         deleted += result.rowcount or 0
         first = until if until < cutoff else None

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal, NamedTuple, NotRequired
+from typing import Annotated, Any, Literal, NamedTuple, NotRequired, cast
 
 from pydantic import (
     BaseModel,
@@ -36,7 +36,7 @@ from app.errors import ValidationError
 from app.ingest.provider_usage import UsageShapeError, extract
 from app.observability.metrics import EVENTS_PARKED, EVENTS_REJECTED, at_zero
 from app.pricing.dimensions import COLUMN_OF, DIMENSIONS, PART_COLUMNS, check_parts, usage_keys
-from app.shapes import parse, printable, trimmed
+from app.shapes import Text, parse, printable
 
 MAX_TOKENS = 10**9  # far above any context window; rejects counter overflows
 EVENT_SCHEMA = "UsageEvent"  # the name /openapi.json gives an event's shape
@@ -151,7 +151,9 @@ def _instant(value: str, field: str, now: datetime, limits: EventLimits) -> date
 
 
 # -- One usage event ---------------------------------------------------------------------
-Part = NotRequired[Annotated[Tokens | None, Field(description="a part of the count it names")]]
+Part = Annotated[Tokens | None, Field(description="a part of the count it names")]
+# The eight counts, in EventIn's order of them (``USAGE_KEYS``).
+Counts = tuple[int, int, int, int, int, int, int, int]
 UsageFlag = Literal["stream_cut_off", "stream_without_usage"]
 
 
@@ -176,9 +178,12 @@ class EventShape(TypedDict):
         StringConstraints(pattern=r"^[0-9a-f]{64}$"),
         Field(description="the lower-case SHA-256 hex of the API key, never the key"),
     ]
-    provider: trimmed(64)
+    provider: Annotated[str, Text(64, checked=False)]
     model: NotRequired[
-        Annotated[trimmed(128), Field(description="required unless provider_usage names it")]
+        Annotated[
+            Annotated[str, Text(128, checked=False)],
+            Field(description="required unless provider_usage names it"),
+        ]
     ]
     tokens_input: NotRequired[
         Annotated[
@@ -198,12 +203,12 @@ class EventShape(TypedDict):
     tokens_output: NotRequired[
         Annotated[Tokens, Field(description="every output token, reasoning and audio included")]
     ]
-    tokens_cache_read: Part
-    tokens_cache_write: Part
-    tokens_input_audio: Part
-    tokens_cache_audio_read: Part
-    tokens_output_audio: Part
-    tokens_output_reasoning: Part
+    tokens_cache_read: NotRequired[Part]
+    tokens_cache_write: NotRequired[Part]
+    tokens_input_audio: NotRequired[Part]
+    tokens_cache_audio_read: NotRequired[Part]
+    tokens_output_audio: NotRequired[Part]
+    tokens_output_reasoning: NotRequired[Part]
     usage_extra: NotRequired[
         Annotated[
             dict[str, Tokens] | None,
@@ -218,7 +223,7 @@ class EventShape(TypedDict):
     ]
     api_flavor: NotRequired[
         Annotated[
-            trimmed(32) | None,
+            Annotated[str, Text(32, checked=False)] | None,
             Field(description="the provider's API provider_usage comes from (chat, responses…)"),
         ]
     ]
@@ -234,9 +239,14 @@ class EventShape(TypedDict):
     created_at: NotRequired[
         Annotated[StrictStr | None, Field(description="alias of timestamp; give one or the other")]
     ]
-    execution_id: NotRequired[trimmed(128) | None]
-    task_type: NotRequired[trimmed(64) | None]
-    status: NotRequired[Annotated[trimmed(32) | None, Field(description='"success" when absent')]]
+    execution_id: NotRequired[Annotated[str, Text(128, checked=False)] | None]
+    task_type: NotRequired[Annotated[str, Text(64, checked=False)] | None]
+    status: NotRequired[
+        Annotated[
+            Annotated[str, Text(32, checked=False)] | None,
+            Field(description='"success" when absent'),
+        ]
+    ]
     execution_time: NotRequired[
         Annotated[StrictInt | StrictFloat | StrictStr | None, Field(description="seconds, ≥ 0")]
     ]
@@ -336,7 +346,7 @@ def _when(event: dict[str, Any], now: datetime, limits: EventLimits) -> tuple[da
 _ZERO_PARTS = (0,) * len(PART_COLUMNS)
 
 
-def _flat_usage(event: dict[str, Any]) -> tuple[tuple[int, ...], dict[str, int] | None]:
+def _flat_usage(event: dict[str, Any]) -> tuple[Counts, dict[str, int] | None]:
     """(tokens_input, tokens_output, the parts…) and the other usage, of a flat event."""
     get = event.get
     if "tokens_output" not in event:
@@ -372,7 +382,7 @@ def _flat_usage(event: dict[str, Any]) -> tuple[tuple[int, ...], dict[str, int] 
     return usage, extra
 
 
-def _provider_usage(event: dict[str, Any]) -> tuple[tuple[int, ...], dict[str, int] | None, str]:
+def _provider_usage(event: dict[str, Any]) -> tuple[Counts, dict[str, int] | None, str]:
     """The usage of a provider's own response, and the model it names."""
     mixed = next((name for name in _FLAT_USAGE if name in event), None)
     if mixed is not None:
@@ -399,7 +409,7 @@ def _provider_usage(event: dict[str, Any]) -> tuple[tuple[int, ...], dict[str, i
     model = event.get("model") or found.model
     if not model:
         raise ValidationError("model: the provider's response names no model", field="model")
-    return tuple(columns), extra or None, model
+    return cast(Counts, tuple(int(n) for n in columns)), extra or None, model
 
 
 def validate_event(raw: Any, now: datetime, limits: EventLimits) -> EventIn:

@@ -17,7 +17,7 @@ from sqlalchemy import JSON, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.columns import UTCDateTime, utcnow
-from app.extensions import db
+from app.extensions import Model
 
 
 class JobStatus(StrEnum):
@@ -26,7 +26,7 @@ class JobStatus(StrEnum):
     FAILED = "failed"
 
 
-class JobRun(db.Model):
+class JobRun(Model):
     __tablename__ = "job_runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -24,7 +24,7 @@ class MaskSecrets(logging.Filter):
         return True
 
 
-class JsonLines(logging.StreamHandler):  # type: ignore[type-arg]
+class JsonLines(logging.StreamHandler):
     def __init__(self) -> None:
         super().__init__()
         self.addFilter(MaskSecrets())

@@ -17,7 +17,7 @@ is left of them after that usage, and its tiers continue from there. So the
 allowance is used once across a change, and a period charged in one segment or
 cut in two under the same plan costs the same.
 
-Usage is taken in a fixed order (day, provider, model): it decides which
+Usage (``ModelDay``) is taken in a fixed order (day, provider, model): it decides which
 model's units fall in which tier, so every line is reproducible.
 """
 
@@ -45,7 +45,7 @@ class Tier:
 
 
 @dataclass(frozen=True)
-class Usage:
+class ModelDay:
     """One model's usage on one day, as ``usage_daily`` holds it."""
 
     day: date
@@ -62,9 +62,9 @@ class Usage:
         """What a tokens plan counts: every input and output token, whatever its kind."""
         return self.tokens_input + self.tokens_output
 
-    def plus(self, other: Usage) -> Usage:
+    def plus(self, other: ModelDay) -> ModelDay:
         """This usage and ``other`` (of the same model) as one, on this one's day."""
-        return Usage(
+        return ModelDay(
             self.day,
             self.provider,
             self.model,
@@ -92,7 +92,7 @@ class Override:
     cache_read: Decimal | None = None
     cache_write: Decimal | None = None
 
-    def charge(self, usage: Usage) -> Decimal:
+    def charge(self, usage: ModelDay) -> Decimal:
         uncached = usage.tokens_input
         amount = ZERO
         for tokens, price in (
@@ -132,11 +132,14 @@ class Terms:
         return len(tiers), tiers[-1]
 
 
+LineKind = Literal["usage", "included", "flat", "minimum"]
+
+
 @dataclass(frozen=True)
 class Line:
     """One line of an invoice: a model's units in one tier (tier 0: included, free)."""
 
-    kind: Literal["usage", "included", "flat", "minimum"]
+    kind: LineKind
     provider: str
     model: str
     tier: int
@@ -163,7 +166,7 @@ def exact_sum(values: Iterable[Decimal]) -> Decimal:
         return sum(values, ZERO)
 
 
-def units_of(terms: Terms, usage: Usage) -> Decimal:
+def units_of(terms: Terms, usage: ModelDay) -> Decimal:
     """The usage in the plan's unit: tokens, or USD of our cost plus markup (or our prices)."""
     if terms.unit == "tokens":
         return Decimal(usage.tokens_total)
@@ -173,11 +176,11 @@ def units_of(terms: Terms, usage: Usage) -> Decimal:
     return usage.cost * (1 + terms.markup_percent / 100)
 
 
-def _ordered(usages: Iterable[Usage]) -> list[Usage]:
+def _ordered(usages: Iterable[ModelDay]) -> list[ModelDay]:
     return sorted(usages, key=lambda u: (u.day, u.provider, u.model))
 
 
-def _graduated(terms: Terms, usage: Usage, start: Decimal, units: Decimal) -> list[Line]:
+def _graduated(terms: Terms, usage: ModelDay, start: Decimal, units: Decimal) -> list[Line]:
     """Units [start, start + units) of the period, each at its tier's price."""
     lines, position, left = [], start, units
     while left > 0:
@@ -199,7 +202,7 @@ def _graduated(terms: Terms, usage: Usage, start: Decimal, units: Decimal) -> li
     return lines
 
 
-def _flats_entered(terms: Terms, usage: Usage, start: Decimal, units: Decimal) -> list[Line]:
+def _flats_entered(terms: Terms, usage: ModelDay, start: Decimal, units: Decimal) -> list[Line]:
     """Graduated: the flat amount of each tier whose first charged unit (included units
     are free, flats too) is in the charged units [start, start + units)."""
     lines, tier_start = [], ZERO
@@ -224,8 +227,8 @@ def charge_segment(*args: Any, **kwargs: Any) -> Charge:
 
 def _charge_segment(
     terms: Terms,
-    before: Sequence[Usage],
-    usages: Sequence[Usage],
+    before: Sequence[ModelDay],
+    usages: Sequence[ModelDay],
     period_units: Decimal | None = None,
 ) -> Charge:
     """Charge ``usages`` under ``terms``, the period's earlier usage being ``before``.
@@ -276,12 +279,12 @@ def merged(charge: Charge) -> Charge:
 
 
 def _merged(charge: Charge) -> Charge:
-    totals: dict[tuple[str, str, str, int, Decimal], list[Decimal]] = {}
+    totals: dict[tuple[LineKind, str, str, int, Decimal], list[Decimal]] = {}
     for line in charge.lines:
         key = (line.kind, line.provider, line.model, line.tier, line.unit_price)
         units, amount = totals.setdefault(key, [ZERO, ZERO])
         totals[key] = [units + line.units, amount + line.amount]
-    lines = [Line(k[0], k[1], k[2], k[3], u, k[4], a) for k, (u, a) in totals.items()]  # type: ignore[arg-type]
+    lines = [Line(k[0], k[1], k[2], k[3], u, k[4], a) for k, (u, a) in totals.items()]
     return Charge(lines, charge.cost, charge.included_used)
 
 

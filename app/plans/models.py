@@ -9,12 +9,12 @@ from sqlalchemy import JSON, Date, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.columns import UTCDateTime, utcnow
-from app.extensions import db
+from app.extensions import Model
 
 DEFAULT_PLAN = "standard"  # every customer without a plan of its own: provider cost, no markup
 
 
-class PricePlan(db.Model):
+class PricePlan(Model):
     """One version of a plan: its terms as data (``app.plans.terms``). A change is a new
     version; a version is never edited, so a period is always priced as it was."""
 
@@ -29,7 +29,7 @@ class PricePlan(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class PlanAssignment(db.Model):
+class PlanAssignment(Model):
     """A customer on a plan version from midnight UTC of ``effective_from`` until its next."""
 
     __tablename__ = "plan_assignments"
@@ -44,7 +44,7 @@ class PlanAssignment(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class PeriodCharge(db.Model):
+class PeriodCharge(Model):
     """A closed billing period's charge, frozen once no event can still arrive for it
     (``MAX_EVENT_AGE_DAYS`` after its end): the daily report then adds it up instead of
     pricing the period again, so its cost does not grow with the history. The total is

@@ -27,18 +27,18 @@ from app.dialect import in_ids
 from app.extensions import db
 from app.ingest.models import UsageDaily
 from app.periods import Period, billing_periods
-from app.plans.charges import Usage, exact_sum
+from app.plans.charges import ModelDay, exact_sum
 from app.plans.models import PeriodCharge, PricePlan
 from app.plans.services import (
-    USAGE_SUMS,
+    MODEL_DAY_SUMS,
     Segment,
     assignments_of,
     default_plan,
+    model_day,
     opening_day,
     plan_terms,
     price_period,
     segments_of,
-    usage_from,
 )
 
 # First and last day, inclusive, and whether the window opens the customer's first
@@ -65,19 +65,19 @@ def _frozen(customer_ids: Sequence[int]) -> dict[tuple[int, date], Decimal]:
     return {(customer_id, start): Decimal(total) for customer_id, start, total in rows}
 
 
-def _summed(windows: dict[Window, list[int]]) -> dict[tuple[int, Window], list[Usage]]:
+def _summed(windows: dict[Window, list[int]]) -> dict[tuple[int, Window], list[ModelDay]]:
     """Each customer's usage per window, per model, dated the window's first day."""
-    found: dict[tuple[int, Window], list[Usage]] = defaultdict(list)
+    found: dict[tuple[int, Window], list[ModelDay]] = defaultdict(list)
     for (first, last, opening), customer_ids in windows.items():
         days = UsageDaily.day <= last if opening else UsageDaily.day.between(first, last)
         rows = db.session.execute(
-            select(ApiKey.customer_id, UsageDaily.provider, UsageDaily.model, *USAGE_SUMS)
+            select(ApiKey.customer_id, UsageDaily.provider, UsageDaily.model, *MODEL_DAY_SUMS)
             .join(ApiKey, ApiKey.key_hash == UsageDaily.api_key_hash)
             .where(in_ids(ApiKey.customer_id, customer_ids), days)
             .group_by(ApiKey.customer_id, UsageDaily.provider, UsageDaily.model)
         ).all()
-        for customer_id, *sums in rows:
-            found[(customer_id, (first, last, opening))].append(usage_from(first, *sums))
+        for row in rows:
+            found[(row[0], (first, last, opening))].append(model_day(first, *row[1:]))
     return found
 
 

@@ -21,8 +21,8 @@ from app.periods import Period, billing_periods, period_at
 from app.plans.charges import (
     ZERO,
     Charge,
+    ModelDay,
     Terms,
-    Usage,
     charge_segment,
     exact_sum,
     merged,
@@ -152,10 +152,10 @@ def segments(customer_id: int, period: Period) -> list[Segment]:
     return segments_of(assignments_of([customer_id]).get(customer_id, []), default_plan(), period)
 
 
-# A model's usage summed from the rollup, as ``usage_from`` reads it after provider and
+# A model's usage summed from the rollup, as ``model_day`` reads it after provider and
 # model. Token sums come back as integers: PostgreSQL's sum of bigint is numeric,
 # which the driver would turn into a Decimal for each row, only for ``int`` to undo it.
-USAGE_SUMS = (
+MODEL_DAY_SUMS = (
     cast(func.sum(UsageDaily.tokens_input), BigInteger),
     cast(func.sum(UsageDaily.tokens_output), BigInteger),
     cast(func.sum(UsageDaily.tokens_cache_read), BigInteger),
@@ -164,15 +164,33 @@ USAGE_SUMS = (
 )
 
 
-def usage_from(day: date, provider: str, model: str, *sums: Any) -> Usage:
-    *tokens, cost = sums
-    return Usage(day, provider, model, *(int(count) for count in tokens), Decimal(cost))
+def model_day(
+    day: date,
+    provider: str,
+    model: str,
+    tokens_input: Any,
+    tokens_output: Any,
+    tokens_cache_read: Any,
+    tokens_cache_write: Any,
+    cost: Any,
+) -> ModelDay:
+    """A row of ``MODEL_DAY_SUMS`` (after its day, provider and model) as a ModelDay."""
+    return ModelDay(
+        day,
+        provider,
+        model,
+        int(tokens_input),
+        int(tokens_output),
+        int(tokens_cache_read),
+        int(tokens_cache_write),
+        Decimal(cost),
+    )
 
 
 def opening_day(customer: BillingCustomer) -> date:
     """The first day of the customer's first billing period (the one it was created in).
 
-    Usage dated earlier (a key metered before it was onboarded, events dated back) is
+    ModelDay dated earlier (a key metered before it was onboarded, events dated back) is
     the first period's: charged there, as of this day. So no period of the customer
     starts before it, and the upcoming invoice, the usage endpoint's charges and the
     daily report count that usage once, in the same place."""
@@ -188,24 +206,24 @@ def customer_periods(customer: BillingCustomer, first: date, last: date) -> tupl
     return billing_periods(max(first, opening), last, customer.created_at.day)
 
 
-def usage_of(customer: BillingCustomer, first: date, last: date) -> list[Usage]:
+def usage_of(customer: BillingCustomer, first: date, last: date) -> list[ModelDay]:
     """The customer's usage per day and model, all its keys together; from its opening
     day on, with everything dated before it counted on that day."""
     opening = opening_day(customer)
     keys = select(ApiKey.key_hash).where(ApiKey.customer_id == customer.id)
     days = UsageDaily.day <= last if first <= opening else UsageDaily.day.between(first, last)
     rows = db.session.execute(
-        select(UsageDaily.day, UsageDaily.provider, UsageDaily.model, *USAGE_SUMS)
+        select(UsageDaily.day, UsageDaily.provider, UsageDaily.model, *MODEL_DAY_SUMS)
         .where(UsageDaily.api_key_hash.in_(keys), days)
         .group_by(UsageDaily.day, UsageDaily.provider, UsageDaily.model)
     ).all()
-    found = [usage_from(max(day, opening), *rest) for day, *rest in rows]
+    found = [model_day(max(row[0], opening), *row[1:]) for row in rows]
     return found if first > opening else _merged_days(found)
 
 
-def _merged_days(usages: list[Usage]) -> list[Usage]:
+def _merged_days(usages: list[ModelDay]) -> list[ModelDay]:
     """One usage per day and model: back-dated days folded into the opening day."""
-    merged: dict[tuple[date, str, str], Usage] = {}
+    merged: dict[tuple[date, str, str], ModelDay] = {}
     for usage in usages:
         key = (usage.day, usage.provider, usage.model)
         known = merged.get(key)
@@ -251,7 +269,7 @@ def price_period(
     customer_id: int,
     period: Period,
     through: date,
-    usage: list[Usage],
+    usage: list[ModelDay],
     parts: list[Segment],
     lines: bool = True,
 ) -> Invoice:

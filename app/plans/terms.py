@@ -29,7 +29,7 @@ class TierIn(BaseModel):
 
     up_to: Amount | None = Field(description="the tier's last unit; null for the last tier")
     unit_price: Amount
-    flat_amount: Amount = Decimal(0)  # type: ignore[assignment]
+    flat_amount: Amount = Decimal(0)
 
 
 class PlanTerms(BaseModel):
@@ -38,12 +38,12 @@ class PlanTerms(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     unit: Literal["usd", "tokens"] = "usd"
-    markup_percent: Amount = Decimal(0)  # type: ignore[assignment]
+    markup_percent: Amount = Decimal(0)
     overrides: list[OverrideIn] = Field(default=[], max_length=200)
     mode: Literal["graduated", "volume"] = "graduated"
     tiers: list[TierIn] = Field(default=[], max_length=20)
-    included: Amount = Decimal(0)  # type: ignore[assignment]
-    minimum: Amount = Decimal(0)  # type: ignore[assignment]
+    included: Amount = Decimal(0)
+    minimum: Amount = Decimal(0)
 
     def checked(self) -> PlanTerms:
         """Tiers ascending, the last without an end; a tokens plan needs its prices."""

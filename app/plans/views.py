@@ -27,7 +27,7 @@ from app.plans.services import (
     upcoming_invoice,
 )
 from app.plans.terms import PlanTerms
-from app.shapes import CalendarDate, Id, text
+from app.shapes import CalendarDate, Id, Text
 
 plans = Blueprint("plans", __name__)
 Code = Annotated[StrictStr, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
@@ -39,7 +39,7 @@ class PlanCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     code: Code
-    name: text(200)
+    name: Annotated[str, Text(200)]
     terms: PlanTerms
 
 

@@ -348,13 +348,13 @@ def _by_source(prices: source.ModelPrice, counts: Counts) -> Cost:
         elif direction == "output":
             output_cost += amount
         if parts[unit.usage_key]:
-            rate = _pick(_tiers(price, unit.per), total_input)[1]
-            lines[unit.usage_key] = Line(parts[unit.usage_key], rate, to_money(amount))
+            rate = _pick(_tiers(price, unit.per), int(total_input))[1]
+            lines[unit.usage_key] = Line(int(parts[unit.usage_key]), rate, to_money(amount))
     rates = {unit.usage_key: price for unit, price in resolved}
 
     def rate_of(key: str) -> Decimal | None:
         price = rates.get(key)
-        return None if price is None else _pick(_tiers(price), total_input)[1]
+        return None if price is None else _pick(_tiers(price), int(total_input))[1]
 
     return Cost(
         rate_of("input_tokens") or Decimal(0),

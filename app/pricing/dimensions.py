@@ -124,9 +124,9 @@ def check_parts(counts: Mapping[str, int | Decimal]) -> None:
         compute_leaf_values(set(ledger), Usage(**ledger), {k: known[k] for k in ledger})
     except ValueError as exc:  # the source names the parts and the whole by usage key
         said = re.sub(r"\b[a-z_]+_tokens\b", lambda m: field_of(m.group()), str(exc))
-        parts = re.findall(r"\btokens_[a-z_]+", said)
+        named: list[str] = re.findall(r"\btokens_[a-z_]+", said)
         raise ValidationError(
             f"{said}: parts that overlap (cached audio is both cached and audio) must"
             " fit in what includes them less their overlap",
-            field=parts[0] if parts else "tokens_input",
+            field=named[0] if named else "tokens_input",
         ) from None

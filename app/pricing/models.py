@@ -10,10 +10,10 @@ from sqlalchemy import JSON, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.columns import Money, UTCDateTime, utcnow
-from app.extensions import db
+from app.extensions import Model
 
 
-class ModelPrice(db.Model):
+class ModelPrice(Model):
     __tablename__ = "model_prices"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

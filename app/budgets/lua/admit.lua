@@ -1,0 +1,68 @@
+-- Admission (app/budgets/counters.py): one round trip that reads the key's record,
+-- finds each budget's period, drops lapsed reservations, refuses or reserves.
+-- The keys' prefix (PREFIX in counters.py) is put in where it stands, at load.
+local now, call, lapses, keep = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+local today, y, m, d = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local this_month, last_month = tonumber(ARGV[9]), tonumber(ARGV[10])
+local most, share = tonumber(ARGV[11]), tonumber(ARGV[12])
+local old, unused = ARGV[13], tonumber(ARGV[14])
+for i = 15, #ARGV, 2 do close(ARGV[i], ARGV[i + 1], old, unused) end
+local record = redis.call('HMGET', KEYS[1], 'revoked', 'rules')
+-- A key's record is published with its budgets' spend: it decides the call alone.
+-- Without it, the key is unknown, or the state is lost (no LOADED marker).
+if not record[1] then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return {-1} end
+  return {-2}
+end
+if record[1] == '1' then return {-3} end
+local rules = cjson.decode(record[2])
+if #rules == 0 then return {0, most} end
+local function start_of(kind, anchor)
+  if kind == 'day' then return today end
+  if kind == 'month' then return string.format('%04d%02d01', y, m) end
+  local day = math.min(anchor, this_month)
+  if d >= day then return string.format('%04d%02d%02d', y, m, day) end
+  if m == 1 then return string.format('%04d12%02d', y - 1, math.min(anchor, last_month)) end
+  return string.format('%04d%02d%02d', y, m - 1, math.min(anchor, last_month))
+end
+local keys = {}
+for i, rule in ipairs(rules) do
+  local base = '__PREFIX__' .. string.format('%d', rule[1]) .. ':' .. start_of(rule[3], rule[6])
+  keys[i] = {base .. ':spend', base .. ':resv:at', base .. ':resv', base .. ':avg'}
+end
+for _, k in ipairs(keys) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', k[2], '-inf', now)) do drop(k[2], k[3], id) end
+end
+-- Far from every hard limit, the call takes a lease: reservations for up to
+-- ``most`` calls, never more than 1/share of what is left, admitted by the API
+-- process without asking again. Near a limit (or with no mean cost yet): one call.
+local estimates, calls = {}, most
+for i, k in ipairs(keys) do
+  estimates[i] = tonumber(redis.call('GET', k[4]) or '0')
+  if rules[i][5] then
+    local limit = rules[i][4]
+    local spent = tonumber(redis.call('GET', k[1]) or '0')
+    local reserved = tonumber(redis.call('HGET', k[3], '_sum') or '0')
+    local left = limit - spent - reserved - estimates[i]
+    if spent >= limit or left < 0 then return {i, record[2]} end
+    if estimates[i] <= 0 then calls = 1 else
+      calls = math.min(calls, 1 + math.floor(left / (estimates[i] * share)))
+    end
+  end
+end
+local held = {0, calls}
+for i, k in ipairs(keys) do
+  redis.call('ZADD', k[2], lapses, call)
+  redis.call('HSET', k[3], call, int(estimates[i] * calls))
+  redis.call('HINCRBY', k[3], '_sum', int(estimates[i] * calls))
+  if calls > 1 then
+    redis.call('HSET', k[3], call .. '|e', int(estimates[i]))
+    redis.call('SETBIT', k[3] .. ':' .. call, calls, 0)
+    redis.call('EXPIRE', k[3] .. ':' .. call, keep)
+  end
+  redis.call('EXPIRE', k[2], keep)
+  redis.call('EXPIRE', k[3], keep)
+  table.insert(held, k[2])
+  table.insert(held, k[3])
+end
+return held
