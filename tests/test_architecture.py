@@ -71,3 +71,11 @@ def test_every_package_has_a_layer_and_the_documents_name_them() -> None:
             f"{path} not in docs/architecture.md"
         )
         assert path in layout, f"{path} not in the README's layout section"
+
+
+def test_the_answers_carry_every_dimension_the_ledger_counts() -> None:
+    """The analytics' token counts are listed in their model: held to the ledger's."""
+    from app.analytics.answers import TokenCounts
+    from app.pricing.dimensions import COLUMNS
+
+    assert tuple(TokenCounts.model_fields) == COLUMNS
