@@ -22,7 +22,7 @@ from app.jobs.timetable import beat_schedule
 from app.registry import Services, services
 
 log = logging.getLogger("usage_billing.tasks")
-TASK_MODULES = ["tasks.ingest", "tasks.billing", "tasks.jobs", "tasks.budgets"]
+TASK_MODULES = ["tasks.ingest", "tasks.billing", "tasks.jobs", "tasks.budgets", "tasks.credits"]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -39,6 +39,7 @@ TABLE_MODULES = (
     "app.billing.models",
     "app.jobs.models",
     "app.pricing.models",
+    "app.credits.models",
 )
 
 

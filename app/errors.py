@@ -79,6 +79,13 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class CreditsExhausted(ServiceError):
+    """A prepaid customer whose calls stop at a zero balance has none left."""
+
+    status = 402
+    code = "credits_exhausted"
+
+
 class JobAlreadyRunning(ServiceError):
     status = 409
     code = "job_running"

@@ -15,8 +15,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
-PeriodKind = Literal["day", "month", "billing_period"]
-PERIODS: tuple[PeriodKind, ...] = ("day", "month", "billing_period")
+PeriodKind = Literal["day", "month", "billing_period", "lifetime"]
+PERIODS: tuple[PeriodKind, ...] = ("day", "month", "billing_period")  # a budget's
 
 
 class Period(NamedTuple):
@@ -35,6 +35,10 @@ class Period(NamedTuple):
         return self.start, self.end - timedelta(days=1)
 
 
+# What a credit balance counts over: every day a customer can have used.
+LIFETIME = Period(date(2000, 1, 1), date(2100, 1, 1))
+
+
 def _anchored(year: int, month: int, anchor_day: int) -> date:
     return date(year, month, min(anchor_day, calendar.monthrange(year, month)[1]))
 
@@ -49,6 +53,8 @@ def _previous_month(year: int, month: int) -> tuple[int, int]:
 
 def period_at(kind: PeriodKind, now: datetime, anchor_day: int = 1) -> Period:
     """The period of this kind holding ``now`` (``anchor_day`` for the billing period)."""
+    if kind == "lifetime":
+        return LIFETIME
     today = now.astimezone(UTC).date()
     if kind == "day":
         return Period(today, today + timedelta(days=1))

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Request
 
-from app.errors import AuthenticationError, PermissionDenied
+from app.errors import AuthenticationError, PermissionDenied, ValidationError
 
 
 def hash_api_key(api_key: str) -> str:
@@ -45,3 +46,15 @@ def is_admin(request: Request, settings: Any) -> bool:
     """Whether the bearer token is the admin token (set, and equal in constant time)."""
     supplied = request.headers.get("Authorization", "").partition(" ")[2].strip()
     return token_matches(supplied, settings.admin_token.get_secret_value())
+
+
+def allowed_return_url(url: str, origins: tuple[str, ...], field: str) -> str:
+    """An absolute http(s) URL on one of ``origins`` (``BILLING_PORTAL_ALLOWED_ORIGINS``),
+    where Stripe may send a customer back: anything else is a 400 naming ``field``."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValidationError(f"{field} must be an absolute http(s) URL", field=field)
+    origin = f"{parts.scheme}://{parts.netloc}".lower()
+    if origin not in {o.lower() for o in origins}:
+        raise ValidationError(f"{field} is not on an allowed origin", field=field)
+    return url

@@ -11,6 +11,10 @@ from celery import shared_task
 from app.budgets.alerts import DELIVER_TASK
 from app.budgets.spend import Estimates, settle_batch
 from app.celery_app import FlaskTask
+from app.columns import utcnow
+from app.credits.ledger import burn_committed, customers_of
+from app.credits.models import CreditAccount
+from app.credits.purchases import RECHARGE_TASK, recharge_due
 from app.customers.services import count_unattributed
 from app.extensions import db
 from app.ingest.batch_store import BatchStore
@@ -56,6 +60,7 @@ def record_events_task(
         raise
     _recorded(store, batch_id)
     _attribute(events)
+    _burn_credits(self, events)
     _settle_budgets(self, events)
     return {
         "inserted": result.inserted,
@@ -71,6 +76,25 @@ def _attribute(events: list[dict[str, Any]]) -> None:
     except Exception:  # noqa: BLE001 - the batch stands; only a count is missed
         db.session.rollback()
         log.exception("unattributed events of a recorded batch not counted")
+
+
+def _burn_credits(task: FlaskTask, events: list[dict[str, Any]]) -> None:
+    """Pay the batch's prepaid customers' usage from their credits, and queue the
+    recharge a burn made due; never fails the batch, which is recorded: the minute's
+    ``credits.settle`` job burns what a failure here left."""
+    hashes = [e["api_key_hash"] for e in events if isinstance(e, dict) and "api_key_hash" in e]
+    try:
+        now = utcnow()
+        for customer_id in customers_of([h for h in hashes if isinstance(h, str)]):
+            burn_committed(customer_id, now, task.settings.max_event_age_days)
+            account = db.session.get(CreditAccount, customer_id)
+            due = recharge_due(account, now) if account is not None else None
+            db.session.commit()
+            if due is not None:
+                task.services.celery.send_task(RECHARGE_TASK, args=[due.id])
+    except Exception:  # noqa: BLE001 - the batch stands; the minute's job burns later
+        db.session.rollback()
+        log.exception("credits not burnt for a recorded batch; the minute's job catches up")
 
 
 def _settle_budgets(task: FlaskTask, events: list[dict[str, Any]]) -> None:

@@ -49,6 +49,9 @@ class FakeStripeState:
     )
     failures: dict[str, list[Any]] = field(default_factory=dict)
     failing_customers: set[str] = field(default_factory=set)
+    checkout_sessions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    payment_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    declined_methods: set[str] = field(default_factory=set)  # cards that decline
 
 
 class FakeStripe:
@@ -162,7 +165,94 @@ class FakeStripe:
             return 200, {"object": "list", "data": data, "has_more": False, "url": path}
         if method == "GET" and path == f"/v1/billing/meters/{METER_ID}/event_summaries":
             return self._event_summaries(path, params)
+        if method == "POST" and path == "/v1/checkout/sessions":
+            return self._checkout_session(params)
+        if method == "POST" and path == "/v1/payment_intents":
+            return self._payment_intent(params)
+        if method == "GET" and path.startswith("/v1/payment_intents/"):
+            intent = self.state.payment_intents.get(path.rsplit("/", 1)[1])
+            if intent is None:
+                return 404, _error("invalid_request_error", "No such payment_intent", "intent")
+            return 200, intent
         return 404, _error("invalid_request_error", f"Unrecognized request URL ({method}: {path})")
+
+    def _checkout_session(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """Checkout in mode payment: the session, unpaid until the customer pays
+        (``pay_checkout``), with the metadata it was made with."""
+        if params.get("mode") != "payment":
+            return 400, _error("invalid_request_error", "mode must be payment", "mode")
+        if params.get("customer") not in self.state.customers:
+            return 400, _error("invalid_request_error", "No such customer", "customer")
+        amount = int(params["line_items[0][price_data][unit_amount]"])
+        session_id = f"cs_test_{uuid.uuid4().hex[:20]}"
+        session = {
+            "id": session_id,
+            "object": "checkout.session",
+            "mode": "payment",
+            "customer": params["customer"],
+            "amount_total": amount,
+            "currency": "usd",
+            "payment_status": "unpaid",
+            "status": "open",
+            "payment_intent": None,
+            "success_url": params.get("success_url"),
+            "metadata": _nested(params, "metadata"),
+            "saves_card": params.get("payment_intent_data[setup_future_usage]") == "off_session",
+            "url": f"https://checkout.stripe.test/c/pay/{session_id}",
+        }
+        self.state.checkout_sessions[session_id] = session
+        return 200, session
+
+    def pay_checkout(self, session_id: str, payment_method: str = "pm_card_visa") -> dict[str, Any]:
+        """The customer pays the session: its PaymentIntent succeeds (the card saved for
+        later); returns the session as ``checkout.session.completed`` carries it."""
+        session = self.state.checkout_sessions[session_id]
+        intent = self._new_intent(
+            session["customer"], session["amount_total"], payment_method, session["metadata"]
+        )
+        intent["status"] = "succeeded"
+        session.update(payment_status="paid", status="complete", payment_intent=intent["id"])
+        return session
+
+    def _new_intent(
+        self, customer: str, amount: int, method: str, metadata: dict[str, str]
+    ) -> dict[str, Any]:
+        intent = {
+            "id": f"pi_{uuid.uuid4().hex[:20]}",
+            "object": "payment_intent",
+            "amount": amount,
+            "currency": "usd",
+            "customer": customer,
+            "payment_method": method,
+            "metadata": metadata,
+            "status": "processing",
+            "last_payment_error": None,
+        }
+        self.state.payment_intents[intent["id"]] = intent
+        return intent
+
+    def _payment_intent(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """An off-session, confirmed charge: succeeded, or a card_error (402) carrying
+        the intent for a card in ``declined_methods``, as Stripe answers."""
+        if params.get("customer") not in self.state.customers:
+            return 400, _error("invalid_request_error", "No such customer", "customer")
+        if params.get("off_session") != "true" or params.get("confirm") != "true":
+            return 400, _error("invalid_request_error", "expected off_session and confirm")
+        method = params["payment_method"]
+        intent = self._new_intent(
+            params["customer"], int(params["amount"]), method, _nested(params, "metadata")
+        )
+        if method in self.state.declined_methods:
+            intent["status"] = "requires_payment_method"
+            intent["last_payment_error"] = {
+                "code": "card_declined",
+                "message": "Your card was declined.",
+            }
+            error = _error("card_error", "Your card was declined.")
+            error["error"].update(code="card_declined", payment_intent=intent)
+            return 402, error
+        intent["status"] = "succeeded"
+        return 200, intent
 
     def _event_summaries(self, path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
         customer = params.get("customer")
@@ -246,6 +336,16 @@ class FakeStripe:
         }
         self.state.meter_events.append(event)
         return 200, event
+
+
+def _nested(params: dict[str, str], name: str) -> dict[str, str]:
+    """``name[key]=value`` form fields as the dict they encode."""
+    prefix = name + "["
+    return {
+        k[len(prefix) : -1]: v
+        for k, v in params.items()
+        if k.startswith(prefix) and k.count("[") == 1
+    }
 
 
 def _error(kind: str, message: str, param: str | None = None) -> dict[str, Any]:

@@ -5,6 +5,9 @@ Fixtures live in ``conftest.py``; test data is built by ``tests/factories.py``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import time
 import uuid
@@ -208,3 +211,26 @@ def scrape(port: int) -> Samples:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.request("GET", "/metrics")
     return metric_samples(conn.getresponse().read().decode())
+
+
+def stripe_signed(payload: bytes, secret: str | None = None, at: int | None = None) -> str:
+    """``Stripe-Signature`` as Stripe signs a webhook: ``t=…,v1=<hex HMAC of "t.payload">``."""
+    at = at or int(time.time())
+    key = (secret or WEBHOOK_SECRET).encode()
+    signature = hmac.new(key, f"{at}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={at},v1={signature}"
+
+
+def stripe_event(
+    client: FlaskClient, event_type: str, obj: dict[str, Any], event_id: str | None = None
+) -> Any:
+    """Deliver one signed Stripe event to the webhook endpoint: its response."""
+    body = {
+        "id": event_id or f"evt_{uuid.uuid4().hex[:20]}",
+        "type": event_type,
+        "created": int(time.time()),
+        "data": {"object": obj},
+    }
+    payload = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "Stripe-Signature": stripe_signed(payload)}
+    return client.post("/v1/billing/webhooks/stripe", data=payload, headers=headers)

@@ -191,7 +191,12 @@ def _auth_for(path: str) -> dict[str, str]:
     if path == "/v1/usage/events":
         return auth(SERVICE_TOKEN)
     if path.startswith(
-        ("/v1/billing/customers", "/v1/billing/keys", "/v1/billing/plans")
+        (
+            "/v1/billing/customers",
+            "/v1/billing/keys",
+            "/v1/billing/plans",
+            "/v1/billing/credits/grants",
+        )
     ) or path == ("/v1/billing/budgets/{budget_id}"):
         return auth(ADMIN_TOKEN)
     return auth(FUZZ_KEY)

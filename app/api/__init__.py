@@ -80,11 +80,23 @@ def register_api(app: Flask) -> None:
     from app.api.openapi import openapi
     from app.billing.views import billing
     from app.budgets.views import budgets
+    from app.credits.views import credits
     from app.customers.views import customers
     from app.ingest.views import ingest
     from app.plans.views import plans
 
-    api = (ingest, analytics, customers, budgets, plans, billing, health, metrics, openapi)
+    api = (
+        ingest,
+        analytics,
+        customers,
+        budgets,
+        credits,
+        plans,
+        billing,
+        health,
+        metrics,
+        openapi,
+    )
     for blueprint in api:
         app.register_blueprint(blueprint)
     names = frozenset(blueprint.name for blueprint in api)

@@ -194,6 +194,86 @@ class StripeGateway:
         )
         return session.url
 
+    def create_checkout_session(
+        self,
+        stripe_customer_id: str,
+        amount_cents: int,
+        success_url: str,
+        cancel_url: str,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> tuple[str, str]:
+        """A Checkout Session (mode ``payment``) for prepaid credit, saving the card for
+        off-session recharges: (its id, its URL)."""
+        session = self._call(
+            "checkout session",
+            lambda: self._client.v1.checkout.sessions.create(
+                params={
+                    "mode": "payment",
+                    "customer": stripe_customer_id,
+                    "success_url": success_url,
+                    "cancel_url": cancel_url,
+                    "line_items": [
+                        {
+                            "quantity": 1,
+                            "price_data": {
+                                "currency": "usd",
+                                "unit_amount": amount_cents,
+                                "product_data": {"name": "Prepaid API credit"},
+                            },
+                        }
+                    ],
+                    "payment_intent_data": {
+                        "setup_future_usage": "off_session",
+                        "metadata": metadata,
+                    },
+                    "metadata": metadata,
+                },
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return session.id, session.url or ""
+
+    def charge_off_session(
+        self,
+        stripe_customer_id: str,
+        payment_method: str,
+        amount_cents: int,
+        metadata: dict[str, str],
+        idempotency_key: str,
+    ) -> str:
+        """Charge the saved card now, the customer away: the PaymentIntent's id. A card
+        declined is no error here: the intent exists, and its webhook says it failed."""
+
+        def create() -> str:
+            try:
+                return self._client.v1.payment_intents.create(
+                    params={
+                        "amount": amount_cents,
+                        "currency": "usd",
+                        "customer": stripe_customer_id,
+                        "payment_method": payment_method,
+                        "off_session": True,
+                        "confirm": True,
+                        "metadata": metadata,
+                    },
+                    options={"idempotency_key": idempotency_key},
+                ).id
+            except stripe.CardError as exc:
+                intent = exc.error.payment_intent if exc.error else None
+                if intent is not None and intent.id:
+                    return str(intent.id)
+                raise
+
+        return self._call("recharge", create)
+
+    def payment_method_of(self, payment_intent: str) -> str | None:
+        intent = self._call(
+            "payment intent", lambda: self._client.v1.payment_intents.retrieve(payment_intent)
+        )
+        method = intent.payment_method
+        return method if isinstance(method, str) or method is None else method.id
+
 
 def verify_webhook(
     payload: bytes, signature: str | None, secret: str, now: float | None = None

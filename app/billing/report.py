@@ -32,6 +32,7 @@ from app.billing.gateway import StripeGateway
 from app.billing.models import FrozenUsage, ReportStatus, UsageReport
 from app.columns import MONEY_SCALE, utcnow
 from app.config import Settings
+from app.credits.ledger import billable_through, prepaid
 from app.customers.models import ApiKey, BillingCustomer
 from app.errors import BillingRejected, BillingUnavailable, Conflict, NotFound
 from app.extensions import db
@@ -182,6 +183,27 @@ def owed_in_units(
     with localcontext(prec=PRECISION):
         return {
             customer_id: total / settings.billing_cost_unit for customer_id, total in owed.items()
+        }
+
+
+def _prepaid_units(
+    settings: Settings, customers: Sequence[BillingCustomer], day: date
+) -> dict[int, Decimal]:
+    """The prepaid customers' figure: what credits did not cover (``billable_through``),
+    in report units. Credit is money, so a tokens meter takes none of it: there a
+    prepaid customer's uncovered usage stays in the ledger, for an operator."""
+    accounts = prepaid([c.id for c in customers])
+    if not accounts:
+        return {}
+    if settings.billing_quantity == "tokens":
+        log.warning("prepaid customers are not reported on a tokens meter: %s", sorted(accounts))
+        return dict.fromkeys(accounts, Decimal(0))
+    end = datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC)
+    owed = billable_through(list(accounts), end)
+    with localcontext(prec=PRECISION):
+        return {
+            customer_id: owed.get(customer_id, Decimal(0)) / settings.billing_cost_unit
+            for customer_id in accounts
         }
 
 
@@ -344,6 +366,7 @@ def report_day(
     else:
         usage = owed_in_units(settings, customers, day)
         db.session.commit()  # the periods it froze
+    usage.update(_prepaid_units(settings, customers, day))
     for done, customer in enumerate(customers):
         progress(done, len(customers))
         exact = usage.get(customer.id, Decimal(0))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, request
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,8 +14,9 @@ from app.columns import utcnow
 from app.contract import Answer, operation
 from app.customers.models import BillingCustomer
 from app.customers.services import API_KEY
-from app.errors import NotFound, ValidationError
+from app.errors import NotFound
 from app.registry import services
+from app.security import allowed_return_url
 from app.shapes import Text
 
 billing = Blueprint("billing", __name__)
@@ -43,18 +43,6 @@ class WebhookReceived(Answer):
     status: Literal["processed", "duplicate"]
 
 
-def _allowed_return_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        raise ValidationError("return_url must be an absolute http(s) URL", field="return_url")
-    origin = f"{parts.scheme}://{parts.netloc}".lower()
-    if origin not in {
-        o.lower() for o in current_app.config["SETTINGS"].billing_portal_allowed_origins
-    }:
-        raise ValidationError("return_url is not on an allowed origin", field="return_url")
-    return url
-
-
 @operation(
     billing,
     "POST",
@@ -67,7 +55,8 @@ def _allowed_return_url(url: str) -> str:
     rules="return_url is on an origin BILLING_PORTAL_ALLOWED_ORIGINS names.",
 )
 def portal(body: PortalRequest, caller: BillingCustomer) -> PortalSession:
-    return_url = _allowed_return_url(body.return_url)
+    origins = current_app.config["SETTINGS"].billing_portal_allowed_origins
+    return_url = allowed_return_url(body.return_url, origins, "return_url")
     if not caller.stripe_customer_id:
         raise NotFound("no Stripe customer for this key yet", field="Authorization")
     # One session per customer, URL and minute: a double click gets the same session.
@@ -97,4 +86,6 @@ def stripe_webhook() -> WebhookReceived:
         request.headers.get("Stripe-Signature"),
         current_app.config["SETTINGS"].stripe_webhook_secret.get_secret_value(),
     )
-    return WebhookReceived(status="processed" if handle_event(event) else "duplicate")
+    settings = current_app.config["SETTINGS"]
+    handled = handle_event(event, services().stripe, settings)
+    return WebhookReceived(status="processed" if handled else "duplicate")

@@ -11,12 +11,49 @@ from sqlalchemy.exc import IntegrityError
 
 from app.billing.gateway import StripeEvent
 from app.billing.models import StripeWebhookEvent
+from app.columns import utcnow
+from app.config import Settings
+from app.credits.purchases import (
+    StripePayments,
+    checkout_paid,
+    recharge_failed,
+    recharge_succeeded,
+)
+from app.customers.keys import keys_changed
 from app.customers.models import BillingCustomer
 from app.extensions import db
 
 log = logging.getLogger("usage_billing.webhooks")
 
 _PAYMENT_STATUS = {"invoice.paid": "paid", "invoice.payment_failed": "payment_failed"}
+
+
+def _credit(
+    event_type: str, obj: dict[str, Any], stripe: StripePayments, settings: Settings
+) -> None:
+    """Prepaid credit's events: a purchase paid, a recharge paid or declined. The
+    customer's admission record follows a grant at once."""
+    now = utcnow()
+    if event_type in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
+        granted = checkout_paid(obj, stripe, now, settings.max_event_age_days)
+    elif event_type == "payment_intent.succeeded":
+        granted = recharge_succeeded(obj, now, settings.max_event_age_days)
+    else:
+        recharge_failed(obj)
+        granted = False
+    db.session.commit()
+    if granted:
+        keys_changed.send(int(obj["metadata"]["customer_id"]))
+
+
+_CREDIT_EVENTS = frozenset(
+    {
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+    }
+)
 
 
 def _apply(event_type: str, obj: dict[str, Any]) -> None:
@@ -34,7 +71,7 @@ def _apply(event_type: str, obj: dict[str, Any]) -> None:
         customer.payment_status = _PAYMENT_STATUS[event_type]
 
 
-def handle_event(event: StripeEvent) -> bool:
+def handle_event(event: StripeEvent, stripe: StripePayments, settings: Settings) -> bool:
     """Apply a verified event; False when this event id was already handled."""
     created = datetime.fromtimestamp(event.created, UTC)
     db.session.add(StripeWebhookEvent(id=event.id, type=event.type, created=created))
@@ -43,6 +80,9 @@ def handle_event(event: StripeEvent) -> bool:
     except IntegrityError:
         db.session.rollback()
         return False
+    if event.type in _CREDIT_EVENTS:
+        _credit(event.type, event.data.object, stripe, settings)
+        return True
     _apply(event.type, event.data.object)
     db.session.commit()
     return True

@@ -32,13 +32,19 @@ from flask import Response, current_app, g, jsonify, request
 
 from app.budgets.counters import REBUILDING, Admission, Counters, from_units
 from app.budgets.leases import Leases
-from app.budgets.spend import REBUILD_TASK, Estimates, sync_customer
+from app.budgets.spend import REBUILD_TASK, Estimates, is_credit_rule, sync_customer
 from app.columns import utcnow
 from app.config import Settings
 from app.customers.keys import keys_changed
 from app.customers.services import customer_for_key_hash
 from app.database import UNAVAILABLE as DATABASE_UNAVAILABLE
-from app.errors import AuthenticationError, BudgetExceeded, ServiceError, ServiceUnavailable
+from app.errors import (
+    AuthenticationError,
+    BudgetExceeded,
+    CreditsExhausted,
+    ServiceError,
+    ServiceUnavailable,
+)
 from app.extensions import db
 from app.ingest.meter import METERED_PREFIX, api_key_of
 from app.observability.metrics import BUDGET_ADMISSIONS, BUDGET_REFUSALS
@@ -105,6 +111,14 @@ def _unavailable(why: str) -> Response | None:
 def _refused(admission: Admission, now: datetime) -> Response:
     rule, period = admission.rule, admission.period
     assert rule is not None and period is not None
+    if is_credit_rule(rule):
+        BUDGET_REFUSALS.labels("credits_exhausted").inc()
+        return _error(
+            CreditsExhausted(
+                "the prepaid credit is used up: buy more (POST /v1/billing/credits/checkout)",
+                field="Authorization",
+            )
+        )
     limit = from_units(rule.metric, rule.limit_units)
     error = BudgetExceeded(
         f"the {rule.period} budget ({rule.metric}) is used up until {period.ends_at.isoformat()}",

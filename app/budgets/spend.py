@@ -25,6 +25,8 @@ from app.budgets.counters import Counters, KeyRecord, Rule, to_units
 from app.budgets.models import USD, Budget
 from app.columns import MONEY_SCALE
 from app.config import Settings
+from app.credits.ledger import blocking, blocking_exists, burnt_and_available, prepaid
+from app.credits.models import CreditAccount, Overage
 from app.customers.models import ApiKey, BillingCustomer
 from app.dialect import one_of
 from app.extensions import db
@@ -154,11 +156,68 @@ def mirror(
     return rule, period, spent
 
 
+def credit_rule(customer_id: int) -> Rule:
+    """A prepaid customer's balance as admission checks it, beside its budgets: a hard
+    limit over its whole life (what its grants may pay in all, against what they
+    have paid), so one script decides budgets and balance together."""
+    _, available = burnt_and_available(customer_id)
+    limit = to_units(USD, available, rounding=ROUND_FLOOR)
+    return Rule(-customer_id, USD, "lifetime", limit, True, 1)
+
+
+def is_credit_rule(rule: Rule) -> bool:
+    return rule.budget_id < 0
+
+
+def credit_estimate(
+    customer: BillingCustomer, now: datetime, defaults: Estimates, limit_units: int
+) -> int:
+    """What one call of a prepaid customer reserves: what it owed per call over the
+    last ``HISTORY_DAYS`` (under its plans; at provider cost, the rollup's cost), else
+    the stated default, never more than the credit it may spend in all (a balance
+    smaller than the default admits its first call, as a small budget does)."""
+    today = now.date()
+    first = today - timedelta(days=HISTORY_DAYS)
+    keys = select(ApiKey.key_hash).where(ApiKey.customer_id == customer.id)
+    cost, calls = db.session.execute(
+        select(
+            func.coalesce(func.sum(UsageDaily.cost_total), 0),
+            func.coalesce(func.sum(UsageDaily.events), 0),
+        ).where(UsageDaily.api_key_hash.in_(keys), UsageDaily.day.between(first, today))
+    ).one()
+    if not calls:
+        return max(1, min(to_units(USD, defaults.usd), limit_units))
+    owed = owed_between(customer, first, today)
+    total = Decimal(cost) if owed is None else owed
+    return max(1, -(-to_units(USD, total) // int(calls)))
+
+
+def mirror_credits(
+    counters: Counters,
+    customer: BillingCustomer,
+    now: datetime,
+    defaults: Estimates,
+    call_ids: Iterable[str] = (),
+) -> Rule:
+    """Write a prepaid customer's balance to Redis as PostgreSQL holds it (what its
+    grants paid, the estimate a call reserves); release ``call_ids``. Its rule."""
+    rule = credit_rule(customer.id)
+    burnt, _ = burnt_and_available(customer.id)
+    estimate = credit_estimate(customer, now, defaults, rule.limit_units)
+    counters.settle(rule, rule.period_at(now), burnt, estimate, call_ids, now)
+    return rule
+
+
 def _records(customers: Iterable[BillingCustomer]) -> dict[str, KeyRecord]:
     by_id = {c.id: c for c in customers}
     budgets: dict[int, list[Budget]] = defaultdict(list)
     for budget in db.session.scalars(select(Budget).where(Budget.customer_id.in_(by_id))):
         budgets[budget.customer_id].append(budget)
+    credits = {
+        account.customer_id: credit_rule(account.customer_id)
+        for account in prepaid(list(by_id)).values()
+        if account.overage == Overage.BLOCK
+    }
     records = {}
     for key in db.session.scalars(select(ApiKey).where(ApiKey.customer_id.in_(by_id))):
         customer = by_id[key.customer_id]
@@ -168,6 +227,8 @@ def _records(customers: Iterable[BillingCustomer]) -> dict[str, KeyRecord]:
             for b in budgets[key.customer_id]
             if b.api_key_id is None or b.api_key_id == key.id
         )
+        if key.customer_id in credits:
+            rules += (credits[key.customer_id],)
         revoked = key.revoked_at is not None or not customer.is_active
         records[key.key_hash] = KeyRecord(customer.id, revoked, rules)
     return records
@@ -184,6 +245,9 @@ def sync_customer(
         return []
     for budget in db.session.scalars(select(Budget).where(Budget.customer_id == customer_id)):
         mirror(counters, budget, customer.created_at.day, now, defaults)
+    account = prepaid([customer_id]).get(customer_id)
+    if account is not None and account.overage == Overage.BLOCK:
+        mirror_credits(counters, customer, now, defaults)
     records = _records([customer])
     counters.publish(records)
     return list(records)
@@ -196,6 +260,9 @@ def rebuild(counters: Counters, now: datetime, defaults: Estimates) -> int:
     budgets = db.session.scalars(select(Budget)).all()
     for budget in budgets:
         mirror(counters, budget, anchors[budget.customer_id], now, defaults)
+    by_id = {c.id: c for c in customers}
+    for account in blocking():
+        mirror_credits(counters, by_id[account.customer_id], now, defaults)
     counters.publish(_records(customers))
     counters.mark_loaded()
     return len(budgets)
@@ -224,6 +291,25 @@ def budgets_touched(key_hashes: Iterable[str]) -> list[tuple[Budget, int, list[s
     return list(touched.values())
 
 
+def prepaid_touched(key_hashes: Iterable[str]) -> list[tuple[BillingCustomer, list[str]]]:
+    """The customers of these keys whose calls stop at a zero balance, with their keys
+    of the batch. A deployment without them pays one probe of an empty table."""
+    hashes = sorted(set(key_hashes))
+    if not hashes or not blocking_exists():
+        return []
+    rows = db.session.execute(
+        select(BillingCustomer, ApiKey.key_hash)
+        .join(ApiKey, ApiKey.customer_id == BillingCustomer.id)
+        .join(CreditAccount, CreditAccount.customer_id == BillingCustomer.id)
+        .where(one_of(ApiKey.key_hash, "hashes"), CreditAccount.overage == Overage.BLOCK),
+        {"hashes": hashes},
+    ).all()
+    touched: dict[int, tuple[BillingCustomer, list[str]]] = {}
+    for customer, key_hash in rows:
+        touched.setdefault(customer.id, (customer, []))[1].append(key_hash)
+    return list(touched.values())
+
+
 def settle_batch(
     counters: Counters, events: Iterable[Any], now: datetime, defaults: Estimates
 ) -> list[int]:
@@ -243,6 +329,10 @@ def settle_batch(
         if isinstance(metadata, dict) and isinstance(metadata.get("budget_call"), str):
             calls.append(metadata["budget_call"])
     raised = []
+    for customer, key_hashes in prepaid_touched(calls_by_key):
+        mirror_credits(
+            counters, customer, now, defaults, [c for k in key_hashes for c in calls_by_key[k]]
+        )
     for budget, anchor, key_hashes in budgets_touched(calls_by_key):
         call_ids = [call for key in key_hashes for call in calls_by_key[key]]
         rule, period, spent = mirror(counters, budget, anchor, now, defaults, call_ids)

@@ -20,8 +20,9 @@ from app.errors import Conflict, NotFound
 from app.extensions import db
 from app.security import hash_api_key
 
-# Sent with the customer's id after its keys change; the budgets publish the change
-# to Redis, where admission reads whether a key is revoked.
+# Sent with the customer's id after its keys, or what admission decides its calls on
+# (its credits), change; the budgets publish the change to Redis, where admission
+# reads whether a key is revoked and what its customer may still spend.
 keys_changed = Namespace().signal("keys-changed")
 KEY_PREFIX = "ubk_"
 _SHOWN = 12  # characters of an issued key kept to tell keys apart: the prefix and 8 more

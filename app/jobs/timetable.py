@@ -10,6 +10,7 @@ from celery.schedules import crontab
 from app.budgets.alerts import DELIVER_TASK
 from app.budgets.spend import REBUILD_TASK
 from app.config import Settings
+from app.credits.ledger import SETTLE_TASK as CREDITS_SETTLE_TASK
 
 REPORT_TASK = "billing.report_usage"
 REFRESH_TASK = "jobs.refresh_prices"
@@ -50,5 +51,6 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         },
         "budgets-rebuild": {"task": REBUILD_TASK, "schedule": 60.0},
         "alerts-delivery": {"task": DELIVER_TASK, "schedule": 60.0},
+        "credits-settle": {"task": CREDITS_SETTLE_TASK, "schedule": 60.0},
         "operators-overview": {"task": OVERVIEW_TASK, "schedule": OVERVIEW_EVERY_SECONDS},
     }

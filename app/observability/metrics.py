@@ -82,6 +82,9 @@ at_zero(REPORTS, *_each("sent", "nothing_to_send", "needs_manual", "failed"))
 at_zero(STRIPE_ERRORS, *((call, kind) for call in STRIPE_CALLS for kind in _STRIPE_KINDS))
 at_zero(STRIPE_RETRIES, *_each(*STRIPE_CALLS))
 at_zero(BUDGET_ADMISSIONS, *_each("lease", "redis", "unchecked"))
-at_zero(BUDGET_REFUSALS, *_each("budget_exceeded", "revoked_key", "unknown_key", "unavailable"))
+at_zero(
+    BUDGET_REFUSALS,
+    *_each("budget_exceeded", "credits_exhausted", "revoked_key", "unknown_key", "unavailable"),
+)
 at_zero(ALERT_DELIVERIES, *_each("delivered", "failed", "unconfirmed"))
 at_zero(STREAMS_FLAGGED, *_each("stream_cut_off", "stream_without_usage"))

@@ -18,6 +18,7 @@ if record[1] == '1' then return {-3} end
 local rules = cjson.decode(record[2])
 if #rules == 0 then return {0, most} end
 local function start_of(kind, anchor)
+  if kind == 'lifetime' then return '20000101' end  -- a credit balance (periods.LIFETIME)
   if kind == 'day' then return today end
   if kind == 'month' then return string.format('%04d%02d01', y, m) end
   local day = math.min(anchor, this_month)

@@ -1,0 +1,1 @@
+"""Prepaid credits: grants, burning them as usage is recorded, topping them up through Stripe."""
