@@ -69,9 +69,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         from app.ingest.meter import UsageMeter
 
         if settings.enforce_budgets:  # admission runs before the metered view
-            from app.budgets.admission import admit
+            from app.budgets.admission import add_rate_limit_headers, admit
 
             app.before_request(admit)
+            app.after_request(add_rate_limit_headers)
         UsageMeter(app)
     if settings.uses_redis:
         from app.budgets.admission import watch_key_changes

@@ -150,6 +150,10 @@ class Settings(BaseSettings):
     # cost (a budget's first calls, with no usage in the 30 days before its period).
     budget_call_estimate_usd: Decimal = Decimal("0.05")
     budget_call_estimate_tokens: int = 20000
+    # Rate limits: what a call reserves against a tokens-per-minute limit is its
+    # prompt (a token per 4 bytes of the request's body) and the output it asks for at
+    # most (``max_tokens`` or its kin), else this many output tokens.
+    rate_limit_default_output_tokens: int = 1024
     # Alerts: webhook deliveries are retried with backoff for this long.
     alert_retry_hours: int = 24
     alert_timeout_seconds: float = 10.0

@@ -40,6 +40,7 @@ TABLE_MODULES = (
     "app.jobs.models",
     "app.pricing.models",
     "app.credits.models",
+    "app.ratelimits.models",
 )
 
 

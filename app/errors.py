@@ -86,6 +86,14 @@ class CreditsExhausted(ServiceError):
     code = "credits_exhausted"
 
 
+class RateLimited(ServiceError):
+    """A key or customer sent more requests, or reserved more tokens, than its
+    per-minute limit allows; the window resets at the next minute."""
+
+    status = 429
+    code = "rate_limited"
+
+
 class JobAlreadyRunning(ServiceError):
     status = 409
     code = "job_running"

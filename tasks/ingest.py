@@ -22,6 +22,7 @@ from app.ingest.ledger import recorded_batches
 from app.ingest.meter import RECORD_TASK
 from app.ingest.recording import record_events
 from app.ingest.validation import EventLimits
+from app.ratelimits.limits import tokens_used
 
 log = logging.getLogger("usage_billing.ingest")
 
@@ -105,7 +106,9 @@ def _settle_budgets(task: FlaskTask, events: list[dict[str, Any]]) -> None:
         return
     try:
         defaults = Estimates.from_settings(task.settings)
-        if settle_batch(counters, events, datetime.now(UTC), defaults):
+        now = datetime.now(UTC)
+        counters.settle_tokens(tokens_used(events, now, EventLimits.from_settings(task.settings)))
+        if settle_batch(counters, events, now, defaults):
             task.services.celery.send_task(DELIVER_TASK)  # deliver them now
     except Exception:  # noqa: BLE001 - the batch stands; the budgets catch up later
         db.session.rollback()

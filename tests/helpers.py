@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from app.extensions import db
 from app.ingest.models import RejectedEvent, UsageEvent
 from app.ingest.recording import RecordResult, record_events
 from app.ingest.validation import EventLimits
+from app.registry import services
 from tests.factories import ExecuteResponseFactory
 
 PG_ADMIN_URL = os.environ.get(
@@ -234,3 +236,51 @@ def stripe_event(
     payload = json.dumps(body).encode()
     headers = {"Content-Type": "application/json", "Stripe-Signature": stripe_signed(payload)}
     return client.post("/v1/billing/webhooks/stripe", data=payload, headers=headers)
+
+
+def enforcing_app(session_app: Flask, settings: Settings, spool: Path, **changes: Any) -> Flask:
+    """An API process enforcing budgets, credits and rate limits, with the stand-in
+    ``/v1/execute``."""
+    extra = create_extra_app(
+        settings.replace(enforce_budgets=True, meter_spool_dir=str(spool), **changes), session_app
+    )
+    extra.register_blueprint(execute_blueprint())
+    extra.config["TESTING"] = True
+    return extra
+
+
+def close_enforcing(extra: Flask, drain: bool = True) -> None:
+    """An enforcing app a test is done with: every call it metered recorded first
+    (``drain``), its outbox closed, its leases' thread ended."""
+    outbox = services(extra).outbox
+    if drain:
+        outbox.flush()
+        wait_for(lambda: outbox.backlog()[0] == 0, timeout=30)
+    outbox.close()
+    if services(extra).budget_leases is not None:
+        services(extra).budget_leases.stop()
+
+
+def metered_call(client: FlaskClient, key: str, body: dict[str, Any] | None = None) -> Any:
+    """One call of the stand-in ``/v1/execute`` with ``key``."""
+    return client.post(
+        "/v1/execute/code_generation", json=body or {"prompt": "x"}, headers=auth(key)
+    )
+
+
+def at_once(app: Flask, key: str, n: int = 64, body: dict[str, Any] | None = None) -> list[Any]:
+    """``n`` metered calls of ``key`` released together, each on its own client."""
+    barrier = threading.Barrier(n)
+    answers: list[Any] = []
+
+    def call() -> None:
+        own = app.test_client()
+        barrier.wait()
+        answers.append(metered_call(own, key, body))
+
+    threads = [threading.Thread(target=call) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.client
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,11 +33,13 @@ from app.security import hash_api_key
 from tests.factories import event
 from tests.helpers import (
     ADMIN_TOKEN,
+    at_once,
     auth,
-    create_extra_app,
-    execute_blueprint,
+    close_enforcing,
+    enforcing_app,
     issue_key,
     measured,
+    metered_call,
     record,
     scrape,
     wait_for,
@@ -50,40 +51,20 @@ CALL_TOKENS = 1500  # what the stand-in /v1/execute answers: 1,000 in, 500 out
 _DEFAULTS = Estimates.from_settings(Settings())
 
 
-def _done(extra: Flask) -> None:
-    """An enforcing app a test is done with: its outbox closed, its leases' thread ended."""
-    services(extra).outbox.close()
-    if services(extra).budget_leases is not None:
-        services(extra).budget_leases.stop()
-
-
-def _enforcing(app: Flask, settings: Settings, tmp_path: Path, **changes: object) -> Flask:
-    extra = create_extra_app(
-        settings.replace(enforce_budgets=True, meter_spool_dir=str(tmp_path / "spool"), **changes),
-        app,
-    )
-    extra.register_blueprint(execute_blueprint())
-    extra.config["TESTING"] = True
-    return extra
-
-
 @pytest.fixture(params=[Settings().budget_lease_seconds, 0], ids=["leases", "no-leases"])
 def enforcing(
     app: Flask, settings: Settings, tmp_path: Path, celery_worker, request
 ) -> Iterator[Flask]:
     """An API process enforcing budgets: with its admission leases (the default), and
     with every call asking Redis (``BUDGET_LEASE_SECONDS=0``)."""
-    extra = _enforcing(app, settings, tmp_path, budget_lease_seconds=request.param)
+    extra = enforcing_app(app, settings, tmp_path / "spool", budget_lease_seconds=request.param)
     with app.app_context():
         rebuild(
             services(app).budget_counters, utcnow(), _DEFAULTS
         )  # the state a running deployment has
     yield extra
     # Every call the test made is recorded before the next test empties the tables.
-    outbox = services(extra).outbox
-    outbox.flush()
-    wait_for(lambda: outbox.backlog()[0] == 0, timeout=30)
-    _done(extra)
+    close_enforcing(extra)
 
 
 def _budget(client: FlaskClient, customer_id: int, **fields: object) -> dict:
@@ -93,10 +74,6 @@ def _budget(client: FlaskClient, customer_id: int, **fields: object) -> dict:
     )
     assert resp.status_code == 201, resp.get_json()
     return resp.get_json()
-
-
-def _call(client: FlaskClient, key: str):
-    return client.post("/v1/execute/code_generation", json={"prompt": "x"}, headers=auth(key))
 
 
 def _rule(app: Flask, budget_id: int) -> tuple[Rule, Period]:
@@ -135,24 +112,6 @@ def _stored_tokens(app: Flask, key: str) -> int:
         return int(total)
 
 
-def _at_once(enforcing: Flask, key: str, n: int = 64) -> list[int]:
-    """``n`` calls of ``key`` released together, each on its own client: their statuses."""
-    barrier = threading.Barrier(n)
-    statuses: list[int] = []
-
-    def call() -> None:
-        own = enforcing.test_client()
-        barrier.wait()
-        statuses.append(_call(own, key).status_code)
-
-    threads = [threading.Thread(target=call) for _ in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return statuses
-
-
 def _settled(app: Flask, enforcing: Flask, budget_id: int, key: str, calls: int) -> None:
     """Wait until the worker has recorded ``calls`` calls and mirrored them in Redis."""
     services(enforcing).outbox.flush()
@@ -173,10 +132,10 @@ def test_concurrent_calls_never_pass_a_hard_limit_on_a_stale_figure(
     budget = _budget(client, customer.id, limit=str(10 * CALL_TOKENS))
     warm = enforcing.test_client()
     for n in (1, 2):  # the period's first call reserves the default, then the mean
-        assert _call(warm, "key-budgeted").status_code == 200
+        assert metered_call(warm, "key-budgeted").status_code == 200
         _settled(app, enforcing, budget["id"], "key-budgeted", n)
 
-    statuses = _at_once(enforcing, "key-budgeted")
+    statuses = [a.status_code for a in at_once(enforcing, "key-budgeted")]
     assert sorted(set(statuses)) == [200, 402]
     served = statuses.count(200)
     _settled(app, enforcing, budget["id"], "key-budgeted", 2 + served)
@@ -187,7 +146,7 @@ def test_concurrent_calls_never_pass_a_hard_limit_on_a_stale_figure(
     )
     assert served == 8 and spent == 10 * CALL_TOKENS
     wait_for(lambda: _reservations(app, budget["id"]) == {"_sum": 0})  # every call settled
-    refused = _call(warm, "key-budgeted")
+    refused = metered_call(warm, "key-budgeted")
     error = refused.get_json()["error"]
     assert refused.status_code == 402 and error["code"] == "budget_exceeded"
     assert error["limit"] == str(10 * CALL_TOKENS) and error["metric"] == "tokens"
@@ -203,9 +162,11 @@ def test_a_soft_budget_never_refuses_and_an_unbudgeted_key_is_served(
     make_customer("key-free")
     budget = _budget(client, soft.id, limit=str(CALL_TOKENS), hard_limit=False)
     caller = enforcing.test_client()
-    assert _call(caller, "key-soft").status_code == 200
+    assert metered_call(caller, "key-soft").status_code == 200
     _settled(app, enforcing, budget["id"], "key-soft", 1)
-    statuses = [_call(caller, key).status_code for key in ("key-soft", "key-free", "key-none")]
+    statuses = [
+        metered_call(caller, key).status_code for key in ("key-soft", "key-free", "key-none")
+    ]
     assert statuses == [200, 200, 401]  # a key no customer holds is no one's to bill
 
 
@@ -216,13 +177,13 @@ def test_a_revoked_key_is_refused_before_the_view_runs(
     customer = make_customer("key-kept")
     caller = enforcing.test_client()
     issued = issue_key(caller, customer.id, "l")
-    assert [_call(caller, issued["key"]).status_code for _ in range(3)] == [200] * 3
+    assert [metered_call(caller, issued["key"]).status_code for _ in range(3)] == [200] * 3
     caller.post(f"/v1/billing/keys/{issued['id']}/revoke", headers=auth(ADMIN_TOKEN))
-    refused = _call(caller, issued["key"])
+    refused = metered_call(caller, issued["key"])
     assert refused.status_code == 401 and refused.get_json()["error"]["field"] == "Authorization"
-    assert _call(caller, "key-kept").status_code == 200
+    assert metered_call(caller, "key-kept").status_code == 200
     # Without enforcement the metered API is not ours to gate: the call is served.
-    assert _call(client, issued["key"]).status_code == 200
+    assert metered_call(client, issued["key"]).status_code == 200
 
 
 def test_a_customers_own_lower_limit_applies_and_never_exceeds_the_admins(
@@ -240,11 +201,11 @@ def test_a_customers_own_lower_limit_applies_and_never_exceeds_the_admins(
     lower = client.put(path, json={"limit": str(CALL_TOKENS)}, headers=auth("key-careful"))
     assert lower.status_code == 200 and lower.get_json()["effective_limit"] == str(CALL_TOKENS)
     caller = enforcing.test_client()
-    assert _call(caller, "key-careful").status_code == 200
+    assert metered_call(caller, "key-careful").status_code == 200
     caplog.set_level(logging.ERROR, logger="usage_billing.budgets")
     _settled(app, enforcing, budget["id"], "key-careful", 1)
     refusals = _refusals("budget_exceeded")
-    assert _call(caller, "key-careful").status_code == 402
+    assert metered_call(caller, "key-careful").status_code == 402
     assert _refusals("budget_exceeded") == refusals + 1
     # Operators hear of a hard limit reached, once a period however often it is settled.
     with app.app_context():
@@ -263,12 +224,12 @@ def test_a_budget_per_key_leaves_the_customers_other_keys_alone(
     intern = issue_key(client, customer.id, "i")
     budget = _budget(client, customer.id, limit=str(CALL_TOKENS), api_key_id=intern["id"])
     caller = enforcing.test_client()
-    assert _call(caller, intern["key"]).status_code == 200
+    assert metered_call(caller, intern["key"]).status_code == 200
     _settled(app, enforcing, budget["id"], intern["key"], 1)
     # The first call of a period reserved nothing (no mean yet) and was released.
     wait_for(lambda: _reservations(app, budget["id"]) == {"_sum": 0})
-    assert _call(caller, intern["key"]).status_code == 402
-    assert _call(caller, "key-main").status_code == 200
+    assert metered_call(caller, intern["key"]).status_code == 402
+    assert metered_call(caller, "key-main").status_code == 200
 
 
 def test_periods_roll_over_at_utc_midnight_and_at_the_months_end(app: Flask) -> None:
@@ -315,23 +276,23 @@ def test_redis_down_is_answered_by_the_setting(
     spool until the broker is back; "closed" refuses it with 503 and Retry-After.
     Either way the call is counted for the operators' alert."""
     make_customer("key-during-outage")
-    dead = _enforcing(
+    dead = enforcing_app(
         app,
         settings,
-        tmp_path,
+        tmp_path / "spool",
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         budget_redis_down=policy,
     )
     unchecked, refused = _admissions("unchecked"), _refusals("unavailable")
     try:
-        resp = _call(dead.test_client(), "key-during-outage")
+        resp = metered_call(dead.test_client(), "key-during-outage")
         assert resp.status_code == status
         if status == 503:
             assert resp.headers["Retry-After"] and resp.get_json()["error"]["code"] == "unavailable"
         counted = (_admissions("unchecked") - unchecked, _refusals("unavailable") - refused)
         assert counted == ((1, 0) if status == 200 else (0, 1))
     finally:
-        _done(dead)
+        close_enforcing(dead, drain=False)
 
 
 def test_redis_that_lost_its_state_while_a_customer_is_at_its_limit_refuses_it_at_once(
@@ -345,12 +306,12 @@ def test_redis_that_lost_its_state_while_a_customer_is_at_its_limit_refuses_it_a
     budget = _budget(client, customer.id, limit=str(2 * CALL_TOKENS))
     caller = enforcing.test_client()
     for n in (1, 2):
-        assert _call(caller, "key-lost").status_code == 200
+        assert metered_call(caller, "key-lost").status_code == 200
         _settled(app, enforcing, budget["id"], "key-lost", n)
     counters: Counters = services(app).budget_counters
     for key in counters.redis.scan_iter("ub:budget:*"):
         counters.redis.delete(key)
-    statuses = [_call(caller, "key-lost").status_code for _ in range(20)]
+    statuses = [metered_call(caller, "key-lost").status_code for _ in range(20)]
     assert statuses == [402] * 20
     wait_for(lambda: counters.redis.exists(LOADED), timeout=30)  # and everyone rebuilt
     assert _stored_tokens(app, "key-lost") == 2 * CALL_TOKENS
@@ -365,11 +326,11 @@ def test_a_budget_set_or_lowered_in_a_period_with_usage_holds_at_once(
     customer = make_customer("key-late")
     caller = enforcing.test_client()
     for _ in range(3):
-        assert _call(caller, "key-late").status_code == 200
+        assert metered_call(caller, "key-late").status_code == 200
     services(enforcing).outbox.flush()
     wait_for(lambda: _stored_tokens(app, "key-late") == 3 * CALL_TOKENS)
     budget = _budget(client, customer.id, limit=str(4 * CALL_TOKENS))  # fits one more
-    statuses = _at_once(enforcing, "key-late")
+    statuses = [a.status_code for a in at_once(enforcing, "key-late")]
     assert statuses.count(200) == 1, statuses
     services(enforcing).outbox.flush()
     wait_for(lambda: _stored_tokens(app, "key-late") == 4 * CALL_TOKENS)
@@ -380,7 +341,7 @@ def test_a_budget_set_or_lowered_in_a_period_with_usage_holds_at_once(
     )
     assert resp.status_code == 200
     assert (resp.get_json()["hard_limit"], resp.get_json()["thresholds"]) == (True, [])
-    assert [_call(caller, "key-late").status_code for _ in range(5)] == [402] * 5
+    assert [metered_call(caller, "key-late").status_code for _ in range(5)] == [402] * 5
     assert _stored_tokens(app, "key-late") == 4 * CALL_TOKENS
 
 
@@ -401,14 +362,14 @@ def test_a_periods_first_calls_are_bounded_by_their_estimate(
         with app.app_context():
             record([event(other, timestamp=yesterday, tokens_output=500) for _ in range(5)])
     budget = _budget(client, customer.id, limit=str(10 * CALL_TOKENS))
-    served = _at_once(enforcing, key).count(200)
+    served = [a.status_code for a in at_once(enforcing, key)].count(200)
     # Without history the first call reserves the whole limit; the rest of the burst is
     # served only once it is recorded (its mean then the estimate), if that is in time.
     assert served == 10 if history else 1 <= served <= 10
     caller = enforcing.test_client()
     while True:  # one at a time, each recorded before the next
         _settled(app, enforcing, budget["id"], key, served)
-        if _call(caller, key).status_code != 200:
+        if metered_call(caller, key).status_code != 200:
             break
         served += 1
     measured(
@@ -423,15 +384,15 @@ def test_a_key_revoked_in_another_process_ends_this_ones_lease(
     """A lease of an hour, so only the announcement can end it: the key is revoked
     through another process, and this one refuses it within moments."""
     customer = make_customer("key-elsewhere")
-    hour = _enforcing(app, settings, tmp_path, budget_lease_seconds=3600)
+    hour = enforcing_app(app, settings, tmp_path / "spool", budget_lease_seconds=3600)
     try:
         caller = hour.test_client()
         issued = issue_key(client, customer.id, "l")
-        assert [_call(caller, issued["key"]).status_code for _ in range(3)] == [200] * 3
+        assert [metered_call(caller, issued["key"]).status_code for _ in range(3)] == [200] * 3
         client.post(f"/v1/billing/keys/{issued['id']}/revoke", headers=auth(ADMIN_TOKEN))
         revoked_at = time.monotonic()
         served = 0
-        while _call(caller, issued["key"]).status_code == 200:
+        while metered_call(caller, issued["key"]).status_code == 200:
             served += 1
             assert time.monotonic() - revoked_at < 10, "the lease outlived the revocation"
             time.sleep(0.01)
@@ -440,7 +401,7 @@ def test_a_key_revoked_in_another_process_ends_this_ones_lease(
             f"{(time.monotonic() - revoked_at) * 1000:.0f} ms ({served} calls served meanwhile)"
         )
     finally:
-        _done(hour)
+        close_enforcing(hour, drain=False)
 
 
 def test_leases_admit_without_asking_never_overshoot_and_give_back_what_they_kept(
@@ -454,13 +415,13 @@ def test_leases_admit_without_asking_never_overshoot_and_give_back_what_they_kep
     budget = _budget(client, customer.id, limit=str(100 * CALL_TOKENS))
     before = {how: _admissions(how) for how in ("lease", "redis")}
     caller = enforcing.test_client()
-    assert [_call(caller, "key-leased").status_code for _ in range(2)] == [200, 200]
+    assert [metered_call(caller, "key-leased").status_code for _ in range(2)] == [200, 200]
     _settled(app, enforcing, budget["id"], "key-leased", 2)
     leased = enforcing.config["SETTINGS"].budget_lease_seconds > 0
 
     served = 0
     for _ in range(4):
-        served += _at_once(enforcing, "key-leased").count(200)
+        served += [a.status_code for a in at_once(enforcing, "key-leased")].count(200)
         assert served <= 98
         time.sleep(enforcing.config["SETTINGS"].budget_lease_seconds + 0.6)  # leases end
     _settled(app, enforcing, budget["id"], "key-leased", 2 + served)
@@ -562,13 +523,13 @@ def test_a_key_in_use_gets_its_next_lease_ahead_and_its_calls_never_wait_for_red
     customer = make_customer("key-steady")
     budget = _budget(client, customer.id, limit=str(10**6 * CALL_TOKENS))
     caller = enforcing.test_client()
-    assert _call(caller, "key-steady").status_code == 200  # the period's mean cost, known
+    assert metered_call(caller, "key-steady").status_code == 200  # the period's mean cost, known
     _settled(app, enforcing, budget["id"], "key-steady", 1)
     before = {how: _admissions(how) for how in ("lease", "redis")}
     deadline = time.monotonic() + 5
     calls = 0
     while time.monotonic() < deadline:
-        assert _call(caller, "key-steady").status_code == 200
+        assert metered_call(caller, "key-steady").status_code == 200
         calls += 1
         time.sleep(0.01)
     decided = {how: _admissions(how) - n for how, n in before.items()}
@@ -588,7 +549,7 @@ def test_without_enforcement_an_unknown_keys_calls_are_served_and_shown_to_opera
     from app.dashboard.overview import refresh_top_customers
 
     before = REGISTRY.get_sample_value("ub_events_unattributed_total") or 0
-    assert _call(client, "key-nobody").status_code == 200
+    assert metered_call(client, "key-nobody").status_code == 200
     services(app).outbox.flush()
     wait_for(lambda: _stored_tokens(app, "key-nobody") == CALL_TOKENS)
     wait_for(lambda: (REGISTRY.get_sample_value("ub_events_unattributed_total") or 0) == before + 1)
@@ -622,10 +583,10 @@ def test_the_documented_402_is_what_the_api_sends(
     customer = make_customer("key-doc")
     _budget(client, customer.id, limit=str(CALL_TOKENS))
     caller = enforcing.test_client()
-    assert _call(caller, "key-doc").status_code == 200
+    assert metered_call(caller, "key-doc").status_code == 200
     services(enforcing).outbox.flush()
     wait_for(lambda: _stored_tokens(app, "key-doc") == CALL_TOKENS)
-    refused = _call(caller, "key-doc")
+    refused = metered_call(caller, "key-doc")
     asked = utcnow()
     error = refused.get_json()["error"]
     assert refused.status_code == 402 and error["code"] == "budget_exceeded"

@@ -4,7 +4,6 @@ that bills only what credits did not cover."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -32,10 +31,12 @@ from tests.factories import event
 from tests.fake_stripe import FakeStripe
 from tests.helpers import (
     ADMIN_TOKEN,
+    at_once,
     auth,
-    create_extra_app,
-    execute_blueprint,
+    close_enforcing,
+    enforcing_app,
     measured,
+    metered_call,
     record,
     stripe_event,
     wait_for,
@@ -225,22 +226,9 @@ def test_a_batch_delivered_twice_burns_once(
 
 @pytest.fixture()
 def enforcing(app: Flask, settings: Settings, tmp_path: Path, celery_worker) -> Iterator[Flask]:
-    extra = create_extra_app(
-        settings.replace(enforce_budgets=True, meter_spool_dir=str(tmp_path / "spool")), app
-    )
-    extra.register_blueprint(execute_blueprint())
-    extra.config["TESTING"] = True
+    extra = enforcing_app(app, settings, tmp_path / "spool")
     yield extra
-    outbox = services(extra).outbox
-    outbox.flush()
-    wait_for(lambda: outbox.backlog()[0] == 0, timeout=30)
-    outbox.close()
-    if services(extra).budget_leases is not None:
-        services(extra).budget_leases.stop()
-
-
-def _call(client: FlaskClient, key: str):
-    return client.post("/v1/execute/code_generation", json={"prompt": "x"}, headers=auth(key))
+    close_enforcing(extra)
 
 
 def _burnt(app: Flask, customer_id: int) -> Decimal:
@@ -281,23 +269,6 @@ def _mirrored(app: Flask, customer_id: int) -> int | None:
     return services(app).budget_counters.spent_units(rule, rule.period_at(utcnow()))
 
 
-def _at_once(enforcing: Flask, key: str, n: int = 64) -> list:
-    barrier = threading.Barrier(n)
-    answers: list = []
-
-    def call() -> None:
-        own = enforcing.test_client()
-        barrier.wait()
-        answers.append(_call(own, key))
-
-    threads = [threading.Thread(target=call) for _ in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return answers
-
-
 def test_admission_stops_a_blocking_customer_at_a_zero_balance(
     app: Flask, client: FlaskClient, enforcing: Flask, make_customer
 ) -> None:
@@ -310,9 +281,9 @@ def test_admission_stops_a_blocking_customer_at_a_zero_balance(
     _grant(client, customer.id, amount=str(10 * CALL_COST))
     warm = enforcing.test_client()
     for n in (1, 2):
-        assert _call(warm, "key-blocking").status_code == 200
+        assert metered_call(warm, "key-blocking").status_code == 200
         _settled(app, enforcing, customer.id, "key-blocking", n)
-    answers = _at_once(enforcing, "key-blocking")
+    answers = at_once(enforcing, "key-blocking")
     served = sum(a.status_code == 200 for a in answers)
     refused = [a for a in answers if a.status_code == 402]
     _settled(app, enforcing, customer.id, "key-blocking", 2 + served)
@@ -335,7 +306,7 @@ def test_admission_stops_a_blocking_customer_at_a_zero_balance(
         )
         db.session.rollback()
     _grant(client, customer.id, amount="1")  # a top-up: served again at once
-    assert _call(warm, "key-blocking").status_code == 200
+    assert metered_call(warm, "key-blocking").status_code == 200
 
 
 def test_redis_emptied_rebuilds_the_balance_from_postgresql(
@@ -347,7 +318,7 @@ def test_redis_emptied_rebuilds_the_balance_from_postgresql(
     _prepaid(client, customer.id, overage="block")
     _grant(client, customer.id, amount=str(3 * CALL_COST))
     warm = enforcing.test_client()
-    assert _call(warm, "key-rebuilt").status_code == 200
+    assert metered_call(warm, "key-rebuilt").status_code == 200
     _settled(app, enforcing, customer.id, "key-rebuilt", 1)
     counters = services(app).budget_counters
     counters.redis.flushdb()
@@ -357,7 +328,7 @@ def test_redis_emptied_rebuilds_the_balance_from_postgresql(
         db.session.rollback()
     assert rule.limit_units == int(3 * CALL_COST * 10**6)
     assert counters.spent_units(rule, rule.period_at(utcnow())) == int(CALL_COST * 10**6)
-    statuses = [_call(warm, "key-rebuilt").status_code for _ in range(4)]
+    statuses = [metered_call(warm, "key-rebuilt").status_code for _ in range(4)]
     assert statuses[:2] == [200, 200] and 402 in statuses
 
 

@@ -84,6 +84,7 @@ def register_api(app: Flask) -> None:
     from app.customers.views import customers
     from app.ingest.views import ingest
     from app.plans.views import plans
+    from app.ratelimits.views import rate_limits
 
     api = (
         ingest,
@@ -91,6 +92,7 @@ def register_api(app: Flask) -> None:
         customers,
         budgets,
         credits,
+        rate_limits,
         plans,
         billing,
         health,

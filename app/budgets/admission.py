@@ -42,12 +42,14 @@ from app.errors import (
     AuthenticationError,
     BudgetExceeded,
     CreditsExhausted,
+    RateLimited,
     ServiceError,
     ServiceUnavailable,
 )
 from app.extensions import db
 from app.ingest.meter import METERED_PREFIX, api_key_of
 from app.observability.metrics import BUDGET_ADMISSIONS, BUDGET_REFUSALS
+from app.ratelimits.limits import estimate_tokens, headers, retry_after
 from app.registry import services
 from app.security import hash_api_key
 
@@ -177,13 +179,15 @@ def admit() -> Response | None:
     now = datetime.now(UTC)
     key_hash = hash_api_key(api_key)
     try:
-        admission = leases.admit(key_hash, now)
+        settings = current_app.config["SETTINGS"]
+        tokens = estimate_tokens(request, settings.rate_limit_default_output_tokens)
+        admission = leases.admit(key_hash, now, tokens)
         if admission.verdict in ("not_loaded", "unknown_key"):
             if admission.verdict == "not_loaded":
                 _request_rebuild(leases.counters)
             if not _load(leases.counters, key_hash, now):
                 return _unknown_key()
-            admission = leases.admit(key_hash, now)
+            admission = leases.admit(key_hash, now, tokens)
     except redis.RedisError as exc:
         return _unavailable(type(exc).__name__)
     except DATABASE_UNAVAILABLE as exc:
@@ -194,19 +198,51 @@ def admit() -> Response | None:
     if admission.verdict == "revoked":
         BUDGET_REFUSALS.labels("revoked_key").inc()
         return _error(AuthenticationError("this API key is revoked", field="Authorization"))
+    if admission.verdict == "rate_limited":
+        return _rate_limited(admission)
     if admission.verdict == "refused":
         return _refused(admission, now)
-    if admission.reserved:
+    if admission.rate is not None:
+        g.rate_limits = admission.rate
+    if admission.reserved or admission.tokens_held:
         # UsageMeter tags the call's event with its id, or calls back if there is none.
         g.budget_call = admission.call
-        g.release_unmetered = partial(_release, leases.counters, admission.reserved, admission.call)
+        if admission.tokens_held:
+            g.tokens_held = admission.tokens_held
+        g.release_unmetered = partial(
+            _release, leases.counters, admission.reserved, admission.call, admission.tokens_held
+        )
     return None
 
 
-def _release(counters: Counters, reserved: tuple[str, ...], call: str) -> None:
-    """The call produced no event: its reservation goes now (the worker never sees it)."""
+def _rate_limited(admission: Admission) -> Response:
+    rate = admission.rate
+    assert rate is not None
+    BUDGET_REFUSALS.labels("rate_limited").inc()
+    what = rate["what"]
+    error = RateLimited(
+        f"rate limit reached: {rate['limit']} {what} per minute; retry after the minute turns",
+        field="Authorization",
+    )
+    return _error(error, {"Retry-After": retry_after(rate)})
+
+
+def add_rate_limit_headers(resp: Response) -> Response:
+    """``after_request``: an admitted call under a rate limit carries OpenAI's
+    ``x-ratelimit-*`` headers (the tightest of the customer's and the key's limits)."""
+    rate = g.get("rate_limits")
+    if rate is not None:
+        resp.headers.update(headers(rate))
+    return resp
+
+
+def _release(counters: Counters, reserved: tuple[str, ...], call: str, tokens: int) -> None:
+    """The call produced no event: its reservation goes now (the worker never sees it),
+    and the tokens it reserved under a limit are given back."""
     try:
         counters.release(reserved, [call])
+        if tokens:
+            counters.settle_tokens([(call, 0)])
     except redis.RedisError as exc:  # it lapses after BUDGET_RESERVATION_TTL_SECONDS
         log.warning("reservation of call %s not released: %s", call, exc)
 

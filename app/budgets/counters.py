@@ -39,14 +39,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import redis
 
 from app.periods import Period, PeriodKind, period_at
 
 PREFIX = "ub:budget:"
-_VERDICTS: dict[int, Verdict] = {-1: "not_loaded", -2: "unknown_key", -3: "revoked"}
+_VERDICTS: dict[int, Verdict] = {
+    -1: "not_loaded",
+    -2: "unknown_key",
+    -3: "revoked",
+    -4: "rate_limited",
+}
 # Reservations live at most a period (31 days) past their last use.
 _KEEP_RESERVATIONS = 32 * 86400
 LOADED = PREFIX + "loaded"  # absent: Redis lost the state and it must be rebuilt
@@ -99,9 +104,11 @@ class KeyRecord(NamedTuple):
     customer_id: int
     revoked: bool
     rules: tuple[Rule, ...]
+    # Rate limits over the key: (scope, requests per minute, tokens per minute).
+    limits: tuple[tuple[str, int | None, int | None], ...] = ()
 
 
-Verdict = Literal["admitted", "refused", "revoked", "unknown_key", "not_loaded"]
+Verdict = Literal["admitted", "refused", "revoked", "unknown_key", "not_loaded", "rate_limited"]
 
 
 @dataclass
@@ -145,6 +152,10 @@ class Admission:
     reserved: tuple[str, ...] = ()  # the reservation keys this call holds, in pairs
     call: str = ""  # the id the call's event carries, which releases its reservation
     lease: Lease | None = None  # calls after this one the process may admit itself
+    # Rate limits: the tightest window's figures when admitted (``requests`` and
+    # ``tokens``: [limit, remaining]; ``reset``: seconds), the limit passed when not.
+    rate: dict[str, Any] | None = None
+    tokens_held: int = 0  # reserved against a tokens-per-minute limit, settled later
 
 
 class Counters:
@@ -157,6 +168,9 @@ class Counters:
         self._release = client.register_script(_script("release"))
         self._close = client.register_script(_script("close"))
         self._raise = client.register_script(_script("raise", entries=False))
+        self._tokens = client.register_script(
+            _script("tokens", entries=False).replace("__PREFIX__", PREFIX)
+        )
 
     # -- the request path ------------------------------------------------------
 
@@ -168,11 +182,13 @@ class Counters:
         lease_calls: int = 1,
         lease_seconds: float = 0,
         returning: Lease | None = None,
+        tokens: int = 0,
     ) -> Admission:
         """Decide one metered call in one round trip: the script reads the key's record,
         finds each budget's current period, and checks and reserves atomically. Far
         from every hard limit it reserves up to ``lease_calls`` calls (a lease, for
-        ``lease_seconds``); ``returning`` is an earlier lease whose unused calls go back."""
+        ``lease_seconds``); ``returning`` is an earlier lease whose unused calls go back.
+        ``tokens`` is what the call reserves under a tokens-per-minute limit."""
         today = now.astimezone(UTC).date()
         previous = (today.replace(day=1) - timedelta(days=1)).day
         result = self._admit(
@@ -192,16 +208,25 @@ class Counters:
                 LEASE_SHARE,
                 returning.id if returning else "",
                 returning.unused if returning else 0,
+                tokens,
                 *(returning.reserved if returning else ()),
             ],
         )
         code = int(result[0])
+        if code == -4:
+            return Admission("rate_limited", rate=json.loads(result[1]))
         if code < 0:
             return Admission(_VERDICTS[code])
         if code > 0:
             rule = _rules(result[1])[code - 1]
             return Admission("refused", rule, rule.period_at(now))
-        calls, reserved = int(result[1]), tuple(k.decode() for k in result[2:])
+        calls, reserved = int(result[1]), tuple(k.decode() for k in result[3:])
+        if result[2]:
+            rate = json.loads(result[2])
+            held = tokens if "tokens" in rate else 0
+            return Admission(
+                "admitted", reserved=reserved, call=call_id, rate=rate, tokens_held=held
+            )
         if calls == 1:
             return Admission("admitted", reserved=reserved, call=call_id)
         # A lease never outlives the UTC day: every period starts at a midnight.
@@ -219,6 +244,12 @@ class Counters:
         """Drop these calls' reservations (pairs of keys: lapse times, amounts); once."""
         if reserved and call_ids:
             self._release(keys=list(reserved), args=list(call_ids))
+
+    def settle_tokens(self, used: Sequence[tuple[str, int]]) -> None:
+        """Move each call's tokens-per-minute window from what it reserved to what its
+        event used (pairs of call id and tokens); once per call."""
+        if used:
+            self._tokens(keys=[], args=[value for pair in used for value in pair])
 
     # -- the worker --------------------------------------------------------------
 
@@ -262,6 +293,7 @@ class Counters:
                     "customer": record.customer_id,
                     "revoked": "1" if record.revoked else "0",
                     "rules": json.dumps([list(rule) for rule in record.rules]),
+                    "limits": json.dumps([list(limit) for limit in record.limits]),
                 },
             )
         pipe.execute()

@@ -35,6 +35,7 @@ from app.observability.metrics import BUDGET_LIMITS_REACHED
 from app.periods import Period, PeriodKind
 from app.plans.charges import PRECISION, ZERO
 from app.plans.services import owed_between
+from app.ratelimits.limits import limits_by_key
 
 log = logging.getLogger("usage_billing.budgets")
 REBUILD_TASK = "budgets.rebuild"  # every minute, and when the API finds Redis emptied
@@ -219,7 +220,9 @@ def _records(customers: Iterable[BillingCustomer]) -> dict[str, KeyRecord]:
         if account.overage == Overage.BLOCK
     }
     records = {}
-    for key in db.session.scalars(select(ApiKey).where(ApiKey.customer_id.in_(by_id))):
+    keys = db.session.scalars(select(ApiKey).where(ApiKey.customer_id.in_(by_id))).all()
+    limits = limits_by_key(keys)
+    for key in keys:
         customer = by_id[key.customer_id]
         anchor = customer.created_at.day
         rules = tuple(
@@ -230,7 +233,7 @@ def _records(customers: Iterable[BillingCustomer]) -> dict[str, KeyRecord]:
         if key.customer_id in credits:
             rules += (credits[key.customer_id],)
         revoked = key.revoked_at is not None or not customer.is_active
-        records[key.key_hash] = KeyRecord(customer.id, revoked, rules)
+        records[key.key_hash] = KeyRecord(customer.id, revoked, rules, limits.get(key.id, ()))
     return records
 
 

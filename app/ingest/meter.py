@@ -111,6 +111,8 @@ def _event(req: Request, call: MeteredCall, now: datetime, status: str) -> dict[
         event["api_flavor"] = call.api_flavor
     if "budget_call" in g:  # the worker releases the call's reservation by it
         event["metadata"]["budget_call"] = g.budget_call
+        if "tokens_held" in g:  # and settles the tokens it reserved under a rate limit
+            event["metadata"]["tokens_held"] = g.tokens_held
     return event
 
 

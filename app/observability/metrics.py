@@ -84,7 +84,14 @@ at_zero(STRIPE_RETRIES, *_each(*STRIPE_CALLS))
 at_zero(BUDGET_ADMISSIONS, *_each("lease", "redis", "unchecked"))
 at_zero(
     BUDGET_REFUSALS,
-    *_each("budget_exceeded", "credits_exhausted", "revoked_key", "unknown_key", "unavailable"),
+    *_each(
+        "budget_exceeded",
+        "credits_exhausted",
+        "rate_limited",
+        "revoked_key",
+        "unknown_key",
+        "unavailable",
+    ),
 )
 at_zero(ALERT_DELIVERIES, *_each("delivered", "failed", "unconfirmed"))
 at_zero(STREAMS_FLAGGED, *_each("stream_cut_off", "stream_without_usage"))

@@ -6,8 +6,9 @@ local today, y, m, d = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(A
 local this_month, last_month = tonumber(ARGV[9]), tonumber(ARGV[10])
 local most, share = tonumber(ARGV[11]), tonumber(ARGV[12])
 local old, unused = ARGV[13], tonumber(ARGV[14])
-for i = 15, #ARGV, 2 do close(ARGV[i], ARGV[i + 1], old, unused) end
-local record = redis.call('HMGET', KEYS[1], 'revoked', 'rules')
+local tokens = tonumber(ARGV[15])
+for i = 16, #ARGV, 2 do close(ARGV[i], ARGV[i + 1], old, unused) end
+local record = redis.call('HMGET', KEYS[1], 'revoked', 'rules', 'limits')
 -- A key's record is published with its budgets' spend: it decides the call alone.
 -- Without it, the key is unknown, or the state is lost (no LOADED marker).
 if not record[1] then
@@ -15,8 +16,57 @@ if not record[1] then
   return {-2}
 end
 if record[1] == '1' then return {-3} end
+-- Rate limits (app/ratelimits): fixed windows of a UTC minute, per scope (the
+-- customer's, the key's). A call counts one request and reserves ``tokens``; it is
+-- refused when either would pass a limit. The tightest of each is reported back
+-- for the response's x-ratelimit-* headers. A key under a limit takes no lease.
+local minute = math.floor(now / 60)
+local reset = (minute + 1) * 60 - now
+local limits = record[3] and cjson.decode(record[3]) or {}
+local windows, rate = {}, {reset = reset}
+for i, lim in ipairs(limits) do
+  local base = '__PREFIX__rl:' .. lim[1] .. ':' .. minute
+  local req = tonumber(redis.call('GET', base .. ':r') or '0')
+  local tok = tonumber(redis.call('GET', base .. ':t') or '0')
+  windows[i] = {base .. ':r', base .. ':t', lim[3] ~= cjson.null}
+  if lim[2] ~= cjson.null then
+    if req + 1 > lim[2] then
+      return {-4, cjson.encode({what = 'requests', limit = lim[2], reset = reset})}
+    end
+    if not rate.requests or lim[2] - req - 1 < rate.requests[2] then
+      rate.requests = {lim[2], lim[2] - req - 1}
+    end
+  end
+  if lim[3] ~= cjson.null then
+    if tok + tokens > lim[3] then
+      return {-4, cjson.encode({what = 'tokens', limit = lim[3], reset = reset})}
+    end
+    if not rate.tokens or lim[3] - tok - tokens < rate.tokens[2] then
+      rate.tokens = {lim[3], lim[3] - tok - tokens}
+    end
+  end
+end
+if #limits > 0 then most = 1 end
+local function count_call()
+  local held = {}
+  for _, w in ipairs(windows) do
+    redis.call('INCR', w[1])
+    redis.call('EXPIRE', w[1], 120)
+    if w[3] then
+      redis.call('INCRBY', w[2], tokens)
+      redis.call('EXPIRE', w[2], 120)
+      table.insert(held, w[2])
+    end
+  end
+  if #held > 0 then  -- settled by the call's recorded event (tokens.lua)
+    local hold = '__PREFIX__rl:call:' .. call
+    redis.call('SET', hold, cjson.encode({tokens, held}), 'EX', 120)
+  end
+  if #limits == 0 then return '' end
+  return cjson.encode(rate)
+end
 local rules = cjson.decode(record[2])
-if #rules == 0 then return {0, most} end
+if #rules == 0 then return {0, most, count_call()} end
 local function start_of(kind, anchor)
   if kind == 'lifetime' then return '20000101' end  -- a credit balance (periods.LIFETIME)
   if kind == 'day' then return today end
@@ -51,7 +101,7 @@ for i, k in ipairs(keys) do
     end
   end
 end
-local held = {0, calls}
+local held = {0, calls, count_call()}
 for i, k in ipairs(keys) do
   redis.call('ZADD', k[2], lapses, call)
   redis.call('HSET', k[3], call, int(estimates[i] * calls))
