@@ -154,6 +154,8 @@ class Settings(BaseSettings):
     # prompt (a token per 4 bytes of the request's body) and the output it asks for at
     # most (``max_tokens`` or its kin), else this many output tokens.
     rate_limit_default_output_tokens: int = 1024
+    # Credits: a grant with credit left is announced this many days before it expires.
+    credit_expiry_warning_days: int = 7
     # Alerts: webhook deliveries are retried with backoff for this long.
     alert_retry_hours: int = 24
     alert_timeout_seconds: float = 10.0

@@ -5,10 +5,12 @@ from __future__ import annotations
 from celery import shared_task
 
 from app.billing.gateway import StripeGateway
+from app.budgets.alerts import DELIVER_TASK, queue_notices
 from app.celery_app import FlaskTask
 from app.columns import utcnow
 from app.credits.ledger import SETTLE_TASK, settle_accounts
 from app.credits.models import CreditRecharge, RechargeStatus
+from app.credits.notices import every_due_notice
 from app.credits.purchases import RECHARGE_TASK, charge
 from app.customers.keys import keys_changed
 from app.errors import BillingUnavailable
@@ -18,10 +20,15 @@ from app.extensions import db
 @shared_task(bind=True, name=SETTLE_TASK)
 def settle_credits(self: FlaskTask) -> int:
     """Expire grants at their instant and burn what is owed, for every prepaid customer;
-    admission is told of each balance that changed. Returns how many changed."""
-    changed = settle_accounts(utcnow(), self.settings.max_event_age_days)
+    admission is told of each balance that changed, and customers are sent the notices
+    they are owed (low balance, credit expiring soon). Returns how many changed."""
+    now = utcnow()
+    changed = settle_accounts(now, self.settings.max_event_age_days)
     for customer_id in changed:
         keys_changed.send(customer_id)
+    if queue_notices(every_due_notice(now, self.settings.credit_expiry_warning_days), now):
+        db.session.commit()
+        self.services.celery.send_task(DELIVER_TASK)
     return len(changed)
 
 

@@ -8,12 +8,13 @@ from typing import Any
 
 from celery import shared_task
 
-from app.budgets.alerts import DELIVER_TASK
+from app.budgets.alerts import DELIVER_TASK, queue_notices
 from app.budgets.spend import Estimates, settle_batch
 from app.celery_app import FlaskTask
 from app.columns import utcnow
 from app.credits.ledger import burn_committed, customers_of
 from app.credits.models import CreditAccount
+from app.credits.notices import due_notices
 from app.credits.purchases import RECHARGE_TASK, recharge_due
 from app.customers.services import count_unattributed
 from app.extensions import db
@@ -81,7 +82,7 @@ def _attribute(events: list[dict[str, Any]]) -> None:
 
 def _burn_credits(task: FlaskTask, events: list[dict[str, Any]]) -> None:
     """Pay the batch's prepaid customers' usage from their credits, and queue the
-    recharge a burn made due; never fails the batch, which is recorded: the minute's
+    recharge and the notices a burn made due; never fails the batch, which is recorded: the minute's
     ``credits.settle`` job burns what a failure here left."""
     hashes = [e["api_key_hash"] for e in events if isinstance(e, dict) and "api_key_hash" in e]
     try:
@@ -90,9 +91,13 @@ def _burn_credits(task: FlaskTask, events: list[dict[str, Any]]) -> None:
             burn_committed(customer_id, now, task.settings.max_event_age_days)
             account = db.session.get(CreditAccount, customer_id)
             due = recharge_due(account, now) if account is not None else None
+            notices = due_notices(customer_id, now, task.settings.credit_expiry_warning_days)
+            told = queue_notices(notices, now)
             db.session.commit()
             if due is not None:
                 task.services.celery.send_task(RECHARGE_TASK, args=[due.id])
+            if told:
+                task.services.celery.send_task(DELIVER_TASK)
     except Exception:  # noqa: BLE001 - the batch stands; the minute's job burns later
         db.session.rollback()
         log.exception("credits not burnt for a recorded batch; the minute's job catches up")

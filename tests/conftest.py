@@ -38,6 +38,7 @@ from tests.helpers import (
     REDIS_URL,
     SERVICE_TOKEN,
     WEBHOOK_SECRET,
+    Receiver,
     create_database,
     create_extra_app,
     drop_database,
@@ -257,3 +258,10 @@ def sqlite_app(app: Flask, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     yield embedded
     with embedded.app_context():
         db.engine.dispose()
+
+
+@pytest.fixture()
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    yield server
+    server.server.shutdown()

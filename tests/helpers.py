@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,48 @@ def at_once(app: Flask, key: str, n: int = 64, body: dict[str, Any] | None = Non
     for thread in threads:
         thread.join()
     return answers
+
+
+class Receiver:
+    """A customer's webhook endpoint on loopback: answers from a script, keeps every request."""
+
+    def __init__(self, hold_first_seconds: float = 0) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.cut_short = 0  # requests whose body never came whole: not acted on
+        self.answers: list[int] = []  # answered in turn; 200 once they run out
+        self.arrived, self.release = threading.Event(), threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server hook
+                length = int(self.headers["Content-Length"])
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender went away: as any server, drop it
+                    receiver.cut_short += 1
+                    self.close_connection = True
+                    return
+                receiver.requests.append({"headers": dict(self.headers), "body": body})
+                receiver.arrived.set()
+                if len(receiver.requests) == 1:  # a slow endpoint holds the first one
+                    receiver.release.wait(hold_first_seconds)
+                status = receiver.answers.pop(0) if receiver.answers else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/budget"
+
+    def ids(self) -> list[str]:
+        return [r["headers"]["Webhook-Id"] for r in self.requests]
+
+
+def subscribe(client: FlaskClient, key: str, url: str) -> str:
+    """Send the customer's alerts to ``url``: the signing secret."""
+    resp = client.put("/v1/billing/alerts/webhook", json={"url": url}, headers=auth(key))
+    assert resp.status_code == 200, resp.get_json()
+    return resp.get_json()["secret"]

@@ -11,10 +11,8 @@ import signal
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -41,61 +39,19 @@ from app.extensions import db
 from app.periods import period_at
 from app.registry import services
 from tests.factories import event
-from tests.helpers import ADMIN_TOKEN, SERVICE_TOKEN, auth, measured, project_root, wait_for
+from tests.helpers import (
+    ADMIN_TOKEN,
+    SERVICE_TOKEN,
+    Receiver,
+    auth,
+    measured,
+    project_root,
+    subscribe,
+    wait_for,
+)
 
 pytestmark = pytest.mark.services
 EVENT_COST = "0.0045"  # claude-3-5-sonnet, 1,000 tokens in and 100 out: $3 and $15 per million
-
-
-class Receiver:
-    """A customer's webhook endpoint on loopback: answers from a script, keeps every request."""
-
-    def __init__(self, hold_first_seconds: float = 0) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.cut_short = 0  # requests whose body never came whole: not acted on
-        self.answers: list[int] = []  # answered in turn; 200 once they run out
-        self.arrived, self.release = threading.Event(), threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server hook
-                length = int(self.headers["Content-Length"])
-                body = self.rfile.read(length)
-                if len(body) < length:  # the sender went away: as any server, drop it
-                    receiver.cut_short += 1
-                    self.close_connection = True
-                    return
-                receiver.requests.append({"headers": dict(self.headers), "body": body})
-                receiver.arrived.set()
-                if len(receiver.requests) == 1:  # a slow endpoint holds the first one
-                    receiver.release.wait(hold_first_seconds)
-                status = receiver.answers.pop(0) if receiver.answers else 200
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/budget"
-
-    def ids(self) -> list[str]:
-        return [r["headers"]["Webhook-Id"] for r in self.requests]
-
-
-@pytest.fixture()
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    yield server
-    server.server.shutdown()
-
-
-def _subscribe(client: FlaskClient, key: str, url: str) -> str:
-    resp = client.put("/v1/billing/alerts/webhook", json={"url": url}, headers=auth(key))
-    assert resp.status_code == 200, resp.get_json()
-    return resp.get_json()["secret"]
 
 
 def _alerted(
@@ -103,7 +59,7 @@ def _alerted(
 ) -> tuple[Any, str]:
     """A customer whose alerts go to ``url``, with this budget: it, and its secret."""
     customer = make_customer(key)
-    secret = _subscribe(client, key, url)
+    secret = subscribe(client, key, url)
     resp = client.post(
         f"/v1/billing/customers/{customer.id}/budgets",
         json={"period": "day", **budget},
@@ -276,7 +232,7 @@ def test_a_name_that_resolves_inside_is_refused_at_delivery(
     delivering: the attempt is recorded with the reason, nothing is sent."""
     customer = make_customer("key-sneaky")
     port = receiver.server.server_port
-    _subscribe(client, "key-sneaky", f"https://localhost:{port}/hook")
+    subscribe(client, "key-sneaky", f"https://localhost:{port}/hook")
     with app.app_context():
         db.session.add(
             BudgetAlert(

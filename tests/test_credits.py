@@ -16,7 +16,9 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from standardwebhooks import Webhook
 
+from app.budgets.models import BudgetAlert
 from app.budgets.spend import Estimates, credit_rule, rebuild
 from app.columns import utcnow
 from app.config import Settings
@@ -31,6 +33,7 @@ from tests.factories import event
 from tests.fake_stripe import FakeStripe
 from tests.helpers import (
     ADMIN_TOKEN,
+    Receiver,
     at_once,
     auth,
     close_enforcing,
@@ -39,6 +42,7 @@ from tests.helpers import (
     metered_call,
     record,
     stripe_event,
+    subscribe,
     wait_for,
 )
 
@@ -463,7 +467,83 @@ def test_declined_recharges_are_recorded_and_pause_after_three(
         assert statuses == ["failed"] * 3 and account.recharge_paused
         assert recharge_due(account, now + timedelta(hours=8)) is None
         db.session.rollback()
+    stripe_event(client, "payment_intent.payment_failed", obj)  # the last one, replayed
+    told = _notices(app, customer.id)
+    assert [n["type"] for n in told] == ["credits.recharge_failed"] * 3
+    assert {n["error"] for n in told} == {"Your card was declined."}
     assert Decimal(_credits(client, "key-declined")["balance"]) == 0
+
+
+def _recorded(batch: list[dict]) -> None:
+    """A batch recorded by the worker's task, burn and notices included."""
+    from tasks.ingest import record_events_task
+
+    record_events_task.apply(args=[batch]).get()
+
+
+def _notices(app: Flask, customer_id: int) -> list[dict]:
+    with app.app_context():
+        rows = db.session.scalars(
+            select(BudgetAlert)
+            .where(BudgetAlert.customer_id == customer_id, BudgetAlert.budget_id.is_(None))
+            .order_by(BudgetAlert.id)
+        ).all()
+        db.session.rollback()
+        return [row.payload for row in rows]
+
+
+def test_low_balance_and_expiring_credit_are_told_once_per_crossing(
+    app: Flask,
+    client: FlaskClient,
+    celery_worker,
+    make_customer,
+    receiver: Receiver,
+    settings: Settings,
+) -> None:
+    """Low balance at $0.01: a burn that crosses it is told once, however many batches
+    (one delivered twice) follow below it; a top-up back above re-arms it, and the
+    next crossing is told again. A grant expiring within the warning days is told
+    once by the minute's job, run twice. Each is a signed webhook, like budget alerts."""
+    from tasks.credits import settle_credits
+
+    customer = make_customer("key-low")
+    secret = subscribe(client, "key-low", receiver.url)
+    _prepaid(client, customer.id)
+    resp = client.put(
+        f"/v1/billing/customers/{customer.id}/credits",
+        json={"overage": "bill", "low_balance_at": "0.01"},
+        headers=auth(ADMIN_TOKEN),
+    )
+    assert resp.status_code == 200, resp.get_json()
+    _grant(client, customer.id, amount="0.012")
+    first, second = event("key-low"), event("key-low")
+    for batch in ([first], [second], [second]):  # 0.0075, then 0.003 (the second twice)
+        _recorded(batch)
+    wait_for(lambda: _burnt(app, customer.id) == 2 * EVENT_COST)
+    assert [n["type"] for n in _notices(app, customer.id)] == ["credits.low_balance"]
+    _grant(client, customer.id, amount="0.02")  # 0.023: above again
+    for _ in range(3):  # 0.0185, 0.014, 0.0095
+        _recorded([event("key-low")])
+    wait_for(lambda: _burnt(app, customer.id) == 5 * EVENT_COST)
+    soon = (utcnow() + timedelta(days=3)).isoformat()
+    _grant(client, customer.id, amount="0.5", expires_at=soon)
+    with app.app_context():
+        settle_credits.apply()
+        settle_credits.apply()
+    notices = _notices(app, customer.id)
+    assert [n["type"] for n in notices] == [
+        "credits.low_balance",
+        "credits.low_balance",
+        "credits.expiring",
+    ]
+    assert [n["amount"] for n in notices] == ["0.0075", "0.0095", "0.5"]
+    wait_for(lambda: len(receiver.requests) == 3, timeout=30)
+    for request in receiver.requests:
+        assert Webhook(secret).verify(request["body"], request["headers"])["customer_id"] == (
+            customer.id
+        )
+    listed = client.get("/v1/billing/alerts", headers=auth("key-low")).get_json()
+    assert sorted(a["type"] for a in listed["alerts"]) == sorted(n["type"] for n in notices)
 
 
 def test_the_report_bills_only_what_credits_did_not_cover(

@@ -11,8 +11,10 @@ from sqlalchemy.exc import IntegrityError
 
 from app.billing.gateway import StripeEvent
 from app.billing.models import StripeWebhookEvent
+from app.budgets.alerts import queue_notices
 from app.columns import utcnow
 from app.config import Settings
+from app.credits.notices import recharge_failed_notice
 from app.credits.purchases import (
     StripePayments,
     checkout_paid,
@@ -39,7 +41,9 @@ def _credit(
     elif event_type == "payment_intent.succeeded":
         granted = recharge_succeeded(obj, now, settings.max_event_age_days)
     else:
-        recharge_failed(obj)
+        failed = recharge_failed(obj)
+        if failed is not None:  # the customer is told (a signed webhook), once
+            queue_notices([recharge_failed_notice(failed)], now)
         granted = False
     db.session.commit()
     if granted:

@@ -40,10 +40,11 @@ import random
 import secrets
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select, update
@@ -61,6 +62,7 @@ from app.budgets.models import (
 )
 from app.columns import amount_str, utcnow
 from app.config import Settings
+from app.credits.notices import Notice
 from app.customers.models import BillingCustomer
 from app.database import execute_dml
 from app.dialect import insert_for
@@ -101,27 +103,49 @@ def raise_alerts(budget: Budget, period: Period, spent: Decimal) -> list[int]:
             "spent": amount_str(spent),
             "hard_limit": budget.hard_limit,
         }
-        row = db.session.execute(
-            insert_for(BudgetAlert.__table__)
-            .values(
-                budget_id=budget.id,
-                customer_id=budget.customer_id,
-                threshold=threshold,
-                period_start=period.start,
-                spent=spent,
-                limit_value=limit,
-                status=QUEUED,
-                payload=payload,
-                attempts=0,
-                next_attempt_at=utcnow(),
-                created_at=utcnow(),
-            )
-            .on_conflict_do_nothing()
-            .returning(BudgetAlert.__table__.c.id)
-        ).first()
-        if row is None:
-            continue
-        created.append(row[0])
+        alert_id = _queue(
+            budget_id=budget.id,
+            customer_id=budget.customer_id,
+            threshold=threshold,
+            period_start=period.start,
+            spent=spent,
+            limit_value=limit,
+            payload=payload,
+        )
+        if alert_id is not None:
+            created.append(alert_id)
+    return created
+
+
+def _queue(**values: Any) -> int | None:
+    """Insert one alert, to be delivered now: its id, or None if it was raised before."""
+    now = utcnow()
+    row = db.session.execute(
+        insert_for(BudgetAlert.__table__)
+        .values(status=QUEUED, attempts=0, next_attempt_at=now, created_at=now, **values)
+        .on_conflict_do_nothing()
+        .returning(BudgetAlert.__table__.c.id)
+    ).first()
+    return None if row is None else int(row[0])
+
+
+def queue_notices(notices: Iterable[Notice], now: datetime) -> list[int]:
+    """Deliver prepaid customers' notices (low balance, expiring credit, a failed
+    recharge), each already claimed once by its flag, as alerts: the same signed
+    webhooks, retries and record of attempts. The caller commits."""
+    created = []
+    for notice in notices:
+        alert_id = _queue(
+            budget_id=None,
+            customer_id=notice.customer_id,
+            threshold=0,
+            period_start=now.date(),
+            spent=notice.amount,
+            limit_value=notice.limit,
+            payload=notice.payload(),
+        )
+        assert alert_id is not None  # no budget: nothing to conflict with
+        created.append(alert_id)
     return created
 
 

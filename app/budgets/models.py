@@ -53,13 +53,15 @@ class Budget(Model):
 
 
 class BudgetAlert(Model):
-    """One threshold of one budget reached in one period: unique, so raised once."""
+    """One threshold of one budget reached in one period: unique, so raised once. Or a
+    prepaid customer's notice, raised once by the flag its crossing set."""
 
     __tablename__ = "budget_alerts"
     __table_args__ = (UniqueConstraint("budget_id", "threshold", "period_start"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
+    # None: a prepaid customer's notice (``app.credits.notices``), its kind in the payload.
+    budget_id: Mapped[int | None] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
     customer_id: Mapped[int] = mapped_column(
         ForeignKey("billing_customers.id", ondelete="CASCADE"), index=True
     )

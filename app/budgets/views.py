@@ -160,8 +160,14 @@ class AlertAttempt(Answer):
 
 
 class AlertAnswer(Answer):
+    """A budget's threshold reached (``budget.threshold_reached``), or a prepaid
+    customer's notice (``credits.low_balance``, ``credits.expiring``,
+    ``credits.recharge_failed``: no budget; ``spent`` is the amount, ``limit`` what it
+    is measured against)."""
+
     id: str
-    budget_id: int
+    type: str
+    budget_id: int | None
     threshold_percent: int
     period_start: Day
     spent: Quantity
@@ -178,6 +184,7 @@ class AlertAnswer(Answer):
         )
         return cls(
             id=f"alert_{alert.id}",
+            type=str(alert.payload.get("type", "budget.threshold_reached")),
             budget_id=alert.budget_id,
             threshold_percent=alert.threshold,
             period_start=alert.period_start,

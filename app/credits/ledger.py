@@ -110,7 +110,22 @@ def add_grant(
     db.session.add(grant)
     db.session.flush()
     _entry(customer_id, EntryKind.GRANT, amount, start, grant.id, note)
+    db.session.flush()
+    _rearm(customer_id)
     return grant, True
+
+
+def _rearm(customer_id: int) -> None:
+    """After a top-up: a balance back at its low-balance threshold is told again when
+    it next falls below (``app.credits.notices``)."""
+    account = account_of(customer_id)
+    if (
+        account is not None
+        and account.low_balance_alerted
+        and account.low_balance_at is not None
+        and balance(customer_id) >= account.low_balance_at
+    ):
+        account.low_balance_alerted = False
 
 
 def remaining(grant: CreditGrant) -> Decimal:

@@ -64,6 +64,8 @@ class CreditAccount(Model):
     recharge_paused: Mapped[bool] = mapped_column(Boolean, default=False)
     payment_method: Mapped[str | None] = mapped_column(String(255))  # Stripe's pm_…
     low_balance_at: Mapped[Decimal | None] = mapped_column(Money)  # alert below this
+    # Told of this crossing below ``low_balance_at``; re-armed by a top-up above it.
+    low_balance_alerted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -88,6 +90,7 @@ class CreditGrant(Model):
     source: Mapped[str] = mapped_column(String(255), unique=True)
     note: Mapped[str | None] = mapped_column(Text)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # expired or voided
+    expiry_warned: Mapped[bool] = mapped_column(Boolean, default=False)  # told it expires soon
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

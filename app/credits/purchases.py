@@ -150,17 +150,18 @@ def recharge_succeeded(obj: dict[str, Any], now: datetime, max_event_age_days: i
     return new
 
 
-def recharge_failed(obj: dict[str, Any]) -> bool:
-    """A recharge's payment failed: recorded; repeated failures pause auto-recharge.
+def recharge_failed(obj: dict[str, Any]) -> CreditRecharge | None:
+    """A recharge's payment failed: recorded (the recharge, for the customer to be
+    told; None when it was recorded already); repeated failures pause auto-recharge.
     A failure reported after the same payment succeeded changes nothing."""
     customer_id = _ours(obj)
     if customer_id is None:
-        return False
+        return None
     recharge = db.session.scalar(
         select(CreditRecharge).where(CreditRecharge.payment_intent == obj["id"])
     )
-    if recharge is None or recharge.status == RechargeStatus.SUCCEEDED:
-        return False
+    if recharge is None or recharge.status in (RechargeStatus.SUCCEEDED, RechargeStatus.FAILED):
+        return None
     error = (obj.get("last_payment_error") or {}).get("message") or "payment failed"
     recharge.status, recharge.error = RechargeStatus.FAILED, str(error)[:2000]
     db.session.flush()
@@ -171,7 +172,7 @@ def recharge_failed(obj: dict[str, Any]) -> bool:
             log.error(
                 "auto-recharge paused after failed payments", extra={"customer_id": customer_id}
             )
-    return True
+    return recharge
 
 
 def _failures_in_a_row(customer_id: int) -> int:
