@@ -15,6 +15,7 @@ from app.analytics.cli import export_command
 from app.billing.report import resolve_manual
 from app.columns import utcnow
 from app.config import Settings
+from app.credits.cli import credits_cli
 from app.customers.cli import customers_cli, keys_cli
 from app.errors import JobAlreadyRunning, NotFound, ValidationError
 from app.ingest.recording import replay_rejected
@@ -40,6 +41,7 @@ billing_cli = AppGroup("billing", help="Billing operations.")
 billing_cli.add_command(customers_cli)
 billing_cli.add_command(keys_cli)
 billing_cli.add_command(plans_cli)
+billing_cli.add_command(credits_cli)
 billing_cli.add_command(export_command)
 
 

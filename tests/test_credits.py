@@ -4,6 +4,7 @@ that bills only what credits did not cover."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -610,3 +611,51 @@ def test_a_customer_without_credits_reads_404_and_admins_manage_grants(
     answer = _credits(client, "key-postpaid-only")
     assert Decimal(answer["balance"]) == Decimal("1.5") == _ledger_sum(app, customer.id)
     assert [e["kind"] for e in answer["entries"]] == ["adjustment", "void", "refund", "grant"]
+
+
+def test_the_cli_grants_voids_refunds_and_lists_as_the_api_does(
+    app: Flask, client: FlaskClient, make_customer
+) -> None:
+    """``flask billing credits …``: what it changes is what the API then answers, and
+    what the API would refuse it refuses, naming the field."""
+    customer = make_customer("key-cli")
+    runner = app.test_cli_runner()
+
+    def run(*args: str) -> list[dict]:
+        result = runner.invoke(args=["billing", "credits", *args])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in result.output.splitlines()]
+
+    [paid] = run(
+        "grant", "--customer", str(customer.id), "--amount", "20", "--category", "purchased"
+    )
+    [promo] = run(
+        "grant",
+        "--customer",
+        str(customer.id),
+        "--amount",
+        "5",
+        "--expires",
+        "2099-01-01T00:00:00Z",
+    )
+    assert promo["expires_at"] == "2099-01-01T00:00:00+00:00"
+    [refunded] = run("refund", "--grant", str(paid["id"]), "--amount", "7.5")
+    assert refunded["remaining"] == "12.5"
+    [voided] = run("void", "--grant", str(promo["id"]))
+    assert voided["remaining"] == "0" and voided["closed_at"]
+    listed = run("list", "--customer", str(customer.id))
+    assert Decimal(listed[0]["balance"]) == Decimal(_credits(client, "key-cli")["balance"])
+    assert listed[0]["balance"] == "12.5"
+    assert [g["id"] for g in listed[1:]] == [paid["id"], promo["id"]]
+    for args, field in (
+        (("refund", "--grant", str(promo["id"]), "--amount", "1"), "grant_id"),
+        (("refund", "--grant", str(paid["id"]), "--amount", "13"), "amount"),
+        (("grant", "--customer", "999999", "--amount", "1"), "customer_id"),
+        (("void", "--grant", "999999"), "grant_id"),
+    ):
+        result = runner.invoke(args=["billing", "credits", *args])
+        assert result.exit_code == 1 and f"{field}:" in result.output, result.output
+    result = runner.invoke(
+        args=["billing", "credits", "grant", "--customer", "1", "--amount", "lots"]
+    )
+    assert result.exit_code == 2 and "an amount in USD" in result.output

@@ -25,6 +25,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import make_server
 
+from app.budgets.alerts import queue_notices
+from app.config import Settings
+from app.credits.ledger import burn_committed
+from app.credits.notices import due_notices
 from app.customers.models import BillingCustomer
 from app.dashboard.overview import overview
 from app.extensions import db
@@ -113,7 +117,7 @@ class Page:
 
 
 def _money(text: str) -> Decimal:
-    return Decimal(text.removeprefix("$").replace(",", ""))
+    return Decimal(text.replace("$", "").replace(",", ""))
 
 
 def _api(client: FlaskClient, key: str, path: str) -> Any:
@@ -210,6 +214,47 @@ def test_the_customer_dashboard_shows_what_the_api_answers(
     page.page.wait_for_url("**/dashboard/sign-in")
     # The browser's own cookies, outside the page (a 401 there is no page error).
     assert page.context.request.get(f"{live_server}/dashboard/data/forecast").status == 401
+    page.close()
+
+
+@browser
+def test_a_prepaid_customer_sees_its_credit_as_the_api_answers(
+    chromium: Any, live_server: str, app: Flask, client: FlaskClient, customer_with_usage: Any
+) -> None:
+    """Balance, grants and ledger on /dashboard equal GET /v1/billing/credits, and a
+    low-balance notice is listed among the alerts by name."""
+    customer, key = customer_with_usage
+    path = f"/v1/billing/customers/{customer.id}/credits"
+    admin = auth(ADMIN_TOKEN)
+    assert (
+        client.put(path, json={"overage": "bill", "low_balance_at": "5"}, headers=admin).status_code
+        == 200
+    )
+    expires = (NOW + timedelta(days=30)).isoformat()
+    for body in ({"amount": "0.05", "priority": 10}, {"amount": "2.5", "expires_at": expires}):
+        assert client.post(f"{path}/grants", json=body, headers=admin).status_code == 201
+    with app.app_context():
+        record([event(key) for _ in range(4)])
+        burn_committed(customer.id, datetime.now(UTC), Settings().max_event_age_days)
+        queue_notices(due_notices(customer.id, datetime.now(UTC), 7), datetime.now(UTC))
+        db.session.commit()
+    credits = _api(client, key, "/v1/billing/credits")
+    page = Page(chromium, live_server)
+    page.open("/dashboard/sign-in")
+    page.sign_in("api_key", key)
+    assert _money(page.figure("credit_balance")) == Decimal(credits["balance"])
+    assert page.figure("credit_overage") == "billed as usage"
+    assert page.figure("credit_recharge") == "off"
+    grants = page.table("credit-grants")
+    assert [(_money(g[2]), _money(g[3])) for g in grants] == [
+        (Decimal(g["amount"]), Decimal(g["remaining"])) for g in credits["grants"]
+    ]
+    ledger = page.table("credit-ledger")
+    assert [(e[1], _money(e[2])) for e in ledger] == [
+        (e["kind"], Decimal(e["amount"])) for e in credits["entries"]
+    ]
+    assert any(row[1] == "low credit balance" for row in page.table("alerts"))
+    page.screenshot("dashboard-credits")
     page.close()
 
 

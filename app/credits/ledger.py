@@ -25,6 +25,7 @@ from decimal import Decimal
 from sqlalchemy import func, select, update
 
 from app.credits.models import CreditAccount, CreditEntry, CreditGrant, EntryKind, Overage
+from app.customers.keys import keys_changed
 from app.customers.models import ApiKey, BillingCustomer
 from app.database import execute_dml
 from app.errors import Conflict, NotFound, ValidationError
@@ -39,6 +40,30 @@ _IN_BALANCE = CreditEntry.kind != EntryKind.OVERAGE
 
 def account_of(customer_id: int) -> CreditAccount | None:
     return db.session.get(CreditAccount, customer_id)
+
+
+def announce(customer_id: int) -> None:
+    """Commit a change of the customer's credits, then tell admission in every API
+    process, which decides its next call on the new balance."""
+    db.session.commit()
+    keys_changed.send(customer_id)
+
+
+def grant_of(grant_id: int) -> CreditGrant:
+    grant = db.session.get(CreditGrant, grant_id)
+    if grant is None:
+        raise NotFound(f"no grant {grant_id}", field="grant_id")
+    return grant
+
+
+def grants_of(customer_id: int) -> list[CreditGrant]:
+    return list(
+        db.session.scalars(
+            select(CreditGrant)
+            .where(CreditGrant.customer_id == customer_id)
+            .order_by(CreditGrant.id)
+        )
+    )
 
 
 def open_account(

@@ -22,7 +22,10 @@ from app.credits.ledger import (
     account_of,
     add_grant,
     adjust,
+    announce,
     balance,
+    grant_of,
+    grants_of,
     open_account,
     refund_grant,
     remaining,
@@ -30,7 +33,6 @@ from app.credits.ledger import (
 )
 from app.credits.models import CreditAccount, CreditEntry, CreditGrant, EntryKind, Overage
 from app.credits.purchases import cents, start_checkout
-from app.customers.keys import keys_changed
 from app.customers.models import BillingCustomer
 from app.customers.services import API_KEY
 from app.errors import NotFound, ValidationError
@@ -158,7 +160,6 @@ class CreditsAnswer(Answer):
     @classmethod
     def of(cls, account: CreditAccount) -> CreditsAnswer:
         customer_id = account.customer_id
-        grants = db.session.query(CreditGrant).filter_by(customer_id=customer_id)
         entries = (
             db.session.query(CreditEntry)
             .filter_by(customer_id=customer_id)
@@ -187,7 +188,7 @@ class CreditsAnswer(Answer):
                 paused=account.recharge_paused,
                 card_saved=account.payment_method is not None,
             ),
-            grants=[GrantAnswer.of(g) for g in grants.order_by(CreditGrant.id)],
+            grants=[GrantAnswer.of(g) for g in grants_of(customer_id)],
             entries=[
                 EntryAnswer(
                     id=e.id, kind=e.kind, amount=e.amount, at=e.at, grant_id=e.grant_id, note=e.note
@@ -195,6 +196,21 @@ class CreditsAnswer(Answer):
                 for e in entries
             ],
         )
+
+
+class PrepaidAnswer(Answer):
+    """The dashboard's view of the caller's credits: whether it is prepaid, and if so
+    what ``GET /v1/billing/credits`` answers."""
+
+    prepaid: bool
+    credits: CreditsAnswer | None
+
+
+def prepaid_answer(customer: BillingCustomer) -> PrepaidAnswer:
+    account = account_of(customer.id)
+    return PrepaidAnswer(
+        prepaid=account is not None, credits=None if account is None else CreditsAnswer.of(account)
+    )
 
 
 class CheckoutAnswer(Answer):
@@ -208,23 +224,11 @@ def _settings_age() -> int:
     return int(current_app.config["SETTINGS"].max_event_age_days)
 
 
-def _changed(customer_id: int) -> None:
-    db.session.commit()
-    keys_changed.send(customer_id)
-
-
 def _account(customer_id: int) -> CreditAccount:
     account = account_of(customer_id)
     if account is None:
         raise NotFound(f"customer {customer_id} has no credits", field="customer_id")
     return account
-
-
-def _grant(grant_id: int) -> CreditGrant:
-    grant = db.session.get(CreditGrant, grant_id)
-    if grant is None:
-        raise NotFound(f"no grant {grant_id}", field="grant_id")
-    return grant
 
 
 # -- admins ---------------------------------------------------------------------
@@ -257,7 +261,7 @@ def set_account(customer_id: int, body: AccountSet) -> CreditsAnswer:
     account = open_account(customer_id, utcnow(), _settings_age(), Overage(body.overage))
     account.overage = body.overage
     account.low_balance_at = body.low_balance_at
-    _changed(customer_id)
+    announce(customer_id)
     return CreditsAnswer.of(account)
 
 
@@ -287,7 +291,7 @@ def create_grant(customer_id: int, body: GrantCreate) -> tuple[GrantAnswer, int]
         expires_at=body.expires_at,
         note=body.note,
     )
-    _changed(customer_id)
+    announce(customer_id)
     return GrantAnswer.of(grant), 201
 
 
@@ -301,9 +305,9 @@ def create_grant(customer_id: int, body: GrantCreate) -> tuple[GrantAnswer, int]
     errors=(401, 403, 404, 409),
 )
 def void(grant_id: int) -> GrantAnswer:
-    grant = _grant(grant_id)
+    grant = grant_of(grant_id)
     void_grant(grant, utcnow(), "voided by an admin")
-    _changed(grant.customer_id)
+    announce(grant.customer_id)
     return GrantAnswer.of(grant)
 
 
@@ -319,9 +323,9 @@ def void(grant_id: int) -> GrantAnswer:
     rules="Only purchased credit, at most what is left of it.",
 )
 def refund(grant_id: int, body: RefundCreate) -> GrantAnswer:
-    grant = _grant(grant_id)
+    grant = grant_of(grant_id)
     refund_grant(grant, body.amount, utcnow(), body.note)
-    _changed(grant.customer_id)
+    announce(grant.customer_id)
     return GrantAnswer.of(grant)
 
 
@@ -339,7 +343,7 @@ def refund(grant_id: int, body: RefundCreate) -> GrantAnswer:
 def create_adjustment(customer_id: int, body: AdjustmentCreate) -> tuple[EntryAnswer, int]:
     entry = adjust(customer_id, Decimal(body.amount), utcnow(), body.note)
     db.session.flush()
-    _changed(customer_id)
+    announce(customer_id)
     answer = EntryAnswer(
         id=entry.id,
         kind=entry.kind,
@@ -386,7 +390,7 @@ def own_recharge(body: AutoRecharge, caller: BillingCustomer) -> CreditsAnswer:
     account.recharge_amount = body.amount
     account.recharge_daily_limit = body.daily_limit
     account.recharge_paused = False
-    _changed(caller.id)
+    announce(caller.id)
     return CreditsAnswer.of(account)
 
 

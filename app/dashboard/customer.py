@@ -32,6 +32,7 @@ from app.analytics.views import (
 from app.budgets.views import AlertList, BudgetList, alerts_answer, budgets_answer
 from app.columns import money_str, utcnow
 from app.contract import as_answer
+from app.credits.views import PrepaidAnswer, prepaid_answer
 from app.customers.keys import keys_of
 from app.customers.models import BillingCustomer
 from app.dashboard.session import (
@@ -67,6 +68,7 @@ DATA: dict[str, tuple[type[BaseModel], Answering, type[BaseModel]]] = {
     "recommendations": (RecommendationQuery, recommendations_answer, RecommendationsAnswer),
     "budgets": (NoQuery, lambda customer, _: budgets_answer(customer), BudgetList),
     "alerts": (NoQuery, lambda customer, _: alerts_answer(customer), AlertList),
+    "credits": (NoQuery, lambda customer, _: prepaid_answer(customer), PrepaidAnswer),
 }
 RANGES = (7, 30, 90)  # the days the page can show
 BREAKDOWN_COLUMNS = ("provider", "model", "events", *COLUMNS, "cost")

@@ -107,14 +107,44 @@ async function recommendations() {
   pages.fill("recommendations", rows, "No usage in this range.");
 }
 
+const ALERT_NAMES = {
+  "budget.threshold_reached": "budget threshold",
+  "credits.low_balance": "low credit balance",
+  "credits.expiring": "credit expiring soon",
+  "credits.recharge_failed": "auto-recharge payment failed",
+};
+
 async function alerts() {
   const body = await pages.data("/dashboard/data/alerts");
   pages.fill("alerts", body.alerts.map((a) => [
-    a.created_at.slice(0, 16).replace("T", " "), `${a.threshold}%`, pages.decimal(a.spent),
+    a.created_at.slice(0, 16).replace("T", " "), ALERT_NAMES[a.type] || a.type,
+    a.budget_id === null ? null : `${a.threshold_percent}%`, pages.decimal(a.spent),
     pages.decimal(a.limit), a.status,
   ]), "No alerts.");
 }
 
-Promise.all([usage(), forecast(), performance(), recommendations(), alerts()])
+const when = (instant) => (instant ? instant.slice(0, 16).replace("T", " ") : null);
+
+async function credits() {
+  const body = await pages.data("/dashboard/data/credits");
+  if (!body.prepaid) return;
+  const c = body.credits;
+  document.getElementById("credits").hidden = false;
+  pages.figure("credit_balance", pages.money(c.balance));
+  pages.figure("credit_overage", c.overage === "block" ? "calls are refused" : "billed as usage");
+  const r = c.auto_recharge;
+  pages.figure("credit_recharge", r.threshold === null ? "off"
+    : `${pages.money(r.amount)} below ${pages.money(r.threshold)}${r.paused ? " (paused: payments failed)" : ""}`);
+  pages.figure("credit_uncovered", pages.money(c.uncovered));
+  pages.fill("credit-grants", c.grants.map((g) => [
+    when(g.effective_at), g.category, pages.money(g.amount), pages.money(g.remaining), g.priority,
+    when(g.expires_at) || "never", g.closed_at ? "closed" : "open",
+  ]), "No grants.");
+  pages.fill("credit-ledger", c.entries.map((e) => [
+    when(e.at), e.kind, pages.money(e.amount), e.grant_id, e.note,
+  ]), "No entries.");
+}
+
+Promise.all([usage(), forecast(), performance(), recommendations(), alerts(), credits()])
   .then(() => document.body.setAttribute("data-loaded", "true"))
   .catch((error) => pages.status(`Could not load everything: ${error.message}`));

@@ -24,7 +24,9 @@ const pages = {
   },
 
   money(value) {
-    return value === null || value === undefined ? "–" : "$" + pages.decimal(value);
+    if (value === null || value === undefined) return "–";
+    const text = pages.decimal(value);
+    return text.startsWith("-") ? "-$" + text.slice(1) : "$" + text;
   },
 
   count(value) {
