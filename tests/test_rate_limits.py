@@ -176,6 +176,9 @@ def test_rate_limits_are_refused_when_malformed(client: FlaskClient, make_custom
     ):
         resp = client.put(path, json=body, headers=auth(ADMIN_TOKEN))
         assert resp.status_code == 400 and resp.get_json()["error"]["field"] == field
+    most = {"requests_per_minute": 10**12, "tokens_per_minute": 10**12}
+    [kept] = _limit(client, path, **most)["limits"]
+    assert (kept["requests_per_minute"], kept["tokens_per_minute"]) == (10**12, 10**12)
     assert (
         client.put(
             "/v1/billing/keys/999999/rate-limits", json={}, headers=auth(ADMIN_TOKEN)

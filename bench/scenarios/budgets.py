@@ -1,13 +1,18 @@
-"""Budgets: what admission adds to a metered call, and how far concurrent calls overshoot
-a hard limit, ours against a naive check-then-add.
+"""Budgets, credits and rate limits: what admission adds to a metered call, and how far
+concurrent calls overshoot a hard limit or a prepaid balance, ours against a naive
+check-then-add.
 
 Overhead: ``/v1/execute`` with metering on, enforcement off, on (with its leases,
-as shipped) and on asking Redis on every call (``BUDGET_LEASE_SECONDS=0``), three
-stacks up at once and one client alternating between them call by call (a
-kept-alive connection to each), the caller under a hard budget it never reaches.
+as shipped) and on asking Redis on every call (``BUDGET_LEASE_SECONDS=0``), and on
+for a caller held by everything at once (a hard budget, a prepaid balance that
+stops at zero, and requests and tokens per minute: a key under a rate limit takes
+no lease, so each of its calls is one round trip), four stacks up at once and one
+client alternating between them call by call (a kept-alive connection to each),
+the caller under limits it never reaches.
 
 Overshoot: a limit that fits ten calls, two spent and recorded; then 64 calls at
-once. Ours goes through the stack (``ENFORCE_BUDGETS=true``). The naive check
+once. Ours goes through the stack (``ENFORCE_BUDGETS=true``); the same for a
+prepaid balance that fits ten calls. The naive check
 (LiteLLM's: read the spend, serve if below the limit, add the cost when the call
 is done) runs here against the same Redis, each call taking the stack's measured
 median time, so both meet the same 64-at-once load.
@@ -21,10 +26,12 @@ import statistics
 import threading
 import time
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import redis
 
+from app.security import hash_api_key
 from bench.load import alternating_latencies, execute_request, one_request
 from bench.stack import ADMIN_TOKEN, REDIS_URL, Run, Stack, log
 
@@ -36,6 +43,7 @@ SIDES = (
     ("off", 8716, {"ENFORCE_BUDGETS": "false"}),
     ("on", 8717, {"ENFORCE_BUDGETS": "true"}),
     ("on_without_leases", 8718, {"ENFORCE_BUDGETS": "true", "BUDGET_LEASE_SECONDS": "0"}),
+    ("everything", 8719, {"ENFORCE_BUDGETS": "true"}),
 )
 CONCURRENT = 64
 FITS = 10  # calls the limit fits
@@ -58,8 +66,9 @@ def _admin(port: int, method: str, path: str, body: dict[str, Any]) -> dict[str,
     return answer
 
 
-def _budgeted(port: int, key: str, limit: int) -> int:
-    """A customer with this key and a hard daily token budget; the budget's id."""
+def _budgeted(port: int, key: str, limit: int) -> tuple[int, int]:
+    """A customer with this key and a hard daily token budget: the budget's id and
+    the customer's."""
     customer = _admin(
         port,
         "POST",
@@ -78,19 +87,34 @@ def _budgeted(port: int, key: str, limit: int) -> int:
             "thresholds": [],
         },
     )
-    return int(budget["id"])
+    return int(budget["id"]), int(customer["id"])
+
+
+def _held_by_everything(port: int, customer: int) -> None:
+    """The customer, beside its budget: prepaid, stopping at zero, with credit it
+    never uses up, and rate limits it never reaches."""
+    _admin(port, "PUT", f"/v1/billing/customers/{customer}/credits", {"overage": "block"})
+    _admin(port, "POST", f"/v1/billing/customers/{customer}/credits/grants", {"amount": "100000"})
+    _admin(
+        port,
+        "PUT",
+        f"/v1/billing/customers/{customer}/rate-limits",
+        {"requests_per_minute": 10**9, "tokens_per_minute": 10**12},
+    )
 
 
 def _status(port: int, key: str) -> int:
     return one_request(port, execute_request(key, _BODY))
 
 
-def _loaded(r: redis.Redis) -> None:
-    """Wait for the worker's rebuild the first call asked for (Beat is not running)."""
+def _loaded(r: redis.Redis, key: str) -> None:
+    """Wait until the key's record is in Redis (published when its customer and budget
+    were made, or by the rebuild its first call asked for): its calls are decided there."""
+    record = "ub:budget:key:" + hash_api_key(key)
     deadline = time.monotonic() + 60
-    while not r.exists("ub:budget:loaded"):
+    while not r.exists(record):
         if time.monotonic() > deadline:
-            raise RuntimeError("the budgets' state was not rebuilt")
+            raise RuntimeError("the key's record was not published")
         time.sleep(0.2)
 
 
@@ -125,10 +149,12 @@ def run(run: Run, results: dict[str, Any]) -> None:
         stack.start_api(workers=1)
         stack.start_worker()
         key = f"bench-budget-{side}-{uuid.uuid4().hex}"
-        _budgeted(port, key, limit=10**11)  # never reached
+        _, customer = _budgeted(port, key, limit=10**11)  # never reached
+        if side == "everything":
+            _held_by_everything(port, customer)
         _status(port, key)  # with enforcement: asks for the rebuild of the state
         if settings["ENFORCE_BUDGETS"] == "true":
-            _loaded(r)
+            _loaded(r, key)
         targets[side] = (stack, port, key)
     pairs = [(port, key) for _, port, key in targets.values()]
     alternating_latencies(pairs, 500, "warming up, admission off and on")
@@ -140,10 +166,11 @@ def run(run: Run, results: dict[str, Any]) -> None:
         }
     median_call_s = statistics.median(measured[1])
     figures["overshoot"] = _ours(targets["on"][1], r)
+    figures["overshoot"]["credits"] = _ours_credits(targets["on"][1])
     for stack, _, _ in targets.values():
         stack.stop()
-    for on in ("on", "on_without_leases"):
-        suffix = "" if on == "on" else "_without_leases"
+    for on in ("on", "on_without_leases", "everything"):
+        suffix = "" if on == "on" else f"_{on.removeprefix('on_')}"
         for q in ("p50", "p99"):
             figures[f"admission_{q}_overhead_ms{suffix}"] = round(
                 figures[on][f"{q}_ms"] - figures["off"][f"{q}_ms"], 3
@@ -155,7 +182,7 @@ def run(run: Run, results: dict[str, Any]) -> None:
 def _ours(port: int, r: redis.Redis) -> dict[str, Any]:
     log(f"budgets: {CONCURRENT} calls at once against a limit that fits {FITS - 2} more")
     key = f"bench-overshoot-{uuid.uuid4().hex}"
-    budget_id = _budgeted(port, key, limit=FITS * CALL_TOKENS)
+    budget_id, _ = _budgeted(port, key, limit=FITS * CALL_TOKENS)
     assert [_status(port, key) for _ in range(2)] == [200, 200]
     deadline = time.monotonic() + 60
     while _spend_of(r, budget_id) < 2 * CALL_TOKENS:  # recorded and mirrored
@@ -170,6 +197,56 @@ def _ours(port: int, r: redis.Redis) -> dict[str, Any]:
             "refused": statuses.count(402),
             "overshoot_calls": max(0, served - (FITS - 2)),
         }
+    }
+
+
+def _get(port: int, key: str, path: str) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path, headers={"Authorization": f"Bearer {key}"})
+    return json.loads(conn.getresponse().read())
+
+
+def _burnt_after(port: int, key: str, calls: int) -> Decimal:
+    """What the customer's grants paid, once the worker has recorded ``calls`` calls
+    and burnt them (the burn follows the batch's commit: the figure has settled)."""
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    usage = f"/v1/billing/usage?start_date={today}&end_date={today}&granularity=total"
+    deadline = time.monotonic() + 60
+    last = None
+    while time.monotonic() < deadline:
+        stored = _get(port, key, usage)["totals"]["events"]
+        entries = _get(port, key, "/v1/billing/credits")["entries"]
+        burnt = -sum((Decimal(e["amount"]) for e in entries if e["kind"] == "burn"), Decimal(0))
+        if stored >= calls and burnt == last:
+            return burnt
+        last = burnt if stored >= calls else None
+        time.sleep(0.3)
+    raise RuntimeError("the calls were not recorded and burnt")
+
+
+def _ours_credits(port: int) -> dict[str, Any]:
+    """A prepaid balance that fits ten calls (what a call costs measured on two, paid
+    from a first grant), two spent; then 64 calls at once."""
+    log(f"credits: {CONCURRENT} calls at once against a balance that fits {FITS - 2} more")
+    key = f"bench-credits-{uuid.uuid4().hex}"
+    _, customer = _budgeted(port, key, limit=10**11)
+    path = f"/v1/billing/customers/{customer}/credits"
+    _admin(port, "PUT", path, {"overage": "block"})
+    first = _admin(port, "POST", f"{path}/grants", {"amount": "1"})
+    assert [_status(port, key) for _ in range(2)] == [200, 200]
+    call = _burnt_after(port, key, 2) / 2
+    _admin(port, "POST", f"/v1/billing/credits/grants/{first['id']}/void", {})
+    _admin(port, "POST", f"{path}/grants", {"amount": str((FITS - 2) * call)})
+    time.sleep(0.5)  # the grant reaches admission (announced in Redis)
+    statuses = _at_once(lambda: _status(port, key))
+    served = statuses.count(200)
+    burnt = _burnt_after(port, key, 2 + served) - 2 * call
+    return {
+        "served": served,
+        "refused": statuses.count(402),
+        "call_usd": str(call),
+        "overshoot_calls": max(0, served - (FITS - 2)),
+        "overshoot_usd": str(max(Decimal(0), burnt - (FITS - 2) * call)),
     }
 
 
@@ -209,6 +286,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
     if not budgets:
         return []
     ours, naive = budgets["overshoot"]["ours"], budgets["overshoot"]["naive"]
+    credits = budgets["overshoot"].get("credits", {"served": None, "overshoot_calls": None})
     return [
         (
             "execute p50 / p99, admission off → on (ms)",
@@ -228,6 +306,11 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
             "",
         ),
         (
+            "admission overhead p99, budget + credits + rate limits (ms)",
+            budgets.get("admission_p99_overhead_ms_everything"),
+            "<= 0.3",
+        ),
+        (
             f"{CONCURRENT} calls at once, {FITS - 2} fit: served ours / naive",
             f"{ours['served']} / {naive['served']}",
             "",
@@ -237,4 +320,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
             f"{ours['overshoot_calls']} / {naive['overshoot_calls']}",
             "ours 0",
         ),
+        (
+            f"credits: {CONCURRENT} calls at once, {FITS - 2} fit: served ours / naive",
+            f"{credits['served']} / {naive['served']}",
+            "",
+        ),
+        ("credits: overshoot in calls, ours", credits["overshoot_calls"], "0"),
     ]

@@ -30,8 +30,8 @@ def upgrade():
             nullable=False,
         ),
         sa.Column("api_key_id", sa.Integer(), sa.ForeignKey("api_keys.id", ondelete="CASCADE")),
-        sa.Column("requests_per_minute", sa.Integer()),
-        sa.Column("tokens_per_minute", sa.Integer()),
+        sa.Column("requests_per_minute", sa.BigInteger()),
+        sa.Column("tokens_per_minute", sa.BigInteger()),
         sa.Column("updated_at", UTCDateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_rate_limits_customer_id", "rate_limits", ["customer_id"])
