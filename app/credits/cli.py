@@ -18,7 +18,6 @@ from app.columns import amount_str, utcnow
 from app.credits.ledger import (
     account_of,
     add_grant,
-    announce,
     balance,
     grant_of,
     grants_of,
@@ -26,6 +25,7 @@ from app.credits.ledger import (
     remaining,
     void_grant,
 )
+from app.customers.keys import announce
 from app.errors import ServiceError
 
 credits_cli = AppGroup("credits", help="Prepaid credits.")

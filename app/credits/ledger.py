@@ -25,7 +25,6 @@ from decimal import Decimal
 from sqlalchemy import func, select, update
 
 from app.credits.models import CreditAccount, CreditEntry, CreditGrant, EntryKind, Overage
-from app.customers.keys import keys_changed
 from app.customers.models import ApiKey, BillingCustomer
 from app.database import execute_dml
 from app.errors import Conflict, NotFound, ValidationError
@@ -40,13 +39,6 @@ _IN_BALANCE = CreditEntry.kind != EntryKind.OVERAGE
 
 def account_of(customer_id: int) -> CreditAccount | None:
     return db.session.get(CreditAccount, customer_id)
-
-
-def announce(customer_id: int) -> None:
-    """Commit a change of the customer's credits, then tell admission in every API
-    process, which decides its next call on the new balance."""
-    db.session.commit()
-    keys_changed.send(customer_id)
 
 
 def grant_of(grant_id: int) -> CreditGrant:

@@ -2,7 +2,7 @@
 customer runs out; a customer reads its balance, grants and ledger, buys credit
 through Stripe Checkout, and sets its auto-recharge.
 
-Every change is committed, then announced (``keys_changed``), so admission in every
+Every change is committed, then announced (``announce``), so admission in every
 API process decides the customer's next call on its new balance.
 """
 
@@ -22,7 +22,6 @@ from app.credits.ledger import (
     account_of,
     add_grant,
     adjust,
-    announce,
     balance,
     grant_of,
     grants_of,
@@ -33,6 +32,7 @@ from app.credits.ledger import (
 )
 from app.credits.models import CreditAccount, CreditEntry, CreditGrant, EntryKind, Overage
 from app.credits.purchases import cents, start_checkout
+from app.customers.keys import announce
 from app.customers.models import BillingCustomer
 from app.customers.services import API_KEY
 from app.errors import NotFound, ValidationError

@@ -59,10 +59,17 @@ def _new_key(customer_id: int, label: str) -> IssuedKey:
     return IssuedKey(key, raw)
 
 
-def issue_key(customer_id: int, label: str) -> IssuedKey:
-    issued = _new_key(_customer(customer_id).id, label)
+def announce(customer_id: int) -> None:
+    """Commit a change to what admission decides a customer's calls on (its keys,
+    credits, rate limits), then tell every API process (``keys_changed``): the
+    next call is decided on it."""
     db.session.commit()
     keys_changed.send(customer_id)
+
+
+def issue_key(customer_id: int, label: str) -> IssuedKey:
+    issued = _new_key(_customer(customer_id).id, label)
+    announce(customer_id)
     return issued
 
 
@@ -81,8 +88,7 @@ def revoke_key(key_id: int) -> ApiKey:
     key = _key(key_id)
     if key.revoked_at is None:
         key.revoked_at = utcnow()
-        db.session.commit()
-        keys_changed.send(key.customer_id)
+        announce(key.customer_id)
     return key
 
 
@@ -93,6 +99,5 @@ def rotate_key(key_id: int) -> IssuedKey:
         raise Conflict(f"API key {key_id} is revoked; issue a new one", field="key_id")
     issued = _new_key(old.customer_id, old.label)
     old.revoked_at = utcnow()
-    db.session.commit()
-    keys_changed.send(old.customer_id)
+    announce(old.customer_id)
     return issued

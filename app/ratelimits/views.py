@@ -1,7 +1,7 @@
 """Rate limits over HTTP: admins set a customer's and each key's requests and tokens
 per minute; a customer reads the limits it is held to.
 
-A change is committed, then announced (``keys_changed``): admission in every API
+A change is committed, then announced (``announce``): admission in every API
 process decides the next call on the new limits.
 """
 
@@ -13,7 +13,7 @@ from flask import Blueprint
 from pydantic import BaseModel, ConfigDict
 
 from app.contract import ADMIN, Answer, operation
-from app.customers.keys import keys_changed
+from app.customers.keys import announce
 from app.customers.models import ApiKey, BillingCustomer
 from app.customers.services import API_KEY
 from app.errors import NotFound
@@ -63,8 +63,7 @@ class LimitList(Answer):
 
 def _set(customer_id: int, api_key_id: int | None, body: LimitsSet) -> LimitList:
     set_limits(customer_id, api_key_id, body.requests_per_minute, body.tokens_per_minute)
-    db.session.commit()
-    keys_changed.send(customer_id)
+    announce(customer_id)
     return LimitList.of(customer_id)
 
 
