@@ -39,9 +39,11 @@ from tests.helpers import (
     SERVICE_TOKEN,
     WEBHOOK_SECRET,
     Receiver,
+    close_enforcing,
     create_database,
     create_extra_app,
     drop_database,
+    enforcing_app,
     execute_blueprint,
 )
 from tests.processes import RedisServer, free_port
@@ -265,3 +267,13 @@ def receiver() -> Iterator[Receiver]:
     server = Receiver()
     yield server
     server.server.shutdown()
+
+
+@pytest.fixture()
+def enforcing(app: Flask, settings: Settings, tmp_path: Path, celery_worker) -> Iterator[Flask]:
+    """An API process enforcing budgets, credits and rate limits, as shipped (its
+    leases on); every call it metered is recorded before the test ends.
+    (tests/test_budgets.py has its own, run with and without leases.)"""
+    extra = enforcing_app(app, settings, tmp_path / "spool")
+    yield extra
+    close_enforcing(extra)

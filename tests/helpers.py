@@ -269,22 +269,28 @@ def metered_call(client: FlaskClient, key: str, body: dict[str, Any] | None = No
     )
 
 
-def at_once(app: Flask, key: str, n: int = 64, body: dict[str, Any] | None = None) -> list[Any]:
-    """``n`` metered calls of ``key`` released together, each on its own client."""
+def together(n: int, action: Callable[[int], Any]) -> list[Any]:
+    """``action(i)`` in ``n`` threads, released at once by a barrier: their results,
+    in the order they finished."""
     barrier = threading.Barrier(n)
-    answers: list[Any] = []
+    results: list[Any] = []
 
-    def call() -> None:
-        own = app.test_client()
+    def run(i: int) -> None:
         barrier.wait()
-        answers.append(metered_call(own, key, body))
+        results.append(action(i))
 
-    threads = [threading.Thread(target=call) for _ in range(n)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return answers
+    return results
+
+
+def at_once(app: Flask, key: str, n: int = 64, body: dict[str, Any] | None = None) -> list[Any]:
+    """``n`` metered calls of ``key`` released together, each on its own client."""
+    clients = [app.test_client() for _ in range(n)]
+    return together(n, lambda i: metered_call(clients[i], key, body))
 
 
 class Receiver:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -37,8 +35,6 @@ from tests.helpers import (
     Receiver,
     at_once,
     auth,
-    close_enforcing,
-    enforcing_app,
     measured,
     metered_call,
     record,
@@ -227,13 +223,6 @@ def test_a_batch_delivered_twice_burns_once(
         db.session.rollback()
     assert sum(burns) == -3 * EVENT_COST
     assert Decimal(_credits(client, "key-redelivered")["balance"]) == 1 - 3 * EVENT_COST
-
-
-@pytest.fixture()
-def enforcing(app: Flask, settings: Settings, tmp_path: Path, celery_worker) -> Iterator[Flask]:
-    extra = enforcing_app(app, settings, tmp_path / "spool")
-    yield extra
-    close_enforcing(extra)
 
 
 def _burnt(app: Flask, customer_id: int) -> Decimal:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +15,6 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from app.budgets.counters import PREFIX
-from app.config import Settings
 from app.customers.models import ApiKey
 from app.extensions import db
 from app.ratelimits.limits import BYTES_PER_TOKEN
@@ -27,8 +24,6 @@ from tests.helpers import (
     ADMIN_TOKEN,
     at_once,
     auth,
-    close_enforcing,
-    enforcing_app,
     issue_key,
     measured,
     metered_call,
@@ -38,13 +33,6 @@ from tests.helpers import (
 pytestmark = pytest.mark.services
 CALL_TOKENS = 1500  # what the stand-in /v1/execute answers: 1,000 in, 500 out
 _RESET = re.compile(r"^(\d+ms|\d+(\.\d+)?s|1m0s)$")
-
-
-@pytest.fixture()
-def enforcing(app: Flask, settings: Settings, tmp_path: Path, celery_worker) -> Iterator[Flask]:
-    extra = enforcing_app(app, settings, tmp_path / "spool")
-    yield extra
-    close_enforcing(extra)
 
 
 def _key_id(app: Flask, key: str) -> int:
