@@ -180,7 +180,7 @@ def admit() -> Response | None:
     key_hash = hash_api_key(api_key)
     try:
         settings = current_app.config["SETTINGS"]
-        tokens = estimate_tokens(request, settings.rate_limit_default_output_tokens)
+        tokens = partial(estimate_tokens, request, settings.rate_limit_default_output_tokens)
         admission = leases.admit(key_hash, now, tokens)
         if admission.verdict in ("not_loaded", "unknown_key"):
             if admission.verdict == "not_loaded":

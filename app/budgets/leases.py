@@ -28,7 +28,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import redis
@@ -54,14 +54,16 @@ class Leases:
         self._ended: list[Lease] = []
         self._stopping = threading.Event()
 
-    def admit(self, key_hash: str, now: datetime, tokens: int = 0) -> Admission:
+    def admit(
+        self, key_hash: str, now: datetime, tokens: Callable[[], int] = lambda: 0
+    ) -> Admission:
         """Admit one call of this key: on its lease if one is running, else in Redis
         (giving back the lease that ended, taking a new one if the budgets allow).
-        ``tokens``: what it reserves under a tokens-per-minute limit (a key under a
-        rate limit never holds a lease)."""
+        ``tokens``: what it reserves under a tokens-per-minute limit, estimated only
+        when Redis is asked (a key under a rate limit never holds a lease)."""
         if self.seconds <= 0:
             _IN_REDIS.inc()
-            return self.counters.admit(key_hash, uuid.uuid4().hex, now, tokens=tokens)
+            return self.counters.admit(key_hash, uuid.uuid4().hex, now, tokens=tokens())
         self._start()
         with self._lock:
             lease = self._held.pop(key_hash, None)
@@ -79,7 +81,7 @@ class Leases:
                 self.calls,
                 self.seconds,
                 returning=lease,
-                tokens=tokens,
+                tokens=tokens(),
             )
         except redis.RedisError:
             self._end([lease] if lease else [])  # the thread gives it back later
