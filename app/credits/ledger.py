@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 
 from app.credits.models import CreditAccount, CreditEntry, CreditGrant, EntryKind, Overage
 from app.customers.models import ApiKey, BillingCustomer
@@ -145,14 +145,15 @@ def _rearm(customer_id: int) -> None:
         account.low_balance_alerted = False
 
 
+def _total(*where: ColumnElement[bool]) -> Decimal:
+    """The sum of the ledger's entries that match, in SQL."""
+    total = db.session.scalar(select(func.coalesce(func.sum(CreditEntry.amount), 0)).where(*where))
+    return Decimal(total or 0)
+
+
 def remaining(grant: CreditGrant) -> Decimal:
     """What is left of one grant: the sum of the entries naming it."""
-    left = db.session.scalar(
-        select(func.coalesce(func.sum(CreditEntry.amount), 0)).where(
-            CreditEntry.grant_id == grant.id
-        )
-    )
-    return Decimal(left or 0)
+    return _total(CreditEntry.grant_id == grant.id)
 
 
 def _close(grant: CreditGrant, kind: EntryKind, at: datetime, note: str | None) -> Decimal:
@@ -208,12 +209,12 @@ def expire_due(customer_id: int, now: datetime) -> Decimal:
 
 def balance(customer_id: int) -> Decimal:
     """The customer's balance: the sum of its ledger, overage aside."""
-    total = db.session.scalar(
-        select(func.coalesce(func.sum(CreditEntry.amount), 0)).where(
-            CreditEntry.customer_id == customer_id, _IN_BALANCE
-        )
-    )
-    return Decimal(total or 0)
+    return _total(CreditEntry.customer_id == customer_id, _IN_BALANCE)
+
+
+def uncovered(customer_id: int) -> Decimal:
+    """What no grant of the customer covered, in all (billed through Stripe)."""
+    return _total(CreditEntry.customer_id == customer_id, CreditEntry.kind == EntryKind.OVERAGE)
 
 
 def burnt_and_available(customer_id: int) -> tuple[Decimal, Decimal]:

@@ -28,9 +28,10 @@ from app.credits.ledger import (
     open_account,
     refund_grant,
     remaining,
+    uncovered,
     void_grant,
 )
-from app.credits.models import CreditAccount, CreditEntry, CreditGrant, EntryKind, Overage
+from app.credits.models import CreditAccount, CreditEntry, CreditGrant, Overage
 from app.credits.purchases import cents, start_checkout
 from app.customers.keys import announce
 from app.customers.models import BillingCustomer
@@ -166,20 +167,11 @@ class CreditsAnswer(Answer):
             .order_by(CreditEntry.id.desc())
             .limit(ENTRIES_SHOWN)
         )
-        uncovered = sum(
-            (
-                e.amount
-                for e in db.session.query(CreditEntry).filter_by(
-                    customer_id=customer_id, kind=EntryKind.OVERAGE
-                )
-            ),
-            Decimal(0),
-        )
         return cls(
             customer_id=customer_id,
             balance=balance(customer_id),
             overage=Overage(account.overage),
-            uncovered=uncovered,
+            uncovered=uncovered(customer_id),
             low_balance_at=account.low_balance_at,
             auto_recharge=RechargeAnswer(
                 threshold=account.recharge_threshold,
