@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from app.budgets.counters import PREFIX
+from app.config import Settings
 from app.customers.models import ApiKey
 from app.extensions import db
 from app.ratelimits.limits import BYTES_PER_TOKEN
@@ -24,9 +28,12 @@ from tests.helpers import (
     ADMIN_TOKEN,
     at_once,
     auth,
+    close_enforcing,
+    enforcing_app,
     issue_key,
     measured,
     metered_call,
+    together,
     wait_for,
 )
 
@@ -152,6 +159,89 @@ def test_a_customers_limit_holds_across_its_keys_and_the_tightest_is_reported(
     # Lifted: served at once, in every process (the change is announced).
     _limit(client, f"/v1/billing/customers/{customer.id}/rate-limits")
     assert metered_call(enforcing.test_client(), second).status_code == 200
+
+
+def _window(app: Flask, scope: str, minute: int) -> tuple[int, int]:
+    """A window's (requests, tokens) as Redis counts them."""
+    r = services(app).budget_counters.redis
+    base = f"{PREFIX}rl:{scope}:{minute}"
+    return int(r.get(base + ":r") or 0), int(r.get(base + ":t") or 0)
+
+
+def _on_lease() -> float:
+    return REGISTRY.get_sample_value("ub_budget_admissions_total", {"how": "lease"}) or 0.0
+
+
+def test_far_from_its_limits_a_key_is_admitted_on_leases_and_the_windows_stay_exact(
+    app: Flask,
+    client: FlaskClient,
+    enforcing: Flask,
+    settings: Settings,
+    tmp_path: Path,
+    make_customer,
+) -> None:
+    """1,000 requests and 1,500,000 tokens per minute; 1,400 calls from two API
+    processes, 8 threads, of two sizes (max_tokens 1,600 and 3,000, so every event
+    settles its window down). Far from the limits the processes admit on leases (a
+    share of each window, counted in it when taken); a call that does not fit its
+    lease's tokens asks Redis. The window, sampled throughout, never holds more than
+    the limits; once the leases are given back and the events recorded, it holds
+    exactly the calls served and the tokens they used."""
+    make_customer("key-leased")
+    scope = f"key:{_key_id(app, 'key-leased')}"
+    _limit(
+        client,
+        f"/v1/billing/keys/{_key_id(app, 'key-leased')}/rate-limits",
+        requests_per_minute=1_000,
+        tokens_per_minute=1_500_000,
+    )
+    other = enforcing_app(app, settings, tmp_path / "other-spool")
+    processes = [enforcing, other]
+    bodies = [{"prompt": "x", "max_tokens": 1600}, {"prompt": "x", "max_tokens": 3000}]
+    minute = _fresh_minute(40)
+    before = _on_lease()
+    samples: list[tuple[int, int]] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            samples.append(_window(app, scope, minute))
+            time.sleep(0.002)
+
+    def burst(each: int) -> list[Any]:
+        def calls(i: int) -> list[Any]:
+            caller = processes[i % 2].test_client()
+            return [metered_call(caller, "key-leased", bodies[n % 2]) for n in range(each)]
+
+        return [a for batch in together(8, calls) for a in batch]
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    far = burst(25)  # 200 calls: far from both limits
+    on_lease = _on_lease() - before
+    answers = far + burst(150)
+    sampling.set()
+    sampler.join()
+    assert int(time.time() // 60) == minute  # the burst fell in one window
+    served = [a for a in answers if a.status_code == 200]
+    most = tuple(max(values) for values in zip(*samples, strict=True))
+    measured(
+        f"rate-limit leases: 1,400 calls from 2 processes against 1,000 rpm / 1.5M tpm: "
+        f"of the first 200, {on_lease:.0f} on a lease; served={len(served)}; window at "
+        f"most {most} over {len(samples)} samples"
+    )
+    assert {a.status_code for a in far} == {200}
+    # A lease holds 1/64 of what is left, a pool of ~10 calls' tokens at first: about one
+    # call in ten asks Redis, a few more where the two processes' threads race.
+    assert on_lease >= 0.6 * len(far)
+    assert {a.status_code for a in answers} == {200, 429}
+    assert len(served) <= 1_000
+    assert most[0] <= 1_000 and most[1] <= 1_500_000
+    assert all(a.headers["x-ratelimit-limit-requests"] == "1000" for a in served)
+    assert all(int(a.headers["x-ratelimit-remaining-tokens"]) >= 0 for a in served)
+    for process in processes:
+        close_enforcing(process)  # every call recorded, every lease given back
+    wait_for(lambda: _window(app, scope, minute) == (len(served), len(served) * CALL_TOKENS))
 
 
 def test_rate_limits_are_refused_when_malformed(client: FlaskClient, make_customer) -> None:

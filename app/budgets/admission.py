@@ -242,7 +242,7 @@ def _release(counters: Counters, reserved: tuple[str, ...], call: str, tokens: i
     try:
         counters.release(reserved, [call])
         if tokens:
-            counters.settle_tokens([(call, 0)])
+            counters.settle_tokens([(call, 0, tokens)])
     except redis.RedisError as exc:  # it lapses after BUDGET_RESERVATION_TTL_SECONDS
         log.warning("reservation of call %s not released: %s", call, exc)
 

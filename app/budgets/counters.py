@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import calendar
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -60,14 +60,23 @@ _MICRO = Decimal("0.000001")
 # A lease holds at most this fraction of what is left under a hard limit, so the
 # leases of idle processes never hold much of it (and near the limit, none is taken).
 LEASE_SHARE = 16
+# And at most this fraction of what a rate-limit window has left: what a lease holds
+# unused until it ends is refused to the key's other processes (a 429 that a limit
+# did not call for), so it is kept smaller than a budget's share. Its tokens are a
+# pool its calls take their own estimates from, up to this many times the estimate
+# of the call that took it, per call (calls of a key differ in size).
+RATE_LEASE_SHARE = 64
+RATE_LEASE_SIZES = 4
 
 _SCRIPTS = Path(__file__).with_name("lua")
 
 
 def _script(name: str, entries: bool = True) -> str:
-    """A Lua script of ``lua/``, after the helpers they share (``entries.lua``)."""
+    """A Lua script of ``lua/``, after the helpers they share (``entries.lua``), with
+    the keys' prefix put in where it stands."""
     text = (_SCRIPTS / f"{name}.lua").read_text()
-    return (_SCRIPTS / "entries.lua").read_text() + text if entries else text
+    text = (_SCRIPTS / "entries.lua").read_text() + text if entries else text
+    return text.replace("__PREFIX__", PREFIX)
 
 
 def to_units(metric: str, amount: Decimal, rounding: str = ROUND_CEILING) -> int:
@@ -115,7 +124,12 @@ Verdict = Literal["admitted", "refused", "revoked", "unknown_key", "not_loaded",
 class Lease:
     """Reservations for several calls of one key, taken by one admission: the API
     process admits the rest itself, without asking Redis, until they run out or
-    ``until`` (unix time) passes; what it did not use goes back (``Counters.close``)."""
+    ``until`` (unix time) passes; what it did not use goes back (``Counters.close``).
+
+    Under a rate limit a lease also holds ``calls`` requests of the minute's window
+    (it ends with the minute) and, under a tokens-per-minute limit, a pool of tokens
+    (``RATE_LEASE_SHARE``, ``RATE_LEASE_SIZES``): each call on it takes its own
+    estimate from ``tokens_left``, and one that does not fit asks Redis."""
 
     id: str
     calls: int
@@ -123,19 +137,59 @@ class Lease:
     until: float
     used_at: float  # when a call was last admitted on it
     used: int = 1  # the call that took it
+    estimate: int = 0  # tokens per call it reserved in the windows
+    tokens_left: int | None = None  # None: no tokens-per-minute limit over the key
+    # The windows' figures before the lease ([limit, left]) and when they end (unix
+    # time), for the x-ratelimit headers.
+    rate: dict[str, Any] | None = None
+    tokens_taken: int = 0
 
-    def take(self, now: float) -> str | None:
-        """The next call's id under this lease, or None when it is spent or over."""
+    def admit(self, now: float, tokens: Callable[[], int]) -> Admission | None:
+        """The next call under this lease, or None when it is spent or over (or the
+        call's tokens do not fit what it has left)."""
         if self.used >= self.calls or now >= self.until:
             return None
+        held = 0
+        if self.tokens_left is not None:
+            held = tokens()
+            if held > self.tokens_left:
+                return None
+            self.tokens_left -= held
+            self.tokens_taken += held
         self.used += 1
         self.used_at = now
-        return f"{self.id}.{self.used - 1}"
+        call = f"{self.id}.{self.used - 1}"
+        return Admission(
+            "admitted", reserved=self.reserved, call=call, rate=self._rate(now), tokens_held=held
+        )
+
+    def _rate(self, now: float) -> dict[str, Any] | None:
+        """What the headers report: the windows as the lease found them, less its calls."""
+        if self.rate is None:
+            return None
+        rate: dict[str, Any] = {"reset": max(0.0, self.rate["ends"] - now)}
+        if "requests" in self.rate:
+            limit, left = self.rate["requests"]
+            rate["requests"] = [limit, left - self.used]
+        if "tokens" in self.rate:
+            limit, left = self.rate["tokens"]
+            rate["tokens"] = [limit, left - self.tokens_taken]
+        return rate
 
     def running_out(self, now: float, seconds: float) -> bool:
-        """In use lately, and near its end (in time or in calls): worth renewing ahead."""
+        """In use lately, and near its end (in time or in calls): worth renewing ahead;
+        not in a rate window's last moments (the next call takes the next minute's)."""
         recent = now - self.used_at < seconds / 2
+        if self.rate is not None and self.rate["ends"] - now < seconds / 2:
+            return False
         return recent and (self.until - now < seconds / 2 or self.unused < self.calls / 4)
+
+    def untouched(self) -> None:
+        """Taken ahead of its calls (``Leases``): none of its calls is used yet."""
+        self.used = 0
+        if self.tokens_left is not None:
+            self.tokens_left += self.estimate
+            self.tokens_taken = 0
 
     @property
     def unused(self) -> int:
@@ -164,13 +218,11 @@ class Counters:
     def __init__(self, client: redis.Redis, reservation_ttl_seconds: int) -> None:
         self.redis = client
         self.ttl = reservation_ttl_seconds
-        self._admit = client.register_script(_script("admit").replace("__PREFIX__", PREFIX))
+        self._admit = client.register_script(_script("admit"))
         self._release = client.register_script(_script("release"))
         self._close = client.register_script(_script("close"))
         self._raise = client.register_script(_script("raise", entries=False))
-        self._tokens = client.register_script(
-            _script("tokens", entries=False).replace("__PREFIX__", PREFIX)
-        )
+        self._tokens = client.register_script(_script("tokens", entries=False))
 
     # -- the request path ------------------------------------------------------
 
@@ -183,12 +235,14 @@ class Counters:
         lease_seconds: float = 0,
         returning: Lease | None = None,
         tokens: int = 0,
+        ahead: bool = False,
     ) -> Admission:
         """Decide one metered call in one round trip: the script reads the key's record,
         finds each budget's current period, and checks and reserves atomically. Far
         from every hard limit it reserves up to ``lease_calls`` calls (a lease, for
         ``lease_seconds``); ``returning`` is an earlier lease whose unused calls go back.
-        ``tokens`` is what the call reserves under a tokens-per-minute limit."""
+        ``tokens`` is what the call reserves under a tokens-per-minute limit. ``ahead``:
+        a lease taken before its calls come, or nothing (no call to admit alone)."""
         today = now.astimezone(UTC).date()
         previous = (today.replace(day=1) - timedelta(days=1)).day
         result = self._admit(
@@ -204,11 +258,14 @@ class Counters:
                 today.day,
                 calendar.monthrange(today.year, today.month)[1],
                 previous,
-                lease_calls,
+                -lease_calls if ahead else lease_calls,
                 LEASE_SHARE,
                 returning.id if returning else "",
                 returning.unused if returning else 0,
                 tokens,
+                RATE_LEASE_SHARE,
+                RATE_LEASE_SIZES,
+                (returning.tokens_left or 0) if returning else 0,
                 *(returning.reserved if returning else ()),
             ],
         )
@@ -221,35 +278,49 @@ class Counters:
             rule = _rules(result[1])[code - 1]
             return Admission("refused", rule, rule.period_at(now))
         calls, reserved = int(result[1]), tuple(k.decode() for k in result[3:])
-        if result[2]:
-            rate = json.loads(result[2])
-            held = tokens if "tokens" in rate else 0
+        rate = json.loads(result[2]) if result[2] else None
+        held = tokens if rate is not None and "tokens" in rate else 0
+        if calls == 1:
             return Admission(
                 "admitted", reserved=reserved, call=call_id, rate=rate, tokens_held=held
             )
-        if calls == 1:
-            return Admission("admitted", reserved=reserved, call=call_id)
-        # A lease never outlives the UTC day: every period starts at a midnight.
+        # A lease never outlives the UTC day (every period starts at a midnight), nor
+        # the minute of the rate-limit windows it counts in.
         midnight = datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC)
         until = min(now.timestamp() + lease_seconds, midnight.timestamp())
         lease = Lease(call_id, calls, reserved, until, used_at=now.timestamp())
-        return Admission("admitted", reserved=reserved, call=f"{call_id}.0", lease=lease)
+        if rate is not None:
+            lease.until = min(until, now.timestamp() + rate["reset"])
+            lease.rate = _before(rate, tokens, now.timestamp())
+            lease.estimate = tokens
+            if "tokens" in rate:
+                lease.tokens_left = int(rate["pool"])
+                lease.tokens_taken = tokens
+        return Admission(
+            "admitted",
+            reserved=reserved,
+            call=f"{call_id}.0",
+            lease=lease,
+            rate=rate,
+            tokens_held=held,
+        )
 
     def close(self, lease: Lease) -> None:
-        """Give back what a lease did not use."""
-        if lease.reserved and lease.unused > 0:
-            self._close(keys=list(lease.reserved), args=[lease.id, lease.unused])
+        """Give back what a lease did not use (budgets' reservations, windows' counts)."""
+        tokens = lease.tokens_left or 0
+        if (lease.reserved or lease.rate is not None) and (lease.unused > 0 or tokens > 0):
+            self._close(keys=list(lease.reserved), args=[lease.id, lease.unused, tokens])
 
     def release(self, reserved: Sequence[str], call_ids: Sequence[str]) -> None:
         """Drop these calls' reservations (pairs of keys: lapse times, amounts); once."""
         if reserved and call_ids:
             self._release(keys=list(reserved), args=list(call_ids))
 
-    def settle_tokens(self, used: Sequence[tuple[str, int]]) -> None:
+    def settle_tokens(self, used: Sequence[tuple[str, int, int]]) -> None:
         """Move each call's tokens-per-minute window from what it reserved to what its
-        event used (pairs of call id and tokens); once per call."""
+        event used (call id, tokens used, tokens reserved); once per call."""
         if used:
-            self._tokens(keys=[], args=[value for pair in used for value in pair])
+            self._tokens(keys=[], args=[value for triple in used for value in triple])
 
     # -- the worker --------------------------------------------------------------
 
@@ -300,6 +371,17 @@ class Counters:
 
     def mark_loaded(self) -> None:
         self.redis.set(LOADED, "1")
+
+
+def _before(rate: dict[str, Any], tokens: int, now: float) -> dict[str, Any]:
+    """The windows' figures before the call that took a lease (the script reports
+    them after it), and when they end (unix time)."""
+    before: dict[str, Any] = {"ends": now + rate["reset"]}
+    if "requests" in rate:
+        before["requests"] = [rate["requests"][0], rate["requests"][1] + 1]
+    if "tokens" in rate:
+        before["tokens"] = [rate["tokens"][0], rate["tokens"][1] + tokens]
+    return before
 
 
 def _rules(encoded: bytes) -> tuple[Rule, ...]:

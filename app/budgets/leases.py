@@ -60,18 +60,18 @@ class Leases:
         """Admit one call of this key: on its lease if one is running, else in Redis
         (giving back the lease that ended, taking a new one if the budgets allow).
         ``tokens``: what it reserves under a tokens-per-minute limit, estimated only
-        when Redis is asked (a key under a rate limit never holds a lease)."""
+        when the call needs it (a lease under such a limit, or Redis asked)."""
         if self.seconds <= 0:
             _IN_REDIS.inc()
             return self.counters.admit(key_hash, uuid.uuid4().hex, now, tokens=tokens())
         self._start()
         with self._lock:
             lease = self._held.pop(key_hash, None)
-            call = lease.take(now.timestamp()) if lease else None
-            if lease and call:
+            admitted = lease.admit(now.timestamp(), tokens) if lease else None
+            if lease and admitted:
                 self._held[key_hash] = lease
                 _ON_LEASE.inc()
-                return Admission("admitted", reserved=lease.reserved, call=call)
+                return admitted
         _IN_REDIS.inc()
         try:
             admission = self.counters.admit(
@@ -168,13 +168,13 @@ class Leases:
                 datetime.fromtimestamp(now, UTC),
                 self.calls,
                 self.seconds,
+                tokens=old.estimate,
+                ahead=True,
             )
             fresh = admission.lease
             if fresh is None:  # near a limit, refused or revoked: calls ask Redis again
-                if admission.reserved:
-                    self.counters.release(admission.reserved, [admission.call])
                 continue
-            fresh.used = 0  # no call took it: its first call is yet to come
+            fresh.untouched()  # no call took it: its first call is yet to come
             with self._lock:
                 if self._held.get(key_hash) is old:
                     self._held[key_hash], fresh = fresh, old

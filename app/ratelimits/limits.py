@@ -148,21 +148,24 @@ def retry_after(rate: dict[str, Any]) -> str:
     return str(max(1, math.ceil(float(rate["reset"]))))
 
 
-def tokens_used(events: Iterable[Any], now: datetime, limits: EventLimits) -> list[tuple[str, int]]:
-    """(call id, tokens used) of the events whose calls reserved tokens under a limit:
-    the prompt and the output, every kind (cache and audio are parts of them)."""
+def tokens_used(
+    events: Iterable[Any], now: datetime, limits: EventLimits
+) -> list[tuple[str, int, int]]:
+    """(call id, tokens used, tokens reserved) of the events whose calls reserved tokens
+    under a limit: the prompt and the output, every kind (cache and audio are parts of
+    them)."""
     used = []
     for event in events:
         metadata = event.get("metadata") if isinstance(event, dict) else None
-        if not isinstance(metadata, dict) or not isinstance(metadata.get("tokens_held"), int):
+        if not isinstance(metadata, dict):
             continue
-        call = metadata.get("budget_call")
-        if not isinstance(call, str):
+        call, held = metadata.get("budget_call"), metadata.get("tokens_held")
+        if not isinstance(call, str) or not isinstance(held, int) or isinstance(held, bool):
             continue
         try:
             valid = validate_event(event, now, limits)
         except ValidationError:  # parked by recording: it used nothing billable
-            used.append((call, 0))
+            used.append((call, 0, held))
             continue
-        used.append((call, valid.tokens_input + valid.tokens_output))
+        used.append((call, valid.tokens_input + valid.tokens_output, held))
     return used

@@ -5,9 +5,14 @@ local now, call, lapses, keep = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
 local today, y, m, d = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local this_month, last_month = tonumber(ARGV[9]), tonumber(ARGV[10])
 local most, share = tonumber(ARGV[11]), tonumber(ARGV[12])
+-- A lease asked for ahead of calls (negative ``most``): a lease or nothing at all.
+local ahead = most < 0
+most = math.abs(most)
 local old, unused = ARGV[13], tonumber(ARGV[14])
-local tokens = tonumber(ARGV[15])
-for i = 16, #ARGV, 2 do close(ARGV[i], ARGV[i + 1], old, unused) end
+local tokens, rate_share, sizes = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
+local unused_tokens = tonumber(ARGV[18])
+for i = 19, #ARGV, 2 do close(ARGV[i], ARGV[i + 1], old, unused) end
+if old ~= '' then close_rate(old, unused, unused_tokens) end
 local record = redis.call('HMGET', KEYS[1], 'revoked', 'rules', 'limits')
 -- A key's record is published with its budgets' spend: it decides the call alone.
 -- Without it, the key is unknown, or the state is lost (no LOADED marker).
@@ -19,11 +24,14 @@ if record[1] == '1' then return {-3} end
 -- Rate limits (app/ratelimits): fixed windows of a UTC minute, per scope (the
 -- customer's, the key's). A call counts one request and reserves ``tokens``; it is
 -- refused when either would pass a limit. The tightest of each is reported back
--- for the response's x-ratelimit-* headers. A key under a limit takes no lease.
+-- for the response's x-ratelimit-* headers. Far from every limit a lease counts its
+-- calls in the windows at once, and a pool of tokens its calls take their estimates
+-- from: each never more than 1/rate_share of what a window has left, the pool at most
+-- ``sizes`` times this call's estimate per call; its unused part goes back (close_rate).
 local minute = math.floor(now / 60)
 local reset = (minute + 1) * 60 - now
 local limits = record[3] and cjson.decode(record[3]) or {}
-local windows, rate = {}, {reset = reset}
+local windows, rate, pool = {}, {reset = reset}, nil
 for i, lim in ipairs(limits) do
   local base = '__PREFIX__rl:' .. lim[1] .. ':' .. minute
   local req = tonumber(redis.call('GET', base .. ':r') or '0')
@@ -36,6 +44,7 @@ for i, lim in ipairs(limits) do
     if not rate.requests or lim[2] - req - 1 < rate.requests[2] then
       rate.requests = {lim[2], lim[2] - req - 1}
     end
+    most = math.min(most, 1 + math.floor((lim[2] - req - 1) / rate_share))
   end
   if lim[3] ~= cjson.null then
     if tok + tokens > lim[3] then
@@ -44,29 +53,48 @@ for i, lim in ipairs(limits) do
     if not rate.tokens or lim[3] - tok - tokens < rate.tokens[2] then
       rate.tokens = {lim[3], lim[3] - tok - tokens}
     end
+    local share_left = math.floor((lim[3] - tok - tokens) / rate_share)
+    if not pool or share_left < pool then pool = share_left end
   end
 end
-if #limits > 0 then most = 1 end
-local function count_call()
-  local held = {}
+-- Count ``calls`` calls in the windows. What they reserved is settled by their
+-- recorded events (tokens.lua): a single call's from its hold, a lease's calls' from
+-- what each event says it reserved, once each.
+local function fit(calls)
+  if pool then  -- the tokens the lease's other calls may take (none: it is one call)
+    pool = math.min(pool, (calls - 1) * tokens * sizes)
+    if pool < tokens or tokens <= 0 then calls, pool = 1, 0 end
+    rate.pool = pool
+  end
+  return calls
+end
+local function count_call(calls)
+  local requests, held = {}, {}
   for _, w in ipairs(windows) do
-    redis.call('INCR', w[1])
+    redis.call('INCRBY', w[1], calls)
     redis.call('EXPIRE', w[1], 120)
+    table.insert(requests, w[1])
     if w[3] then
-      redis.call('INCRBY', w[2], tokens)
+      redis.call('INCRBY', w[2], tokens + (pool or 0))
       redis.call('EXPIRE', w[2], 120)
       table.insert(held, w[2])
     end
   end
-  if #held > 0 then  -- settled by the call's recorded event (tokens.lua)
-    local hold = '__PREFIX__rl:call:' .. call
+  local hold = '__PREFIX__rl:call:' .. call
+  if calls > 1 and #windows > 0 then
+    redis.call('SET', hold, cjson.encode({tokens, held, requests}), 'EX', 120)
+  elseif #held > 0 then
     redis.call('SET', hold, cjson.encode({tokens, held}), 'EX', 120)
   end
   if #limits == 0 then return '' end
   return cjson.encode(rate)
 end
 local rules = cjson.decode(record[2])
-if #rules == 0 then return {0, most, count_call()} end
+if #rules == 0 then
+  most = fit(most)
+  if ahead and most < 2 then return {0, 1, ''} end
+  return {0, most, count_call(most)}
+end
 local function start_of(kind, anchor)
   if kind == 'lifetime' then return '20000101' end  -- a credit balance (periods.LIFETIME)
   if kind == 'day' then return today end
@@ -101,7 +129,9 @@ for i, k in ipairs(keys) do
     end
   end
 end
-local held = {0, calls, count_call()}
+calls = fit(calls)
+if ahead and calls < 2 then return {0, 1, ''} end
+local held = {0, calls, count_call(calls)}
 for i, k in ipairs(keys) do
   redis.call('ZADD', k[2], lapses, call)
   redis.call('HSET', k[3], call, int(estimates[i] * calls))

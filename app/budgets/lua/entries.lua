@@ -34,3 +34,20 @@ local function close(at, resv, lease, unused)
     cut(at, resv, lease, unused * each(resv, lease))
   end
 end
+-- End a lease's part of the rate-limit windows (admit.lua's count_call): give back
+-- its unused requests and tokens, once (a reply lost on the way may bring it twice).
+local function close_rate(lease, calls, tokens)
+  local hold = '__PREFIX__rl:call:' .. lease
+  local value = redis.call('GET', hold)
+  if not value then return end
+  local held = cjson.decode(value)
+  if held[3] == nil or held[4] then return end
+  held[4] = 1
+  redis.call('SET', hold, cjson.encode(held), 'KEEPTTL')
+  for _, window in ipairs(held[3]) do
+    if calls > 0 and redis.call('EXISTS', window) == 1 then redis.call('DECRBY', window, calls) end
+  end
+  for _, window in ipairs(held[2]) do
+    if tokens > 0 and redis.call('EXISTS', window) == 1 then redis.call('DECRBY', window, tokens) end
+  end
+end
