@@ -16,6 +16,7 @@ from app.analytics.answers import (
     RecommendationsAnswer,
     UsageAnswer,
 )
+from app.analytics.calls import CallsAnswer, CallsQuery, CallsRequest, recent_calls
 from app.analytics.export import ExportRequest, download_headers, export_chunks
 from app.analytics.forecast import forecast
 from app.analytics.performance import performance
@@ -125,6 +126,21 @@ def performance_answer(customer: BillingCustomer, query: PerformanceQuery) -> di
     }
 
 
+def calls_answer(customer: BillingCustomer, query: CallsQuery) -> dict[str, Any]:
+    """``GET /v1/billing/calls``'s answer: the range's latest calls, or the one named."""
+    check_range(query, _settings(), hours=False)
+    wanted = CallsRequest(
+        query.start_date, query.end_date, query.given(), query.execution_id, query.limit
+    )
+    keys = _keys(customer.id, wanted.filters.get("key"))
+    return {
+        "start_date": query.start_date,
+        "end_date": query.end_date,
+        "execution_id": query.execution_id,
+        "calls": recent_calls(keys, wanted),
+    }
+
+
 def forecast_answer(customer: BillingCustomer, query: NoQuery) -> dict[str, Any]:
     return forecast(keys_of(customer.id), budgets_of(customer.id), utcnow())
 
@@ -175,6 +191,21 @@ def get_usage(caller: BillingCustomer, query: UsageQuery) -> dict[str, Any]:
 )
 def get_performance(caller: BillingCustomer, query: PerformanceQuery) -> dict[str, Any]:
     return performance_answer(caller, query)
+
+
+@operation(
+    analytics,
+    "GET",
+    "/v1/billing/calls",
+    summary="The caller's latest calls, or one by execution id, with what each cost and why",
+    auth=API_KEY,
+    query=CallsQuery,
+    answers={200: CallsAnswer},
+    errors=(400, 401, 503),
+    rules=_RANGE_RULE + "; key names the caller's own keys.",
+)
+def get_calls(caller: BillingCustomer, query: CallsQuery) -> dict[str, Any]:
+    return calls_answer(caller, query)
 
 
 @operation(

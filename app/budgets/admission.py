@@ -232,7 +232,7 @@ def add_rate_limit_headers(resp: Response) -> Response:
     ``x-ratelimit-*`` headers (the tightest of the customer's and the key's limits)."""
     rate = g.get("rate_limits")
     if rate is not None:
-        resp.headers.update(headers(rate))
+        resp.headers.extend(headers(rate))  # none of them is there yet
     return resp
 
 

@@ -6,7 +6,8 @@ under a limit) for ``BUDGET_LEASE_SECONDS``; the process admits that key's next
 calls itself until the lease is spent or over. A key in use gets its next lease
 ahead, from a thread here, so its calls keep away from Redis altogether. The
 overshoot bound is the one without leases, since every call admitted holds its
-reservation in Redis first.
+reservation in Redis first. Under a rate limit a lease is also counted in the
+minute's window when taken (``app.ratelimits.limits``), and ends with the minute.
 
 What a lease costs, and how it is kept short:
 - a process's unused calls stay reserved until it gives them back: a thread

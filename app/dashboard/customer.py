@@ -18,11 +18,13 @@ from app.analytics.answers import (
     RecommendationsAnswer,
     UsageAnswer,
 )
+from app.analytics.calls import CallsAnswer, CallsQuery
 from app.analytics.export import ExportRequest, csv_text, download_headers
 from app.analytics.queries import PerformanceQuery, RecommendationQuery, UsageQuery
 from app.analytics.usage import UsageRequest, usage_between
 from app.analytics.views import (
     NoQuery,
+    calls_answer,
     export_response,
     forecast_answer,
     performance_answer,
@@ -64,6 +66,7 @@ Answering = Callable[[BillingCustomer, Any], Any]
 DATA: dict[str, tuple[type[BaseModel], Answering, type[BaseModel]]] = {
     "usage": (UsageQuery, usage_answer, UsageAnswer),
     "performance": (PerformanceQuery, performance_answer, PerformanceAnswer),
+    "calls": (CallsQuery, calls_answer, CallsAnswer),
     "forecast": (NoQuery, forecast_answer, ForecastAnswer),
     "recommendations": (RecommendationQuery, recommendations_answer, RecommendationsAnswer),
     "budgets": (NoQuery, lambda customer, _: budgets_answer(customer), BudgetList),

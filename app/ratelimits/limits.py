@@ -14,10 +14,17 @@ the same minute see the truth. A call over a limit gets 429 ``rate_limited`` wit
 ``Retry-After`` (to the window's end); every call under a limit carries the
 ``x-ratelimit-*`` headers OpenAI's API sends.
 
+Far from its limits a key is admitted on leases (``app.budgets.leases``): a lease
+counts its calls in the window when it is taken, at most 1/``RATE_LEASE_SHARE`` of
+what the window has left, and reserves a pool of tokens its calls take their own
+estimates from; it ends with the minute, and what it did not use goes back. Near a
+limit every call asks Redis.
+
 Within a window, the requests admitted never pass the limit, nor do the tokens
 reserved; a call's tokens beyond its estimate count from its settle on (a fixed
 window may let up to twice a limit through across the turn of a minute, as
-LiteLLM's and most per-minute limits do).
+LiteLLM's and most per-minute limits do). What a lease holds unused is refused to
+the key's other processes until it goes back (within ``BUDGET_LEASE_SECONDS``).
 """
 
 from __future__ import annotations
@@ -130,16 +137,16 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
 
 
-def headers(rate: dict[str, Any]) -> dict[str, str]:
+def headers(rate: dict[str, Any]) -> list[tuple[str, str]]:
     """The ``x-ratelimit-*`` headers of an admitted call (the tightest scope's)."""
     reset = _duration(float(rate["reset"]))
-    out = {}
+    out = []
     for what in ("requests", "tokens"):
         if what in rate:
             limit, left = rate[what]
-            out[f"x-ratelimit-limit-{what}"] = str(limit)
-            out[f"x-ratelimit-remaining-{what}"] = str(max(0, left))
-            out[f"x-ratelimit-reset-{what}"] = reset
+            out.append((f"x-ratelimit-limit-{what}", str(limit)))
+            out.append((f"x-ratelimit-remaining-{what}", str(max(0, left))))
+            out.append((f"x-ratelimit-reset-{what}", reset))
     return out
 
 

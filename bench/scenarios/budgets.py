@@ -5,8 +5,8 @@ check-then-add.
 Overhead: ``/v1/execute`` with metering on, enforcement off, on (with its leases,
 as shipped) and on asking Redis on every call (``BUDGET_LEASE_SECONDS=0``), and on
 for a caller held by everything at once (a hard budget, a prepaid balance that
-stops at zero, and requests and tokens per minute: a key under a rate limit takes
-no lease, so each of its calls is one round trip), four stacks up at once and one
+stops at zero, and requests and tokens per minute, each far from its limit: its
+leases are counted in the minute's windows), four stacks up at once and one
 client alternating between them call by call (a kept-alive connection to each),
 the caller under limits it never reaches.
 
