@@ -16,7 +16,7 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +69,21 @@ def chromium() -> Iterator[Any]:
         launched.close()
 
 
+DESKTOP, PHONE = 1280, 390  # viewport widths, CSS px
+_UNAUTHORIZED = (
+    "console error: Failed to load resource: the server responded with a status of 401 "
+    "(UNAUTHORIZED)"
+)
+
+
 class Page:
     """A browser page that fails the test on a console error or a script dialog."""
 
-    def __init__(self, chromium: Any, base: str) -> None:
-        self.context = chromium.new_context(accept_downloads=True)
+    def __init__(self, chromium: Any, base: str, width: int = DESKTOP) -> None:
+        self.width = width
+        self.context = chromium.new_context(
+            accept_downloads=True, viewport={"width": width, "height": 900}
+        )
         self.page = self.context.new_page()
         self.base = base
         self.problems: list[str] = []
@@ -99,6 +109,32 @@ class Page:
     def figure(self, name: str) -> str:
         return self.page.text_content(f'[data-figure="{name}"]') or ""
 
+    def exact(self, name: str) -> Decimal:
+        """The exact amount behind a figure shown to the cent."""
+        return Decimal(self.page.get_attribute(f'[data-figure="{name}"]', "data-exact") or "")
+
+    def cells_exact(self, table_id: str) -> list[list[str | None]]:
+        """Each cell's exact amount (data-exact), None where it shows no money."""
+        return self.page.eval_on_selector_all(
+            f"#{table_id} tbody tr",
+            "rows => rows.map(r => [...r.cells].map(c => c.dataset.exact ?? null))",
+        )
+
+    def accessible(self) -> None:
+        """axe-core, as the app serves it, finds nothing serious or critical."""
+        self.page.add_script_tag(url=f"{self.base}/dashboard/static/vendor/axe.min.js")
+        violations = self.page.evaluate(
+            """() => axe.run(document, {resultTypes: ["violations"]}).then(r => r.violations
+                .filter(v => v.impact === "serious" || v.impact === "critical")
+                .map(v => `${v.id} (${v.impact}): ${v.nodes.map(n => n.target.join(" ")).join(", ")}`))"""
+        )
+        assert violations == [], violations
+
+    def fits(self) -> None:
+        """Nothing wider than the viewport: no horizontal scroll."""
+        width = self.page.evaluate("document.documentElement.scrollWidth")
+        assert width <= self.width, f"the page is {width} px wide in a {self.width} px viewport"
+
     def table(self, table_id: str) -> list[list[str]]:
         return self.page.eval_on_selector_all(
             f"#{table_id} tbody tr",
@@ -120,6 +156,15 @@ def _money(text: str) -> Decimal:
     return Decimal(text.replace("$", "").replace(",", ""))
 
 
+def _cents(amount: str | Decimal) -> str:
+    """An amount as the pages show it to be read: to the cent, rounded half up."""
+    value = Decimal(amount)
+    rounded = value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    if rounded == 0 and value != 0:
+        return "< $0.01" if value > 0 else "> -$0.01"
+    return f"{'-' if rounded < 0 else ''}${abs(rounded):,.2f}"
+
+
 def _api(client: FlaskClient, key: str, path: str) -> Any:
     resp = client.get(path, headers=auth(key))
     assert resp.status_code == 200, resp.get_json()
@@ -137,7 +182,14 @@ def customer_with_usage(
         at = max(NOW - timedelta(days=back, hours=1), NOW - timedelta(days=back)).isoformat()
         for model, n in (("claude-3-5-sonnet-20241022", 3), ("claude-3-haiku-20240307", 2)):
             events += [
-                event("key-page", timestamp=at, model=model, execution_time="1.5") for _ in range(n)
+                event(
+                    "key-page",
+                    timestamp=at,
+                    model=model,
+                    execution_time="1.5",
+                    execution_id=f"run-{back}-{model[:12]}-{i}",
+                )
+                for i in range(n)
             ]
         events.append(event(second["key"], timestamp=at, model=HOSTILE, task_type=HOSTILE))
     with app.app_context():
@@ -151,28 +203,62 @@ def customer_with_usage(
     return customer, "key-page"
 
 
+def _cost_shown(group: dict[str, Any]) -> str:
+    """A cost cell as the page writes it: unpriced calls never shown as free."""
+    if group["unpriced_events"] and group["unpriced_events"] == group["events"]:
+        return "unpriced"
+    shown = _cents(group["cost"])
+    return f"{shown} + {group['unpriced_events']} unpriced" if group["unpriced_events"] else shown
+
+
 @browser
 def test_the_customer_dashboard_shows_what_the_api_answers(
     chromium: Any, live_server: str, client: FlaskClient, customer_with_usage: Any
 ) -> None:
-    _, key = customer_with_usage
+    """Every figure equals the API's: to the cent as shown, exactly behind it; unpriced
+    usage says so; a budget projected over its limit is marked; the charts are sized,
+    scaled, with every model in the legend and the exact amount in the tooltip."""
+    customer, key = customer_with_usage
+    resp = client.post(  # a budget far past its limit, beside the fixture's on-track one
+        f"/v1/billing/customers/{customer.id}/budgets",
+        json={"metric": "tokens", "period": "month", "limit": "1000"},
+        headers=auth(ADMIN_TOKEN),
+    )
+    assert resp.status_code == 201
     page = Page(chromium, live_server)
     page.open("/dashboard/")
     assert page.page.url.endswith("/dashboard/sign-in")
+    page.page.fill("#api_key", "not-a-key")
+    with page.page.expect_console_message():  # the form's 401, which the browser logs
+        page.page.click("button[type=submit]")
+    assert page.problems == [_UNAUTHORIZED]  # expected here, and only here
+    page.problems.clear()
+    # A wrong key: the field is marked invalid, described by the error, and has focus.
+    assert page.page.get_attribute("#api_key", "aria-invalid") == "true"
+    assert page.page.get_attribute("#api_key", "aria-describedby") == "sign-in-error"
+    assert page.page.evaluate("document.activeElement.id") == "api_key"
+    page.accessible()
     page.sign_in("api_key", key)
     assert key not in page.page.url and key not in page.page.content()
     [cookie] = [c for c in page.context.cookies() if c["name"] == "ub_session"]
     assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
     assert key not in cookie["value"] and hash_api_key(key) not in cookie["value"]
+    assert page.page.text_content("h1") == "Usage and spend"
 
     today = NOW.date()
     start = (today - timedelta(days=29)).isoformat()
     between = f"start_date={start}&end_date={today}"
     forecast = _api(client, key, "/v1/billing/forecast")
-    assert _money(page.figure("month_to_date")) == Decimal(forecast["cost"]["month_to_date"])
-    assert _money(page.figure("projected_month")) == Decimal(forecast["cost"]["projected_month"])
+    for figure in ("month_to_date", "projected_month"):
+        assert page.figure(figure) == _cents(forecast["cost"][figure])
+        assert page.exact(figure) == Decimal(forecast["cost"][figure])
     usage = _api(client, key, f"/v1/billing/usage?{between}&group_by=model")
-    assert _money(page.figure("range_cost")) == Decimal(usage["totals"]["cost"])
+    assert page.figure("range_cost") == _cents(usage["totals"]["cost"])
+    assert page.exact("range_cost") == Decimal(usage["totals"]["cost"])
+    assert (
+        page.figure("range_unpriced")
+        == f"{usage['totals']['unpriced_events']} calls unpriced, not in this cost"
+    )
     assert int(page.figure("range_tokens").replace(",", "")) == usage["totals"]["tokens_total"]
 
     total = _api(client, key, f"/v1/billing/usage?{between}&granularity=total")
@@ -188,19 +274,62 @@ def test_the_customer_dashboard_shows_what_the_api_answers(
         "tokens_output_reasoning",
         "tokens_output_audio",
     )
-    for provider, model, calls, *tokens, cost in shown:
+    for (provider, model, calls, *tokens, cost), exact in zip(
+        shown, page.cells_exact("breakdown"), strict=True
+    ):
         group = api_rows[(provider, model)]
         assert int(calls) == group["events"]
         assert [int(t.replace(",", "")) for t in tokens] == [group[c] for c in columns]
-        assert _money(cost) == Decimal(group["cost"])
+        assert cost == _cost_shown(group)
+        if cost != "unpriced":
+            assert Decimal(exact[-1]) == Decimal(group["cost"])
+    assert "unpriced" in [row[-1] for row in shown]  # the hostile model has no price
 
     performance = _api(client, key, f"/v1/billing/performance?{between}")
-    by_model = {r[1]: r for r in page.table("performance")}
+    by_model = {r[1]: r for r in page.table("model-performance")}
     for model in performance["models"]:
         p50 = model["latency_seconds"]["p50"]
         assert by_model[model["model"]][4] == ("–" if p50 is None else str(p50))
-    [budget] = page.table("budgets")
-    assert _money(budget[4]) == Decimal(forecast["budgets"][0]["projected"])
+    budgets = page.table("budgets")
+    classes = page.page.eval_on_selector_all(
+        "#budgets tbody tr", "rows => rows.map(r => r.className)"
+    )
+    states = []
+    for row, exact, api_budget, css in zip(
+        budgets, page.cells_exact("budgets"), forecast["budgets"], classes, strict=True
+    ):
+        if api_budget["metric"] == "usd":
+            assert row[4] == _cents(api_budget["projected"])
+            assert Decimal(exact[4]) == Decimal(api_budget["projected"])
+        if Decimal(api_budget["spent"]) >= Decimal(api_budget["effective_limit"]):
+            states.append(("limit reached", "over"))
+        elif api_budget["projected_over"]:
+            states.append(("projected over the limit", "over"))
+        else:
+            states.append(("on track", ""))
+        assert (row[6], css) == states[-1]
+    assert ("limit reached", "over") in states and ("on track", "") in states
+
+    # The spend chart: sized, scaled in dollars, every model in its legend, the exact
+    # amount in its tooltip.
+    spend = page.page.evaluate(
+        """() => { const c = Chart.getChart("spend-chart");
+        const d = c.data.datasets.findIndex(s => s.exact.some(v => v !== "0"));
+        const i = c.data.datasets[d].exact.findIndex(v => v !== "0");
+        const item = {dataset: c.data.datasets[d], dataIndex: i, raw: c.data.datasets[d].data[i]};
+        return {height: c.height, legend: c.legend.legendItems.map(l => l.text),
+                ticks: c.scales.y.ticks.map(t => c.scales.y.getLabelForValue(t.value)),
+                yTick: c.options.scales.y.ticks.callback(0.5),
+                tooltip: c.options.plugins.tooltip.callbacks.label(item),
+                exact: item.dataset.exact[i], label: item.dataset.label}; }"""
+    )
+    daily = _api(client, key, f"/v1/billing/usage?{between}&group_by=model")
+    models = {g["model"] for p in daily["periods"] for g in p["groups"]}
+    assert spend["height"] >= 250 and sorted(spend["legend"]) == sorted(models)
+    assert len(spend["ticks"]) >= 3 and spend["yTick"] == "$0.5"
+    assert spend["tooltip"] == f"{spend['label']}: ${spend['exact'].rstrip('0').rstrip('.')}"
+    assert page.page.get_attribute("#spend-chart", "role") == "img"
+    assert page.page.text_content("#spend-summary").startswith(_cents(daily["totals"]["cost"]))
 
     with page.page.expect_download() as download:
         page.page.click("#breakdown-csv")
@@ -208,12 +337,109 @@ def test_the_customer_dashboard_shows_what_the_api_answers(
     assert {(r["provider"], r["model"]) for r in rows} == set(api_rows)
     for row in rows:
         assert Decimal(row["cost"]) == Decimal(api_rows[(row["provider"], row["model"])]["cost"])
+    page.accessible()
+    page.fits()
     page.screenshot("dashboard")
 
     page.page.click("#sign-out")
     page.page.wait_for_url("**/dashboard/sign-in")
     # The browser's own cookies, outside the page (a 401 there is no page error).
     assert page.context.request.get(f"{live_server}/dashboard/data/forecast").status == 401
+    page.close()
+
+
+@browser
+def test_a_customer_narrows_the_page_to_a_range_a_key_and_finds_one_call(
+    chromium: Any, live_server: str, client: FlaskClient, customer_with_usage: Any
+) -> None:
+    """Any date range; one key; a call found by its execution id, its cost explained
+    line by line (units × rate) as the API answers; a range that cannot be shown is
+    said so, its field marked and focused."""
+    _, key = customer_with_usage
+    today = NOW.date()
+    page = Page(chromium, live_server)
+    page.open("/dashboard/sign-in")
+    page.sign_in("api_key", key)
+    second = {
+        "id": page.page.evaluate(
+            "[...document.querySelectorAll('#key option')].find(o => o.textContent.startsWith('ci')).value"
+        )
+    }
+    first = (today - timedelta(days=2)).isoformat()
+    page.page.fill("#start", first)
+    page.page.fill("#end", today.isoformat())
+    page.page.select_option("#key", second["id"])
+    page.page.click("#filters button[type=submit]")
+    page.page.wait_for_selector("body[data-loaded=true]")
+    assert f"start={first}" in page.page.url and f"key={second['id']}" in page.page.url
+    between = f"start_date={first}&end_date={today}"
+    mine = _api(client, key, f"/v1/billing/usage?{between}&key={second['id']}")
+    assert page.figure("range_tokens").replace(",", "") == str(mine["totals"]["tokens_total"])
+    assert {row[1] for row in page.table("breakdown")} == {HOSTILE}  # that key's model only
+    assert {row[2] for row in page.table("calls")} == {"ci"}
+
+    page.open("/dashboard/?days=7")
+    page.page.wait_for_selector("body[data-loaded=true]")
+    week = f"start_date={today - timedelta(days=6)}&end_date={today}"
+    latest = _api(client, key, f"/v1/billing/calls?{week}&limit=25")["calls"]
+    assert [row[1] for row in page.table("calls")] == [c["execution_id"] or "–" for c in latest]
+    wanted = next(c for c in latest if c["lines"])
+    page.page.fill("#execution-id", wanted["execution_id"])
+    page.page.click("#call-search button[type=submit]")
+    page.page.wait_for_function(
+        "() => document.getElementById('calls-note').textContent.startsWith('Found')"
+    )
+    [row] = page.table("calls")
+    assert row[1] == wanted["execution_id"] and row[7] == _cents(wanted["cost"])
+    lines = page.page.eval_on_selector_all(
+        "#calls tbody li", "items => items.map(i => i.textContent)"
+    )
+    assert len(lines) == len(wanted["lines"])
+    for shown, line in zip(lines, wanted["lines"], strict=True):
+        assert shown.endswith(
+            f"× ${pages_decimal(line['rate'])} = ${pages_decimal(line['amount'])}"
+        )
+    page.page.fill("#execution-id", "no-such-call")
+    page.page.click("#call-search button[type=submit]")
+    page.page.wait_for_function(
+        "() => document.getElementById('calls-note').textContent.startsWith('Not found')"
+    )
+
+    page.open("/dashboard/?start=2026-13-01&end=2026-01-02")
+    page.page.wait_for_selector("body[data-loaded=true]")
+    assert page.page.get_attribute("#start", "aria-invalid") == "true"
+    assert page.page.evaluate("document.activeElement.id") == "start"
+    assert "cannot be shown" in (page.page.text_content("#range-error") or "")
+    page.accessible()
+    page.close()
+
+
+def pages_decimal(value: str) -> str:
+    """A decimal string as the pages write an exact one: trailing zeros dropped."""
+    return value.rstrip("0").rstrip(".") if "." in value else value
+
+
+@browser
+@pytest.mark.parametrize("path", ["/dashboard/", "/admin/"])
+def test_the_pages_fit_a_phone_and_pass_the_accessibility_check(
+    chromium: Any, live_server: str, customer_with_usage: Any, path: str
+) -> None:
+    """At 390 px: no horizontal scroll (tables become labelled cards), axe-core finds
+    nothing serious or critical; a screenshot of each."""
+    _, key = customer_with_usage
+    page = Page(chromium, live_server, width=PHONE)
+    page.open(f"{path}sign-in")
+    if path == "/admin/":
+        page.sign_in("token", ADMIN_TOKEN)
+    else:
+        page.sign_in("api_key", key)
+    page.fits()
+    page.accessible()
+    label = page.page.eval_on_selector(
+        "table tbody td", "c => getComputedStyle(c, '::before').content"
+    )
+    assert label not in ("none", "normal", "")  # each cell says which column it is
+    page.screenshot(f"{path.strip('/')}-phone")
     page.close()
 
 
@@ -242,16 +468,23 @@ def test_a_prepaid_customer_sees_its_credit_as_the_api_answers(
     page = Page(chromium, live_server)
     page.open("/dashboard/sign-in")
     page.sign_in("api_key", key)
-    assert _money(page.figure("credit_balance")) == Decimal(credits["balance"])
+    assert page.figure("credit_balance") == _cents(credits["balance"])
+    assert page.exact("credit_balance") == Decimal(credits["balance"])
     assert page.figure("credit_overage") == "billed as usage"
     assert page.figure("credit_recharge") == "off"
     grants = page.table("credit-grants")
-    assert [(_money(g[2]), _money(g[3])) for g in grants] == [
+    assert [(g[2], g[3]) for g in grants] == [
+        (_cents(g["amount"]), _cents(g["remaining"])) for g in credits["grants"]
+    ]
+    assert [(Decimal(g[2]), Decimal(g[3])) for g in page.cells_exact("credit-grants")] == [
         (Decimal(g["amount"]), Decimal(g["remaining"])) for g in credits["grants"]
     ]
     ledger = page.table("credit-ledger")
-    assert [(e[1], _money(e[2])) for e in ledger] == [
-        (e["kind"], Decimal(e["amount"])) for e in credits["entries"]
+    assert [(e[1], e[2]) for e in ledger] == [
+        (e["kind"], _cents(e["amount"])) for e in credits["entries"]
+    ]
+    assert [Decimal(e[2]) for e in page.cells_exact("credit-ledger")] == [
+        Decimal(e["amount"]) for e in credits["entries"]
     ]
     assert any(row[1] == "low credit balance" for row in page.table("alerts"))
     page.screenshot("dashboard-credits")
@@ -284,9 +517,15 @@ def test_the_operators_page_shows_the_overview(
     assert ["anthropic", "no-such-model"] in [row[:2] for row in unpriced]
     top = page.table("top")
     assert top[0][0] == str(customer.id)
-    assert _money(top[0][2]) == Decimal(expected["top_customers"]["customers"][0]["cost"])
+    assert top[0][2] == _cents(expected["top_customers"]["customers"][0]["cost"])
+    assert Decimal(page.cells_exact("top")[0][2]) == Decimal(
+        expected["top_customers"]["customers"][0]["cost"]
+    )
+    assert page.page.text_content("h1") == "Operations"
     assert {row[0] for row in page.table("jobs")} == set(expected["status"]["jobs"])
     assert page.page.get_attribute("#flower", "href") == app.config["SETTINGS"].flower_url
+    page.accessible()
+    page.fits()
     page.screenshot("admin")
     page.close()
 

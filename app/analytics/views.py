@@ -77,7 +77,8 @@ def check_range(query: DateRange, settings: Settings, hours: bool) -> None:
         )
 
 
-def _keys(customer_id: int, wanted: tuple[int, ...] | None) -> list[ApiKey]:
+def customer_keys(customer_id: int, wanted: tuple[int, ...] | None) -> list[ApiKey]:
+    """The customer's keys, once each named key is known to be one of them."""
     keys = keys_of(customer_id)
     unknown = set(wanted or ()) - {key.id for key in keys}
     if unknown:
@@ -107,7 +108,7 @@ def usage_answer(customer: BillingCustomer, query: UsageQuery) -> dict[str, Any]
     """``GET /v1/billing/usage``'s answer to ``query``, for ``customer``."""
     wanted = usage_request(query, _settings())
     read_snapshot()  # the charges and the usage they are of, at one moment
-    keys = _keys(customer.id, wanted.filters.get("key"))
+    keys = customer_keys(customer.id, wanted.filters.get("key"))
     charges: dict[date, Any] = {}
     if not wanted.filters and wanted.granularity != "hour":
         charges = daily_charges(customer, wanted.start, wanted.end)
@@ -117,7 +118,7 @@ def usage_answer(customer: BillingCustomer, query: UsageQuery) -> dict[str, Any]
 def performance_answer(customer: BillingCustomer, query: PerformanceQuery) -> dict[str, Any]:
     check_range(query, _settings(), hours=True)
     wanted = UsageRequest(query.start_date, query.end_date, "day", (), query.given())
-    keys = _keys(customer.id, wanted.filters.get("key"))
+    keys = customer_keys(customer.id, wanted.filters.get("key"))
     return {
         "start_date": query.start_date.isoformat(),
         "end_date": query.end_date.isoformat(),
@@ -132,7 +133,7 @@ def calls_answer(customer: BillingCustomer, query: CallsQuery) -> dict[str, Any]
     wanted = CallsRequest(
         query.start_date, query.end_date, query.given(), query.execution_id, query.limit
     )
-    keys = _keys(customer.id, wanted.filters.get("key"))
+    keys = customer_keys(customer.id, wanted.filters.get("key"))
     return {
         "start_date": query.start_date,
         "end_date": query.end_date,

@@ -5,10 +5,11 @@ with exactly what the API answers for the signed-in customer."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from typing import Any
 
-from flask import Blueprint, Response, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from pydantic import BaseModel
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -20,11 +21,13 @@ from app.analytics.answers import (
 )
 from app.analytics.calls import CallsAnswer, CallsQuery
 from app.analytics.export import ExportRequest, csv_text, download_headers
-from app.analytics.queries import PerformanceQuery, RecommendationQuery, UsageQuery
+from app.analytics.queries import DateRange, PerformanceQuery, RecommendationQuery, UsageQuery
 from app.analytics.usage import UsageRequest, usage_between
 from app.analytics.views import (
     NoQuery,
     calls_answer,
+    check_range,
+    customer_keys,
     export_response,
     forecast_answer,
     performance_answer,
@@ -46,9 +49,9 @@ from app.dashboard.session import (
     sign_out,
     signed_in_customer,
 )
-from app.errors import AuthenticationError, NotFound
+from app.errors import AuthenticationError, NotFound, ValidationError
 from app.pricing.dimensions import COLUMNS
-from app.shapes import parse_query
+from app.shapes import parse, parse_query
 
 dashboard = Blueprint(
     "dashboard",
@@ -73,8 +76,10 @@ DATA: dict[str, tuple[type[BaseModel], Answering, type[BaseModel]]] = {
     "alerts": (NoQuery, lambda customer, _: alerts_answer(customer), AlertList),
     "credits": (NoQuery, lambda customer, _: prepaid_answer(customer), PrepaidAnswer),
 }
-RANGES = (7, 30, 90)  # the days the page can show
+RANGES = (7, 30, 90)  # the quick ranges the page offers (any other is chosen by dates)
+DEFAULT_DAYS = 30
 BREAKDOWN_COLUMNS = ("provider", "model", "events", *COLUMNS, "cost")
+FILTERS = ("key", "provider", "model", "task_type")  # what the page can narrow to
 
 
 def _customer() -> BillingCustomer:
@@ -84,15 +89,44 @@ def _customer() -> BillingCustomer:
     return customer
 
 
-def _days() -> int:
-    days = request.args.get("days", "30")
-    return int(days) if days in {str(d) for d in RANGES} else 30
+@dataclass(frozen=True)
+class Shown:
+    """What the page shows: a range of days, narrowed by the filters, and what was
+    wrong with the asked-for range (the page then shows the default, and says so)."""
+
+    start: date
+    end: date
+    filters: dict[str, str]
+    problem: str | None = None
+    field: str | None = None
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
 
 
-def _range(days: int) -> tuple[date, date]:
-    """The page's days: the last ``days`` up to today (UTC), first and last."""
+def _shown() -> Shown:
+    """The range and filters of the page's query string: ``start``/``end`` (days, UTC),
+    or ``days`` (the last so many), and any of the filters."""
     today = utcnow().date()
-    return today - timedelta(days=days - 1), today
+    filters = {name: v for name in FILTERS if (v := request.args.get(name, "").strip())}
+    days = request.args.get("days")
+    if days in {str(d) for d in RANGES}:
+        return Shown(today - timedelta(days=int(days) - 1), today, filters)
+    default = Shown(today - timedelta(days=DEFAULT_DAYS - 1), today, filters)
+    if "start" not in request.args and "end" not in request.args:
+        return default
+    asked = {
+        "start_date": request.args.get("start", default.start.isoformat()),
+        "end_date": request.args.get("end", default.end.isoformat()),
+    }
+    try:
+        dates = parse(DateRange, asked, whole="query")
+        check_range(dates, current_app.config["SETTINGS"], hours=False)
+    except ValidationError as exc:
+        field = "start" if (exc.field or "").startswith("start") else "end"
+        return replace(default, problem=exc.message, field=field)
+    return Shown(dates.start_date, dates.end_date, filters)
 
 
 @dashboard.get("/")
@@ -100,16 +134,17 @@ def page() -> Any:
     customer = signed_in_customer()
     if customer is None:
         return redirect(url_for("dashboard.sign_in_page"))
-    days = _days()
-    first, last = _range(days)
+    shown = _shown()
+    settings = current_app.config["SETTINGS"]
     return render_template(
         "dashboard.html",
         customer=customer,
         csrf=csrf_token(),
-        days=days,
+        shown=shown,
         ranges=RANGES,
-        start=first.isoformat(),
-        end=last.isoformat(),
+        keys=keys_of(customer.id),
+        hourly_from=(utcnow().date() - timedelta(days=settings.usage_hourly_retention_days)),
+        quick=next((d for d in RANGES if shown.days == d and shown.end == utcnow().date()), None),
     )
 
 
@@ -143,12 +178,17 @@ def data(name: str) -> dict[str, Any]:
 
 @dashboard.get("/breakdown.csv")
 def breakdown_csv() -> Response:
-    """The page's breakdown table (per model over the range) as a CSV file."""
+    """The page's breakdown table (per model over its range and filters) as a CSV file."""
     customer = _customer()
-    first, last = _range(_days())
-    summary = usage_between(
-        keys_of(customer.id), UsageRequest(first, last, "total", ("provider", "model"))
+    shown = _shown()
+    first, last = shown.start, shown.end
+    query = parse(
+        UsageQuery,
+        {"start_date": first.isoformat(), "end_date": last.isoformat(), **shown.filters},
+        whole="query",
     )
+    wanted = UsageRequest(first, last, "total", ("provider", "model"), query.given())
+    summary = usage_between(customer_keys(customer.id, wanted.filters.get("key")), wanted)
     groups = next(iter(summary.periods.values()), [])
     rows = [
         [
@@ -170,5 +210,5 @@ def breakdown_csv() -> Response:
 def events_csv() -> Response:
     """The range's raw events, as ``GET /v1/billing/usage/export`` streams them."""
     customer = _customer()
-    first, last = _range(_days())
-    return export_response(ExportRequest(first, last, "csv", customer.id))
+    shown = _shown()
+    return export_response(ExportRequest(shown.start, shown.end, "csv", customer.id))

@@ -5,14 +5,32 @@ function when(value) {
   return value ? value.slice(0, 19).replace("T", " ") : null;
 }
 
+// A duration in seconds as a person reads it: 350 ms, 12.4 s, 3 min 5 s, 2 h 5 min, 1 d 3 h.
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  const s = Number(seconds);
+  if (s < 1) return `${Math.round(s * 1000)} ms`;
+  if (s < 60) return `${s.toFixed(1)} s`;
+  const units = [["d", 86400], ["h", 3600], ["min", 60], ["s", 1]];
+  const parts = [];
+  let left = Math.round(s);
+  for (const [name, size] of units) {
+    if (left >= size && parts.length < 2) {
+      parts.push(`${Math.floor(left / size)} ${name}`);
+      left %= size;
+    } else if (parts.length) break;
+  }
+  return parts.join(" ");
+}
+
 pages.data("/admin/data").then((body) => {
   const status = body.status;
   pages.figure("healthy", status.healthy ? "healthy" : "needs attention");
   pages.figure("manual_reports", pages.count(status.manual_reports.count));
   pages.figure("parked_events", pages.count(body.parked_events.count));
   const lag = body.ingest_lag;
-  pages.figure("ingest_lag", lag.sample ? `${lag.p50_seconds} s / ${lag.p99_seconds} s` : "no events");
-  pages.figure("last_stored", lag.sample ? `${when(lag.last_stored)} (${lag.seconds_since_last_stored} s ago)` : "never");
+  pages.figure("ingest_lag", lag.sample ? `${duration(lag.p50_seconds)} / ${duration(lag.p99_seconds)}` : "no events");
+  pages.figure("last_stored", lag.sample ? `${when(lag.last_stored)} (${duration(lag.seconds_since_last_stored)} ago)` : "never");
   pages.fill("jobs", Object.entries(status.jobs).map(([job, run]) => [
     job, run.period, run.status, when(run.finished_at), run.last_success_period,
     run.overdue ? "yes" : "no", run.error,
@@ -26,7 +44,7 @@ pages.data("/admin/data").then((body) => {
   pages.fill("flagged", body.flagged_usage.map((m) => [m.provider, m.model, pages.count(m.events), m.last_day]), "None.");
   pages.fill("unattributed", (body.top_customers.unattributed || []).map((k) => [k.key_hash, pages.count(k.events), k.last_day]), "None.");
   pages.fill("parked", body.parked_events.latest.map((p) => [p.event_id, p.field, p.reason, when(p.parked_at)]), "None.");
-  pages.fill("top", body.top_customers.customers.map((c) => [c.customer_id, c.name, pages.money(c.cost)]), "No usage this month.");
+  pages.fill("top", body.top_customers.customers.map((c) => [c.customer_id, c.name, pages.amount(c.cost)]), "No usage this month.");
   pages.figure("top_as_of", when(body.top_customers.as_of));
   const flower = document.getElementById("flower");
   if (/^https?:\/\//.test(body.flower_url)) flower.href = body.flower_url;
