@@ -154,6 +154,10 @@ class Settings(BaseSettings):
     # prompt (a token per 4 bytes of the request's body) and the output it asks for at
     # most (``max_tokens`` or its kin), else this many output tokens.
     rate_limit_default_output_tokens: int = 1024
+    # Recommendations: groups of models an operator holds comparable, each a list of
+    # "provider/model" (JSON: [["anthropic/claude-3-opus", "openai/gpt-4o"]]). A model
+    # in no group is compared with its own provider's models only.
+    recommendation_groups: list[list[str]] = Field(default_factory=list)
     # Credits: a grant with credit left is announced this many days before it expires.
     credit_expiry_warning_days: int = 7
     # Alerts: webhook deliveries are retried with backoff for this long.

@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from app.analytics.performance import percentile
+from app.config import Settings
 from app.customers.models import BillingCustomer
 from app.extensions import db
 from app.ingest.latency import LATENCY_BOUNDS, LATENCY_COLUMNS, bucket_of
@@ -26,7 +27,7 @@ from app.ingest.models import UsageEvent, UsageHourly
 from app.pricing.book import PriceBook
 from app.security import hash_api_key
 from tests.factories import event
-from tests.helpers import ADMIN_TOKEN, auth, issue_key, record, tokens
+from tests.helpers import ADMIN_TOKEN, auth, create_extra_app, issue_key, record, tokens
 
 NOW = datetime.now(UTC)
 YESTERDAY = (NOW - timedelta(days=1)).replace(hour=10, minute=15, second=0, microsecond=0)
@@ -416,6 +417,49 @@ def test_recommendations_compare_prices_for_the_actual_mix(
     assert Decimal(sonnet["caching"]["saving"]) == (own.total - cached.total) * 10
     status, body = _get(client, "/v1/billing/recommendations?days=0", "key-r")
     assert (status, body["error"]["field"]) == (400, "days")
+
+
+@pytest.mark.parametrize("curated", [False, True])
+def test_recommendations_fold_aliases_and_offer_comparable_models_only(
+    app: Flask,
+    settings: Settings,
+    client: FlaskClient,
+    make_customer: Callable[..., BillingCustomer],
+    curated: bool,
+) -> None:
+    """One row per model, whatever name it came under (a router's ``liquid/lfm-7b``
+    and ``lfm-7b``); a frontier model is offered its own provider's cheaper models,
+    or only those of an operator's group that holds it; never a 7B model of another
+    family; the window is stated."""
+    make_customer("key-fold")
+    mix = {"timestamp": YESTERDAY.isoformat(), "tokens_input": 10_000, "tokens_output": 1_000}
+    with app.app_context():
+        record(
+            [
+                event("key-fold", provider="openrouter", model=m, **mix)
+                for m in ("liquid/lfm-7b", "lfm-7b")
+                for _ in range(5)
+            ]
+            + [event("key-fold", model="claude-3-opus-20240229", **mix) for _ in range(5)]
+        )
+    groups = [["anthropic/claude-3-opus-20240229", "openai/gpt-4o-mini", "openai/gpt-4o"]]
+    extra = create_extra_app(settings.replace(recommendation_groups=groups if curated else []), app)
+    status, body = _get(extra.test_client(), "/v1/billing/recommendations?days=7", "key-fold")
+    assert status == 200, body
+    rows = {(m["provider"], m["model"].rsplit("/", 1)[-1]): m for m in body["models"]}
+    assert [name for _, name in rows].count("lfm-7b") == 1  # one row, both names' calls
+    [lfm] = [m for (_, name), m in rows.items() if name == "lfm-7b"]
+    assert lfm["calls"] == 10
+    [opus] = [m for m in body["models"] if m["model"].startswith("claude-3-opus")]
+    offered = {(c["provider"], c["model"]) for c in opus["cheaper_models"]}
+    assert offered, "a cheaper comparable model exists"
+    if curated:
+        assert offered <= {("openai", "gpt-4o-mini"), ("openai", "gpt-4o")}
+    else:
+        assert {provider for provider, _ in offered} == {"anthropic"}
+    assert not any(model.endswith("lfm-7b") for _, model in offered)
+    assert len({model.rsplit("/", 1)[-1] for _, model in offered}) == len(offered)
+    assert body["start_date"] in body["note"] and body["end_date"] in body["note"]
 
 
 # -- GET /v1/billing/usage/export ----------------------------------------------------------

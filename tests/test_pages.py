@@ -290,6 +290,20 @@ def test_the_customer_dashboard_shows_what_the_api_answers(
     for model in performance["models"]:
         p50 = model["latency_seconds"]["p50"]
         assert by_model[model["model"]][4] == ("–" if p50 is None else str(p50))
+    advice = _api(client, key, "/v1/billing/recommendations?days=30")
+    assert page.page.text_content("#recommendations-note") == advice["note"]
+    shown_advice = page.table("recommendations")
+    expected_advice = [
+        [m["model"], _cents(m["cost"]), _cents(m["cost_at_today_prices"])]
+        + ([c["model"] + f" ({c['provider']})", _cents(c["cost"]), _cents(c["saving"])])
+        for m in advice["models"]
+        if m["cost_at_today_prices"] is not None
+        for c in m["cheaper_models"]
+    ]
+    assert expected_advice  # the fixture's Claude models have cheaper Anthropic models
+    assert [row[:3] + row[4:] for row in shown_advice if row[4] != "none cheaper"] == (
+        expected_advice
+    )
     budgets = page.table("budgets")
     classes = page.page.eval_on_selector_all(
         "#budgets tbody tr", "rows => rows.map(r => r.className)"

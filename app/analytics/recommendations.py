@@ -3,6 +3,12 @@ price book that would have cost less for its actual token mix, and what caching
 would save. A price comparison, not a quality claim: it says nothing of whether
 another model would do the work as well.
 
+One row per distinct model: a provider's alias of it (``liquid/lfm-7b`` through a
+router, ``lfm-7b`` from its maker) is folded into the model the price book knows.
+Its candidates are comparable models only: those of a group an operator curates
+(``RECOMMENDATION_GROUPS``) that holds it, else its own provider's, so a 7B model
+is never offered in place of a frontier one from another family.
+
 The mix is each model's calls over the range: their input (of it, cache reads)
 and output tokens. It is priced at today's prices, per average call (so a price
 tiered by prompt size takes the tier of the average prompt), times the calls;
@@ -21,6 +27,7 @@ from app.analytics.usage import UsageRequest, rollup_rows
 from app.columns import money_str
 from app.customers.models import ApiKey
 from app.pricing.book import PriceBook
+from app.pricing.catalog import canonical_model
 from app.pricing.dimensions import COLUMNS, USAGE_KEY_OF
 
 TOP_MODELS = 3
@@ -94,29 +101,82 @@ def _caching(
     }
 
 
+Model = tuple[str, str]  # (provider, model) as the price book keys it
+
+
+def comparable_groups(groups: list[list[str]]) -> list[frozenset[Model]]:
+    """``RECOMMENDATION_GROUPS`` ("provider/model" names) as the price book's keys."""
+    return [
+        frozenset(canonical_model(*name.split("/", 1)) for name in group if "/" in name)
+        for group in groups
+    ]
+
+
+def _candidates(book: PriceBook, model: Model, groups: list[frozenset[Model]]) -> list[Model]:
+    """What ``model`` is compared with: its curated groups' models, else its provider's."""
+    curated = {other for group in groups if model in group for other in group}
+    if curated:
+        return sorted(curated - {model})
+    return [other for other in book.models() if other[0] == model[0] and other != model]
+
+
+def _name(model: Model) -> str:
+    """A model's own name, whoever sells it: ``liquid/lfm-7b`` on a router is ``lfm-7b``."""
+    return model[1].rsplit("/", 1)[-1]
+
+
+def _folded(mixes: dict[Model, Mix]) -> dict[Model, Mix]:
+    """One mix per model name: what one model cost under each seller's name, summed,
+    and priced as the seller it cost most through."""
+    by_name: dict[str, list[tuple[Model, Mix]]] = defaultdict(list)
+    for model, mix in mixes.items():
+        by_name[_name(model)].append((model, mix))
+    folded = {}
+    for sellers in by_name.values():
+        main = max(sellers, key=lambda seller: (seller[1].cost, seller[0]))[0]
+        whole = Mix()
+        for _, mix in sellers:
+            whole.calls += mix.calls
+            whole.cost += mix.cost
+            for column, tokens in mix.tokens.items():
+                whole.tokens[column] += tokens
+        folded[main] = whole
+    return folded
+
+
+def _distinct(cheaper: list[tuple[Decimal, Model]]) -> list[tuple[Decimal, Model]]:
+    """The cheapest seller of each model name (the list is sorted by cost)."""
+    first: dict[str, tuple[Decimal, Model]] = {}
+    for cost, model in cheaper:
+        first.setdefault(_name(model), (cost, model))
+    return list(first.values())
+
+
 def recommendations(
-    keys: list[ApiKey], book: PriceBook, now: datetime, days: int
+    keys: list[ApiKey],
+    book: PriceBook,
+    now: datetime,
+    days: int,
+    groups: list[frozenset[Model]] | None = None,
 ) -> dict[str, Any]:
     """The top models by cost over the last ``days`` complete days, each with cheaper
-    models for its mix and what caching would save."""
+    comparable models for its mix and what caching would save."""
     last = now.astimezone(UTC).date() - timedelta(days=1)
     first = last - timedelta(days=days - 1)
-    mixes: dict[tuple[str, str], Mix] = defaultdict(Mix)
+    mixes: dict[Model, Mix] = defaultdict(Mix)
     for row in rollup_rows(keys, UsageRequest(first, last, "total", ("provider", "model")), _SUMS):
-        mixes[(row.provider, row.model)].add(row)
-    top = sorted(mixes.items(), key=lambda item: (-item[1].cost, item[0]))[:TOP_MODELS]
+        mixes[canonical_model(row.provider, row.model)].add(row)
+    top = sorted(_folded(mixes).items(), key=lambda item: (-item[1].cost, item[0]))[:TOP_MODELS]
     models = []
     for (provider, model), mix in top:
         current = mix.priced(book, provider, model, now, mix.tokens_cache_read)
         cheaper = []
         if current is not None:
-            for other in book.models():
-                if other == (provider, model):
-                    continue
+            for other in _candidates(book, (provider, model), groups or []):
                 cost = mix.priced(book, *other, now, mix.tokens_cache_read)
                 if cost is not None and cost < current:
                     cheaper.append((cost, other))
-        cheaper.sort()
+        cheaper = _distinct(sorted(cheaper))
         models.append(
             {
                 "provider": provider,
@@ -140,7 +200,10 @@ def recommendations(
         )
     return {
         "kind": "price_comparison",
-        "note": NOTE,
+        "note": f"{NOTE} Over {first} to {last} (the last {days} complete days), "
+        "against comparable models only: "
+        + ("the operator's groups, else " if groups else "")
+        + "the same provider's.",
         "start_date": first.isoformat(),
         "end_date": last.isoformat(),
         "currency": "usd",

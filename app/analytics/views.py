@@ -27,7 +27,7 @@ from app.analytics.queries import (
     RecommendationQuery,
     UsageQuery,
 )
-from app.analytics.recommendations import recommendations
+from app.analytics.recommendations import comparable_groups, recommendations
 from app.analytics.usage import UsageRequest, usage_between
 from app.budgets.services import budgets_of
 from app.columns import utcnow
@@ -148,7 +148,8 @@ def forecast_answer(customer: BillingCustomer, query: NoQuery) -> dict[str, Any]
 
 def recommendations_answer(customer: BillingCustomer, query: RecommendationQuery) -> dict[str, Any]:
     book = price_book.get()
-    return recommendations(keys_of(customer.id), book, utcnow(), query.days)
+    groups = comparable_groups(_settings().recommendation_groups)
+    return recommendations(keys_of(customer.id), book, utcnow(), query.days, groups)
 
 
 _RANGE_RULE = (

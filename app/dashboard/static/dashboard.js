@@ -215,8 +215,11 @@ document.getElementById("latest-calls").addEventListener("click", () => {
 async function recommendations() {
   const body = await pages.data(`/dashboard/data/recommendations?days=${Math.min(366, Math.max(1, days().length))}`);
   document.getElementById("recommendations-note").textContent = body.note;
+  // The window is the last N complete days (the breakdown's range ends today, and
+  // charged each call at its own day's prices): the note says which.
+  const caching = (m) => (m.caching.available ? pages.amount(m.caching.saving) : "no cache price");
   const rows = body.models.flatMap((m) => (m.cheaper_models.length ? m.cheaper_models : [null]).map((c) => [
-    m.model, pages.amount(m.cost_at_today_prices),
+    m.model, pages.amount(m.cost), pages.amount(m.cost_at_today_prices), caching(m),
     c ? `${c.model} (${c.provider})` : "none cheaper", c ? pages.amount(c.cost) : null, c ? pages.amount(c.saving) : null,
   ]));
   pages.fill("recommendations", rows, "No usage in this range.");
