@@ -21,7 +21,7 @@ from app.extensions import db
 from app.ingest.batch_store import BatchStore
 from app.ingest.ledger import recorded_batches
 from app.ingest.meter import RECORD_TASK
-from app.ingest.recording import record_events
+from app.ingest.recording import REPLAY_TASK, record_events, replay_rejected
 from app.ingest.validation import EventLimits
 from app.ratelimits.limits import tokens_used
 
@@ -135,3 +135,15 @@ def _recorded(store: BatchStore | None, batch_id: str | None) -> None:
     """The batch has its receipt: its events can leave the batch store."""
     if store is not None and batch_id is not None:
         store.drop(batch_id)
+
+
+@shared_task(bind=True, name=REPLAY_TASK)
+def replay_parked(self: FlaskTask, limit: int = 1000) -> dict[str, int]:
+    """Record up to ``limit`` parked events again (an operator's action on /admin, as
+    ``flask billing replay-rejected``): the valid now stored, the others parked again."""
+    result = replay_rejected(limit, EventLimits.from_settings(self.settings))
+    return {
+        "stored": result.inserted,
+        "already_stored": result.duplicates,
+        "parked_again": len(result.rejected),
+    }

@@ -69,7 +69,7 @@ if REQUIRE_SERVICES and not SERVICES_UP:
     )
 
 
-SESSION_TABLES = {"model_prices"}  # seeded once per session, kept between tests
+SESSION_TABLES = {"model_prices", "installation"}  # seeded once (the catalogue, the migration)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

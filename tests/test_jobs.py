@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,7 +36,7 @@ from app.jobs.definitions import (
     run_cleanup,
     run_price_refresh,
 )
-from app.jobs.models import JobRun
+from app.jobs.models import Installation, JobRun
 from app.jobs.runner import run_job
 from app.pricing.book import price_book
 from app.pricing.catalog import PriceSourceError
@@ -560,8 +560,49 @@ def test_a_bad_price_source_changes_no_price(
     assert run.status == "failed" and "PriceSourceError" in run.error
 
 
-def test_status_exits_non_zero_when_the_report_is_overdue(app: Flask) -> None:
+@pytest.fixture()
+def installed_at(app: Flask) -> Iterator[Callable[[datetime], None]]:
+    """Set when the service was installed (the test database's row), restored after."""
+    with app.app_context():
+        row = db.session.get(Installation, 1)
+        kept = row.installed_at
+        db.session.rollback()
+
+    def install(when: datetime) -> None:
+        with app.app_context():
+            db.session.get(Installation, 1).installed_at = when
+            db.session.commit()
+
+    yield install
+    install(kept)
+
+
+def test_a_fresh_install_is_healthy_until_a_job_has_been_due(
+    app: Flask, installed_at: Callable[[datetime], None]
+) -> None:
+    """Installed an hour ago, nothing has run: nothing is late, each job says when it
+    is due. Eight days on with still nothing run: every job is late, and says why."""
     runner = app.test_cli_runner()
+    installed_at(NOW - timedelta(hours=1))
+    with time_machine.travel(NOW, tick=False):
+        result = runner.invoke(args=["billing", "status"])
+        assert result.exit_code == 0, result.output
+        jobs = json.loads(result.output)["jobs"]
+        assert not any(job["overdue"] for job in jobs.values())
+        assert jobs[CLEANUP_JOB]["due_by"] == (NOW + timedelta(days=7, hours=1)).isoformat()
+    with time_machine.travel(NOW + timedelta(days=8), tick=False):
+        result = runner.invoke(args=["billing", "status"])
+        assert result.exit_code == 1
+        jobs = json.loads(result.output)["jobs"]
+        assert all(job["overdue"] for job in jobs.values())
+        assert jobs[CLEANUP_JOB]["why"].startswith("it has never succeeded, and was due by")
+
+
+def test_status_exits_non_zero_when_the_report_is_overdue(
+    app: Flask, installed_at: Callable[[datetime], None]
+) -> None:
+    runner = app.test_cli_runner()
+    installed_at(NOW - timedelta(days=30))
     with time_machine.travel(NOW, tick=False):
         assert runner.invoke(args=["billing", "status"]).exit_code == 1  # nothing ever ran
         with app.app_context():

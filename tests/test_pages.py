@@ -23,19 +23,35 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from werkzeug.serving import make_server
 
+from app.billing.models import UsageReport
 from app.budgets.alerts import queue_notices
 from app.config import Settings
 from app.credits.ledger import burn_committed
 from app.credits.notices import due_notices
 from app.customers.models import BillingCustomer
+from app.dashboard.models import AdminAction
 from app.dashboard.overview import overview
 from app.extensions import db
 from app.ingest.models import RejectedEvent
+from app.jobs.definitions import REPORT_JOB
+from app.jobs.models import JobRun
 from app.security import hash_api_key
-from tests.factories import event
-from tests.helpers import ADMIN_TOKEN, auth, issue_key, measured, project_root, record
+from tests.factories import UsageReportFactory, event
+from tests.fake_stripe import FakeStripe
+from tests.helpers import (
+    ADMIN_TOKEN,
+    auth,
+    count_events,
+    issue_key,
+    measured,
+    parked_events,
+    project_root,
+    record,
+    wait_for,
+)
 
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 HAS_CHROMIUM = Path(CHROMIUM).exists()
@@ -70,6 +86,7 @@ def chromium() -> Iterator[Any]:
 
 
 DESKTOP, PHONE = 1280, 390  # viewport widths, CSS px
+OPERATOR = "Ada Operator"  # who signs in to /admin in these tests
 _UNAUTHORIZED = (
     "console error: Failed to load resource: the server responded with a status of 401 "
     "(UNAUTHORIZED)"
@@ -102,6 +119,8 @@ class Page:
         self.page.goto(self.base + path)
 
     def sign_in(self, field: str, secret: str) -> None:
+        if self.page.query_selector("#operator"):  # an admin says who they are
+            self.page.fill("#operator", OPERATOR)
         self.page.fill(f"#{field}", secret)
         self.page.click("button[type=submit]")
         self.page.wait_for_selector("body[data-loaded=true]", timeout=15_000)
@@ -544,6 +563,134 @@ def test_the_operators_page_shows_the_overview(
     page.close()
 
 
+@browser
+@pytest.mark.services  # the actions are queued for a worker
+def test_an_operator_acts_from_the_page_and_each_action_is_recorded(
+    app: Flask,
+    chromium: Any,
+    live_server: str,
+    client: FlaskClient,
+    stripe_server: FakeStripe,
+    celery_worker: Any,
+    make_customer: Callable[..., BillingCustomer],
+) -> None:
+    """Replay the parked events, mark a manual report resolved, retry linking a
+    customer to Stripe, report a day: each through the page's forms (CSRF, the admin
+    session), its effect checked in the database, each recorded with who and when."""
+    held = make_customer("key-held-report", stripe_customer_id="cus_held")
+    unlinked = make_customer("key-unlinked-page")
+    valid = event("key-held-report", timestamp=(NOW - timedelta(hours=2)).isoformat())
+    yesterday = (NOW - timedelta(days=1)).date()
+    with app.app_context():
+        db.session.add_all(
+            [
+                RejectedEvent(
+                    event_id=valid["event_id"], reason="a fault since fixed", payload=valid
+                ),
+                RejectedEvent(
+                    event_id="still-bad", reason="bad", payload={"event_id": "still-bad"}
+                ),
+            ]
+        )
+        db.session.commit()
+        UsageReportFactory(
+            customer_id=held.id, day=yesterday, identifier="ub-held-1", status="needs_manual"
+        )
+    page = Page(chromium, live_server)
+    page.open("/admin/sign-in")
+    page.sign_in("token", ADMIN_TOKEN)
+    assert page.figure("parked_events") == "2"
+
+    page.page.click("#replay-parked")
+    page.page.wait_for_selector("body[data-loaded=true]")
+    assert "queued for the workers" in (page.page.text_content("#action-result") or "")
+    wait_for(lambda: count_events(app, event_id=valid["event_id"]) == 1)
+    assert [e for e, _ in parked_events(app)] == ["still-bad"]  # parked again, for its reason
+
+    page.page.fill("#manual input[name=note]", "invoice item ii_123")
+    page.page.click("#manual button[type=submit]")
+    page.page.wait_for_selector("body[data-loaded=true]")
+    with app.app_context():
+        report = db.session.scalar(select(UsageReport).where(UsageReport.identifier == "ub-held-1"))
+        assert report.status != "needs_manual"
+        db.session.rollback()
+
+    [row] = [r for r in page.table("unlinked") if r[0] == str(unlinked.id)]
+    page.page.click(f"#unlinked tbody tr:has(td:text-is('{unlinked.id}')) button")
+    page.page.wait_for_selector("body[data-loaded=true]")
+
+    def linked() -> bool:
+        with app.app_context():
+            found = db.session.get(BillingCustomer, unlinked.id).stripe_customer_id
+            db.session.rollback()
+            return found is not None
+
+    wait_for(linked)
+
+    page.page.fill("#report-day", yesterday.isoformat())
+    page.page.click("form[action$='trigger-report'] button")
+    page.page.wait_for_selector("body[data-loaded=true]")
+
+    def reported() -> bool:
+        with app.app_context():
+            found = db.session.scalar(
+                select(JobRun).where(JobRun.job == REPORT_JOB, JobRun.period == str(yesterday))
+            )
+            db.session.rollback()
+            return found is not None and found.status == "succeeded"
+
+    wait_for(reported, timeout=30)
+
+    with app.app_context():
+        actions = db.session.scalars(select(AdminAction).order_by(AdminAction.id)).all()
+        done = [(a.operator, a.action, a.target, a.succeeded) for a in actions]
+        assert all(NOW - timedelta(minutes=5) < a.at <= datetime.now(UTC) for a in actions)
+        db.session.rollback()
+    assert done == [
+        (OPERATOR, "replay-parked", None, True),
+        (OPERATOR, "resolve-report", "ub-held-1", True),
+        (OPERATOR, "link-customer", f"customer {unlinked.id}", True),
+        (OPERATOR, "trigger-report", yesterday.isoformat(), True),
+    ]
+    log = page.table("action-log")
+    assert [(r[1], r[2]) for r in log] == [(OPERATOR, a) for _, a, _, _ in reversed(done)]
+    page.accessible()
+    page.screenshot("admin-actions")
+    page.close()
+
+
+def test_an_action_needs_the_admin_session_and_its_csrf_token(
+    app: Flask, client: FlaskClient
+) -> None:
+    """No session, or a session without the form's token: 400, nothing done; a
+    signed-out session with a token: sent to sign in; a refused action is recorded
+    with why."""
+    assert client.post("/admin/actions/replay-parked").status_code == 400
+    token = _csrf(client, "/admin/sign-in")  # a token, yet no admin session
+    resp = client.post("/admin/actions/replay-parked", data={"csrf_token": token})
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/admin/sign-in")
+    with app.app_context():
+        assert db.session.scalars(select(AdminAction)).all() == []
+        db.session.rollback()
+    _signed_in(client, "/admin", "token", ADMIN_TOKEN)
+    assert client.post("/admin/actions/replay-parked", data={}).status_code == 400
+    token = _csrf(client, "/admin/")
+    resp = client.post(
+        "/admin/actions/trigger-report", data={"csrf_token": token, "day": "not-a-day"}
+    )
+    assert resp.status_code == 302 and "done=" in resp.headers["Location"]
+    with app.app_context():
+        [action] = db.session.scalars(select(AdminAction)).all()
+        assert (action.operator, action.action, action.succeeded) == (
+            "Ada Operator",
+            "trigger-report",
+            False,
+        )
+        assert action.outcome == "refused: a day, YYYY-MM-DD"
+        db.session.rollback()
+    assert "refused: a day" in client.get(resp.headers["Location"]).get_data(as_text=True)
+
+
 # -- Without a browser: sessions, CSRF, headers --------------------------------------------
 def _csrf(client: FlaskClient, path: str) -> str:
     html = client.get(path).get_data(as_text=True)
@@ -571,7 +718,9 @@ def test_a_wrong_key_or_token_signs_no_one_in(client: FlaskClient) -> None:
     assert resp.status_code == 401 and "nope" not in resp.get_data(as_text=True)
     assert client.get("/dashboard/data/usage").status_code == 401
     token = _csrf(client, "/admin/sign-in")
-    resp = client.post("/admin/sign-in", data={"token": "wrong", "csrf_token": token})
+    resp = client.post(
+        "/admin/sign-in", data={"token": "wrong", "csrf_token": token, "operator": "Eve"}
+    )
     assert resp.status_code == 401
     assert client.get("/admin/data").status_code == 401
 
@@ -591,7 +740,8 @@ def test_revoking_the_key_ends_its_session(
 def _signed_in(client: FlaskClient, page: str, field: str, secret: str) -> str:
     """Sign in through the form; the session cookie the browser then holds."""
     token = _csrf(client, f"{page}/sign-in")
-    resp = client.post(f"{page}/sign-in", data={field: secret, "csrf_token": token})
+    form = {field: secret, "csrf_token": token, "operator": "Ada Operator"}
+    resp = client.post(f"{page}/sign-in", data=form)
     assert resp.status_code == 302, resp.get_data(as_text=True)
     cookie = client.get_cookie("ub_session")
     assert cookie is not None
@@ -704,7 +854,9 @@ def test_the_top_customers_are_a_snapshot_that_beat_refreshes(
         record([event("key-top", tokens_input=1000, tokens_output=0)])
         assert refresh_overview() == 1
     token = _csrf(client, "/admin/sign-in")
-    client.post("/admin/sign-in", data={"token": ADMIN_TOKEN, "csrf_token": token})
+    client.post(
+        "/admin/sign-in", data={"token": ADMIN_TOKEN, "csrf_token": token, "operator": "Ada"}
+    )
     first = client.get("/admin/data").get_json()["top_customers"]
     with app.app_context():
         record([event("key-top", tokens_input=1000, tokens_output=0)])

@@ -532,7 +532,9 @@ def _parked(app: Flask, key_hash: str) -> RejectedEvent | None:
 def _admin_overview(client: FlaskClient) -> dict[str, Any]:
     page = client.get("/admin/sign-in").get_data(as_text=True)
     token = page.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
-    client.post("/admin/sign-in", data={"token": ADMIN_TOKEN, "csrf_token": token})
+    client.post(
+        "/admin/sign-in", data={"token": ADMIN_TOKEN, "csrf_token": token, "operator": "Ada"}
+    )
     return client.get("/admin/data").get_json()
 
 

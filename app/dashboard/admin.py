@@ -1,6 +1,7 @@
-"""``/admin``: the operators' page, signed in with the admin token: the scheduled jobs'
-last runs, reports that need manual billing, unpriced models, parked events, the
-month's top customers, ingest lag, and a link to Flower."""
+"""``/admin``: the operators' page, signed in with the admin token and a name: the
+scheduled jobs' last runs, reports that need manual billing, unpriced models, parked
+events, the month's top customers, ingest lag, a link to Flower, and the actions an
+operator takes on them (``app.dashboard.actions``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from app.columns import utcnow
 from app.config import Settings
+from app.dashboard.actions import perform, recent_actions, unlinked_customers
+from app.dashboard.models import AdminAction
 from app.dashboard.overview import overview
 from app.dashboard.session import (
     check_csrf,
@@ -20,8 +23,10 @@ from app.dashboard.session import (
     sign_in_form,
     sign_out,
     signed_in_admin,
+    signed_in_operator,
 )
 from app.errors import AuthenticationError
+from app.extensions import db
 from app.registry import services
 
 admin = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
@@ -34,9 +39,24 @@ def _settings() -> Settings:
 
 @admin.get("/")
 def page() -> Any:
-    if not signed_in_admin(_settings()):
+    operator = signed_in_operator(_settings())
+    if operator is None:
         return redirect(url_for("admin.sign_in_page"))
-    return render_template("admin.html", csrf=csrf_token())
+    done = request.args.get("done", "")
+    action = db.session.get(AdminAction, int(done)) if done.isdigit() else None
+    return render_template("admin.html", csrf=csrf_token(), operator=operator, action=action)
+
+
+@admin.post("/actions/<name>")
+def act(name: str) -> BaseResponse:
+    """One operator's action (a form of the page), recorded; back to the page, which
+    says how it went."""
+    check_csrf()
+    operator = signed_in_operator(_settings())
+    if operator is None:
+        return redirect(url_for("admin.sign_in_page"))
+    action = perform(name, operator, request.form)
+    return redirect(url_for("admin.page", done=action.id) + "#actions")
 
 
 @admin.get("/sign-in")
@@ -47,7 +67,10 @@ def sign_in_page() -> Any:
 @admin.post("/sign-in")
 def sign_in() -> Any:
     check_csrf()
-    if not sign_in_admin(request.form.get("token", "").strip(), _settings()):
+    operator = " ".join(request.form.get("operator", "").split())[:100]
+    if not operator:
+        return sign_in_form("admin", "Say who you are: your actions are recorded under it.")
+    if not sign_in_admin(request.form.get("token", "").strip(), _settings(), operator):
         return sign_in_form("admin", "That is not the admin token.")
     return redirect(url_for("admin.page"))
 
@@ -62,4 +85,8 @@ def data() -> dict[str, Any]:
     settings = _settings()
     if not signed_in_admin(settings):
         raise AuthenticationError("sign in first", field="session")
-    return overview(settings, utcnow(), services().redis)
+    return {
+        **overview(settings, utcnow(), services().redis),
+        "actions": recent_actions(),
+        "unlinked_customers": unlinked_customers() if settings.stripe_api_key else [],
+    }

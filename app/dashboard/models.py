@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.columns import UTCDateTime, utcnow
@@ -32,8 +32,26 @@ class PageSession(Model):
     # An admin session's proof of the admin token it was opened with: an HMAC keyed
     # by SECRET_KEY, kept here only; a changed token no longer matches it.
     admin_check: Mapped[str | None] = mapped_column(String(64))
+    operator: Mapped[str | None] = mapped_column(String(100))  # who an admin session is
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_page_sessions_expires", "expires_at"),)
+
+
+class AdminAction(Model):
+    """What an operator did from /admin: who, when, to what, and how it went. Kept,
+    never changed."""
+
+    __tablename__ = "admin_actions"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    operator: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(40))
+    target: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(500))
+    succeeded: Mapped[bool] = mapped_column(Boolean)
+
+    __table_args__ = (Index("ix_admin_actions_at", "at"),)

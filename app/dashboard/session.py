@@ -172,22 +172,29 @@ def signed_in_customer() -> BillingCustomer | None:
     return customer
 
 
-def sign_in_admin(token: str, settings: Settings) -> bool:
+def sign_in_admin(token: str, settings: Settings, operator: str) -> bool:
+    """Open an admin session for ``operator`` (the name its actions are recorded under)."""
     if not token_matches(token, settings.admin_token.get_secret_value()):
         return False
-    _start(ADMIN, admin_check=_admin_check(settings))
+    _start(ADMIN, admin_check=_admin_check(settings), operator=operator)
     return True
+
+
+def signed_in_operator(settings: Settings) -> str | None:
+    """Who the admin session is (its operator's name), while it was opened with the
+    admin token still in force; None otherwise."""
+    found = _current(ADMIN)
+    if found is None or not settings.admin_token:
+        return None
+    if not hmac.compare_digest(found.admin_check or "", _admin_check(settings)):
+        _end(found)
+        return None
+    return found.operator or "admin"
 
 
 def signed_in_admin(settings: Settings) -> bool:
     """Whether the session is the admin's, opened with the admin token still in force."""
-    found = _current(ADMIN)
-    if found is None or not settings.admin_token:
-        return False
-    if not hmac.compare_digest(found.admin_check or "", _admin_check(settings)):
-        _end(found)
-        return False
-    return True
+    return signed_in_operator(settings) is not None
 
 
 def _end(found: PageSession) -> None:

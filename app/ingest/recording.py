@@ -235,6 +235,9 @@ def _check_stored(batch_id: str | None, event_ids: list[str]) -> None:
         )
 
 
+REPLAY_TASK = "ingest.replay_parked"  # replay_rejected on a worker (an operator's action)
+
+
 def replay_rejected(
     limit: int, limits: EventLimits, progress: Progress = unwatched, chunk: int = 500
 ) -> RecordResult:

@@ -6,8 +6,10 @@ by hand is recorded, locked and idempotent exactly like a scheduled one.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
+
+from sqlalchemy import select
 
 from app.billing.reconcile import open_differences, reconcile
 from app.billing.report import report_day, reports_needing_manual
@@ -28,7 +30,7 @@ from app.ingest.retention import (
     drop_partitions,
     whole_weeks,
 )
-from app.jobs.models import JobRun, JobStatus
+from app.jobs.models import Installation, JobRun, JobStatus
 from app.jobs.runner import JobFailed, last_completed, last_runs, last_success, run_job
 from app.observability.metrics import REPORTS
 from app.pricing.book import price_book, refresh_prices
@@ -196,6 +198,10 @@ def job_status(settings: Settings, now: datetime) -> dict[str, Any]:
     """
     slack = timedelta(hours=2)
     newest = last_runs()
+    # No row (a database not made by the migrations): as if installed long ago.
+    installed = db.session.scalar(select(Installation.installed_at)) or datetime.min.replace(
+        tzinfo=UTC
+    )
     jobs: dict[str, dict[str, Any]] = {}
     for job in scheduled_jobs(settings):
         entry = _describe(newest.get(job))
@@ -203,11 +209,26 @@ def job_status(settings: Settings, now: datetime) -> dict[str, Any]:
         if job == REPORT_JOB:
             due = (now - timedelta(hours=settings.report_hour_utc + 1)).date() - timedelta(days=1)
             entry["expected_period"] = due.isoformat()
-            entry["overdue"] = success is None or success.period < due.isoformat()
+            # Never run: late once a day has been due since installation.
+            first_due = (installed + timedelta(hours=settings.report_hour_utc + 1)).date()
+            never_due = success is None and due < first_due
+            entry["overdue"] = not never_due and (
+                success is None or success.period < due.isoformat()
+            )
+            late_since = (
+                None
+                if never_due
+                else datetime.combine(due + timedelta(days=1), datetime.min.time(), UTC)
+                + timedelta(hours=settings.report_hour_utc + 1)
+            )
         else:
             period = timedelta(days=7 if job == CLEANUP_JOB else 1)
-            entry["overdue"] = success is None or success.started_at < now - period - slack
+            since = success.started_at if success else installed
+            entry["overdue"] = since < now - period - slack
+            late_since = since + period + slack
+        entry["due_by"] = late_since.isoformat() if late_since else None
         entry["last_success_period"] = success.period if success else None
+        entry["why"] = _why(entry, success)
         jobs[job] = entry
     manual = reports_needing_manual()
     differences, latest = open_differences()
@@ -240,6 +261,17 @@ def job_status(settings: Settings, now: datetime) -> dict[str, Any]:
             ],
         },
     }
+
+
+def _why(entry: dict[str, Any], success: Any) -> str | None:
+    """What an operator reads about a job that needs attention, in words."""
+    if entry.get("status") == JobStatus.FAILED:
+        return f"its last run failed: {entry.get('error') or 'no error recorded'}"
+    if not entry["overdue"]:
+        return None
+    if success is None:
+        return f"it has never succeeded, and was due by {entry['due_by']}"
+    return f"its last success ({success.period}) is older than its schedule allows"
 
 
 def scheduled_jobs(settings: Settings) -> tuple[str, ...]:

@@ -51,3 +51,13 @@ class JobRun(Model):
         ),
         Index("ix_job_runs_job_started", "job", "started_at"),
     )
+
+
+class Installation(Model):
+    """When the service was installed (or upgraded to migration 0019): a job that has
+    never run is late only once it has been due since then."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    installed_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -23,6 +23,29 @@ function duration(seconds) {
   return parts.join(" ");
 }
 
+// A form of one action, posted with the session's CSRF token (the page is the
+// answer: it says how it went).
+function actionForm(name, fields, label) {
+  const form = document.createElement("form");
+  form.method = "post";
+  form.action = `/admin/actions/${name}`;
+  form.className = "inline-action";
+  const values = { csrf_token: document.body.dataset.csrf, ...fields.hidden };
+  for (const [field, value] of Object.entries(values)) {
+    const input = form.appendChild(document.createElement("input"));
+    Object.assign(input, { type: "hidden", name: field, value: String(value) });
+  }
+  for (const [field, text] of Object.entries(fields.typed || {})) {
+    const input = form.appendChild(document.createElement("input"));
+    Object.assign(input, { type: "text", name: field, required: true, placeholder: text });
+    input.setAttribute("aria-label", text);
+  }
+  const button = form.appendChild(document.createElement("button"));
+  button.type = "submit";
+  button.textContent = label;
+  return { node: form };
+}
+
 pages.data("/admin/data").then((body) => {
   const status = body.status;
   pages.figure("healthy", status.healthy ? "healthy" : "needs attention");
@@ -32,10 +55,22 @@ pages.data("/admin/data").then((body) => {
   pages.figure("ingest_lag", lag.sample ? `${duration(lag.p50_seconds)} / ${duration(lag.p99_seconds)}` : "no events");
   pages.figure("last_stored", lag.sample ? `${when(lag.last_stored)} (${duration(lag.seconds_since_last_stored)} ago)` : "never");
   pages.fill("jobs", Object.entries(status.jobs).map(([job, run]) => [
-    job, run.period, run.status, when(run.finished_at), run.last_success_period,
-    run.overdue ? "yes" : "no", run.error,
+    job, run.period || "never run", run.status, when(run.finished_at), run.last_success_period,
+    run.overdue || run.status === "failed" ? { text: "needs attention", cls: "over" }
+      : { text: run.due_by && !run.last_success_period ? `not yet due (by ${when(run.due_by)})` : "on time", cls: "ok" },
+    run.why,
   ]));
-  pages.fill("manual", status.manual_reports.reports.map((r) => [r.identifier, r.day, r.reason]), "None.");
+  pages.fill("manual", status.manual_reports.reports.map((r) => [
+    r.identifier, r.day, r.reason,
+    actionForm("resolve-report", { hidden: { identifier: r.identifier }, typed: { note: "how it was billed" } }, "Mark resolved"),
+  ]), "None.");
+  pages.fill("unlinked", (body.unlinked_customers || []).map((c) => [
+    c.customer_id, c.name, c.email,
+    actionForm("link-customer", { hidden: { customer_id: c.customer_id } }, "Retry linking"),
+  ]), "None.");
+  pages.fill("action-log", body.actions.map((a) => [
+    when(a.at), a.operator, a.action, a.target, { text: a.outcome, cls: a.succeeded ? null : "over" },
+  ]), "No actions yet.");
   pages.figure("open_differences", pages.count(status.reconciliation.open_differences));
   pages.fill("differences", status.reconciliation.differences.map((d) => [
     d.customer_id, d.day, d.sent, d.in_stripe, when(d.found_at),

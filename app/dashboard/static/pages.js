@@ -66,7 +66,7 @@ const pages = {
     }
   },
 
-  // One cell: a value, or {text, exact, list, cls}. Each cell is labelled with its
+  // One cell: a value, or {text, exact, list, node, cls}. Each cell is labelled with its
   // column's heading (a phone shows rows as cards) and takes the column's class
   // (num: right-aligned figures).
   cell(row, value, heading) {
@@ -76,7 +76,9 @@ const pages = {
       if (heading.className) cell.className = heading.className;
     }
     const shown = value !== null && typeof value === "object" ? value : { text: value };
-    if (shown.list) {
+    if (shown.node) {
+      cell.appendChild(shown.node);
+    } else if (shown.list) {
       const list = document.createElement("ul");
       for (const item of shown.list) list.appendChild(document.createElement("li")).textContent = item;
       cell.appendChild(list);
