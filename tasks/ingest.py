@@ -41,7 +41,10 @@ log = logging.getLogger("usage_billing.ingest")
     max_retries=None,
 )
 def record_events_task(
-    self: FlaskTask, events: list[dict[str, Any]] | None, batch_id: str | None = None
+    self: FlaskTask,
+    events: list[dict[str, Any]] | None,
+    batch_id: str | None = None,
+    accepted_at: float | None = None,
 ) -> dict[str, int]:
     """Store a batch; any failure retries the whole batch.
 
@@ -55,7 +58,12 @@ def record_events_task(
         if events is None:
             return _events_gone(batch_id)
     try:
-        result = record_events(events, EventLimits.from_settings(self.settings), batch_id=batch_id)
+        result = record_events(
+            events,
+            EventLimits.from_settings(self.settings),
+            batch_id=batch_id,
+            accepted_at=_instant(accepted_at),
+        )
     except Exception:
         db.session.rollback()
         log.exception("batch %s not recorded; it will be tried again", batch_id)
@@ -69,6 +77,13 @@ def record_events_task(
         "duplicates": result.duplicates,
         "rejected": len(result.rejected),
     }
+
+
+def _instant(accepted_at: Any) -> datetime | None:
+    """When the API accepted the batch (unix time in the message), if it says."""
+    if isinstance(accepted_at, int | float) and not isinstance(accepted_at, bool):
+        return datetime.fromtimestamp(accepted_at, UTC)
+    return None
 
 
 def _attribute(events: list[dict[str, Any]]) -> None:

@@ -23,12 +23,16 @@ class FakeBroker:
         self.lock = threading.Lock()
         self.published: list[tuple[str, list[dict[str, Any]]]] = []
         self.recorded: set[str] = set()
+        self.accepted: dict[str, float | None] = {}  # each batch's acceptance, as last sent
         self.depth = 0
         self.lose_next = 0
 
-    def publish(self, batch_id: str, events: list[dict[str, Any]]) -> None:
+    def publish(
+        self, batch_id: str, events: list[dict[str, Any]], accepted_at: float | None = None
+    ) -> None:
         with self.lock:
             self.published.append((batch_id, events))
+            self.accepted[batch_id] = accepted_at
             if self.lose_next:
                 self.lose_next -= 1  # taken off the queue by a worker that then died
             else:
@@ -106,10 +110,14 @@ def _age(directory: Path, seconds: float) -> None:
 def test_a_batch_the_broker_lost_is_sent_again_until_it_is_recorded(tmp_path: Path) -> None:
     broker = FakeBroker()
     outbox = broker.outbox(tmp_path, redeliver_after=30)
+    before = time.time()
     outbox.append([{"event_id": f"e{i}"} for i in range(12)])  # chunks of 5, 5, 2
     broker.lose_next = 1
     outbox.flush()
     [first_lost] = [b for b, _ in broker.published if b not in broker.recorded]
+    # Each chunk says when the API took its first event: the lag runs from there.
+    [accepted] = set(broker.accepted.values())
+    assert accepted is not None and before <= accepted <= time.time()
     [waiting] = tmp_path.glob("sent-*.jsonl")
     assert waiting.name.endswith("-3.jsonl") and len(broker.published) == 3
 
@@ -124,6 +132,9 @@ def test_a_batch_the_broker_lost_is_sent_again_until_it_is_recorded(tmp_path: Pa
     broker.depth = 0
     outbox.flush()  # overdue and the queue is empty: only the lost chunk goes again
     assert [b for b, _ in broker.published[3:]] == [first_lost]
+    # Re-sent: accepted no later than its last publication (31 s ago), the wait counted.
+    assert broker.accepted[first_lost] is not None
+    assert broker.accepted[first_lost] <= before - 30
     assert waiting.exists()  # until the next check finds its receipt
     outbox.flush()
     assert not list(tmp_path.glob("sent-*.jsonl"))
@@ -147,6 +158,7 @@ def test_a_dead_process_segments_are_replayed_and_confirmed_by_another(tmp_path:
         ("aaaa-0", [{"event_id": "a1"}, {"event_id": "a2"}]),
         ("bbbb-0", [{"event_id": "b1"}]),
     ]
+    assert broker.accepted["aaaa-0"] is None  # a dead process's: when is not known
     survivor.flush()
     assert not list(tmp_path.glob("*.jsonl"))
 

@@ -38,11 +38,13 @@ from app.extensions import db
 from app.ingest.models import RejectedEvent
 from app.jobs.definitions import REPORT_JOB
 from app.jobs.models import JobRun
+from app.registry import services
 from app.security import hash_api_key
 from tests.factories import UsageReportFactory, event
 from tests.fake_stripe import FakeStripe
 from tests.helpers import (
     ADMIN_TOKEN,
+    SERVICE_TOKEN,
     auth,
     count_events,
     issue_key,
@@ -657,6 +659,33 @@ def test_an_operator_acts_from_the_page_and_each_action_is_recorded(
     page.accessible()
     page.screenshot("admin-actions")
     page.close()
+
+
+@pytest.mark.services  # through the outbox and a worker, as shipped
+def test_the_ingest_lag_runs_from_the_apis_receipt_not_the_events_own_time(
+    app: Flask, client: FlaskClient, celery_worker: Any, make_customer: Callable[..., Any]
+) -> None:
+    """A batch back-dated by a day, and metered calls: the lag /admin shows is the
+    seconds from the API taking them to their rows, not the day the client wrote."""
+    make_customer("key-lag")
+    day_ago = (NOW - timedelta(days=1)).isoformat()
+    resp = client.post(
+        "/v1/usage/events",
+        json={"events": [event("key-lag", timestamp=day_ago) for _ in range(5)]},
+        headers=auth(SERVICE_TOKEN),
+    )
+    assert resp.status_code in (200, 202), resp.get_json()
+    for _ in range(3):
+        assert (
+            client.post("/v1/execute/code_generation", json={}, headers=auth("key-lag")).status_code
+            == 200
+        )
+    services(app).outbox.flush()
+    wait_for(lambda: count_events(app, api_key_hash=hash_api_key("key-lag")) == 8)
+    _signed_in(client, "/admin", "token", ADMIN_TOKEN)
+    lag = client.get("/admin/data").get_json()["ingest_lag"]
+    measured(f"ingest lag on /admin, a day-old batch among them: {lag}")
+    assert lag["sample"] >= 1 and lag["p99_seconds"] < 60
 
 
 def test_an_action_needs_the_admin_session_and_its_csrf_token(

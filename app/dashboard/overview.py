@@ -27,13 +27,13 @@ from app.columns import money_str
 from app.config import Settings
 from app.customers.models import ApiKey, BillingCustomer
 from app.extensions import db
-from app.ingest.models import RejectedEvent, UsageDaily, UsageEvent
+from app.ingest.models import IngestBatch, RejectedEvent, UsageDaily
 from app.jobs.definitions import job_status
 from app.jobs.timetable import OVERVIEW_EVERY_SECONDS
 
 UNPRICED_DAYS = 30
 TOP_CUSTOMERS = 10
-LAG_SAMPLE = 1000  # the latest events stored, for the ingest lag
+LAG_SAMPLE = 1000  # the latest batches stored, for the ingest lag
 TOP_KEY = "ub:overview:top_customers"
 # Three of Beat's periods: a missed run or two is not noticed.
 SNAPSHOT_TTL_SECONDS = int(3 * OVERVIEW_EVERY_SECONDS)
@@ -197,21 +197,24 @@ def top_customers_snapshot(cache: redis.Redis | None, now: datetime) -> dict[str
 
 
 def ingest_lag(now: datetime) -> dict[str, Any]:
-    """From an event's time to its row being stored, over the latest events stored,
-    and how long ago the latest was stored."""
+    """From the API accepting a batch to its rows being stored, over the latest
+    ``LAG_SAMPLE`` batches recorded (in the order they were stored, not by the
+    events' own time, which a client may set to any past moment), and how long ago
+    the latest was stored."""
     rows = db.session.execute(
-        select(UsageEvent.created_at, UsageEvent.received_at)
-        .order_by(UsageEvent.created_at.desc())
+        select(IngestBatch.accepted_at, IngestBatch.recorded_at)
+        .order_by(IngestBatch.recorded_at.desc())
         .limit(LAG_SAMPLE)
     ).all()
+    timed = [r for r in rows if r.accepted_at is not None]
     if not rows:
         return {"sample": 0, "p50_seconds": None, "p99_seconds": None, "last_stored": None}
-    lags = sorted(max((r.received_at - r.created_at).total_seconds(), 0.0) for r in rows)
-    latest = max(r.received_at for r in rows)
+    lags = sorted(max((r.recorded_at - r.accepted_at).total_seconds(), 0.0) for r in timed)
+    latest = max(r.recorded_at for r in rows)
     return {
         "sample": len(lags),
-        "p50_seconds": round(statistics.median(lags), 3),
-        "p99_seconds": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3),
+        "p50_seconds": round(statistics.median(lags), 3) if lags else None,
+        "p99_seconds": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3) if lags else None,
         "last_stored": latest.isoformat(),
         "seconds_since_last_stored": round((now - latest).total_seconds(), 1),
     }

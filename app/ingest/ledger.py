@@ -85,7 +85,7 @@ def latest_event_at() -> datetime | None:
     return db.session.scalar(select(func.max(UsageEvent.created_at)))
 
 
-def claim_batch(batch_id: str, events: int) -> bool:
+def claim_batch(batch_id: str, events: int, accepted_at: datetime | None = None) -> bool:
     """Write the batch's receipt; False when the batch was recorded before.
 
     Taken first in the batch's transaction: a concurrent redelivery of the same
@@ -93,7 +93,7 @@ def claim_batch(batch_id: str, events: int) -> bool:
     """
     stmt = (
         insert_for(IngestBatch.__table__)
-        .values(batch_id=batch_id, events=events, recorded_at=utcnow())
+        .values(batch_id=batch_id, events=events, recorded_at=utcnow(), accepted_at=accepted_at)
         .on_conflict_do_nothing(index_elements=["batch_id"])
         .returning(IngestBatch.batch_id)
     )

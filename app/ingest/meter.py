@@ -170,13 +170,13 @@ def make_outbox(
 ) -> Outbox:
     """The app's one outbox: the metering middleware and the batch endpoint share it."""
 
-    def publish(batch_id: str, events: list[dict[str, Any]]) -> None:
+    def publish(batch_id: str, events: list[dict[str, Any]], accepted_at: float | None) -> None:
         if store is not None:
             store.put(batch_id, events)  # the message then carries only the id
         celery_app.send_task(
             RECORD_TASK,
             args=[events if store is None else None],
-            kwargs={"batch_id": batch_id},
+            kwargs={"batch_id": batch_id, "accepted_at": accepted_at},
             retry=False,
             serializer=wire.SERIALIZER,
             # What Flower shows; Celery's own repr of a batch costs more

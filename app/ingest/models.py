@@ -226,6 +226,9 @@ class IngestBatch(Model):
     batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     events: Mapped[int] = mapped_column(Integer)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the API accepted the batch's first event (None: not known, as for a batch
+    # replayed from a dead process's spool): the ingest lag runs from here.
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_ingest_batches_recorded", "recorded_at"),)
 

@@ -44,7 +44,9 @@ from app.ingest import wire
 log = logging.getLogger("usage_billing.metering")
 
 Events = list[dict[str, Any]]
-Publish = Callable[[str, Events], None]  # (batch id, events)
+# (batch id, events, when the API accepted the first of them: unix time, None when
+# unknown, as for a segment replayed from disk)
+Publish = Callable[[str, Events, float | None], None]
 Recorded = Callable[[list[str]], set[str]]  # which of these batch ids have a receipt
 QueueDepth = Callable[[], int]
 _MAX_REPLAY_BACKOFF = 30.0
@@ -120,6 +122,7 @@ class Outbox:
         self._segment: Path | None = None
         self._file: BinaryIO | None = None
         self._pending: Events = []
+        self._pending_since: float | None = None  # when the first pending event came
         self._thread: threading.Thread | None = None
         self._replay_delay = 0.0
         self._replay_due = 0.0
@@ -138,6 +141,8 @@ class Outbox:
             assert self._file is not None
             self._file.write(lines)
             self._file.flush()
+            if not self._pending:
+                self._pending_since = time.time()
             self._pending.extend(events)
             if len(self._pending) >= self._batch_size:
                 self._wake.set()
@@ -204,20 +209,26 @@ class Outbox:
                 log.exception("outbox cycle failed; events stay spooled")
 
     def _publish_chunks(
-        self, segment_id: str, events: Events, skip: frozenset[str] = frozenset()
+        self,
+        segment_id: str,
+        events: Events,
+        skip: frozenset[str] = frozenset(),
+        accepted_at: float | None = None,
     ) -> int:
         """Publish ``events`` in chunks (ids ``<segment_id>-<n>``); returns the chunk count."""
         chunks = range(0, len(events), self._batch_size)
         for number, start in enumerate(chunks):
             batch_id = f"{segment_id}-{number}"
             if batch_id not in skip:
-                self._publish(batch_id, events[start : start + self._batch_size])
+                self._publish(batch_id, events[start : start + self._batch_size], accepted_at)
         return len(chunks)
 
-    def _publish_segment(self, segment: Path, events: Events) -> None:
+    def _publish_segment(
+        self, segment: Path, events: Events, accepted_at: float | None = None
+    ) -> None:
         """Publish a segment, then rename it to wait for its receipts (mtime: publish time)."""
         segment_id = _segment_id(segment)
-        chunks = self._publish_chunks(segment_id, events)
+        chunks = self._publish_chunks(segment_id, events, accepted_at=accepted_at)
         sent = segment.with_name(f"sent-{segment_id}-{chunks}.jsonl")
         os.rename(segment, sent)
         os.utime(sent)
@@ -227,13 +238,14 @@ class Outbox:
             if not self._pending or self._file is None or self._segment is None:
                 return
             batch, self._pending = self._pending, []
+            since, self._pending_since = self._pending_since, None
             done_file, done_segment = self._file, self._segment
             self._open_segment()
         # The full segment is closed (releasing its lock) only after publishing, so no
         # other process replays it while we are still sending it.
         with done_file:
             try:
-                self._publish_segment(done_segment, batch)
+                self._publish_segment(done_segment, batch, since)
             except Exception as exc:
                 log.warning("broker unavailable; %d events kept for replay: %s", len(batch), exc)
                 # Retry it soon, but no sooner than the replay back-off allows.
@@ -322,7 +334,10 @@ class Outbox:
             if handle is None:
                 return
             events = _read_events(handle, path.name)
-            self._publish_chunks(_sent_parts(path)[0], events, frozenset(recorded))
+            # Accepted before its last publication (the file's mtime): the lag counted
+            # from there is a lower bound, but it counts the redelivery's wait.
+            published = path.stat().st_mtime
+            self._publish_chunks(_sent_parts(path)[0], events, frozenset(recorded), published)
             os.utime(path)  # restarts its wait for receipts
         log.warning("re-sent unrecorded batches of %s (%d events)", path.name, len(events))
 

@@ -103,6 +103,7 @@ def record_events(
     *,
     now: datetime | None = None,
     batch_id: str | None = None,
+    accepted_at: datetime | None = None,
 ) -> RecordResult:
     """Store each valid event exactly once; park invalid ones in ``rejected_events``.
 
@@ -111,7 +112,8 @@ def record_events(
     same transaction: inserted, as the database counted them, or found stored
     before (``LedgerMismatch`` otherwise, and the task retries). An exception
     that escapes is never the events' fault (a lost connection, a bug): the
-    batch is retried, not parked.
+    batch is retried, not parked. ``accepted_at``: when the API accepted the batch's
+    first event, kept on the receipt (the ingest lag /admin shows).
     """
     now = now or utcnow()
     result = RecordResult()
@@ -126,7 +128,7 @@ def record_events(
         if event.event_id in valid:
             result.duplicates += 1
         valid[event.event_id] = (event, raw)
-    if batch_id is not None and not claim_batch(batch_id, len(raw_events)):
+    if batch_id is not None and not claim_batch(batch_id, len(raw_events), accepted_at):
         if stored_count(list(valid)) == len(valid):
             db.session.rollback()
             return RecordResult(duplicates=len(raw_events), already_recorded=True)

@@ -1,7 +1,8 @@
 """Operators' actions on /admin, recorded; who an admin session is; when installed
 
 An admin session now names its operator (asked at sign-in), and every action taken
-from /admin is kept with who, when, what and its outcome. One row says when the
+from /admin is kept with who, when, what and its outcome. A batch's receipt says when
+the API accepted it, so the ingest lag runs from receipt to stored row. One row says when the
 service was installed (or upgraded to this revision), so a scheduled job that has
 never run is late only once it has been due. New tables and a nullable column:
 nothing rewritten.
@@ -27,6 +28,7 @@ depends_on = None
 
 def upgrade():
     op.add_column("page_sessions", sa.Column("operator", sa.String(100), nullable=True))
+    op.add_column("ingest_batches", sa.Column("accepted_at", UTCDateTime(timezone=True)))
     op.create_table(
         "admin_actions",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
@@ -50,4 +52,5 @@ def downgrade():
     op.drop_table("installation")
     op.drop_index("ix_admin_actions_at", table_name="admin_actions")
     op.drop_table("admin_actions")
+    op.drop_column("ingest_batches", "accepted_at")
     op.drop_column("page_sessions", "operator")
