@@ -506,6 +506,11 @@ def test_a_prepaid_customer_sees_its_credit_as_the_api_answers(
     assert page.figure("credit_balance") == _cents(credits["balance"])
     assert page.exact("credit_balance") == Decimal(credits["balance"])
     assert page.figure("credit_overage") == "billed as usage"
+    # Under its low-balance threshold ($5): said so, and the card marked.
+    assert page.figure("credit_state") == "low: at or under $5.00"
+    assert "low" in (
+        page.page.get_attribute(".card:has([data-figure=credit_balance])", "class") or ""
+    )
     assert page.figure("credit_recharge") == "off"
     grants = page.table("credit-grants")
     assert [(g[2], g[3]) for g in grants] == [

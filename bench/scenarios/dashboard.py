@@ -36,7 +36,8 @@ def _rss_mb() -> float:
 def _sign_in(client: Any, path: str, field: str, secret: str) -> None:
     html = client.get(path).get_data(as_text=True)
     token = html.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
-    resp = client.post(path, data={field: secret, "csrf_token": token})
+    form = {field: secret, "csrf_token": token, "operator": "bench"}  # operator: /admin's
+    resp = client.post(path, data=form)
     assert resp.status_code == 302, resp.status_code
 
 
@@ -47,10 +48,17 @@ def _page_calls(today: str, start: str) -> dict[str, str]:
         "usage by day and model": f"/dashboard/data/usage?{between}&granularity=day&group_by=model",
         "breakdown (total)": f"/dashboard/data/usage?{between}&granularity=total"
         "&group_by=provider,model",
+        "task types (the filter's options)": f"/dashboard/data/usage?{between}"
+        "&granularity=total&group_by=task_type",
         "forecast": "/dashboard/data/forecast",
         "performance": f"/dashboard/data/performance?{between}",
+        "latest calls": f"/dashboard/data/calls?{between}&limit=25",
+        "a call by execution id (none such: every event of the range looked at)": (
+            f"/dashboard/data/calls?{between}&execution_id=no-such-call"
+        ),
         "recommendations": "/dashboard/data/recommendations?days=30",
         "alerts": "/dashboard/data/alerts",
+        "credits": "/dashboard/data/credits",
     }
 
 

@@ -249,6 +249,11 @@ async function credits() {
   const c = body.credits;
   document.getElementById("credits").hidden = false;
   pages.figure("credit_balance", pages.money(c.balance), c.balance);
+  // Its state, as the low-balance notice sees it: at or under the threshold, or used up.
+  const low = c.low_balance_at !== null && Number(c.balance) <= Number(c.low_balance_at);
+  const state = Number(c.balance) <= 0 ? "used up" : low ? `low: at or under ${pages.money(c.low_balance_at)}` : "";
+  pages.figure("credit_state", state);
+  document.querySelector('[data-figure="credit_balance"]').closest(".card").classList.toggle("low", Boolean(state));
   pages.figure("credit_overage", c.overage === "block" ? "calls are refused" : "billed as usage");
   const r = c.auto_recharge;
   pages.figure("credit_recharge", r.threshold === null ? "off"
