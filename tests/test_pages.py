@@ -449,6 +449,44 @@ def test_a_customer_narrows_the_page_to_a_range_a_key_and_finds_one_call(
     page.close()
 
 
+@browser
+def test_a_busy_account_sees_every_model_in_the_legend(
+    app: Flask, chromium: Any, live_server: str, make_customer: Callable[..., BillingCustomer]
+) -> None:
+    """Fourteen models over 40 days (three providers): the spend chart's legend holds
+    all fourteen, each its own colour, at desktop and phone widths."""
+    make_customer("key-busy")
+    models = [("anthropic", f"claude-model-{i}") for i in range(5)]
+    models += [("openai", f"gpt-model-{i}") for i in range(5)]
+    models += [("google", f"gemini-model-{i}") for i in range(4)]
+    with app.app_context():
+        record(
+            [
+                event(
+                    "key-busy",
+                    provider=provider,
+                    model=model,
+                    timestamp=(NOW - timedelta(days=(i * 3) % 40, hours=1)).isoformat(),
+                )
+                for i, (provider, model) in enumerate(models * 3)
+            ]
+        )
+    for width in (DESKTOP, PHONE):
+        page = Page(chromium, live_server, width=width)
+        page.open("/dashboard/sign-in")
+        page.sign_in("api_key", "key-busy")
+        page.open("/dashboard/?days=90")
+        page.page.wait_for_selector("body[data-loaded=true]")
+        legend = page.page.evaluate(
+            """() => { const c = Chart.getChart("spend-chart");
+            return c.legend.legendItems.map(l => [l.text, l.fillStyle]); }"""
+        )
+        assert sorted(text for text, _ in legend) == sorted(m for _, m in models)
+        assert len({colour for _, colour in legend}) == len(models)
+        page.fits()
+        page.close()
+
+
 def pages_decimal(value: str) -> str:
     """A decimal string as the pages write an exact one: trailing zeros dropped."""
     return value.rstrip("0").rstrip(".") if "." in value else value
