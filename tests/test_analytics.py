@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import random
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -681,6 +682,45 @@ def test_an_export_whose_query_fails_is_an_error_before_its_first_byte(
         headers=auth("key-export-down"),
     )
     assert resp.status_code == 503 and resp.get_json()["error"]["code"] == "unavailable"
+
+
+@pytest.mark.services  # PostgreSQL's COPY
+def test_a_copy_that_fails_is_an_error_and_one_left_early_frees_its_connection(
+    app: Flask,
+    client: FlaskClient,
+    make_customer: Callable[..., BillingCustomer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL writes the CSV (COPY … TO STDOUT): its backend dying as the COPY
+    starts is a 503 before the first byte; a client that reads one chunk and leaves
+    stops the COPY, and the pool serves the next export whole."""
+    from app.analytics import export
+
+    make_customer("key-copy")
+    with app.app_context():
+        record([event("key-copy", timestamp=YESTERDAY.isoformat()) for _ in range(30_000)])
+    day = YESTERDAY.date().isoformat()
+    path = f"/v1/billing/usage/export?start_date={day}&end_date={day}&format=csv"
+    columns = export._postgresql_columns
+
+    def dying(request: Any) -> list[Any]:
+        from sqlalchemy import literal_column
+
+        return [literal_column("pg_terminate_backend(pg_backend_pid())::text").label("x")]
+
+    monkeypatch.setattr(export, "_postgresql_columns", dying)
+    resp = client.get(path, headers=auth("key-copy"))
+    assert resp.status_code == 503 and resp.get_json()["error"]["code"] == "unavailable"
+    monkeypatch.setattr(export, "_postgresql_columns", columns)
+
+    for _ in range(3):  # more than the pool would hold, were each left checked out
+        early = client.get(path, headers=auth("key-copy"), buffered=False)
+        assert early.status_code == 200
+        next(iter(early.response))
+        early.close()
+    assert not [t for t in threading.enumerate() if t.name == "export-copy" and t.is_alive()]
+    whole = client.get(path, headers=auth("key-copy")).get_data(as_text=True)
+    assert len(list(csv.DictReader(io.StringIO(whole)))) == 30_000
 
 
 def test_exports_are_never_cached(client: FlaskClient, make_customer) -> None:
