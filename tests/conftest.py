@@ -27,6 +27,7 @@ from app import create_app
 from app.config import Settings
 from app.customers.models import BillingCustomer
 from app.extensions import db
+from app.plans.services import default_plan
 from app.registry import services
 from tests.factories import CustomerFactory
 from tests.fake_stripe import API_KEY as STRIPE_API_KEY
@@ -197,6 +198,10 @@ def clean_tables(app: Flask) -> Iterator[None]:
             for name in names:
                 db.session.execute(text(f"DELETE FROM {name}"))
         db.session.commit()
+        # As migration 0007 seeds it: a deployment always has the standard plan (made
+        # again on first use only if someone deleted it; two pages' first calls at once
+        # on SQLite then meet "database is locked").
+        default_plan()
     if SERVICES_UP:  # budget ids restart with the tables: so must their counters (and
         # the operators' snapshot of top customers must not outlive its rows)
         import redis
