@@ -223,6 +223,7 @@ class DecimalText:
 
     description: str
     above_zero: bool = False
+    most: Decimal | None = None  # the largest the store holds, where it holds less
 
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
@@ -245,6 +246,10 @@ class DecimalText:
         amount = Decimal(value)
         if self.above_zero and amount <= 0:
             raise ValidationError(f"{info.field_name} must be above zero", field=info.field_name)
+        if self.most is not None and amount > self.most:
+            raise ValidationError(
+                f"{info.field_name} is at most {self.most}", field=info.field_name
+            )
         return amount
 
 

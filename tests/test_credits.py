@@ -648,3 +648,25 @@ def test_the_cli_grants_voids_refunds_and_lists_as_the_api_does(
         args=["billing", "credits", "grant", "--customer", "1", "--amount", "lots"]
     )
     assert result.exit_code == 2 and "an amount in USD" in result.output
+
+
+def test_a_credit_movement_past_what_the_ledger_holds_is_a_400_naming_its_field(
+    client: FlaskClient, make_customer
+) -> None:
+    """Schemathesis found it: a 12-digit adjustment overflowed SQLite's 64-bit count of
+    10^-12 USD (a 500). One movement is at most 1,000,000 USD, on every backend."""
+    customer = make_customer("key-huge-credit")
+    path = f"/v1/billing/customers/{customer.id}/credits"
+    admin = auth(ADMIN_TOKEN)
+    assert client.put(path, json={"overage": "block"}, headers=admin).status_code == 200
+    for url, body in (
+        (f"{path}/grants", {"amount": "999999999999"}),
+        (f"{path}/adjustments", {"amount": "-999999999999", "note": "typo"}),
+        (f"{path}/adjustments", {"amount": "1000000.000000000001", "note": "typo"}),
+    ):
+        resp = client.post(url, json=body, headers=admin)
+        assert resp.status_code == 400, (url, body, resp.get_json())
+        assert resp.get_json()["error"]["field"] == "amount"
+    assert (
+        client.post(f"{path}/grants", json={"amount": "1000000"}, headers=admin).status_code == 201
+    )

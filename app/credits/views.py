@@ -40,7 +40,20 @@ from app.errors import NotFound, ValidationError
 from app.extensions import db
 from app.registry import services
 from app.security import allowed_return_url
-from app.shapes import Amount, PositiveAmount, Text, Whole
+from app.shapes import Amount, DecimalText, Text, Whole
+
+# One credit movement (a grant, a refund, an adjustment, a recharge) is at most this
+# many USD: what every ledger backend holds in a row (the embedded SQLite default
+# counts 10^-12 USD in a 64-bit integer, 9.2 million USD at most).
+MOST_CREDIT = Decimal(1_000_000)
+PositiveAmount = Annotated[
+    Decimal,
+    DecimalText(
+        f"a decimal string above zero, at most 12 places and {MOST_CREDIT} USD",
+        above_zero=True,
+        most=MOST_CREDIT,
+    ),
+]
 
 credits = Blueprint("credits", __name__)
 ENTRIES_SHOWN = 100
@@ -333,6 +346,8 @@ def refund(grant_id: int, body: RefundCreate) -> GrantAnswer:
     rules="amount is not zero; the customer has credits.",
 )
 def create_adjustment(customer_id: int, body: AdjustmentCreate) -> tuple[EntryAnswer, int]:
+    if abs(Decimal(body.amount)) > MOST_CREDIT:
+        raise ValidationError(f"amount is at most {MOST_CREDIT} either way", field="amount")
     entry = adjust(customer_id, Decimal(body.amount), utcnow(), body.note)
     db.session.flush()
     announce(customer_id)
