@@ -29,7 +29,7 @@ from sqlalchemy import Select, select
 
 from app.analytics.answers import KeyShown, TokenCounts
 from app.analytics.queries import DateRange, Filters
-from app.analytics.usage import day_start
+from app.analytics.usage import day_start, key_json
 from app.contract import Answer, Day, Instant, Money
 from app.customers.models import ApiKey
 from app.extensions import db
@@ -168,7 +168,7 @@ def _call(e: UsageEvent, key: ApiKey) -> dict[str, Any]:
         "model": e.model,
         "task_type": e.task_type,
         "status": e.status,
-        "key": {"id": key.id, "label": key.label, "prefix": key.prefix},
+        "key": key_json(key),
         **{column: getattr(e, column) for column in COLUMNS},
         "tokens_total": e.tokens_total,
         "pricing_status": e.pricing_status,

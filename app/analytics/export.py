@@ -2,7 +2,8 @@
 as CSV or JSON lines, streamed in constant memory.
 
 On PostgreSQL a CSV is written by PostgreSQL itself: ``COPY (the export's query)
-TO STDOUT (FORMAT csv, HEADER)``, its cells already text and neutralised there, so
+TO STDOUT (FORMAT csv)`` (the header is ours, sent with the first rows), its cells
+already text and neutralised there, so
 the API only passes bytes on, at the speed the database produces them (a thread
 reads the COPY into a bounded queue the response drains). JSON lines come through a
 server-side cursor, ``EXPORT_CHUNK`` at a time, each line built by PostgreSQL. The

@@ -64,6 +64,13 @@ class Mix:
             self.tokens[name] += int(getattr(row, name))
         self.cost += Decimal(row.cost_total or 0)
 
+    def merge(self, other: Mix) -> None:
+        """Add another mix's calls, tokens and cost (the same model under another name)."""
+        self.calls += other.calls
+        for name, tokens in other.tokens.items():
+            self.tokens[name] += tokens
+        self.cost += other.cost
+
     def priced(
         self, book: PriceBook, provider: str, model: str, when: datetime, cached: int
     ) -> Decimal | None:
@@ -136,10 +143,7 @@ def _folded(mixes: dict[Model, Mix]) -> dict[Model, Mix]:
         main = max(sellers, key=lambda seller: (seller[1].cost, seller[0]))[0]
         whole = Mix()
         for _, mix in sellers:
-            whole.calls += mix.calls
-            whole.cost += mix.cost
-            for column, tokens in mix.tokens.items():
-                whole.tokens[column] += tokens
+            whole.merge(mix)
         folded[main] = whole
     return folded
 

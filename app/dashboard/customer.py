@@ -22,7 +22,7 @@ from app.analytics.answers import (
 from app.analytics.calls import CallsAnswer, CallsQuery
 from app.analytics.export import ExportRequest, csv_text, download_headers
 from app.analytics.queries import DateRange, PerformanceQuery, RecommendationQuery, UsageQuery
-from app.analytics.usage import UsageRequest, usage_between
+from app.analytics.usage import usage_between
 from app.analytics.views import (
     NoQuery,
     calls_answer,
@@ -33,6 +33,7 @@ from app.analytics.views import (
     performance_answer,
     recommendations_answer,
     usage_answer,
+    usage_request,
 )
 from app.budgets.views import AlertList, BudgetList, alerts_answer, budgets_answer
 from app.columns import money_str, utcnow
@@ -136,6 +137,7 @@ def page() -> Any:
         return redirect(url_for("dashboard.sign_in_page"))
     shown = _shown()
     settings = current_app.config["SETTINGS"]
+    today = utcnow().date()
     return render_template(
         "dashboard.html",
         customer=customer,
@@ -143,8 +145,8 @@ def page() -> Any:
         shown=shown,
         ranges=RANGES,
         keys=keys_of(customer.id),
-        hourly_from=(utcnow().date() - timedelta(days=settings.usage_hourly_retention_days)),
-        quick=next((d for d in RANGES if shown.days == d and shown.end == utcnow().date()), None),
+        hourly_from=today - timedelta(days=settings.usage_hourly_retention_days),
+        quick=next((d for d in RANGES if shown.days == d and shown.end == today), None),
     )
 
 
@@ -184,10 +186,16 @@ def breakdown_csv() -> Response:
     first, last = shown.start, shown.end
     query = parse(
         UsageQuery,
-        {"start_date": first.isoformat(), "end_date": last.isoformat(), **shown.filters},
+        {
+            "start_date": first.isoformat(),
+            "end_date": last.isoformat(),
+            "granularity": "total",
+            "group_by": "provider,model",
+            **shown.filters,
+        },
         whole="query",
     )
-    wanted = UsageRequest(first, last, "total", ("provider", "model"), query.given())
+    wanted = usage_request(query, current_app.config["SETTINGS"])
     summary = usage_between(customer_keys(customer.id, wanted.filters.get("key")), wanted)
     groups = next(iter(summary.periods.values()), [])
     rows = [

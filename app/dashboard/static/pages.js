@@ -56,13 +56,16 @@ const pages = {
     return value === null || value === undefined ? "–" : Number(value).toLocaleString("en-US");
   },
 
+  // The exact amount behind money shown to the cent: on hover, and in data-exact.
+  exact(element, value) {
+    element.dataset.exact = String(value);
+    element.title = `$${pages.decimal(value)} exactly`;
+  },
+
   figure(name, text, exact) {
     for (const element of document.querySelectorAll(`[data-figure="${name}"]`)) {
       element.textContent = text;
-      if (exact !== undefined && exact !== null) {
-        element.dataset.exact = String(exact);
-        element.title = `$${pages.decimal(exact)} exactly`;
-      }
+      if (exact !== undefined && exact !== null) pages.exact(element, exact);
     }
   },
 
@@ -85,10 +88,7 @@ const pages = {
     } else {
       cell.textContent = shown.text === null || shown.text === undefined ? "–" : String(shown.text);
     }
-    if (shown.exact !== undefined) {
-      cell.dataset.exact = shown.exact;
-      cell.title = `$${pages.decimal(shown.exact)} exactly`;
-    }
+    if (shown.exact !== undefined) pages.exact(cell, shown.exact);
     if (shown.cls) cell.classList.add(shown.cls);
     return cell;
   },
