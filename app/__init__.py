@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         engine_options,
         import_tables,
         prepare_engines,
+        quick_read_options,
         release_connections,
         upgrade_database,
     )
@@ -45,11 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True, **engine_options(settings)},
         # app.database.quick_read(): one round trip per best-effort read.
         SQLALCHEMY_BINDS={
-            QUICK_READS: {
-                "url": settings.sqlalchemy_url,
-                "isolation_level": "AUTOCOMMIT",
-                **engine_options(settings),
-            }
+            QUICK_READS: {"url": settings.sqlalchemy_url, **quick_read_options(settings)}
         },
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
     )

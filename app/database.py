@@ -109,17 +109,33 @@ def read_snapshot() -> None:
         db.session.connection().exec_driver_sql("BEGIN")
 
 
-def engine_options(settings: Settings) -> dict[str, Any]:
+def engine_options(settings: Settings, **server: str) -> dict[str, Any]:
     """Options for every engine: PostgreSQL ends a session left idle in a transaction.
 
     A transaction left open by a bug (or a broken connection) holds its row locks
     and would block every later batch that touches the same rollup rows; the
-    server ends it instead, and the work is retried.
+    server ends it instead, and the work is retried. ``server``: more settings of
+    this engine's sessions.
     """
     if not settings.sqlalchemy_url.startswith("postgresql"):
         return {}
     timeout_ms = settings.idle_in_transaction_timeout_seconds * 1000
-    return {"connect_args": {"options": f"-c idle_in_transaction_session_timeout={timeout_ms}"}}
+    options = {"idle_in_transaction_session_timeout": str(timeout_ms), **server}
+    return {"connect_args": {"options": " ".join(f"-c {k}={v}" for k, v in options.items())}}
+
+
+def quick_read_options(settings: Settings) -> dict[str, Any]:
+    """``quick_read()``'s engine: autocommit, and never a sequential scan.
+
+    Its reads look ids up through a unique index (a batch's event ids, the
+    outbox's batch ids). Until autovacuum first analyzes a table (a minute after
+    its first rows, on a new install, a restore, a fresh bench database) the
+    planner guesses its rows from their width, four times too few for the id
+    table, and scanned the whole growing table for each batch's hundred ids:
+    70 % of PostgreSQL's CPU for the API (docs/performance.md, the profile). A
+    lookup by key needs no statistics to take the index.
+    """
+    return {"isolation_level": "AUTOCOMMIT", **engine_options(settings, enable_seqscan="off")}
 
 
 def _sqlite_wal(dbapi_connection: Any, _: Any) -> None:
