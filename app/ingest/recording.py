@@ -31,7 +31,7 @@ from app.ingest.ledger import (
 )
 from app.ingest.models import PRICED, UNPRICED, RejectedEvent
 from app.ingest.partitions import forget_attached
-from app.ingest.validation import EventIn, EventLimits, validate_event
+from app.ingest.validation import EventIn, EventLimits, read_message
 from app.observability.metrics import (
     BATCHES_RECORDED,
     EVENTS_PARKED,
@@ -121,7 +121,7 @@ def record_events(
     parked: list[tuple[Any, dict[str, Any]]] = []
     for raw in raw_events:
         try:
-            event = validate_event(raw, now, limits)
+            event = read_message(raw, now, limits)
         except ValidationError as error:
             parked.append((raw, reject(raw, error)))
             continue

@@ -40,7 +40,7 @@ from sqlalchemy import select
 from app.customers.models import ApiKey
 from app.errors import ValidationError
 from app.extensions import db
-from app.ingest.validation import EventLimits, validate_event
+from app.ingest.validation import EventLimits, read_message
 from app.ratelimits.models import RateLimit
 
 _MAX_OUTPUT = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -170,7 +170,7 @@ def tokens_used(
         if not isinstance(call, str) or not isinstance(held, int) or isinstance(held, bool):
             continue
         try:
-            valid = validate_event(event, now, limits)
+            valid = read_message(event, now, limits)
         except ValidationError:  # parked by recording: it used nothing billable
             used.append((call, 0, held))
             continue
