@@ -146,7 +146,7 @@ def draw_history(directory: Path) -> Path:
             ]
             if points:
                 ax.plot(*zip(*points, strict=True), "o", label=label, alpha=0.7)
-        ax.axhline(0.25, color="red", linestyle=":", label="target 0.25")
+        ax.axhline(0.30, color="red", linestyle=":", label="target 0.30")
     return path
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Select, func, literal_column, select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
 from app.analytics.usage import day_start
@@ -212,6 +213,16 @@ _COPY_BUFFERS = 16  # chunks of COPY output held while the response sends the la
 _COPY_CHUNK = 256 * 1024  # bytes of rows gathered before they are handed on
 
 
+def copy_statement(request: ExportRequest, cursor: Any, dialect: Dialect) -> str:
+    """The ``COPY (the export's query) TO STDOUT`` that writes the CSV's rows, its
+    parameters bound by psycopg2 (``cursor``'s): the export streams it, and the bench
+    times it alone as the rate the export is held to. The dialect is given, as the
+    export's thread has no app context to find the engine by."""
+    compiled = _query(request, _postgresql_columns(request)).compile(dialect=dialect)
+    select_sql = cursor.mogrify(str(compiled), compiled.params).decode()
+    return f"COPY ({select_sql}) TO STDOUT WITH (FORMAT csv)"
+
+
 def _copied(request: ExportRequest) -> Iterator[str]:
     """The CSV as PostgreSQL's COPY writes it. psycopg2 pushes COPY data (a row at a
     time) into a file's ``write``; a thread gives it one that gathers them into
@@ -221,7 +232,6 @@ def _copied(request: ExportRequest) -> Iterator[str]:
     not a file cut off after its header. Closing the generator (the client left)
     stops the COPY at its next row."""
     engine = db.engine
-    compiled = _query(request, _postgresql_columns(request)).compile(dialect=engine.dialect)
     chunks: queue.Queue[Any] = queue.Queue(maxsize=_COPY_BUFFERS)
     stop = threading.Event()
 
@@ -254,9 +264,8 @@ def _copied(request: ExportRequest) -> Iterator[str]:
         raw = engine.raw_connection()
         try:
             cursor = raw.cursor()
-            select_sql = cursor.mogrify(str(compiled), compiled.params).decode()
             sink = Sink()
-            cursor.copy_expert(f"COPY ({select_sql}) TO STDOUT WITH (FORMAT csv)", sink)
+            cursor.copy_expert(copy_statement(request, cursor, engine.dialect), sink)
             sink.flush()
             raw.rollback()
             raw.close()

@@ -1,7 +1,9 @@
 """The pages' data at scale: over the rollups ``reads`` loaded (``SCALE_EVENTS`` events,
 ``CUSTOMERS`` customers), each data call the customer's page makes, for customers
 signed in through the form, and the operators' overview; then the raw-event export
-of every customer over ten days, its rate and the process's memory meanwhile."""
+of every customer over ten days, its rate and the process's memory meanwhile, beside
+the rate of its own ``COPY`` alone, run before and after it in the same run (the
+database's speed of the moment, which the export is held to half of)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,13 @@ import statistics
 import threading
 import time
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from app.analytics.export import ExportRequest, copy_statement
 from app.dashboard.overview import refresh_top_customers
+from app.extensions import db
 from app.registry import services
 from bench.plots import figure
 from bench.stack import ADMIN_TOKEN, CUSTOMERS, SCALE_EVENTS, Run, in_process_app, log
@@ -102,6 +106,35 @@ def _export(app: Any, start: str, end: str) -> dict[str, Any]:
     }
 
 
+def _copy_alone(app: Any, start: str, end: str) -> dict[str, Any]:
+    """The export's ``COPY … TO STDOUT`` alone, its rows counted and dropped."""
+
+    class Count:
+        lines = size = 0
+
+        def write(self, data: bytes) -> None:
+            self.lines += data.count(b"\n")
+            self.size += len(data)
+
+    wanted = ExportRequest(date.fromisoformat(start), date.fromisoformat(end), "csv", None)
+    with app.app_context():
+        raw = db.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            sink = Count()
+            t = time.perf_counter()
+            cursor.copy_expert(copy_statement(wanted, cursor, db.engine.dialect), sink)
+            seconds = time.perf_counter() - t
+            raw.rollback()
+        finally:
+            raw.close()
+    return {
+        "rows": sink.lines,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(sink.lines / seconds),
+    }
+
+
 def run(run: Run, results: dict[str, Any]) -> None:
     app = in_process_app(run, ADMIN_TOKEN=ADMIN_TOKEN)
 
@@ -136,7 +169,12 @@ def run(run: Run, results: dict[str, Any]) -> None:
         for name, lat in latency.items()
     }
     log("dashboard data p99 (ms): " + ", ".join(f"{k} {v['p99_ms']}" for k, v in figures.items()))
-    export = _export(app, (today - timedelta(days=EXPORT_DAYS)).isoformat(), today.isoformat())
+    between = (today - timedelta(days=EXPORT_DAYS)).isoformat(), today.isoformat()
+    copies = [_copy_alone(app, *between)]
+    export = _export(app, *between)
+    copies.append(_copy_alone(app, *between))
+    export["copy_rows_per_s"] = max(copy["rows_per_s"] for copy in copies)
+    export["of_copy"] = round(export["rows_per_s"] / export["copy_rows_per_s"], 2)
     log(f"export: {export['rows']:,} rows in {export['seconds']} s, RSS {export['rss_peak_mb']} MB")
     results["dashboard"] = {
         "customers_signed_in": SIGNED_IN,
@@ -154,6 +192,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     return {
         "dashboard_worst_p99_ms": max(c["p99_ms"] for c in board["calls"].values()),
         "export_rows_per_s": board["export"]["rows_per_s"],
+        "export_copy_rows_per_s": board["export"].get("copy_rows_per_s"),
     }
 
 
@@ -175,10 +214,17 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
     export = board["export"]
     out.append(
         (
-            f"export of {export['rows']:,} events (rows/s; RSS MB start / 100k rows / peak)",
-            f"{export['rows_per_s']:,} ({export['rss_start_mb']} / "
-            f"{export['rss_at_100k_rows_mb']} / {export['rss_peak_mb']})",
-            ">= 100,000, flat",
+            f"export of {export['rows']:,} events, rows/s (its COPY alone; ratio)",
+            f"{export['rows_per_s']:,} ({export.get('copy_rows_per_s', 0):,}; "
+            f"{export.get('of_copy')})",
+            ">= 150,000, >= 0.5 of COPY",
+        )
+    )
+    out.append(
+        (
+            "export: RSS MB at start / after 100k rows / peak",
+            f"{export['rss_start_mb']} / {export['rss_at_100k_rows_mb']} / {export['rss_peak_mb']}",
+            "flat",
         )
     )
     return out

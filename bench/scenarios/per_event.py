@@ -1,4 +1,5 @@
-"""CPU per event of checking it (API and worker each do it once), of reading a
+"""CPU per event of checking it (the API does; the worker reads back what the API
+checked with ``read_message``, the A/B beside the full check), of reading a
 provider's own usage object with the price source's extractor (the worker does it for
 the middleware's events), and of pricing it by the source's rules, in this process:
 the median of seven runs."""
@@ -19,7 +20,7 @@ ORDER = 10
 
 def run(run: Run, results: dict[str, Any]) -> None:
     from app.config import Settings
-    from app.ingest.validation import EventLimits, validate_event
+    from app.ingest.validation import EventLimits, read_message, validate_event
     from app.pricing.book import SEED_EFFECTIVE_FROM, PriceBook, price_row
     from app.pricing.catalog import bundled_prices
 
@@ -48,9 +49,11 @@ def run(run: Run, results: dict[str, Any]) -> None:
     book = PriceBook([price_row(*version, SEED_EFFECTIVE_FROM) for version in bundled_prices()])
     classic = {"input_tokens": 1000, "output_tokens": 500, "cache_read_tokens": 200}
     cached = validate_event(provider_event, now, limits).counts()
+    checked = validate_event(metered, now, limits).to_message()
     results["per_event_us"] = {
         "validate_batch_event": per_event_us(lambda: validate_event(bench_event, now, limits)),
         "validate_metered_event": per_event_us(lambda: validate_event(metered, now, limits)),
+        "read_checked_message": per_event_us(lambda: read_message(checked, now, limits)),
         "validate_provider_event": per_event_us(
             lambda: validate_event(provider_event, now, limits)
         ),
@@ -73,6 +76,11 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
         (
             "validate an event, batch / metered (us)",
             f"{per['validate_batch_event']} / {per['validate_metered_event']}",
+            "",
+        ),
+        (
+            "worker: read a checked metered event, vs its full check (us)",
+            f"{per.get('read_checked_message')} vs {per['validate_metered_event']}",
             "",
         ),
         (

@@ -2,13 +2,19 @@
 
 The load comes from raw sockets in threads, one request per connection. Keeping
 up means the queue stays flat and every metered call is a stored row soon after
-the load stops.
+the load stops. Before it, the same load against a bare Flask view under gunicorn
+with the same worker model (``bench/bare_app.py``): the rate this machine serves
+in this run at all, which the metered rate is read beside (the machine's speed
+swings 2x by the hour; the ratio does not).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -16,22 +22,87 @@ import redis
 from app.progress import progress_bar
 from app.security import hash_api_key
 from bench.load import execute_request, one_request
-from bench.stack import REDIS_URL, Run, Stack, log, pg
+from bench.stack import REDIS_URL, ROOT, Run, Stack, log, pg
 
 ORDER = 40
 SECONDS = 20
+BASELINE_SECONDS = 10
 THREADS = 16
+BARE_PORT = 8716
 
 
 def run(run: Run, results: dict[str, Any]) -> None:
+    log("metering: a bare gunicorn+Flask view first, the same load: this run's baseline")
+    bare = _bare_requests_per_s()
     log("metering: single metered requests as fast as the API serves them, workers keeping up")
     stack = Stack(run, middleware=True, port=8715)
     stack.start_api(workers=2)
     stack.start_worker()
     try:
-        results["single_requests"] = _sustained(stack.port, run.db_url)
+        single = _sustained(stack.port, run.db_url)
     finally:
         stack.stop()
+    single["bare_flask_requests_per_s"] = bare
+    single["of_bare"] = round(single["requests_per_s"] / bare, 2)
+    results["single_requests"] = single
+
+
+def _bare_requests_per_s() -> int:
+    """What ``bench/bare_app.py`` serves under ``make api``'s worker model, same load."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread"]
+        + ["--threads", "2", "--bind", f"127.0.0.1:{BARE_PORT}", "bench.bare_app:app"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                one_request(BARE_PORT, execute_request("bare"))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        sent = _load(BARE_PORT, [f"bench-bare-{k}" for k in range(THREADS)], BASELINE_SECONDS)
+        return round(sum(sent) / BASELINE_SECONDS)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _load(
+    port: int, keys: list[str], seconds: float, each_second: Callable[[], object] | None = None
+) -> list[int]:
+    """A client per key, one request per connection, for ``seconds``: each one's count.
+    ``each_second()`` runs once a second meanwhile (a sample of the queue)."""
+    stop = time.monotonic() + seconds
+    sent = [0] * len(keys)
+
+    def client(k: int) -> None:
+        request = execute_request(keys[k])
+        while time.monotonic() < stop:
+            status = one_request(port, request)
+            if status != 200:
+                raise RuntimeError(f"/v1/execute answered {status}")
+            sent[k] += 1
+
+    clients = [threading.Thread(target=client, args=(k,)) for k in range(len(keys))]
+    for each in clients:
+        each.start()
+    with progress_bar(f"{seconds} s of single requests on :{port}") as progress:
+        ticks = 0
+        while time.monotonic() < stop:
+            ticks += 1
+            if each_second is not None:
+                each_second()
+            progress(ticks, seconds)
+            time.sleep(1)
+    for each in clients:
+        each.join()
+    return sent
 
 
 def _sustained(port: int, db_url: str) -> dict[str, Any]:
@@ -45,28 +116,8 @@ def _sustained(port: int, db_url: str) -> dict[str, Any]:
             cur.execute("SELECT count(*) FROM usage_events WHERE api_key_hash = ANY(%s)", (hashes,))
             return cur.fetchone()[0]
 
-    stop = time.monotonic() + SECONDS
-    sent = [0] * THREADS
     depth: list[int] = []
-
-    def client(k: int) -> None:
-        request = execute_request(keys[k])
-        while time.monotonic() < stop:
-            status = one_request(port, request)
-            if status != 200:
-                raise RuntimeError(f"/v1/execute answered {status}")
-            sent[k] += 1
-
-    clients = [threading.Thread(target=client, args=(k,)) for k in range(THREADS)]
-    for each in clients:
-        each.start()
-    with progress_bar(f"{SECONDS} s of single requests") as progress:
-        while time.monotonic() < stop:
-            depth.append(queue.llen("celery"))
-            progress(len(depth), SECONDS)
-            time.sleep(1)
-    for each in clients:
-        each.join()
+    sent = _load(port, keys, SECONDS, lambda: depth.append(queue.llen("celery")))
     stopped = time.monotonic()
     total = sum(sent)
     while stored() < total and time.monotonic() - stopped < 120:
@@ -84,11 +135,22 @@ def _sustained(port: int, db_url: str) -> dict[str, Any]:
 
 
 def headline(results: dict[str, Any]) -> dict[str, Any]:
-    return {"single_requests_per_s": results.get("single_requests", {}).get("requests_per_s")}
+    single = results.get("single_requests", {})
+    return {
+        "single_requests_per_s": single.get("requests_per_s"),
+        "bare_flask_requests_per_s": single.get("bare_flask_requests_per_s"),
+    }
 
 
 def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
     single = results.get("single_requests")
     if not single:
         return []
-    return [("single metered req/s kept up", single["requests_per_s"], ">= 2,000")]
+    bare = single.get("bare_flask_requests_per_s")
+    return [
+        (
+            "single metered req/s kept up (bare gunicorn+Flask view, same run; ratio)",
+            f"{single['requests_per_s']} ({bare}; {single.get('of_bare')})",
+            ">= 2,000",
+        )
+    ]
