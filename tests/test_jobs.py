@@ -541,6 +541,31 @@ def test_price_refresh_adds_a_row_only_where_a_price_changed(
         ).input == Decimal("0.0000025")
 
 
+def test_a_refresh_at_any_hour_adds_no_row_for_a_model_priced_by_the_time_of_day(
+    app: Flask,
+) -> None:
+    """DeepSeek's price at noon is not its price at 17:00 UTC (off-peak), but its rules,
+    which the row stores whole, are the same: the nightly refresh, whenever it runs,
+    adds nothing. It added a row for every such model whenever it ran in another
+    period of the day than the last refresh (CI at 01:00 UTC: 5 rows, none a change)."""
+    from app.pricing.catalog import bundled_prices
+
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    noon, off_peak = (midnight + timedelta(days=1, hours=h) for h in (12, 17))
+
+    def flat(at: datetime) -> tuple[Any, ...]:
+        [price] = [p for pv, m, p in bundled_prices(at) if (pv, m) == ("deepseek", "deepseek-chat")]
+        return price.input, price.output, price.cache_read
+
+    assert flat(noon) != flat(off_peak)  # the source still prices it by the hour
+    before = _price_rows(app)
+    with app.app_context():
+        added = [
+            run_price_refresh(app.config["SETTINGS"], at).counts["added"] for at in (noon, off_peak)
+        ]
+    assert added == [0, 0] and _price_rows(app) == before
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -110,6 +110,12 @@ class TokenPrice:
     rules: dict[str, Any] | None = None
 
     def differs_from(self, other: TokenPrice) -> bool:
+        """Whether a refresh must add a row. Two prices with the source's rules differ
+        only where the rules do: the flat figures are the rules' price at the instant
+        they were read, which for a price by the time of day (DeepSeek's off-peak) or a
+        dated change differs by the hour with nothing changed."""
+        if self.rules is not None and other.rules is not None:
+            return self.rules != other.rules
         return (self.input, self.output, self.cache_read, self.rules) != (
             other.input,
             other.output,
