@@ -42,6 +42,7 @@ from bench.stack import (
     SCALE_EVENTS,
     Run,
     Stack,
+    history,
 )
 
 FULL_RUN = not any(
@@ -134,7 +135,7 @@ def _is_full(line: dict[str, Any]) -> bool:
 
 def draw_history(directory: Path) -> Path:
     """Ingest's ratio to the COPY ceiling, run after run, full runs apart from quick ones."""
-    lines = [json.loads(line) for line in HISTORY.read_text().splitlines() if line.strip()]
+    lines = history()
     path = directory / "history_ratio.png"
     title = "Ingest / COPY ceiling across bench/history.jsonl"
     with figure(path, title, "run (oldest first)", "ingest / COPY") as ax:
@@ -158,8 +159,8 @@ def save(results: dict[str, Any]) -> list[Path]:
             old.unlink()
     path = directory / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
-    with HISTORY.open("a") as history:
-        history.write(json.dumps(headline(path.stem, results)) + "\n")
+    with HISTORY.open("a") as appended:
+        appended.write(json.dumps(headline(path.stem, results)) + "\n")
     pictures = [p for s in scenarios() if hasattr(s, "draw") for p in s.draw(results, directory)]
     return [path, *pictures, draw_history(directory)]
 

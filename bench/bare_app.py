@@ -17,6 +17,11 @@ from flask import Flask, request
 app = Flask(__name__)
 
 
+@app.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}  # what ``bench.stack.wait_until_serving`` asks
+
+
 @app.post("/v1/execute")
 def execute() -> dict[str, Any]:
     started = time.perf_counter()

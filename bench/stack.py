@@ -9,6 +9,7 @@ whatever a failed scenario left running.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -133,6 +134,25 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def history() -> list[dict[str, Any]]:
+    """Every run's headline figures, oldest first (``bench/history.jsonl``)."""
+    return [json.loads(line) for line in HISTORY.read_text().splitlines() if line.strip()]
+
+
+def wait_until_serving(port: int, limit_s: float = 60) -> None:
+    """Until the server on ``port`` answers ``GET /healthz`` with a 200."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing served on :{port}")
+
+
 class Stack:
     """``make api`` + ``make worker`` against the run's database."""
 
@@ -173,16 +193,7 @@ class Stack:
         self.procs["api"] = self._make(
             "api", {"PORT": str(self.port), "WEB_CONCURRENCY": str(workers)}
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("API did not start")
+        wait_until_serving(self.port)
 
     def start_worker(self, concurrency: int = 2) -> None:
         self.procs["worker"] = self._make(

@@ -15,12 +15,12 @@ from bench.load import BATCH, make_events, post_batches
 from bench.plots import figure
 from bench.stack import (
     EVENTS,
-    HISTORY,
     CpuMeter,
     Run,
     Sampler,
     Stack,
     checkpoint,
+    history,
     log,
     pg,
     recorded,
@@ -39,7 +39,7 @@ def machine_phase(ceiling: float) -> dict[str, Any]:
     README's table says which this was."""
     past = [
         line["copy_ceiling_per_s"]
-        for line in (json.loads(raw) for raw in HISTORY.read_text().splitlines() if raw.strip())
+        for line in history()
         if line.get("events") == EVENTS and line.get("copy_ceiling_per_s")
     ]
     if not past:

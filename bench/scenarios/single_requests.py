@@ -22,7 +22,7 @@ import redis
 from app.progress import progress_bar
 from app.security import hash_api_key
 from bench.load import execute_request, one_request
-from bench.stack import REDIS_URL, ROOT, Run, Stack, log, pg
+from bench.stack import REDIS_URL, ROOT, Run, Stack, log, pg, wait_until_serving
 
 ORDER = 40
 SECONDS = 20
@@ -57,15 +57,7 @@ def _bare_requests_per_s() -> int:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                one_request(BARE_PORT, execute_request("bare"))
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_until_serving(BARE_PORT)
         sent = _load(BARE_PORT, [f"bench-bare-{k}" for k in range(THREADS)], BASELINE_SECONDS)
         return round(sum(sent) / BASELINE_SECONDS)
     finally:
