@@ -512,6 +512,25 @@ def test_onboarding_while_stripe_is_down_links_the_customer_once_it_answers(
     assert len(stripe_server.state.customers) == 1
 
 
+def test_a_link_retry_a_test_leaves_behind_does_not_run_in_the_next(
+    app: Flask, make_customer, stripe_server: FakeStripe, celery_worker
+) -> None:
+    """The suite's own isolation (CI's run without services once failed on it): a
+    link retried after the test that queued it ended linked the next test's customer,
+    who had the same id. Between tests the session's worker drops what it holds."""
+    from app.customers.services import LINK_TASK
+    from tests.conftest import _forget_unrecorded, held_requests
+
+    customer = make_customer("k-left-behind", stripe_customer_id=None)
+    services(app).celery.send_task(LINK_TASK, args=[customer.id], countdown=2)
+    # fetched, and held until it is due
+    wait_for(lambda: held_requests(celery_worker), timeout=5)
+    _forget_unrecorded(app)  # as between two tests
+    time.sleep(3)
+    assert _stripe_id(app, customer.id) is None
+    assert stripe_server.state.customers == {}
+
+
 def test_onboarding_without_a_stripe_key_creates_the_customer_here(
     app: Flask, settings, tmp_path
 ) -> None:

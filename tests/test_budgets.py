@@ -302,19 +302,21 @@ def test_redis_that_lost_its_state_while_a_customer_is_at_its_limit_refuses_it_a
     served unchecked (it was: 18 served, 30 recorded against 10). The key's record
     and its budget's spend are read from PostgreSQL before the call is decided, and
     a rebuild of everything is queued."""
-    customer = make_customer("key-lost")
+    # One key per variant: nothing the other left behind can be attributed to it.
+    key = f"key-lost-{enforcing.config['SETTINGS'].budget_lease_seconds}"
+    customer = make_customer(key)
     budget = _budget(client, customer.id, limit=str(2 * CALL_TOKENS))
     caller = enforcing.test_client()
     for n in (1, 2):
-        assert metered_call(caller, "key-lost").status_code == 200
-        _settled(app, enforcing, budget["id"], "key-lost", n)
+        assert metered_call(caller, key).status_code == 200
+        _settled(app, enforcing, budget["id"], key, n)
     counters: Counters = services(app).budget_counters
-    for key in counters.redis.scan_iter("ub:budget:*"):
-        counters.redis.delete(key)
-    statuses = [metered_call(caller, "key-lost").status_code for _ in range(20)]
+    for name in counters.redis.scan_iter("ub:budget:*"):
+        counters.redis.delete(name)
+    statuses = [metered_call(caller, key).status_code for _ in range(20)]
     assert statuses == [402] * 20
     wait_for(lambda: counters.redis.exists(LOADED), timeout=30)  # and everyone rebuilt
-    assert _stored_tokens(app, "key-lost") == 2 * CALL_TOKENS
+    assert _stored_tokens(app, key) == 2 * CALL_TOKENS
 
 
 def test_a_budget_set_or_lowered_in_a_period_with_usage_holds_at_once(
