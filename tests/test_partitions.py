@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from flask import Flask
 from flask_migrate import downgrade, upgrade
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import OperationalError
 
 from app.config import Settings, with_driver
@@ -31,6 +31,7 @@ from app.ingest.partitions import (
 from app.ingest.retention import Pace, delete_ids_before
 from app.jobs.definitions import run_cleanup
 from app.jobs.timetable import PARTITIONS_TASK
+from app.security import hash_api_key
 from tests.factories import event
 from tests.helpers import (
     count_events,
@@ -97,6 +98,41 @@ def test_one_event_id_is_stored_once_across_partitions(app: Flask) -> None:
     assert (result.inserted, result.duplicates) == (9, 1)
     assert count_events(app, event_id=first["event_id"]) == 1
     assert rows == [datetime.fromisoformat(first["timestamp"])]
+
+
+def test_a_batchs_statements_are_prepared_once_per_connection_and_outlive_a_rollback(
+    app: Flask,
+) -> None:
+    """The ledger prepares its batch statements once per connection. The first batch
+    on a connection rolled back (its staging table with it): the next still records
+    each event once and rolls it up once, on the same statements."""
+    from app.ingest.ledger import staging_cursor
+    from app.ingest.models import UsageDaily
+
+    prepared = text("SELECT name FROM pg_prepared_statements WHERE name LIKE 'ub_ledger_%'")
+    with app.app_context():
+        db.engine.dispose()  # a connection of its own
+        staging_cursor(db.session.connection())
+        db.session.rollback()
+        names = sorted(db.session.scalars(prepared))
+        assert names == [
+            "ub_ledger_append",
+            "ub_ledger_claim",
+            "ub_ledger_daily",
+            "ub_ledger_hourly",
+        ]
+        sent = [event("key-prepared") for _ in range(3)]
+        assert record(sent[:2]).inserted == 2
+        assert record(sent).inserted == 1  # the merge, for a batch holding a stored event
+        assert record([event("key-prepared")]).inserted == 1
+        assert sorted(db.session.scalars(prepared)) == names  # prepared once
+        daily = db.session.scalar(
+            select(func.sum(UsageDaily.events)).where(
+                UsageDaily.api_key_hash == hash_api_key("key-prepared")
+            )
+        )
+        db.session.rollback()
+    assert daily == 4 and count_events(app, api_key_hash=hash_api_key("key-prepared")) == 4
 
 
 def test_the_duplicate_check_takes_the_id_index_before_any_statistics(app: Flask) -> None:

@@ -194,11 +194,19 @@ def _instant(column: str) -> str:
 
 class _Statements(NamedTuple):
     stage: str  # creates the connection's staging table
+    prepared: dict[str, str]  # name: statement, prepared once per connection
     copy: str  # fills it
     claim: TextClause  # claims every staged event id, no conflict allowed
     append: TextClause  # inserts every staged row
     roll_up: TextClause  # adds every staged row to usage_daily and usage_hourly
     merge: TextClause  # claims the ids not stored yet, inserts those rows, rolls them up
+
+    @property
+    def prepare(self) -> str:
+        return ";".join(f"PREPARE {name} AS {sql}" for name, sql in self.prepared.items())
+
+
+_PREPARED_MARK = "usage_billing.ledger_prepared"  # in the DBAPI connection's info
 
 
 def _upsert_sql(table: str, key: tuple[str, ...], added: tuple[str, ...], select_sql: str) -> str:
@@ -282,19 +290,47 @@ def _postgresql_sql() -> _Statements:
                count(*) FILTER (WHERE pricing_status = '{UNPRICED}') AS unpriced
         FROM new
     """
+    # The statements every all-new batch runs, prepared once per connection.
+    prepared = {
+        "ub_ledger_claim": claim,
+        "ub_ledger_append": append,
+        "ub_ledger_daily": daily_rollup_sql(_STAGED, _instant("created_at")),
+        "ub_ledger_hourly": hourly_rollup_sql(_STAGED, _instant("created_at")),
+    }
+    claim_name, append_name, *rollup_names = prepared
     return _Statements(
         # Temporary: one per connection, emptied by each commit, never WAL-logged.
         stage=f"CREATE TEMP TABLE IF NOT EXISTS {_STAGED} ({record}) ON COMMIT DELETE ROWS",
+        prepared=prepared,
         copy=f"COPY {_STAGED} ({names}) FROM STDIN",
-        claim=text(claim),
-        append=text(append),
-        roll_up=text(
-            daily_rollup_sql(_STAGED, _instant("created_at"))
-            + ";"
-            + hourly_rollup_sql(_STAGED, _instant("created_at"))
-        ),
+        claim=text(f"EXECUTE {claim_name}"),
+        append=text(f"EXECUTE {append_name}"),
+        roll_up=text(";".join(f"EXECUTE {name}" for name in rollup_names)),
         merge=text(merge),
     )
+
+
+def staging_cursor(connection: Any) -> Any:
+    """A DBAPI cursor on the session's connection, its staging table made and the
+    batch's statements prepared on it.
+
+    Prepared once per connection, the statements are parsed and planned once,
+    not for every batch: the hourly rollup alone took PostgreSQL 0.5 ms of
+    planning per batch of 100, as long as half its execution. A prepared
+    statement outlives a rollback (it is not transactional), and PostgreSQL
+    analyzes it again by name when the staging table is made again (a
+    rolled-back first batch takes its table with it), so it is made once for
+    the connection's life; the mark lives with the DBAPI connection, whose
+    replacement prepares them again.
+    """
+    sql = _postgresql_sql()
+    dbapi = connection.connection
+    cursor = dbapi.cursor()
+    cursor.execute(sql.stage)
+    if not dbapi.info.get(_PREPARED_MARK):
+        cursor.execute(sql.prepare)
+        dbapi.info[_PREPARED_MARK] = True
+    return cursor
 
 
 _NULL = "\\N"  # COPY's NULL
@@ -396,10 +432,9 @@ def _insert_postgresql(rows: list[EventRow]) -> Written:
     sql = _postgresql_sql()
     connection = db.session.connection()
     require_partitions(connection, [row.created_at for row in rows])
-    cursor = connection.connection.cursor()
     data = _copy_text(rows)
     try:
-        cursor.execute(sql.stage)
+        cursor = staging_cursor(connection)
         # In one read: psycopg2 reads 8 KB at a time unless told.
         cursor.copy_expert(sql.copy, io.StringIO(data), size=len(data) + 1)
     except psycopg2.Error as exc:  # as SQLAlchemy's own statements raise it

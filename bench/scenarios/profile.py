@@ -332,7 +332,7 @@ def _explain(run: Run) -> dict[str, str]:
     """EXPLAIN (ANALYZE, BUFFERS, WAL) of one all-new batch's statements, rolled back."""
     from app.config import Settings
     from app.extensions import db
-    from app.ingest.ledger import _copy_text, _postgresql_sql
+    from app.ingest.ledger import _copy_text, _postgresql_sql, staging_cursor
     from app.ingest.partitions import require_partitions
     from app.ingest.recording import _row
     from app.ingest.validation import EventLimits, validate_event
@@ -349,8 +349,7 @@ def _explain(run: Run) -> dict[str, str]:
         sql = _postgresql_sql()
         connection = db.session.connection()
         require_partitions(connection, [row.created_at for row in rows])
-        cursor = connection.connection.cursor()
-        cursor.execute(sql.stage)
+        cursor = staging_cursor(connection)  # the statements below are prepared on it
         data = _copy_text(rows)
         cursor.copy_expert(sql.copy, io.StringIO(data))
         # The API's duplicate check of the same hundred ids, as psycopg2 sends it.
