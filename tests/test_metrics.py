@@ -318,3 +318,32 @@ def test_flower_asks_for_its_password(tmp_path: Path, password: bool) -> None:
     finally:
         os.killpg(flower.pid, signal.SIGTERM)
         kill_tree(flower)
+
+
+def test_observing_a_batch_at_once_exposes_what_observing_each_value_does() -> None:
+    """``observe_all`` counts the buckets itself (prometheus_client has no batch
+    observe): values on and between the bounds, past the last, zero, an empty batch."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from app.observability.metrics import INGEST_LAG, observe_all
+
+    def exposed(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {
+            (sample.name, sample.labels.get("le", "")): sample.value
+            for metric in registry.collect()
+            for sample in metric.samples
+            if not sample.name.endswith("_created")  # when each was made
+        }
+
+    bounds = INGEST_LAG._upper_bounds[:-1]  # the shipped buckets, +Inf added again
+    values = [0.0, 0.25, 0.2500001, 1, 1.5, 59.9, 86400, 86400.5, 10**7, 3, 3, 0.1]
+    one_by_one, at_once = CollectorRegistry(), CollectorRegistry()
+    each = Histogram("lag_seconds", "lag", buckets=bounds, registry=one_by_one)
+    batch = Histogram("lag_seconds", "lag", buckets=bounds, registry=at_once)
+    for group in (values, [], values[:3]):
+        for value in group:
+            each.observe(value)
+        observe_all(batch, iter(group))
+        assert exposed(at_once) == exposed(one_by_one)
+    assert exposed(at_once)[("lag_seconds_bucket", "0.25")] == 5  # 0, 0.25, 0.1; 0, 0.25
+    assert exposed(at_once)[("lag_seconds_count", "")] == 15

@@ -38,6 +38,7 @@ from app.observability.metrics import (
     EVENTS_RECORDED,
     EVENTS_UNPRICED,
     INGEST_LAG,
+    observe_all,
 )
 from app.pricing.book import PriceBook, price_book
 from app.pricing.cost import lines_json
@@ -174,9 +175,14 @@ def _count(result: RecordResult, rows: list[EventRow], failed: dict[str, Excepti
     for rejected in result.rejected:
         EVENTS_PARKED.labels(rejected["field"] or "event").inc()
     committed = utcnow()
-    for row in rows:
-        if row.event_id not in failed:
-            INGEST_LAG.observe(max((committed - row.created_at).total_seconds(), 0.0))
+    observe_all(
+        INGEST_LAG,
+        (
+            max((committed - row.created_at).total_seconds(), 0.0)
+            for row in rows
+            if row.event_id not in failed
+        ),
+    )
 
 
 def _insert(rows: list[EventRow]) -> tuple[Written, dict[str, Exception]]:

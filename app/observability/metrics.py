@@ -15,6 +15,9 @@ read when Prometheus scrapes (``app/api/states.py``).
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Histogram
 
 EVENTS_ACCEPTED = Counter(
@@ -95,3 +98,29 @@ at_zero(
 )
 at_zero(ALERT_DELIVERIES, *_each("delivered", "failed", "unconfirmed"))
 at_zero(STREAMS_FLAGGED, *_each("stream_cut_off", "stream_without_usage"))
+
+
+def observe_all(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """``histogram.observe(amount)`` for each amount, in one update per bucket touched.
+
+    prometheus_client observes one value at a time, each a locked update of the
+    sum and of a bucket (in the workers' multiprocess mode, writes to a mapped
+    file): per event, 2.3 ms of a worker's 27 per 1,000 events. The buckets are
+    counted here, as ``observe`` places a value (the first bound not below it),
+    and each added once; ``tests/test_metrics.py`` holds the exposition equal to
+    observing one by one, which is what would catch the library's internals
+    changing under it.
+    """
+    histogram._raise_if_not_observable()
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    total = 0.0
+    for amount in amounts:
+        counts[bisect_left(bounds, amount)] += 1
+        total += amount
+    if not any(counts):
+        return
+    histogram._sum.inc(total)
+    for bucket, count in zip(histogram._buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)

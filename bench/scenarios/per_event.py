@@ -61,6 +61,33 @@ def run(run: Run, results: dict[str, Any]) -> None:
         "price_cache_writes": per_event_us(
             lambda: book.cost("anthropic", "claude-sonnet-4-5", now, cached)
         ),
+        **_lag_observations(),
+    }
+
+
+def _lag_observations() -> dict[str, float]:
+    """The worker's lag histogram, per event: observed one by one (prometheus_client's
+    ``observe``) and a batch at once (``observe_all``), a batch of 2,000 lags."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from app.observability.metrics import INGEST_LAG, observe_all
+
+    bounds = INGEST_LAG._upper_bounds[:-1]
+    lags = [0.05 * (i % 400) for i in range(2000)]
+    each = Histogram("each", "", buckets=bounds, registry=CollectorRegistry())
+    batch = Histogram("batch", "", buckets=bounds, registry=CollectorRegistry())
+
+    def one_by_one() -> None:
+        for lag in lags:
+            each.observe(lag)
+
+    def per_lag_us(action: Any) -> float:
+        runs = [timeit.timeit(action, number=50) / 50 / len(lags) * 1e6 for _ in range(7)]
+        return round(statistics.median(runs), 3)
+
+    return {
+        "lag_observe_each": per_lag_us(one_by_one),
+        "lag_observe_batch": per_lag_us(lambda: observe_all(batch, lags)),
     }
 
 
@@ -92,5 +119,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
             "price by the source's rules, classic / cache writes (us)",
             f"{per['price_by_rules']} / {per.get('price_cache_writes')}",
             "",
+        ),
+        (
+            "worker: lag histogram per event, one by one / a batch at once (us)",
+            f"{per.get('lag_observe_each')} / {per.get('lag_observe_batch')}",
+            "A/B, same run",
         ),
     ]
