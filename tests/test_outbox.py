@@ -176,3 +176,24 @@ def test_receipts_unavailable_keep_the_segments(tmp_path: Path) -> None:
     assert len(broker.published) == 1  # no receipt check, so no blind re-send either
     assert len(list(tmp_path.glob("sent-*.jsonl"))) == 1
     outbox.close()
+
+
+def test_flush_returns_only_once_the_threads_publish_in_flight_is_sent(tmp_path: Path) -> None:
+    """``flush()`` found nothing pending while the outbox's thread was still sending
+    what it had taken, and returned at once: a fault test then found the broker's
+    queue empty and failed on CI."""
+    broker = FakeBroker()
+    sending = threading.Event()
+
+    def slow(batch_id: str, events: list[dict[str, Any]], accepted_at: float | None = None) -> None:
+        sending.set()
+        time.sleep(0.5)
+        broker.publish(batch_id, events, accepted_at)
+
+    outbox = Outbox(tmp_path, slow, broker.receipts, lambda: 0, 5, 100_000, 60)
+    events = [{"event_id": f"in-flight-{i}"} for i in range(5)]
+    outbox.append(events)  # a full batch: the thread takes it at once
+    assert sending.wait(5)
+    outbox.flush()
+    assert broker.event_counts() == Counter(e["event_id"] for e in events)
+    outbox.close()

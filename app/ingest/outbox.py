@@ -116,6 +116,8 @@ class Outbox:
         self._interval = flush_ms / 1000
         self._redeliver_after = redeliver_after
         self._lock = threading.Lock()
+        # Held from taking the pending events until they are sent (``_flush``).
+        self._publishing = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pid = -1
@@ -153,6 +155,7 @@ class Outbox:
         self._dir.mkdir(parents=True, exist_ok=True)
         self._pid = os.getpid()
         self._pending = []
+        self._publishing = threading.Lock()  # a fork's copy may be held by no thread of ours
         self._open_segment()
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="usage-outbox", daemon=True)
@@ -234,23 +237,30 @@ class Outbox:
         os.utime(sent)
 
     def _flush(self) -> None:
-        with self._lock:
-            if not self._pending or self._file is None or self._segment is None:
-                return
-            batch, self._pending = self._pending, []
-            since, self._pending_since = self._pending_since, None
-            done_file, done_segment = self._file, self._segment
-            self._open_segment()
-        # The full segment is closed (releasing its lock) only after publishing, so no
-        # other process replays it while we are still sending it.
-        with done_file:
-            try:
-                self._publish_segment(done_segment, batch, since)
-            except Exception as exc:
-                log.warning("broker unavailable; %d events kept for replay: %s", len(batch), exc)
-                # Retry it soon, but no sooner than the replay back-off allows.
-                retry_in = max(self._interval, self._replay_delay)
-                self._replay_due = min(self._replay_due, time.monotonic() + retry_in)
+        """Publish what is pending. One flush at a time, from taking the events until
+        they are sent, so ``flush()`` returns only once the thread's publish in flight
+        is sent too (it returned at once, and a test then found the queue empty);
+        requests' appends never wait for it, only for the moment the events are taken."""
+        with self._publishing:
+            with self._lock:
+                if not self._pending or self._file is None or self._segment is None:
+                    return
+                batch, self._pending = self._pending, []
+                since, self._pending_since = self._pending_since, None
+                done_file, done_segment = self._file, self._segment
+                self._open_segment()
+            # The full segment is closed (releasing its lock) only after publishing, so
+            # no other process replays it while we are still sending it.
+            with done_file:
+                try:
+                    self._publish_segment(done_segment, batch, since)
+                except Exception as exc:
+                    log.warning(
+                        "broker unavailable; %d events kept for replay: %s", len(batch), exc
+                    )
+                    # Retry it soon, but no sooner than the replay back-off allows.
+                    retry_in = max(self._interval, self._replay_delay)
+                    self._replay_due = min(self._replay_due, time.monotonic() + retry_in)
 
     def _replay(self) -> None:
         """Publish segments no live writer holds: ours that failed, or a dead process's."""
