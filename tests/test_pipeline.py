@@ -513,7 +513,7 @@ def test_a_metered_response_with_nan_or_infinity_is_parked_not_changed(
         auth_header = {"Authorization": "Bearer key-nan"}
         with app.test_request_context("/v1/execute", method="POST", headers=auth_header):
             response = app.response_class(json.dumps(body), mimetype="application/json")
-            sent.append(event_from_response(request, response, datetime.now(UTC)))
+            sent.append(event_from_response(request, "key-nan", response, datetime.now(UTC)))
     assert _spooled_and_parked(app, sent, sent) == {
         sent[0]["event_id"]: "provider_usage",
         sent[1]["event_id"]: "tokens_cache_read",

@@ -47,6 +47,9 @@ RECORD_TASK = "ingest.record_events"
 # A body's usage in our own flat names (app/ingest/validation.py), taken as it is.
 _FLAT = frozenset({*COLUMNS, "tokens_input_uncached", "usage_extra"})
 _STREAM = "text/event-stream"
+# The counter's child looked up once, not per call (it follows a fork: prometheus_client
+# checks the process id on every increment).
+_ACCEPTED = EVENTS_ACCEPTED.labels("middleware")
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,9 @@ def _described(body: dict[str, Any]) -> MeteredCall:
     )
 
 
-def _event(req: Request, call: MeteredCall, now: datetime, status: str) -> dict[str, Any]:
-    api_key = api_key_of(req)
-    assert api_key is not None
+def _event(
+    req: Request, api_key: str, call: MeteredCall, now: datetime, status: str
+) -> dict[str, Any]:
     execution_id = call.execution_id
     event: dict[str, Any] = {
         "event_id": f"exec-{execution_id}" if execution_id else f"evt-{uuid.uuid4().hex}",
@@ -121,14 +124,16 @@ def _usage_keys(provider: str | None) -> tuple[str, ...]:
     return response_keys(provider or "")
 
 
-def event_from_response(req: Request, resp: Response, now: datetime) -> dict[str, Any] | None:
+def event_from_response(
+    req: Request, api_key: str, resp: Response, now: datetime
+) -> dict[str, Any] | None:
     """The usage event of one metered JSON response, or None when it reports no usage."""
     body = resp.get_json(silent=True) if resp.is_json else None
-    if api_key_of(req) is None or not isinstance(body, dict):
+    if not isinstance(body, dict):
         return None
     usage = body.get("usage")
     call = _described(body)
-    event = _event(req, call, now, body.get("status") or _status(resp))
+    event = _event(req, api_key, call, now, body.get("status") or _status(resp))
     event["metadata"]["http_status"] = resp.status_code
     event["execution_time"] = finite_json(body.get("execution_time"))
     if isinstance(usage, dict) and _FLAT.intersection(usage):
@@ -218,34 +223,40 @@ class UsageMeter:
 
     @staticmethod
     def _meter(resp: Response) -> Response:
-        if not request.path.startswith(METERED_PREFIX):
+        # The request proxy resolved once: each attribute read through it costs a
+        # context lookup, and this runs on every metered call.
+        req: Request = request._get_current_object()  # type: ignore[attr-defined]
+        if not req.path.startswith(METERED_PREFIX):
             return resp
         try:
+            api_key = api_key_of(req)
+            if api_key is None:  # nothing to bill; admission held nothing for it
+                return resp
             outbox = services().outbox
-            if resp.mimetype == _STREAM and resp.is_streamed and api_key_of(request):
-                return _metered_stream(resp, outbox)
-            event = event_from_response(request, resp, datetime.now(UTC))
+            if resp.mimetype == _STREAM and resp.is_streamed:
+                return _metered_stream(req, api_key, resp, outbox)
+            event = event_from_response(req, api_key, resp, datetime.now(UTC))
             if event is None:
                 if "release_unmetered" in g:  # what admission held for a call now unbilled
                     g.release_unmetered()
             else:
                 outbox.append([event])
-                EVENTS_ACCEPTED.labels("middleware").inc()
+                _ACCEPTED.inc()
         except Exception:
             log.exception("metering failed; the request is served regardless")
         return resp
 
 
-def _metered_stream(resp: Response, outbox: Outbox) -> Response:
+def _metered_stream(req: Request, api_key: str, resp: Response, outbox: Outbox) -> Response:
     """Wrap the stream's body; its event goes to the outbox when the server closes it."""
-    base = _event(request, _described({}), datetime.now(UTC), _status(resp))
+    base = _event(req, api_key, _described({}), datetime.now(UTC), _status(resp))
     base["metadata"]["http_status"] = resp.status_code
     started = time.monotonic()
 
     def on_end(usage: StreamUsage) -> None:
         try:
             outbox.append([stream_event(base, usage, time.monotonic() - started)])
-            EVENTS_ACCEPTED.labels("middleware").inc()
+            _ACCEPTED.inc()
         except Exception:
             log.exception("metering a stream failed; the stream was served regardless")
 
