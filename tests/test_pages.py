@@ -901,6 +901,29 @@ def test_the_session_cookie_is_secure_over_https_and_pages_forbid_foreign_script
     assert "<script>" not in page and "https://cdn" not in page
 
 
+def test_an_api_call_gets_no_session_while_a_signed_in_page_keeps_its_own(
+    app: Flask, make_customer: Callable[..., BillingCustomer]
+) -> None:
+    """API calls skip Flask's session machinery (app/dashboard/session.py): what they
+    answer says nothing of a session, and a page's session still works beside them."""
+    make_customer("key-no-session")
+    api = app.test_client()
+    answer = api.get(
+        "/v1/billing/usage?start_date=2026-12-01&end_date=2026-12-01",
+        headers={"Authorization": "Bearer key-no-session"},
+    )
+    assert answer.status_code == 200
+    assert "Set-Cookie" not in answer.headers and "Cookie" not in answer.headers.get("Vary", "")
+    page = app.test_client()
+    token = _csrf(page, "/dashboard/sign-in")
+    assert page.get_cookie("ub_session") is not None  # the CSRF token it holds
+    signed_in = page.post(
+        "/dashboard/sign-in", data={"api_key": "key-no-session", "csrf_token": token}
+    )
+    assert signed_in.status_code == 302
+    assert page.get("/dashboard/").status_code == 200
+
+
 def test_the_dashboard_data_is_the_api_answer(
     client: FlaskClient, customer_with_usage: Any
 ) -> None:
