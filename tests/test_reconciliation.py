@@ -17,8 +17,13 @@ from tests.factories import event
 from tests.fake_stripe import API_KEY, METER_ID, FakeStripe
 from tests.helpers import record
 
-TODAY = datetime.now(UTC).date()
-DAYS = [TODAY - timedelta(days=n) for n in (3, 2, 1)]
+
+def _days() -> list[date]:
+    """The three days before today, as of the test that asks: reconciliation runs up to
+    yesterday, and a date taken when the module loads is another day's after midnight
+    (CI's run that crossed it failed this way)."""
+    today = datetime.now(UTC).date()
+    return [today - timedelta(days=n) for n in (3, 2, 1)]
 
 
 def _at(day: date) -> str:
@@ -29,8 +34,9 @@ def _billed(app: Flask, stripe_server: FakeStripe, make_customer: Any, customers
     """Usage on three days for each customer, each day reported to the fake Stripe."""
     for n in range(customers):
         make_customer(f"key-rec-{n}", stripe_customer_id=stripe_server.add_customer())
+    days = _days()
     with app.app_context():
-        for day in DAYS:
+        for day in days:
             record(
                 [
                     event(f"key-rec-{n}", timestamp=_at(day), tokens_input=100 * (n + 1))
@@ -38,7 +44,7 @@ def _billed(app: Flask, stripe_server: FakeStripe, make_customer: Any, customers
                 ]
             )
             run_report(app.config["SETTINGS"], day)
-    assert len(stripe_server.state.meter_events) == customers * len(DAYS)
+    assert len(stripe_server.state.meter_events) == customers * len(days)
 
 
 def _reconcile(app: Flask) -> dict[str, Any]:
@@ -57,7 +63,7 @@ def test_a_ledger_stripe_agrees_with_has_no_difference(
     _billed(app, stripe_server, make_customer)
     counts = _reconcile(app)
     assert counts["customers"] == 2 and counts["open_differences"] == 0
-    assert counts["last_day"] == DAYS[-1].isoformat()
+    assert counts["last_day"] == _days()[-1].isoformat()
     _, status = _status(app)
     assert status["reconciliation"]["open_differences"] == 0
     assert status["jobs"][RECONCILE_JOB]["status"] == "succeeded"
@@ -105,7 +111,7 @@ def test_the_fake_pages_summaries_newest_first_as_stripe_does(
     stripe_server: FakeStripe,
 ) -> None:
     customer = stripe_server.add_customer()
-    start = datetime.combine(DAYS[0], datetime.min.time(), tzinfo=UTC)
+    start = datetime.combine(_days()[0], datetime.min.time(), tzinfo=UTC)
     for n in range(3):
         stripe_server.state.meter_events.append(
             {
