@@ -5,7 +5,9 @@ up means the queue stays flat and every metered call is a stored row soon after
 the load stops. Before it, the same load against a bare Flask view under gunicorn
 with the same worker model (``bench/bare_app.py``): the rate this machine serves
 in this run at all, which the metered rate is read beside (the machine's speed
-swings 2x by the hour; the ratio does not).
+swings 2x by the hour; the ratio does not). The same view is then served by
+uWSGI (its HTTP parser in C), the same processes and threads, the same load: what
+the framework's server costs here, beside what ours adds.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -33,7 +36,9 @@ BARE_PORT = 8716
 
 def run(run: Run, results: dict[str, Any]) -> None:
     log("metering: a bare gunicorn+Flask view first, the same load: this run's baseline")
-    bare = _bare_requests_per_s()
+    bare = _bare_requests_per_s(_GUNICORN)
+    log("metering: the same bare view under uWSGI, the same load")
+    bare_uwsgi = _bare_requests_per_s(_UWSGI)
     log("metering: single metered requests as fast as the API serves them, workers keeping up")
     stack = Stack(run, middleware=True, port=8715)
     stack.start_api(workers=2)
@@ -43,18 +48,23 @@ def run(run: Run, results: dict[str, Any]) -> None:
     finally:
         stack.stop()
     single["bare_flask_requests_per_s"] = bare
+    single["bare_uwsgi_requests_per_s"] = bare_uwsgi
     single["of_bare"] = round(single["requests_per_s"] / bare, 2)
     results["single_requests"] = single
 
 
-def _bare_requests_per_s() -> int:
-    """What ``bench/bare_app.py`` serves under ``make api``'s worker model, same load."""
+# The bare view's servers, each with ``make api``'s worker model: 2 processes of 2 threads.
+_ADDRESS = f"127.0.0.1:{BARE_PORT}"
+_GUNICORN = [sys.executable, "-m", "gunicorn", "--bind", _ADDRESS, "bench.bare_app:app"]
+_GUNICORN += "--workers 2 --worker-class gthread --threads 2".split()
+_UWSGI = [str(Path(sys.executable).with_name("uwsgi")), "--http-socket", _ADDRESS]
+_UWSGI += "--module bench.bare_app:app --processes 2 --threads 2 --master --die-on-term".split()
+
+
+def _bare_requests_per_s(command: list[str]) -> int:
+    """What ``bench/bare_app.py`` serves under ``command``, the same load."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread"]
-        + ["--threads", "2", "--bind", f"127.0.0.1:{BARE_PORT}", "bench.bare_app:app"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_until_serving(BARE_PORT)
@@ -144,5 +154,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, Any, str]]:
             "single metered req/s kept up (bare gunicorn+Flask view, same run; ratio)",
             f"{single['requests_per_s']} ({bare}; {single.get('of_bare')})",
             ">= 2,000",
-        )
+        ),
+        (
+            "the same bare view under uWSGI, same run (req/s)",
+            single.get("bare_uwsgi_requests_per_s"),
+            "",
+        ),
     ]
