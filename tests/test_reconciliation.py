@@ -30,8 +30,11 @@ def _at(day: date) -> str:
     return datetime(day.year, day.month, day.day, 12, tzinfo=UTC).isoformat()
 
 
-def _billed(app: Flask, stripe_server: FakeStripe, make_customer: Any, customers: int = 2) -> None:
-    """Usage on three days for each customer, each day reported to the fake Stripe."""
+def _billed(
+    app: Flask, stripe_server: FakeStripe, make_customer: Any, customers: int = 2
+) -> list[date]:
+    """Usage on three days for each customer, each day reported to the fake Stripe;
+    the days."""
     for n in range(customers):
         make_customer(f"key-rec-{n}", stripe_customer_id=stripe_server.add_customer())
     days = _days()
@@ -45,6 +48,7 @@ def _billed(app: Flask, stripe_server: FakeStripe, make_customer: Any, customers
             )
             run_report(app.config["SETTINGS"], day)
     assert len(stripe_server.state.meter_events) == customers * len(days)
+    return days
 
 
 def _reconcile(app: Flask) -> dict[str, Any]:
@@ -60,10 +64,10 @@ def _status(app: Flask) -> tuple[int, dict[str, Any]]:
 def test_a_ledger_stripe_agrees_with_has_no_difference(
     app: Flask, stripe_server: FakeStripe, make_customer: Any
 ) -> None:
-    _billed(app, stripe_server, make_customer)
+    days = _billed(app, stripe_server, make_customer)
     counts = _reconcile(app)
     assert counts["customers"] == 2 and counts["open_differences"] == 0
-    assert counts["last_day"] == _days()[-1].isoformat()
+    assert counts["last_day"] == days[-1].isoformat()
     _, status = _status(app)
     assert status["reconciliation"]["open_differences"] == 0
     assert status["jobs"][RECONCILE_JOB]["status"] == "succeeded"

@@ -55,10 +55,14 @@ def run(run: Run, results: dict[str, Any]) -> None:
 
 # The bare view's servers, each with ``make api``'s worker model: 2 processes of 2 threads.
 _ADDRESS = f"127.0.0.1:{BARE_PORT}"
-_GUNICORN = [sys.executable, "-m", "gunicorn", "--bind", _ADDRESS, "bench.bare_app:app"]
-_GUNICORN += "--workers 2 --worker-class gthread --threads 2".split()
-_UWSGI = [str(Path(sys.executable).with_name("uwsgi")), "--http-socket", _ADDRESS]
-_UWSGI += "--module bench.bare_app:app --processes 2 --threads 2 --master --die-on-term".split()
+_GUNICORN = [
+    *(sys.executable, "-m", "gunicorn", "--bind", _ADDRESS, "bench.bare_app:app"),
+    *"--workers 2 --worker-class gthread --threads 2".split(),
+]
+_UWSGI = [
+    *(str(Path(sys.executable).with_name("uwsgi")), "--http-socket", _ADDRESS),
+    *"--module bench.bare_app:app --processes 2 --threads 2 --master --die-on-term".split(),
+]
 
 
 def _bare_requests_per_s(command: list[str]) -> int:
@@ -141,6 +145,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     return {
         "single_requests_per_s": single.get("requests_per_s"),
         "bare_flask_requests_per_s": single.get("bare_flask_requests_per_s"),
+        "bare_uwsgi_requests_per_s": single.get("bare_uwsgi_requests_per_s"),
     }
 
 
